@@ -1,0 +1,128 @@
+"""The ``loralens`` command: parsing and dispatch only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("loralens")
+
+# Errors that are the user's to fix: shown as one line, never as a traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, OSError)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from precompute.config import LORA_TARGETS, TrainConfig
+
+    d = TrainConfig(model="", data="")
+    p = sub.add_parser("train", help="cross-validate LoRA or frozen-encoder emotion models",
+                       description="Train with speaker-independent cross-validation; re-run to resume.")
+    p.add_argument("--model", required=True, help="HF id or dir, ct2:DIR, bundled:tiny.en or bundled:base")
+    p.add_argument("--data", required=True, help="emodb:DIR, ravdess:DIR, cremad:DIR, iemocap:DIR, csv:FILE, "
+                                                 "synthetic:DIR")
+    p.add_argument("--out", required=True, type=Path, help="run directory (resumed if it exists)")
+    p.add_argument("--method", choices=["lora", "frozen"], default=d.method)
+    p.add_argument("--emotions", default=None,
+                   help="comma list of classes, or 'all' (default anger,happiness,neutral,sadness)")
+    p.add_argument("--rank", type=int, default=d.rank)
+    p.add_argument("--alpha", type=float, default=d.alpha)
+    p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--targets", default=",".join(d.targets), help=f"comma list of {', '.join(LORA_TARGETS)}")
+    p.add_argument("--window", choices=["trim", "full"], default=d.window)
+    p.add_argument("--folds", default=d.folds, help="loso, an integer K (grouped by speaker), or split")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--epoch-selection", choices=["fixed", "inner"], default=d.epoch_selection,
+                   help="keep the last epoch, or the best on an inner validation speaker")
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate of the LoRA weights")
+    p.add_argument("--head-lr", type=float, default=d.head_lr, help="learning rate of the head")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--long", choices=["crop", "error"], default=d.long, help="clips over 30 s")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable audio files (counted in the log)")
+    p.add_argument("--keep-excitement", action="store_true", help="IEMOCAP: keep excitement apart from happiness")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--only-folds", default=None, help="comma list of fold indices to train now (default all)")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from precompute.config import TrainConfig
+    from precompute.data import parse_emotions
+    from precompute.train import train
+
+    emotions = parse_emotions(args.emotions)
+    config = TrainConfig(
+        model=args.model, data=args.data, method=args.method,
+        emotions=list(emotions) if emotions is not None else None,
+        rank=args.rank, alpha=args.alpha, dropout=args.dropout,
+        targets=[t.strip() for t in args.targets.split(",") if t.strip()], window=args.window, folds=args.folds,
+        epochs=args.epochs, epoch_selection=args.epoch_selection, lr=args.lr, head_lr=args.head_lr,
+        weight_decay=args.weight_decay, batch_size=args.batch_size, seed=args.seed, long=args.long,
+        skip_bad=args.skip_bad, merge_excitement=not args.keep_excitement, device=args.device)
+    only = [int(i) for i in args.only_folds.split(",")] if args.only_folds else None
+    summary = train(config, args.out, only)
+    if summary.get("n_done"):
+        log.info("%s: %d/%d folds, UAR %.3f ± %.3f, WAR %.3f ± %.3f", args.out, summary["n_done"],
+                 summary["n_folds"], summary["uar"]["mean"], summary["uar"]["std"], summary["war"]["mean"],
+                 summary["war"]["std"])
+    return 0
+
+
+def _add_model(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("model", help="model utilities")
+    msub = p.add_subparsers(dest="model_command", required=True)
+    e = msub.add_parser("export", help="write SPEC's encoder and a head as a plain Hugging Face directory")
+    e.add_argument("spec", help="HF id or dir, ct2:DIR, bundled:tiny.en or bundled:base")
+    e.add_argument("--out", required=True, type=Path)
+    e.add_argument("--emotions", default=None, help="comma list of classes (default the four of the paper)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the (untrained) head")
+    e.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from precompute.data import DEFAULT_EMOTIONS, parse_emotions
+    from precompute.models import export
+
+    emotions = parse_emotions(args.emotions) or DEFAULT_EMOTIONS
+    out = export(args.spec, args.out, list(emotions), seed=args.seed)
+    log.info("wrote %s (load it with WhisperForAudioClassification.from_pretrained)", out)
+    print(json.dumps({"out": str(out), "source": args.spec, "emotions": list(emotions)}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every ``loralens`` subcommand."""
+    parser = argparse.ArgumentParser(prog="loralens", description="What LoRA does inside a Whisper emotion model.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_model(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``loralens`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        log.error("interrupted; run the same command again to resume")
+        return 130
+    except USER_ERRORS as e:
+        if args.verbose:
+            raise
+        log.error("%s", e)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The training configuration: what ``loralens train`` was asked to do, saved as ``config.json`` in every run."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+from precompute.window import WINDOWS, Window
+
+Method = Literal["lora", "frozen"]
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+LIBRARIES = ("loralens", "torch", "transformers", "peft", "nnsight", "zarr", "numpy")
+# Fields that may change between an interrupted run and its resumption without changing its results.
+RESUMABLE_FIELDS = ("device", "skip_bad")
+
+
+@dataclass
+class TrainConfig:
+    """One training run: a model, a data set, a method, and the cross-validation protocol."""
+
+    model: str
+    """``--model SPEC``: a HF id or directory, ``ct2:DIR``, ``bundled:tiny.en`` or ``bundled:base``."""
+    data: str
+    """``--data SPEC``, e.g. ``emodb:../shared/data/emodb``."""
+    method: Method = "lora"
+    """``lora``: LoRA on the encoder plus the head; ``frozen``: the head alone on the untouched encoder."""
+    emotions: list[str] | None = field(default_factory=lambda: ["anger", "happiness", "neutral", "sadness"])
+    """The class set in label order; None takes every label the data set has."""
+    rank: int = 32
+    """LoRA rank r."""
+    alpha: float = 64.0
+    """LoRA alpha (the update is scaled by alpha / r)."""
+    dropout: float = 0.1
+    """LoRA dropout."""
+    targets: list[str] = field(default_factory=lambda: ["v_proj"])
+    """Encoder modules LoRA adapts (any of q_proj, k_proj, v_proj, out_proj, fc1, fc2)."""
+    window: Window = "trim"
+    """``trim``: the encoder sees only the clip's frames; ``full``: stock 30 s padding, pooled over 1500 frames."""
+    folds: str = "loso"
+    """``loso`` (leave one speaker out), an integer K (K folds grouped by speaker), or ``split``."""
+    epochs: int = 10
+    """Training epochs per fold (the most, with ``epoch_selection='inner'``)."""
+    epoch_selection: Literal["fixed", "inner"] = "fixed"
+    """``fixed``: keep the last epoch; ``inner``: keep the epoch best on an inner validation speaker."""
+    lr: float = 5e-4
+    """AdamW learning rate of the LoRA weights."""
+    head_lr: float = 1e-3
+    """AdamW learning rate of the head (projector and classifier), trained from scratch."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    batch_size: int = 8
+    """Utterances per optimiser step."""
+    seed: int = 0
+    """Seed of fold k is seed + k: head init, LoRA init, shuffling, dropout."""
+    long: Literal["crop", "error"] = "crop"
+    """Clips over 30 s: crop them with a warning, or stop with an error."""
+    skip_bad: bool = False
+    """Skip unreadable or empty audio files (counted in the log) instead of stopping."""
+    merge_excitement: bool = True
+    """IEMOCAP: count excitement as happiness, as is customary."""
+    device: str = "auto"
+    """``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``; CUDA trains under bf16 autocast."""
+
+    def __post_init__(self):
+        if self.method not in ("lora", "frozen"):
+            raise ValueError(f"method={self.method!r}; expected 'lora' or 'frozen'")
+        if self.window not in WINDOWS:
+            raise ValueError(f"window={self.window!r}; expected one of {WINDOWS}")
+        if bad := [t for t in self.targets if t not in LORA_TARGETS]:
+            raise ValueError(f"targets={bad}; expected any of {LORA_TARGETS}")
+        if not self.targets:
+            raise ValueError(f"targets is empty; expected any of {LORA_TARGETS}")
+        for name in ("rank", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}; expected a positive integer")
+        for name in ("lr", "head_lr", "alpha"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)}; expected a positive number")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout={self.dropout}; expected a number in [0, 1)")
+        if self.folds not in ("loso", "split") and not (self.folds.isdigit() and int(self.folds) >= 2):
+            raise ValueError(f"folds={self.folds!r}; expected 'loso', 'split' or an integer K >= 2")
+        if self.epoch_selection not in ("fixed", "inner"):
+            raise ValueError(f"epoch_selection={self.epoch_selection!r}; expected 'fixed' or 'inner'")
+
+    def to_json(self) -> dict:
+        """The config as a JSON-able dict, with the library versions that ran it."""
+        return {**asdict(self), "versions": library_versions()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainConfig:
+        """Rebuild a config written by ``to_json``; unknown keys are ignored, missing ones take defaults."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def save(self, path: Path) -> None:
+        """Write ``config.json`` (sorted keys)."""
+        path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
+
+    def differences(self, other: TrainConfig) -> list[str]:
+        """Fields that differ from ``other`` and would change a run's results."""
+        mine, theirs = asdict(self), asdict(other)
+        return [f"{k}: {theirs[k]!r} -> {mine[k]!r}" for k in mine if k not in RESUMABLE_FIELDS and mine[k] != theirs[k]]
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries whose behaviour shapes the artifacts."""
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions

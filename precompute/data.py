@@ -1,0 +1,238 @@
+"""Resolve a ``--data SPEC`` into labelled utterances: the one place that knows corpus layouts.
+
+Schemes: ``emodb:DIR``, ``ravdess:DIR``, ``cremad:DIR``, ``iemocap:DIR``, ``csv:FILE`` and ``synthetic:DIR``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EMOTIONS = ("anger", "happiness", "neutral", "sadness")
+"""The four-class set of the IEMOCAP protocol and of the paper."""
+
+#: Spellings found in corpora and CSVs, mapped to the one name used everywhere.
+EMOTION_ALIASES = {
+    "ang": "anger", "angry": "anger", "anger": "anger",
+    "hap": "happiness", "happy": "happiness", "happiness": "happiness", "joy": "happiness",
+    "exc": "excitement", "excited": "excitement", "excitement": "excitement",
+    "neu": "neutral", "neutral": "neutral",
+    "sad": "sadness", "sadness": "sadness",
+    "fea": "fear", "fear": "fear", "fearful": "fear",
+    "dis": "disgust", "disgust": "disgust",
+    "sur": "surprise", "surprised": "surprise", "surprise": "surprise",
+    "fru": "frustration", "frustration": "frustration",
+    "bor": "boredom", "boredom": "boredom", "calm": "calm", "oth": "other", "xxx": "undecided",
+}
+EMODB_CODES = {"W": "anger", "L": "boredom", "E": "disgust", "A": "fear", "F": "happiness", "T": "sadness",
+               "N": "neutral"}
+RAVDESS_CODES = {"01": "neutral", "02": "calm", "03": "happiness", "04": "sadness", "05": "anger", "06": "fear",
+                 "07": "disgust", "08": "surprise"}
+SCHEMES = ("emodb", "ravdess", "cremad", "iemocap", "csv", "synthetic")
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
+
+
+class DataSpecError(ValueError):
+    """A ``--data SPEC`` that cannot be resolved, or a data set that yields nothing usable."""
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One labelled audio file."""
+
+    id: str
+    """Stable, unique within the data set: the file's path relative to the data set root, without suffix."""
+    path: Path
+    """The audio file."""
+    emotion: str
+    """The canonical emotion name (see ``EMOTION_ALIASES``)."""
+    speaker: str
+    """The speaker id; cross-validation folds never split a speaker."""
+    dataset: str
+    """The data set's scheme, e.g. ``emodb``."""
+    split: str | None = None
+    """A given split (``train``, ``val``, ``test``), where the data set defines one."""
+
+
+@dataclass
+class Corpus:
+    """The utterances of a data set inside a class set, and what was left out and why."""
+
+    spec: str
+    """The ``--data SPEC`` it came from."""
+    emotions: tuple[str, ...]
+    """The class set, in label order."""
+    utterances: list[Utterance]
+    """The kept utterances, sorted by id."""
+    skipped: Counter = field(default_factory=Counter)
+    """Reasons -> counts of files left out (e.g. ``label boredom not in class set``)."""
+
+    @property
+    def speakers(self) -> list[str]:
+        """The speakers, sorted."""
+        return sorted({u.speaker for u in self.utterances})
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether this is synthesised speech (the app labels it so wherever it shows it)."""
+        return self.utterances[0].dataset == "synthetic" if self.utterances else False
+
+
+def canonical_emotion(label: str) -> str:
+    """The canonical name of an emotion label (case-insensitive; unknown labels pass through lowercased)."""
+    key = label.strip().lower()
+    return EMOTION_ALIASES.get(key, key)
+
+
+def _require_dir(scheme: str, location: str) -> Path:
+    path = Path(location).expanduser()
+    if not path.is_dir():
+        raise DataSpecError(f"--data {scheme}:{location}: directory not found")
+    return path
+
+
+def _audio_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+
+
+def _uid(root: Path, path: Path) -> str:
+    return path.relative_to(root).with_suffix("").as_posix()
+
+
+def _emodb(location: str) -> Iterable[Utterance | str]:
+    root = _require_dir("emodb", location)
+    for path in _audio_files(root):
+        m = re.fullmatch(r"(\d\d)[a-z]\d\d([A-Z])[a-z]?", path.stem)
+        if not m or m.group(2) not in EMODB_CODES:
+            yield f"file name {path.name} is not an EmoDB code (like 03a01Wa.wav)"
+            continue
+        yield Utterance(_uid(root, path), path, EMODB_CODES[m.group(2)], m.group(1), "emodb")
+
+
+def _ravdess(location: str) -> Iterable[Utterance | str]:
+    root = _require_dir("ravdess", location)
+    for path in _audio_files(root):
+        parts = path.stem.split("-")
+        if len(parts) != 7 or parts[2] not in RAVDESS_CODES:
+            yield f"file name {path.name} is not a RAVDESS code (like 03-01-05-01-01-01-12.wav)"
+            continue
+        if parts[0] != "03" or parts[1] != "01":
+            yield "not audio-only speech (RAVDESS modality 03, vocal channel 01)"
+            continue
+        yield Utterance(_uid(root, path), path, RAVDESS_CODES[parts[2]], f"actor{parts[6]}", "ravdess")
+
+
+def _cremad(location: str) -> Iterable[Utterance | str]:
+    root = _require_dir("cremad", location)
+    for path in _audio_files(root):
+        parts = path.stem.split("_")
+        if len(parts) != 4 or not parts[0].isdigit():
+            yield f"file name {path.name} is not a CREMA-D code (like 1001_DFA_ANG_XX.wav)"
+            continue
+        yield Utterance(_uid(root, path), path, canonical_emotion(parts[2]), parts[0], "cremad")
+
+
+def _iemocap(location: str, merge_excitement: bool = True) -> Iterable[Utterance | str]:
+    root = _require_dir("iemocap", location)
+    sessions = sorted(p for p in root.glob("Session*") if p.is_dir())
+    if not sessions:
+        raise DataSpecError(f"--data iemocap:{location}: no Session1..Session5 folders; point it at the "
+                            "IEMOCAP_full_release directory")
+    line = re.compile(r"^\[[\d.]+ - [\d.]+\]\t(\S+)\t(\S+)\t")
+    for session in sessions:
+        for labels in sorted((session / "dialog" / "EmoEvaluation").glob("*.txt")):
+            for text in labels.read_text(errors="replace").splitlines():
+                m = line.match(text)
+                if not m:
+                    continue
+                turn, code = m.groups()
+                dialog = turn.rsplit("_", 1)[0]
+                path = session / "sentences" / "wav" / dialog / f"{turn}.wav"
+                if not path.is_file():
+                    yield f"labelled turn without audio ({path.name})"
+                    continue
+                emotion = canonical_emotion(code)
+                if emotion == "excitement" and merge_excitement:
+                    emotion = "happiness"
+                speaker = turn[:5] + turn.rsplit("_", 1)[1][0]  # e.g. Ses01F: session + the turn's speaker
+                yield Utterance(_uid(root, path), path, emotion, speaker, "iemocap")
+
+
+def _csv(location: str, dataset: str = "csv") -> Iterable[Utterance | str]:
+    path = Path(location).expanduser()
+    if path.is_dir():
+        path = path / "manifest.csv"
+    if not path.is_file():
+        raise DataSpecError(f"--data {dataset}:{location}: {path} not found")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"path", "emotion", "speaker"} - set(reader.fieldnames or [])
+        if missing:
+            raise DataSpecError(f"{path}: missing column(s) {sorted(missing)}; expected path,emotion,speaker[,split]")
+        for row in reader:
+            audio = Path(row["path"])
+            audio = audio if audio.is_absolute() else path.parent / audio
+            uid = Path(row["path"]).with_suffix("").as_posix().lstrip("/")
+            yield Utterance(uid, audio, canonical_emotion(row["emotion"]), row["speaker"].strip(), dataset,
+                            (row.get("split") or "").strip().lower() or None)
+
+
+def _synthetic(location: str) -> Iterable[Utterance | str]:
+    return _csv(location, dataset="synthetic")
+
+
+_LOADERS: dict[str, Callable[..., Iterable[Utterance | str]]] = {
+    "emodb": _emodb, "ravdess": _ravdess, "cremad": _cremad, "iemocap": _iemocap, "csv": _csv,
+    "synthetic": _synthetic,
+}
+
+
+def parse_emotions(text: str | None) -> tuple[str, ...] | None:
+    """Parse ``--emotions``: a comma list (canonicalised), ``all`` (None: every label found), or None (default)."""
+    if text is None:
+        return DEFAULT_EMOTIONS
+    if text.strip().lower() == "all":
+        return None
+    emotions = tuple(dict.fromkeys(canonical_emotion(e) for e in text.split(",") if e.strip()))
+    if len(emotions) < 2:
+        raise DataSpecError(f"--emotions {text!r}: need at least two classes, e.g. anger,happiness,neutral,sadness")
+    return emotions
+
+
+def load_corpus(spec: str, emotions: tuple[str, ...] | None = DEFAULT_EMOTIONS, *,
+                merge_excitement: bool = True) -> Corpus:
+    """List the utterances of ``spec`` inside the class set ``emotions`` (None: every label found).
+
+    Labels outside the class set are skipped and counted; so are files whose names do not follow the corpus's
+    scheme. Raises ``DataSpecError`` on an unknown scheme, a missing path, or when nothing is left.
+    """
+    scheme, sep, location = spec.partition(":")
+    if not sep or scheme not in _LOADERS:
+        raise DataSpecError(f"unknown --data {spec!r}; accepted: " + ", ".join(f"{s}:PATH" for s in SCHEMES))
+    loader = _LOADERS[scheme]
+    items = loader(location, merge_excitement) if scheme == "iemocap" else loader(location)
+    kept: list[Utterance] = []
+    skipped: Counter = Counter()
+    for item in items:
+        if isinstance(item, str):
+            skipped[item] += 1
+        elif emotions is not None and item.emotion not in emotions:
+            skipped[f"label {item.emotion} not in class set"] += 1
+        else:
+            kept.append(item)
+    if not kept:
+        raise DataSpecError(f"--data {spec}: no usable utterances (skipped: {dict(skipped) or 'none found'})")
+    ids = Counter(u.id for u in kept)
+    if dupes := [i for i, n in ids.items() if n > 1]:
+        raise DataSpecError(f"--data {spec}: utterance ids repeat ({dupes[:3]}...); each file may appear once")
+    classes = emotions if emotions is not None else tuple(sorted({u.emotion for u in kept}))
+    for reason, n in sorted(skipped.items()):
+        log.info("%s: skipped %d file(s): %s", spec, n, reason)
+    return Corpus(spec, classes, sorted(kept, key=lambda u: u.id), skipped)

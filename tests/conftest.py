@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny random Whisper models, small audio trees, and the real EmoDB copy where present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from transformers import WhisperConfig, WhisperForAudioClassification
+
+EMODB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emodb"
+EMOTIONS = ["anger", "happiness", "neutral", "sadness"]
+
+
+def tiny_config(**overrides) -> WhisperConfig:
+    """A random Whisper small enough for unit tests (2 layers, d=32), with the real 1500-frame window."""
+    kwargs = dict(num_mel_bins=80, d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+                  decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, max_source_positions=1500,
+                  classifier_proj_size=16, num_labels=4)
+    return WhisperConfig(**(kwargs | overrides))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random ``WhisperForAudioClassification`` saved as a local HF directory (a valid --model SPEC)."""
+    out = tmp_path_factory.mktemp("tiny-whisper")
+    torch.manual_seed(0)
+    WhisperForAudioClassification(tiny_config()).save_pretrained(out)
+    return out
+
+
+def tone(seconds: float, rate: int, freq: float, seed: int = 0) -> np.ndarray:
+    """A noisy tone: distinct per class so that a tiny model can learn something."""
+    t = np.arange(int(seconds * rate)) / rate
+    rng = np.random.default_rng(seed)
+    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.02 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+@pytest.fixture()
+def tone_csv(tmp_path) -> Path:
+    """A CSV data set of 4 speakers x 4 emotions x 2 takes of tones at 22.05 kHz."""
+    rows = ["path,emotion,speaker"]
+    for s in range(4):
+        for e, emotion in enumerate(EMOTIONS):
+            for take in range(2):
+                rel = f"wav/s{s}_{emotion}_{take}.wav"
+                (tmp_path / "wav").mkdir(exist_ok=True)
+                sf.write(tmp_path / rel, tone(0.6 + 0.1 * take, 22050, 200 * (e + 1), seed=s * 10 + take), 22050)
+                rows.append(f"{rel},{emotion},spk{s}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "manifest.csv"
+
+
+@pytest.fixture(scope="session")
+def emodb() -> Path:
+    """The real EmoDB copy beside the project (skips where it is absent)."""
+    if not (EMODB / "labels.csv").is_file():
+        pytest.skip(f"EmoDB not found at {EMODB}: integration tests need ../shared/data/emodb")
+    return EMODB

@@ -1,0 +1,59 @@
+"""The CTranslate2 importer: exact against ctranslate2's own encoder, clear on broken files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from precompute import ct2, models
+from precompute.audio import load_audio
+
+
+def test_truncated_model_bin_is_named(tmp_path):
+    (tmp_path / "model.bin").write_bytes(b"\x06\x00\x00\x00\x0c\x00WhisperSp")
+    with pytest.raises(ct2.CT2FormatError, match="truncated"):
+        ct2.read_model_bin(tmp_path / "model.bin")
+
+
+def test_unknown_version_is_refused(tmp_path):
+    (tmp_path / "model.bin").write_bytes(b"\x63\x00\x00\x00")
+    with pytest.raises(ct2.CT2FormatError, match="binary version 99"):
+        ct2.read_model_bin(tmp_path / "model.bin")
+
+
+def test_missing_ct2_dir_says_what_to_do(tmp_path):
+    with pytest.raises(models.ModelSpecError, match="model.bin"):
+        models.load_classifier(f"ct2:{tmp_path}", ["a", "b"])
+
+
+@pytest.mark.parametrize("name", ["tiny.en", "base"])
+def test_bundled_encoder_matches_ctranslate2(name, emodb):
+    """Acceptance: max |HF - CT2| / max |CT2| <= 1e-4 on real speech, for both bundled models."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    import torch
+
+    source = models.parse_model_spec(f"bundled:{name}")
+    model = models.load_classifier(source.spec, ["anger", "neutral"])
+    audio = load_audio(emodb / "wav" / "03a01Wa.wav")
+    features = models.feature_extractor(model.config)(audio, sampling_rate=16000, return_tensors="np").input_features
+    with torch.no_grad():
+        ours = model.encoder(torch.from_numpy(features)).last_hidden_state.numpy()
+    oracle = ctranslate2.models.Whisper(str(models.ct2_directory(source)), device="cpu", compute_type="float32")
+    theirs = np.array(oracle.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features)), to_cpu=True))
+    assert ours.shape == theirs.shape
+    assert np.abs(ours - theirs).max() / np.abs(theirs).max() <= 1e-4
+
+
+def test_export_loads_with_from_pretrained(tmp_path, tiny_model_dir):
+    from transformers import WhisperForAudioClassification
+
+    out = models.export(str(tiny_model_dir), tmp_path / "export", ["anger", "sadness"])
+    loaded = WhisperForAudioClassification.from_pretrained(out)
+    assert loaded.config.id2label == {0: "anger", 1: "sadness"}
+
+
+def test_unknown_scheme_lists_accepted():
+    with pytest.raises(models.ModelSpecError, match="bundled:base"):
+        models.parse_model_spec("s3x:thing")
+    with pytest.raises(models.ModelSpecError, match="accepted"):
+        models.parse_model_spec("bundled:large")

@@ -1,0 +1,59 @@
+"""The input window: full is stock Whisper; trim is independent of batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import WhisperForAudioClassification
+
+from precompute import models
+from precompute import window as W
+from tests.conftest import tiny_config
+
+
+def _model():
+    torch.manual_seed(0)
+    return WhisperForAudioClassification(tiny_config()).eval()
+
+
+def _clips():
+    rng = np.random.default_rng(0)
+    return [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (16000, 23456, 8000)]
+
+
+def test_full_window_equals_stock_whisper():
+    model = _model()
+    features = W.extract(models.feature_extractor(model.config), _clips(), "full")
+    assert features.input_features.shape[-1] == 3000
+    with torch.no_grad():
+        assert torch.allclose(W.classify(model, features), model(features.input_features).logits, atol=1e-6)
+
+
+def test_trim_is_independent_of_batch_and_restores_the_model():
+    model = _model()
+    extractor = models.feature_extractor(model.config)
+    clips = _clips()
+    batch = W.extract(extractor, clips, "trim")
+    assert batch.n_frames.tolist() == [50, 73, 25] and batch.n_positions == 73
+    with torch.no_grad():
+        together = W.classify(model, batch)
+        for i, clip in enumerate(clips):
+            alone = W.classify(model, W.extract(extractor, [clip], "trim"))
+            assert torch.allclose(alone[0], together[i], atol=1e-5)
+    assert model.config.max_source_positions == 1500 and model.encoder.embed_positions.num_embeddings == 1500
+
+
+def test_stack_equals_batched_extraction():
+    model = _model()
+    extractor = models.feature_extractor(model.config)
+    clips = _clips()
+    stacked = W.stack([W.extract(extractor, [c], "trim") for c in clips])
+    batch = W.extract(extractor, clips, "trim")
+    assert torch.equal(stacked.input_features, batch.input_features)
+    assert torch.equal(stacked.n_frames, batch.n_frames)
+
+
+def test_pooling_mask():
+    f = W.Features(torch.zeros(2, 80, 8), torch.tensor([4, 2]), "trim")
+    assert f.pooling_mask().tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    assert W.Features(f.input_features, f.n_frames, "full").pooling_mask().sum() == 8
