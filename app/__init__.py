@@ -1,0 +1,1 @@
+"""The Streamlit explorer over a loralens store."""

@@ -1,0 +1,1 @@
+"""Training, loading and tracing of LoRA and frozen-encoder Whisper emotion models."""

@@ -103,7 +103,8 @@ class TrainConfig:
     def differences(self, other: TrainConfig) -> list[str]:
         """Fields that differ from ``other`` and would change a run's results."""
         mine, theirs = asdict(self), asdict(other)
-        return [f"{k}: {theirs[k]!r} -> {mine[k]!r}" for k in mine if k not in RESUMABLE_FIELDS and mine[k] != theirs[k]]
+        return [f"{k}: {theirs[k]!r} -> {mine[k]!r}" for k in mine
+                if k not in RESUMABLE_FIELDS and mine[k] != theirs[k]]
 
 
 def library_versions() -> dict[str, str]:

@@ -37,7 +37,7 @@ from precompute.checkpoints import (
 from precompute.config import TrainConfig
 from precompute.data import Corpus, Utterance, load_corpus
 from precompute.folds import Fold, make_folds, scores, summarise
-from precompute.models import feature_extractor, load_classifier
+from precompute.models import feature_extractor, load_classifier, parse_model_spec
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ class Trainer:
     def prepare(self) -> None:
         """Resolve the data and folds, check them against an existing run, and read the audio."""
         config = self.config
+        parse_model_spec(config.model)  # a bad --model fails before any data is read
         emotions = tuple(config.emotions) if config.emotions is not None else None
         self.corpus = load_corpus(config.data, emotions, merge_excitement=config.merge_excitement)
         config.emotions = list(self.corpus.emotions)
@@ -221,7 +222,7 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total += float(loss) * len(chunk)
+                total += loss.item() * len(chunk)
                 count += len(chunk)
             losses.append(total / max(count, 1))
             if fold.val:
@@ -317,9 +318,14 @@ def train(config: TrainConfig, run: Path, only: list[int] | None = None) -> dict
     run.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("precompute").addHandler(handler)
+    package_log = logging.getLogger("precompute")
+    level = package_log.level
+    if package_log.getEffectiveLevel() > logging.INFO:  # the log file always records the run
+        package_log.setLevel(logging.INFO)
+    package_log.addHandler(handler)
     try:
         return Trainer(copy.deepcopy(config), run).run_all(only)
     finally:
-        logging.getLogger("precompute").removeHandler(handler)
+        package_log.removeHandler(handler)
+        package_log.setLevel(level)
         handler.close()

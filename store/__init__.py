@@ -1,0 +1,1 @@
+"""The Zarr store of captured traces: schema, writer and reader."""

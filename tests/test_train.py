@@ -1,0 +1,127 @@
+"""Training: artifacts, resumption, reloading, and the frozen shortcut, on a tiny random Whisper."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from precompute import window as W
+from precompute.audio import load_audio
+from precompute.checkpoints import TWIN_STD, RunError, load_fold_model
+from precompute.cli import main
+from precompute.config import TrainConfig
+from precompute.data import load_corpus
+from precompute.models import feature_extractor
+from precompute.train import train
+
+
+def _config(model_dir, data, **kw) -> TrainConfig:
+    return TrainConfig(**{"model": str(model_dir), "data": f"csv:{data}", "epochs": 1, "batch_size": 4, "rank": 4,
+                          "alpha": 8, **kw})
+
+
+def _probabilities(run, fold: int, variant="trained") -> tuple[list[str], np.ndarray, np.ndarray]:
+    model = load_fold_model(run, fold, variant)
+    with open(run / f"fold_{fold:02d}" / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    config = json.loads((run / "config.json").read_text())
+    corpus = {u.id: u for u in load_corpus(config["data"], tuple(config["emotions"])).utterances}
+    extractor = feature_extractor(W.whisper_of(model).config)
+    features = W.extract(extractor, [load_audio(corpus[r["id"]].path) for r in rows], config["window"])
+    with torch.no_grad():
+        ours = W.classify(model, features).softmax(-1).numpy()
+    saved = np.array([[float(r[f"p_{e}"]) for e in config["emotions"]] for r in rows])
+    return [r["id"] for r in rows], ours, saved
+
+
+def test_lora_run_artifacts_and_reload(tmp_path, tiny_model_dir, tone_csv):
+    run = tmp_path / "run"
+    summary = train(_config(tiny_model_dir, tone_csv), run, only=[0, 2])
+    assert summary["n_folds"] == 4 and summary["n_done"] == 2 and not summary["complete"]
+    fold = run / "fold_00"
+    for name in ("head.safetensors", "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
+                 "random_twin/adapter_model.safetensors", "metrics.json", "predictions.csv"):
+        assert (fold / name).is_file(), name
+    metrics = json.loads((fold / "metrics.json").read_text())
+    assert metrics["test_speakers"] == ["spk0"] and len(metrics["loss_curve"]) == 1
+    assert 0 <= metrics["uar"] <= 1 and np.array(metrics["confusion"]).sum() == 8
+    assert (run / "train.log").read_text().count("fold_00 epoch 1") == 1
+    # The saved checkpoint reproduces the saved predictions.
+    _, ours, saved = _probabilities(run, 0)
+    assert np.allclose(ours, saved, atol=1e-5)
+    # The random twin: same config, A and B drawn from N(0, 0.02).
+    twin = load_fold_model(run, 0, "random_twin")
+    lora = torch.cat([p.flatten() for n, p in twin.named_parameters() if "lora_" in n])
+    assert abs(lora.std().item() - TWIN_STD) < 0.003 and abs(lora.mean().item()) < 0.003
+
+
+def test_resume_trains_only_the_missing_folds(tmp_path, tiny_model_dir, tone_csv):
+    run = tmp_path / "run"
+    config = _config(tiny_model_dir, tone_csv)
+    train(config, run, only=[1])
+    first = (run / "fold_01" / "metrics.json").read_text()
+    (run / "fold_02.partial").mkdir()  # what an interrupted fold leaves behind
+    summary = train(config, run)
+    assert summary["complete"] and summary["n_done"] == 4
+    assert (run / "fold_01" / "metrics.json").read_text() == first
+    assert not list(run.glob("*.partial"))
+    assert (run / "train.log").read_text().count("fold_01 epoch 1") == 1
+
+
+def test_same_fold_same_result(tmp_path, tiny_model_dir, tone_csv):
+    """Seeds are per fold, so a resumed fold equals the fold of an uninterrupted run."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(_config(tiny_model_dir, tone_csv), a, only=[3])
+    train(_config(tiny_model_dir, tone_csv), b)
+    ma, mb = (json.loads((r / "fold_03" / "metrics.json").read_text()) for r in (a, b))
+    assert ma["loss_curve"] == pytest.approx(mb["loss_curve"], rel=1e-5)
+
+
+def test_changed_config_is_refused(tmp_path, tiny_model_dir, tone_csv):
+    run = tmp_path / "run"
+    train(_config(tiny_model_dir, tone_csv), run, only=[0])
+    with pytest.raises(RunError, match="rank: 4 -> 8"):
+        train(TrainConfig(
+            model=str(tiny_model_dir), data=f"csv:{tone_csv}", epochs=1, batch_size=4, rank=8, alpha=8), run)
+
+
+def test_frozen_run_matches_the_full_model(tmp_path, tiny_model_dir, tone_csv):
+    """The frozen shortcut (head on cached pooled outputs) predicts what the whole model predicts."""
+    run = tmp_path / "frozen"
+    train(_config(tiny_model_dir, tone_csv, method="frozen", epoch_selection="inner", epochs=2), run, only=[0])
+    metrics = json.loads((run / "fold_00" / "metrics.json").read_text())
+    assert metrics["val_speakers"] == ["spk1"] and len(metrics["val_uar_curve"]) == 2
+    assert not (run / "fold_00" / "adapter").exists()
+    _, ours, saved = _probabilities(run, 0)
+    assert np.allclose(ours, saved, atol=1e-5)
+    with pytest.raises(RunError, match="frozen-encoder run"):
+        load_fold_model(run, 0, "random_twin")
+
+
+def test_full_window_run(tmp_path, tiny_model_dir, tone_csv):
+    run = tmp_path / "full"
+    train(_config(tiny_model_dir, tone_csv, window="full"), run, only=[0])
+    _, ours, saved = _probabilities(run, 0)
+    assert np.allclose(ours, saved, atol=1e-5)
+
+
+def test_cli_errors_are_one_line(tmp_path, tiny_model_dir, capsys, caplog):
+    assert main(["train", "--model", str(tiny_model_dir), "--data", "nope:x", "--out", str(tmp_path / "r")]) == 2
+    assert "accepted: emodb:PATH" in caplog.text
+    assert main(["train", "--model", "bundled:large", "--data", "csv:x", "--out", str(tmp_path / "r")]) == 2
+    assert "bundled:tiny.en" in caplog.text
+
+
+def test_bad_audio_is_named_or_skipped(tmp_path, tiny_model_dir, tone_csv):
+    bad = tone_csv.parent / "wav" / "s1_anger_0.wav"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"s1_anger_0\.wav: not readable.*--skip-bad"):
+        train(_config(tiny_model_dir, tone_csv), tmp_path / "r1", only=[0])
+    summary = train(_config(tiny_model_dir, tone_csv, skip_bad=True), tmp_path / "r2", only=[1])
+    assert json.loads((tmp_path / "r2" / "folds.json").read_text())["n_skipped_audio"] == 1
+    assert json.loads((tmp_path / "r2" / "fold_01" / "metrics.json").read_text())["n_test"] == 7
+    assert summary["n_done"] == 1
