@@ -94,6 +94,76 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_trace(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("trace", help="capture a run's traces into a Zarr store",
+                       description="Trace each utterance with the fold model that held it out; re-run to resume.")
+    p.add_argument("--run", required=True, type=Path, help="a run directory written by loralens train")
+    p.add_argument("--data", default=None, help="the --data SPEC (default: the run's own)")
+    p.add_argument("--store", required=True, help="a directory or fsspec URL (memory://, s3://, file://)")
+    p.add_argument("--name", default=None, help="the run's name in the store (default: the run directory's name)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--per-class", type=int, default=25, help="class-balanced: N per emotion (default 25)")
+    which.add_argument("--all", action="store_true", help="every utterance of the completed folds")
+    which.add_argument("--utterances", type=Path, default=None, help="a file of utterance ids, one per line")
+    p.add_argument("--no-per-frame-b", action="store_true",
+                   help="skip per-frame LoRA B activations and gradients (large for big models)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    stage = p.add_mutually_exclusive_group()
+    stage.add_argument("--prepare-only", action="store_true", help="only add utterances and create the run")
+    stage.add_argument("--shard", default=None, help="K/N: capture only rows with row %% N == K (after prepare)")
+    stage.add_argument("--commit-only", action="store_true", help="only mark the run complete if it is")
+    p.set_defaults(func=_run_trace)
+    v = sub.add_parser("validate", help="check a store: schema, shapes, NaN/Inf, completeness")
+    v.add_argument("store", help="a directory or fsspec URL")
+    v.set_defaults(func=_run_validate)
+
+
+def _run_trace(args: argparse.Namespace) -> int:
+    from precompute.capture import CaptureOptions
+    from precompute.checkpoints import read_config
+    from precompute.trace import Selection, Tracer
+
+    if args.per_class < 1:
+        raise ValueError(f"--per-class {args.per_class}: expected a positive number")
+    selection = Selection(per_class=args.per_class, all=args.all, utterances=args.utterances)
+    tracer = Tracer(args.run, args.data or read_config(args.run).data, args.store, name=args.name,
+                    selection=selection, options=CaptureOptions(per_frame_b=not args.no_per_frame_b),
+                    batch_size=args.batch_size, device=args.device)
+    if args.shard:
+        try:
+            k, n = (int(x) for x in args.shard.split("/"))
+            assert 0 <= k < n
+        except (ValueError, AssertionError) as e:
+            raise ValueError(f"--shard {args.shard!r}: expected K/N with 0 <= K < N, e.g. 0/4") from e
+        written = tracer.capture(tracer.rows(), (k, n))
+        log.info("shard %d/%d: wrote %d rows", k, n, written)
+        return 0
+    rows = tracer.prepare() if not args.commit_only else tracer.rows()
+    if args.prepare_only:
+        log.info("prepared %s for run %s: %d utterances", args.store, tracer.name, len(rows))
+        return 0
+    if not args.commit_only:
+        tracer.capture(rows)
+    state = tracer.commit(rows)
+    log.info("%s: run %s, %d utterances, %s", args.store, tracer.name, len(rows),
+             ", ".join(f"{c} {'complete' if ok else 'INCOMPLETE'}" for c, ok in state.items()))
+    return 0 if all(state.values()) else 1
+
+
+def _run_validate(args: argparse.Namespace) -> int:
+    from store.validate import validate
+
+    report = validate(args.store)
+    if report.ok:
+        print(report.summary)
+        return 0
+    print(f"{args.store}: {len(report.problems)} problem(s)")
+    for problem in report.problems:
+        print(f"  - {problem}")
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``loralens`` subcommand."""
     parser = argparse.ArgumentParser(prog="loralens", description="What LoRA does inside a Whisper emotion model.")
@@ -101,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_model(sub)
+    _add_trace(sub)
     return parser
 
 

@@ -38,9 +38,8 @@ def tone(seconds: float, rate: int, freq: float, seed: int = 0) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * freq * t) + 0.02 * rng.standard_normal(len(t))).astype(np.float32)
 
 
-@pytest.fixture()
-def tone_csv(tmp_path) -> Path:
-    """A CSV data set of 4 speakers x 4 emotions x 2 takes of tones at 22.05 kHz."""
+def write_tone_csv(tmp_path: Path) -> Path:
+    """Write a CSV data set of 4 speakers x 4 emotions x 2 takes of tones at 22.05 kHz; return the CSV."""
     rows = ["path,emotion,speaker"]
     for s in range(4):
         for e, emotion in enumerate(EMOTIONS):
@@ -51,6 +50,12 @@ def tone_csv(tmp_path) -> Path:
                 rows.append(f"{rel},{emotion},spk{s}")
     (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
     return tmp_path / "manifest.csv"
+
+
+@pytest.fixture()
+def tone_csv(tmp_path) -> Path:
+    """A CSV data set of tones (see ``write_tone_csv``)."""
+    return write_tone_csv(tmp_path)
 
 
 @pytest.fixture(scope="session")

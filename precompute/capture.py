@@ -1,0 +1,190 @@
+"""Capture, with nnsight, everything the analyses need from one batch: the only module that uses nnsight.
+
+A model and a batch in; per-utterance NumPy arrays out, named as in ``store.schema.CHECKPOINT_ARRAYS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from nnsight import NNsight
+from peft import PeftModel
+
+from precompute import window as W
+
+ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+MLP_TARGETS = ("fc1", "fc2")
+
+
+@dataclass
+class CaptureOptions:
+    """What to capture beyond the always-kept residuals, contributions and logit lens."""
+
+    per_frame_b: bool = True
+    """Keep LoRA B activations and gradients per frame (frames x d_out each); large for big models."""
+    gradients: bool = True
+    """Capture gradients of the cross-entropy on the true label w.r.t. LoRA A and B outputs."""
+
+    def to_json(self) -> dict:
+        """A JSON-able dict."""
+        return asdict(self)
+
+
+class _Classifier(torch.nn.Module):
+    """The whole classifier as one module with a tensor-only forward, for nnsight to trace."""
+
+    def __init__(self, model: torch.nn.Module, window: W.Window):
+        super().__init__()
+        self.model = model
+        self.window = window
+
+    def forward(self, input_features: torch.Tensor, n_frames: torch.Tensor) -> torch.Tensor:
+        return W.classify(self.model, W.Features(input_features, n_frames, self.window))
+
+
+def lora_modules(model: torch.nn.Module) -> list[tuple[int, str]]:
+    """(layer, target) of every LoRA-adapted encoder module, in forward order."""
+    if not isinstance(model, PeftModel):
+        return []
+    targets = [t for t in (*ATTENTION_TARGETS, *MLP_TARGETS)
+               if hasattr(getattr(W.whisper_of(model).encoder.layers[0].self_attn, t, None), "lora_A")
+               or hasattr(getattr(W.whisper_of(model).encoder.layers[0], t, None), "lora_A")]
+    return [(i, t) for i in range(len(W.whisper_of(model).encoder.layers)) for t in targets]
+
+
+def module_name(layer: int, target: str) -> str:
+    """The store's name of a LoRA module, e.g. ``layer_3.v_proj``."""
+    return f"layer_{layer}.{target}"
+
+
+class Capturer:
+    """Traces one model (a fold's checkpoint) batch after batch."""
+
+    def __init__(self, model: torch.nn.Module, window: W.Window, options: CaptureOptions):
+        self.model = model.eval()
+        self.options = options
+        self.modules = lora_modules(model)
+        if self.modules and options.gradients:
+            for name, param in model.named_parameters():  # a loaded adapter is frozen: no graph to differentiate
+                if "lora_" in name:
+                    param.requires_grad_(True)
+        self.traced = NNsight(_Classifier(model, window))
+        root = self.traced.model
+        self.whisper_envoy = root.base_model.model if isinstance(model, PeftModel) else root
+
+    def _lora_envoy(self, layer, target: str):
+        parent = layer.self_attn if target in ATTENTION_TARGETS else layer
+        module = getattr(parent, target)
+        return module.lora_A["default"], module.lora_B["default"]
+
+    def run(self, features: W.Features, labels: torch.Tensor) -> list[dict[str, np.ndarray]]:
+        """Capture one batch.
+
+        Args:
+            features: the batch (its ``n_frames`` says how many frames of each are real).
+            labels: true class indices, shape ``(batch,)``.
+
+        Returns:
+            Per utterance, arrays named as in ``store.schema``; per-frame arrays hold only the real frames.
+        """
+        layers = self.whisper_envoy.encoder.layers
+        n_layers = len(W.whisper_of(self.model).encoder.layers)
+        residual, attention, mlp, a_out, b_out, a_grad, b_grad = [], [], [], [], [], [], []
+        by_layer: dict[int, list[str]] = {}
+        for i, t in self.modules:
+            by_layer.setdefault(i, []).append(t)
+        with_grad = bool(self.modules) and self.options.gradients
+        context = torch.enable_grad() if with_grad else torch.no_grad()
+        with context, self.traced.trace(features.input_features, features.n_frames):
+            residual.append(layers[0].input.save())
+            for i in range(n_layers):
+                layer = layers[i]
+                for t in by_layer.get(i, []):
+                    if t in ATTENTION_TARGETS:
+                        a, b = self._lora_envoy(layer, t)
+                        a_out.append(a.output.save())
+                        b_out.append(b.output.save())
+                attention.append(layer.self_attn.output[0].save())
+                for t in by_layer.get(i, []):
+                    if t in MLP_TARGETS:
+                        a, b = self._lora_envoy(layer, t)
+                        a_out.append(a.output.save())
+                        b_out.append(b.output.save())
+                mlp.append(layer.fc2.output.save())
+                residual.append(layer.output.save())
+            logits = self.traced.output.save()
+            if with_grad:
+                loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+                with loss.backward():  # gradients arrive in reverse forward order
+                    for k in reversed(range(len(a_out))):
+                        b_grad.insert(0, b_out[k].grad.save())
+                        a_grad.insert(0, a_out[k].grad.save())
+        return self._per_utterance(features, labels, residual, attention, mlp, a_out, b_out, a_grad, b_grad,
+                                   logits)
+
+    @torch.no_grad()
+    def _per_utterance(self, features, labels, residual, attention, mlp, a_out, b_out, a_grad, b_grad,
+                       logits) -> list[dict[str, np.ndarray]]:
+        whisper = W.whisper_of(self.model)
+        h = torch.stack([r.detach().float() for r in residual], 1)  # (batch, boundary, frame, d)
+        attn = torch.stack([a.detach().float() for a in attention], 1)  # (batch, layer, frame, d)
+        ffn = torch.stack([m.detach().float() for m in mlp], 1)
+        pool = features.pooling_mask().to(h.device)  # what the head pools
+        real = W.Features(features.input_features, features.n_frames, "trim").pooling_mask().to(h.device)
+        frame_logits = whisper.classifier(whisper.projector(whisper.encoder.layer_norm(h)))  # (b, boundary, f, c)
+        pooled_lens = whisper.classifier(whisper.projector(
+            _pool(whisper.encoder.layer_norm(h), pool)))  # (batch, boundary, class)
+        h_in = h[:, :-1]
+        ratio = lambda x: x.norm(dim=-1) / h_in.norm(dim=-1).clamp(min=1e-12)  # noqa: E731
+        cosine = lambda x: torch.nn.functional.cosine_similarity(x, h_in, dim=-1)  # noqa: E731
+        logits = logits.detach().float()
+        lora = {}
+        if a_out:
+            lora["lora_a_activation"] = torch.stack([a.detach().float() for a in a_out], 1)  # (b, module, f, r)
+            b_stack = [b.detach().float() for b in b_out]
+            width = max(b.shape[-1] for b in b_stack)
+            lora["lora_b_activation"] = torch.stack([_pad_last(b, width) for b in b_stack], 1)
+            if a_grad:
+                lora["lora_a_gradient"] = torch.stack([g.detach().float() for g in a_grad], 1)
+                lora["lora_b_gradient"] = torch.stack([_pad_last(g.detach().float(), width) for g in b_grad], 1)
+            else:
+                lora["lora_a_gradient"] = torch.zeros_like(lora["lora_a_activation"])
+                lora["lora_b_gradient"] = torch.zeros_like(lora["lora_b_activation"])
+        out = []
+        for k in range(len(labels)):
+            n = int(features.n_frames[k])
+            row = {
+                "label": np.int16(labels[k]),
+                "prediction": np.int16(logits[k].argmax()),
+                "logits": logits[k].cpu().numpy(),
+                "residual": h[k, :, :n].cpu().numpy(),
+                "residual_pooled": _pool(h[k: k + 1], pool[k: k + 1])[0].cpu().numpy(),
+                "lens_logits": pooled_lens[k].cpu().numpy(),
+                "lens_logits_frames": frame_logits[k, :, :n].cpu().numpy(),
+                "attention_norm_ratio": ratio(attn)[k, :, :n].cpu().numpy(),
+                "attention_cosine": cosine(attn)[k, :, :n].cpu().numpy(),
+                "mlp_norm_ratio": ratio(ffn)[k, :, :n].cpu().numpy(),
+                "mlp_cosine": cosine(ffn)[k, :, :n].cpu().numpy(),
+                "layer_input_pooled": _pool(h_in[k: k + 1], pool[k: k + 1])[0].cpu().numpy(),
+                "attention_pooled": _pool(attn[k: k + 1], pool[k: k + 1])[0].cpu().numpy(),
+                "mlp_pooled": _pool(ffn[k: k + 1], pool[k: k + 1])[0].cpu().numpy(),
+            }
+            for name, value in lora.items():
+                row[name] = value[k, :, :n].cpu().numpy()
+            if lora:
+                row["lora_a_pooled"] = _pool(lora["lora_a_activation"][k: k + 1], real[k: k + 1])[0].cpu().numpy()
+                row["lora_b_pooled"] = _pool(lora["lora_b_activation"][k: k + 1], real[k: k + 1])[0].cpu().numpy()
+            out.append(row)
+        return out
+
+
+def _pool(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean over the frame axis (-2): ``(batch, ..., frame, d)``, ``(batch, frame)`` -> ``(batch, ..., d)``."""
+    m = mask.to(x.dtype).reshape(mask.shape[0], *([1] * (x.dim() - 3)), mask.shape[1], 1)
+    return (x * m).sum(-2) / m.sum(-2).clamp(min=1)
+
+
+def _pad_last(x: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (0, width - x.shape[-1])) if x.shape[-1] < width else x

@@ -1,0 +1,185 @@
+"""``loralens trace``: capture a run's checkpoints over chosen utterances into a store.
+
+Every utterance is traced with the model of the fold that held it out, so its predictions are honest.
+Stages: prepare (utterance table and checkpoint groups; one process), capture (rows; several processes may
+take disjoint shards), commit (mark the run complete). By default one command does all three, and running it
+again after an interruption captures only the rows not yet written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from precompute import window as W
+from precompute.audio import load_audio
+from precompute.capture import CaptureOptions, Capturer, lora_modules, module_name
+from precompute.checkpoints import RunError, completed_folds, load_fold_model, read_config
+from precompute.data import Utterance, load_corpus
+from precompute.models import feature_extractor
+from precompute.train import resolve_device
+from store.writer import StoreWriter, UtteranceRow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Selection:
+    """Which utterances to trace."""
+
+    per_class: int | None = 25
+    """Class-balanced: this many per emotion (seeded by the run's seed), as the paper's 100."""
+    all: bool = False
+    """Every utterance of the run's completed folds."""
+    utterances: Path | None = None
+    """A file of utterance ids (one per line, as in the run's folds.json)."""
+
+
+def _held_out_fold(run: Path) -> dict[str, int]:
+    folds = json.loads((run / "folds.json").read_text())["folds"]
+    return {uid: f["index"] for f in folds for uid in f["test"]}
+
+
+def select(run: Path, data: str, selection: Selection) -> list[tuple[Utterance, int]]:
+    """The utterances to trace with the fold each was held out by, in a deterministic order."""
+    config = read_config(run)
+    fold_of = _held_out_fold(run)
+    done = set(completed_folds(run))
+    if not done:
+        raise RunError(f"{run} has no completed fold; finish training first (loralens train ... --out {run})")
+    corpus = load_corpus(data, tuple(config.emotions), merge_excitement=config.merge_excitement)
+    available = [(u, fold_of[u.id]) for u in corpus.utterances if fold_of.get(u.id) in done]
+    if selection.utterances is not None:
+        wanted = [line.strip() for line in Path(selection.utterances).read_text().splitlines() if line.strip()]
+        by_id = {u.id: (u, f) for u, f in available}
+        if missing := [w for w in wanted if w not in by_id]:
+            raise RunError(f"{selection.utterances}: {len(missing)} id(s) are not held out by a completed fold of "
+                           f"{run} (e.g. {missing[0]!r})")
+        return [by_id[w] for w in wanted]
+    if selection.all:
+        return available
+    rng = np.random.default_rng(config.seed)
+    chosen = []
+    for emotion in config.emotions:
+        pool = [item for item in available if item[0].emotion == emotion]
+        if len(pool) < selection.per_class:
+            log.warning("only %d %s utterances in completed folds (asked for %d)", len(pool), emotion,
+                        selection.per_class)
+        picks = sorted(rng.choice(len(pool), size=min(len(pool), selection.per_class), replace=False))
+        chosen.extend(pool[i] for i in picks)
+    return sorted(chosen, key=lambda item: item[0].id)
+
+
+def store_id(u: Utterance) -> str:
+    """The utterance's id in the store (unique across data sets)."""
+    return f"{u.dataset}/{u.id}"
+
+
+class Tracer:
+    """Traces one run directory into one store."""
+
+    def __init__(self, run: Path, data: str, store: str, *, name: str | None = None,
+                 selection: Selection | None = None, options: CaptureOptions | None = None,
+                 batch_size: int = 8, device: str = "cpu", storage_options: dict | None = None):
+        self.run = run
+        self.config = read_config(run)
+        self.data = data
+        self.name = name or run.resolve().name
+        self.selection = selection or Selection()
+        self.options = options or CaptureOptions()
+        self.batch_size = batch_size
+        self.device = resolve_device(device)
+        self.writer = StoreWriter(store, storage_options)
+        self.items = select(run, data, self.selection)
+        self.checkpoints = ["trained", "random_twin"] if self.config.method == "lora" else ["trained"]
+
+    def prepare(self) -> list[int]:
+        """Add the utterances to the table and create the run's checkpoint groups; return the rows."""
+        rows = []
+        for u, _ in tqdm(self.items, desc="reading audio", unit="file"):
+            audio = load_audio(u.path, long=self.config.long)
+            rows.append(UtteranceRow(store_id(u), u.dataset, str(u.path), u.speaker, u.emotion, audio,
+                                     W.encoder_frames(len(audio))))
+        indices = self.writer.add_utterances(rows)
+        probe = load_fold_model(self.run, self.items[0][1], "trained")
+        whisper = W.whisper_of(probe)
+        modules = lora_modules(probe)
+        widths = [getattr(whisper.encoder.layers[i].self_attn, t, None) or getattr(whisper.encoder.layers[i], t)
+                  for i, t in modules]
+        sizes = {"boundary": whisper.config.encoder_layers + 1, "layer": whisper.config.encoder_layers,
+                 "d_model": whisper.config.d_model, "class": len(self.config.emotions),
+                 "module": len(modules), "rank": self.config.rank,
+                 "d_out": max((m.base_layer.out_features for m in widths), default=0)}
+        metrics_path = self.run / "metrics.json"
+        attrs = {
+            "method": self.config.method, "model": self.config.model, "data": self.data,
+            "window": self.config.window, "emotions": list(self.config.emotions), "rank": self.config.rank,
+            "alpha": self.config.alpha, "targets": list(self.config.targets),
+            "modules": [module_name(i, t) for i, t in modules], "n_layers": whisper.config.encoder_layers,
+            "d_model": whisper.config.d_model, "train_config": self.config.to_json(),
+            "metrics": json.loads(metrics_path.read_text()) if metrics_path.is_file() else {},
+            "capture": self.options.to_json(),
+        }
+        for checkpoint in self.checkpoints:
+            self.writer.create_checkpoint(self.name, checkpoint, attrs, sizes, lora=bool(modules),
+                                          per_frame_b=self.options.per_frame_b)
+        return indices
+
+    def rows(self) -> list[int]:
+        """The table rows of the selected utterances (the table must hold them: prepare first)."""
+        ids = self.writer._column("id")
+        index = {uid: i for i, uid in enumerate(ids)}
+        missing = [store_id(u) for u, _ in self.items if store_id(u) not in index]
+        if missing or self.name not in self.writer.runs():
+            raise RunError(f"{self.writer.path} is not prepared for run {self.name!r}; run the same loralens trace "
+                           "command with --prepare-only first")
+        return [index[store_id(u)] for u, _ in self.items]
+
+    def capture(self, rows: list[int], shard: tuple[int, int] = (0, 1)) -> int:
+        """Capture every unwritten row of this shard; return how many rows were written."""
+        k, n = shard
+        fold_of_row = {row: fold for row, (_, fold) in zip(rows, self.items, strict=True)}
+        # Trace the source audio, not the store's 16-bit copy, so predictions match the run's exactly.
+        path_of_row = {row: u.path for row, (u, _) in zip(rows, self.items, strict=True)}
+        label_of = {e: i for i, e in enumerate(self.config.emotions)}
+        emotion = self.writer._column("emotion")
+        done = 0
+        for checkpoint in self.checkpoints:
+            written = self.writer.written(self.name, checkpoint)
+            pending = [r for r in rows if not written[r] and r % n == k]
+            if not pending:
+                continue
+            bar = tqdm(total=len(pending), desc=f"{self.name}/{checkpoint}", unit="utt")
+            for fold in sorted({fold_of_row[r] for r in pending}):
+                model = load_fold_model(self.run, fold, checkpoint).to(self.device)
+                capturer = Capturer(model, self.config.window, self.options)
+                extractor = feature_extractor(W.whisper_of(model).config)
+                fold_rows = [r for r in pending if fold_of_row[r] == fold]
+                for start in range(0, len(fold_rows), self.batch_size):
+                    batch = fold_rows[start: start + self.batch_size]
+                    audio = [load_audio(path_of_row[r], long=self.config.long) for r in batch]
+                    features = W.extract(extractor, audio, self.config.window)
+                    labels = torch.tensor([label_of[emotion[r]] for r in batch])
+                    for r, arrays in zip(batch, capturer.run(features.to(self.device), labels.to(self.device)),
+                                         strict=True):
+                        arrays["fold"] = np.int16(fold)
+                        self.writer.write(self.name, checkpoint, r, arrays)
+                    bar.update(len(batch))
+                    done += len(batch)
+            bar.close()
+        return done
+
+    def commit(self, rows: list[int]) -> dict[str, bool]:
+        """Mark the run's checkpoints complete when every selected row is written."""
+        state = self.writer.commit(self.name, rows)
+        for checkpoint, complete in state.items():
+            if not complete:
+                log.warning("%s/%s is not complete yet: capture the remaining shards, then commit",
+                            self.name, checkpoint)
+        return state

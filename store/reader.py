@@ -1,0 +1,160 @@
+"""Read a store: the utterance table, the runs and their checkpoints, and any array by rows and layer."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.errors
+
+from store import schema
+
+
+class StoreError(ValueError):
+    """A store that is missing, not a loralens store, of another schema version, or lacking something."""
+
+
+def open_root(path: str, mode: str = "r", storage_options: dict | None = None) -> zarr.Group:
+    """Open a store's root group, checking that it is a loralens store of a version this code reads."""
+    try:
+        root = zarr.open_group(path, mode=mode, storage_options=storage_options, zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as e:
+        raise StoreError(f"{path}: no store there; create one with loralens trace --store {path}") from e
+    attrs = dict(root.attrs)
+    if attrs.get("format") != schema.FORMAT:
+        raise StoreError(f"{path}: a Zarr group, but not a loralens store (its attributes have no "
+                         f"format={schema.FORMAT!r}); point at a store written by loralens trace")
+    version = attrs.get("schema_version")
+    if version != schema.SCHEMA_VERSION:
+        newer = isinstance(version, int) and version > schema.SCHEMA_VERSION
+        raise StoreError(
+            f"{path}: store schema version {version}, this loralens reads version {schema.SCHEMA_VERSION}; "
+            + ("upgrade loralens (pip install -U loralens)" if newer else
+               "re-trace it with this version (loralens trace ... --store NEW_PATH)"))
+    return root
+
+
+class StoreReader:
+    """Read access to a store; rows are utterance indices in the shared table."""
+
+    def __init__(self, path: str, storage_options: dict | None = None, mode: str = "r"):
+        self.path = path
+        self.root = open_root(path, mode, storage_options)
+        self._cache: dict[str, Any] = {}
+
+    # -- the utterance table ----------------------------------------------------------------------------
+    def _column(self, name: str) -> np.ndarray:
+        key = f"utterances/{name}"
+        if key not in self._cache:
+            if "utterances" not in self.root or name not in self.root["utterances"]:
+                if name in ("id", "n_frames"):
+                    return np.array([], dtype=object if name == "id" else np.int32)
+                raise StoreError(f"{self.path}: the utterance table lacks {name!r}; the store is incomplete, "
+                                 "run loralens validate on it")
+            self._cache[key] = self.root["utterances"][name][:]
+        return self._cache[key]
+
+    @property
+    def n_utterances(self) -> int:
+        """Rows in the utterance table."""
+        return len(self._column("id"))
+
+    def utterances(self) -> dict[str, np.ndarray]:
+        """The utterance table without audio: column name -> values, one per row."""
+        return {name: self._column(name) for name in schema.UTTERANCE_ARRAYS if name != "audio"}
+
+    def row_of(self, utterance_id: str) -> int:
+        """The row of an utterance id."""
+        hits = np.flatnonzero(self._column("id") == utterance_id)
+        if not len(hits):
+            raise StoreError(f"{self.path}: no utterance {utterance_id!r}")
+        return int(hits[0])
+
+    def audio(self, row: int) -> np.ndarray:
+        """The utterance's 16 kHz audio as float32, shape ``(n_samples,)``."""
+        n = int(self._column("n_samples")[row])
+        return self.root["utterances"]["audio"][row, :n].astype(np.float32) / 32767.0
+
+    # -- runs and checkpoints -----------------------------------------------------------------------------
+    def runs(self) -> dict[str, list[str]]:
+        """Run name -> its checkpoints present in the store."""
+        if "runs" not in self.root:
+            return {}
+        runs = self.root["runs"]
+        return {run: [c for c in schema.CHECKPOINTS if c in runs[run]] for run in sorted(runs.group_keys())}
+
+    def group(self, run: str, checkpoint: str = "trained") -> zarr.Group:
+        """A checkpoint's group."""
+        key = f"runs/{run}/{checkpoint}"
+        if key not in self._cache:
+            if key not in self.root:
+                raise StoreError(f"{self.path}: no checkpoint {run}/{checkpoint}; present: {self.runs()}")
+            self._cache[key] = self.root[key]
+        return self._cache[key]
+
+    def attrs(self, run: str, checkpoint: str = "trained") -> dict[str, Any]:
+        """A checkpoint's attributes (``schema.CHECKPOINT_ATTRS``)."""
+        return dict(self.group(run, checkpoint).attrs)
+
+    def written(self, run: str, checkpoint: str = "trained") -> np.ndarray:
+        """Which rows are completely written, shape ``(n_utterances,)`` bool."""
+        return self.group(run, checkpoint)["written"][:].astype(bool)
+
+    def read(self, run: str, checkpoint: str, name: str, rows: int | list[int] | slice | None = None,
+             **index: int | slice) -> np.ndarray:
+        """Read an array of a checkpoint.
+
+        Args:
+            run: the run's name.
+            checkpoint: ``trained`` or ``random_twin``.
+            name: an array of ``schema.CHECKPOINT_ARRAYS``.
+            rows: utterance rows (None: every written row).
+            **index: an index per other dimension by name, e.g. ``boundary=3`` or ``layer=2``.
+
+        Returns:
+            The values, in the array's dimension order (dimensions indexed by an int are dropped).
+
+        Raises:
+            StoreError: the array is missing, or a requested row is not (completely) written.
+        """
+        group = self.group(run, checkpoint)
+        if name not in group:
+            raise StoreError(f"{self.path}: {run}/{checkpoint} has no array {name!r}"
+                             + (" (a frozen run has no LoRA)" if schema.CHECKPOINT_ARRAYS.get(name, None)
+                                and schema.CHECKPOINT_ARRAYS[name].lora_only else ""))
+        array = group[name]
+        written = self.written(run, checkpoint)
+        if rows is None:
+            rows = np.flatnonzero(written).tolist()
+        selected = [rows] if isinstance(rows, int) else (list(range(*rows.indices(len(written))))
+                                                          if isinstance(rows, slice) else list(rows))
+        if missing := [r for r in selected if not written[r]]:
+            raise StoreError(f"{self.path}: {run}/{checkpoint} rows {missing[:5]} are not written (an interrupted "
+                             "capture?); finish them with the same loralens trace command")
+        dims = array.metadata.dimension_names
+        if unknown := set(index) - set(dims):
+            raise StoreError(f"array {name} has dimensions {dims}, not {sorted(unknown)}")
+        selection = tuple(index.get(d, slice(None)) for d in dims[1:])
+        if isinstance(rows, int):
+            return array[(rows, *selection)]
+        return _read_rows(array, selected, selection)
+
+    def dims(self, run: str, checkpoint: str, name: str) -> tuple[str, ...]:
+        """An array's dimension names."""
+        return tuple(self.group(run, checkpoint)[name].metadata.dimension_names)
+
+
+def _read_rows(array: zarr.Array, rows: list[int], selection: tuple) -> np.ndarray:
+    if not rows:
+        return np.zeros((0, *array[(0, *selection)].shape), dtype=array.dtype) if array.shape[0] else np.zeros(0)
+    if rows == list(range(rows[0], rows[-1] + 1)):  # a contiguous block: one ranged read
+        return array[(slice(rows[0], rows[-1] + 1), *selection)]
+    return array.get_orthogonal_selection((rows, *selection))
+
+
+@functools.lru_cache(maxsize=8)
+def cached_reader(path: str) -> StoreReader:
+    """A shared reader per path (readers are safe to share; writers write through their own)."""
+    return StoreReader(path)

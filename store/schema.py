@@ -1,0 +1,131 @@
+"""The store's schema: every group, array, dimension order, dtype, chunking and attribute key.
+
+Layout (Zarr v3)::
+
+    /                                   attrs: format, schema_version, versions, created
+    /utterances/<column>                the shared utterance table, one row per utterance
+    /runs/<run>/<checkpoint>/<array>    traces of one checkpoint (``trained``, ``random_twin``) of one run
+                                        attrs: see CHECKPOINT_ATTRS
+
+Every array's first dimension is ``utterance`` with chunks of one utterance, so an utterance is written
+without touching any other's chunks (writers may work on disjoint utterances at once) and a reader of one
+utterance across all layers touches one chunk per array. A checkpoint's ``written`` array is each row's
+commit mark: set last, after every other array of that row; readers see only rows whose mark is set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+FORMAT = "loralens-store"
+SCHEMA_VERSION = 1
+"""Bumped on any change a reader of the previous version would misread."""
+
+Checkpoint = Literal["trained", "random_twin"]
+CHECKPOINTS: tuple[Checkpoint, ...] = ("trained", "random_twin")
+
+# Root attribute keys.
+ROOT_ATTRS = ("format", "schema_version", "versions", "created")
+# Checkpoint group attribute keys (all written by the writer when the checkpoint is created).
+CHECKPOINT_ATTRS = (
+    "run",             # the run's name in this store
+    "checkpoint",      # trained | random_twin
+    "method",          # lora | frozen
+    "model",           # the --model SPEC
+    "data",            # the --data SPEC
+    "window",          # trim | full
+    "emotions",        # class names in label order
+    "rank", "alpha", "targets",
+    "modules",         # LoRA module names in order of the ``module`` dimension, e.g. "layer_0.v_proj"
+    "n_layers", "d_model",
+    "train_config",    # the run's config.json
+    "metrics",         # the run's metrics.json
+    "capture",         # what was captured (CaptureOptions as a dict)
+    "complete",        # set by commit once every row of the run is written
+)
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array of the schema."""
+
+    dims: tuple[str, ...]
+    """Dimension names, in order; the first is always ``utterance``."""
+    dtype: str
+    """NumPy dtype (``str`` for text)."""
+    description: str
+    """What it holds."""
+    lora_only: bool = False
+    """Present only in checkpoints of LoRA runs."""
+    optional: bool = False
+    """May be left out by the capture options (``per_frame_b``)."""
+
+    @property
+    def per_frame(self) -> bool:
+        """Whether it has a ``frame`` dimension (padded; ``utterances/n_frames`` says how much is real)."""
+        return "frame" in self.dims
+
+
+UTTERANCE_ARRAYS: dict[str, ArraySpec] = {
+    "id": ArraySpec(("utterance",), "str", "data set and utterance id, unique in the store"),
+    "dataset": ArraySpec(("utterance",), "str", "the data set's scheme (emodb, synthetic, ...)"),
+    "source": ArraySpec(("utterance",), "str", "the audio file it was read from"),
+    "speaker": ArraySpec(("utterance",), "str", "speaker id"),
+    "emotion": ArraySpec(("utterance",), "str", "the true emotion"),
+    "duration": ArraySpec(("utterance",), "float32", "seconds of audio"),
+    "n_samples": ArraySpec(("utterance",), "int32", "real samples in ``audio``"),
+    "n_frames": ArraySpec(("utterance",), "int32", "real encoder frames (50 per second)"),
+    "audio": ArraySpec(("utterance", "sample"), "int16", "16 kHz mono PCM, zero-padded"),
+}
+
+CHECKPOINT_ARRAYS: dict[str, ArraySpec] = {
+    "written": ArraySpec(("utterance",), "uint8", "1 once every array of the row is written (the commit mark)"),
+    "fold": ArraySpec(("utterance",), "int16", "the fold whose model traced it (the one that held it out)"),
+    "label": ArraySpec(("utterance",), "int16", "true class index"),
+    "prediction": ArraySpec(("utterance",), "int16", "predicted class index"),
+    "logits": ArraySpec(("utterance", "class"), "float32", "the model's final logits"),
+    "residual": ArraySpec(("utterance", "boundary", "frame", "d_model"), "float16",
+                          "residual stream after the input embeddings (boundary 0) and after each layer"),
+    "residual_pooled": ArraySpec(("utterance", "boundary", "d_model"), "float32",
+                                 "``residual`` mean-pooled over the frames the head pools"),
+    "lens_logits": ArraySpec(("utterance", "boundary", "class"), "float32",
+                             "logit lens: final layer norm, projector, pooling and classifier on each boundary"),
+    "lens_logits_frames": ArraySpec(("utterance", "boundary", "frame", "class"), "float16",
+                                    "logit lens per frame (the head without pooling)"),
+    "attention_norm_ratio": ArraySpec(("utterance", "layer", "frame"), "float16",
+                                      "||attention output|| / ||layer input|| per frame"),
+    "attention_cosine": ArraySpec(("utterance", "layer", "frame"), "float16",
+                                  "cosine of the attention output with the layer input per frame"),
+    "mlp_norm_ratio": ArraySpec(("utterance", "layer", "frame"), "float16",
+                                "||MLP output|| / ||layer input|| per frame"),
+    "mlp_cosine": ArraySpec(("utterance", "layer", "frame"), "float16",
+                            "cosine of the MLP output with the layer input per frame"),
+    "layer_input_pooled": ArraySpec(("utterance", "layer", "d_model"), "float32", "pooled layer input h"),
+    "attention_pooled": ArraySpec(("utterance", "layer", "d_model"), "float32", "pooled attention output"),
+    "mlp_pooled": ArraySpec(("utterance", "layer", "d_model"), "float32", "pooled MLP output"),
+    "lora_a_activation": ArraySpec(("utterance", "module", "frame", "rank"), "float16",
+                                   "LoRA A output (before B) per frame", lora_only=True),
+    "lora_a_gradient": ArraySpec(("utterance", "module", "frame", "rank"), "float16",
+                                 "d cross-entropy(true label) / d LoRA A output", lora_only=True),
+    "lora_a_pooled": ArraySpec(("utterance", "module", "rank"), "float32",
+                               "LoRA A output mean-pooled over real frames", lora_only=True),
+    "lora_b_activation": ArraySpec(("utterance", "module", "frame", "d_out"), "float16",
+                                   "LoRA B output per frame (the update before the alpha / r scaling)",
+                                   lora_only=True, optional=True),
+    "lora_b_gradient": ArraySpec(("utterance", "module", "frame", "d_out"), "float16",
+                                 "d cross-entropy(true label) / d LoRA B output", lora_only=True, optional=True),
+    "lora_b_pooled": ArraySpec(("utterance", "module", "d_out"), "float32",
+                               "LoRA B output mean-pooled over real frames", lora_only=True),
+}
+
+
+def checkpoint_arrays(lora: bool, per_frame_b: bool) -> dict[str, ArraySpec]:
+    """The arrays a checkpoint holds: without LoRA arrays for frozen runs, without per-frame B if skipped."""
+    return {name: spec for name, spec in CHECKPOINT_ARRAYS.items()
+            if (lora or not spec.lora_only) and (per_frame_b or not spec.optional)}
+
+
+def chunks(spec: ArraySpec, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """One utterance per chunk, everything else of that utterance in the same chunk."""
+    return (1, *[max(1, n) for n in shape[1:]])

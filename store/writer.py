@@ -1,0 +1,194 @@
+"""Write traces into a store: the utterance table, checkpoint groups, rows, and the final commit."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.errors
+
+from store import schema
+from store.reader import StoreError, StoreReader, open_root
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UtteranceRow:
+    """One row of the utterance table, as the writer receives it."""
+
+    id: str
+    dataset: str
+    source: str
+    speaker: str
+    emotion: str
+    audio: np.ndarray
+    """16 kHz mono float32, shape ``(n_samples,)``."""
+    n_frames: int
+    """Real encoder frames."""
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in ("loralens", "zarr", "numpy", "torch", "transformers", "peft", "nnsight"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class StoreWriter(StoreReader):
+    """Creates or extends a store.
+
+    Growing the utterance table and creating checkpoints must not run while other processes write rows;
+    writing rows (``write``) may run in several processes on disjoint rows.
+    """
+
+    def __init__(self, path: str, storage_options: dict | None = None):
+        try:
+            root = open_root(path, "r", storage_options)
+        except StoreError:
+            root = None
+        if root is None:
+            root = zarr.open_group(path, mode="a", storage_options=storage_options, zarr_format=3)
+            if not dict(root.attrs):
+                root.attrs.update({"format": schema.FORMAT, "schema_version": schema.SCHEMA_VERSION,
+                                   "versions": _versions(), "created": dt.datetime.now(dt.timezone.utc).isoformat()})
+        super().__init__(path, storage_options, mode="a")
+
+    # -- the utterance table ----------------------------------------------------------------------------
+    def add_utterances(self, rows: list[UtteranceRow]) -> list[int]:
+        """Add the rows not yet in the table (by id); return every given row's index in the table."""
+        table = self.root.require_group("utterances")
+        known = {uid: i for i, uid in enumerate(self._column("id"))} if "id" in table else {}
+        new = [r for r in rows if r.id not in known]
+        if new:
+            start = len(known)
+            n = start + len(new)
+            max_samples = max(len(r.audio) for r in new)
+            for name, spec in schema.UTTERANCE_ARRAYS.items():
+                shape = (n, max_samples) if name == "audio" else (n,)
+                if name in table:
+                    array = table[name]
+                    if name == "audio":
+                        shape = (n, max(array.shape[1], max_samples))
+                    array.resize(shape)
+                else:
+                    table.create_array(name, shape=shape, chunks=schema.chunks(spec, shape),
+                                       dtype=str if spec.dtype == "str" else spec.dtype,
+                                       dimension_names=spec.dims,
+                                       fill_value="" if spec.dtype == "str" else 0)
+            block = {
+                "id": np.array([r.id for r in new], dtype=object),
+                "dataset": np.array([r.dataset for r in new], dtype=object),
+                "source": np.array([r.source for r in new], dtype=object),
+                "speaker": np.array([r.speaker for r in new], dtype=object),
+                "emotion": np.array([r.emotion for r in new], dtype=object),
+                "duration": np.array([len(r.audio) / 16000 for r in new], dtype=np.float32),
+                "n_samples": np.array([len(r.audio) for r in new], dtype=np.int32),
+                "n_frames": np.array([r.n_frames for r in new], dtype=np.int32),
+            }
+            for name, values in block.items():
+                table[name][start:n] = values
+            audio = table["audio"]
+            for i, r in enumerate(new):
+                pcm = np.zeros(audio.shape[1], dtype=np.int16)
+                pcm[: len(r.audio)] = np.round(np.clip(r.audio, -1, 1) * 32767).astype(np.int16)
+                audio[start + i] = pcm
+            known |= {r.id: start + i for i, r in enumerate(new)}
+            self._grow_checkpoints(n)
+            self._cache.clear()
+        return [known[r.id] for r in rows]
+
+    def _grow_checkpoints(self, n_rows: int) -> None:
+        max_frames = int(np.max(self._column("n_frames"))) if n_rows else 0
+        for run, checkpoints in self.runs().items():
+            for checkpoint in checkpoints:
+                group = self.root[f"runs/{run}/{checkpoint}"]
+                for name in group.array_keys():
+                    array = group[name]
+                    dims = array.metadata.dimension_names
+                    shape = [n_rows if d == "utterance" else max(s, max_frames) if d == "frame" else s
+                             for d, s in zip(dims, array.shape, strict=True)]
+                    if tuple(shape) != array.shape:
+                        array.resize(tuple(shape))
+                group.attrs["complete"] = False
+
+    # -- checkpoints --------------------------------------------------------------------------------------
+    def create_checkpoint(self, run: str, checkpoint: schema.Checkpoint, attrs: dict[str, Any],
+                          sizes: dict[str, int], *, lora: bool, per_frame_b: bool) -> None:
+        """Create (or check and keep) a checkpoint group sized to the utterance table.
+
+        Args:
+            run: the run's name in the store.
+            checkpoint: ``trained`` or ``random_twin``.
+            attrs: the group's attributes (``schema.CHECKPOINT_ATTRS``).
+            sizes: the size of every dimension but ``utterance`` and ``frame``.
+            lora: whether the run has LoRA modules.
+            per_frame_b: whether per-frame LoRA B activations and gradients are kept.
+        """
+        if checkpoint not in schema.CHECKPOINTS:
+            raise ValueError(f"checkpoint {checkpoint!r}; expected one of {schema.CHECKPOINTS}")
+        if missing := [k for k in schema.CHECKPOINT_ATTRS if k not in attrs and k not in ("run", "checkpoint",
+                                                                                          "complete")]:
+            raise ValueError(f"checkpoint {run}/{checkpoint}: attributes {missing} are required by the schema")
+        path = f"runs/{run}/{checkpoint}"
+        n_rows = len(self._column("id"))
+        sizes = {**sizes, "utterance": n_rows, "frame": int(np.max(self._column("n_frames")))}
+        if path in self.root:
+            group = self.root[path]
+            old = dict(group.attrs)
+            for key in ("method", "model", "window", "emotions", "modules"):
+                if old.get(key) != attrs.get(key):
+                    raise StoreError(f"the store already holds run {run!r} with {key}={old.get(key)!r}, not "
+                                     f"{attrs.get(key)!r}; trace into another --store, or give the run "
+                                     "another name (--name)")
+            return
+        group = self.root.require_group(path)
+        for name, spec in schema.checkpoint_arrays(lora, per_frame_b).items():
+            shape = tuple(sizes[d] for d in spec.dims)
+            try:
+                group.create_array(name, shape=shape, chunks=schema.chunks(spec, shape), dtype=spec.dtype,
+                                   dimension_names=spec.dims, fill_value=0)
+            except zarr.errors.ContainsArrayError:  # another process created it first
+                pass
+        group.attrs.update({**attrs, "run": run, "checkpoint": checkpoint, "complete": False})
+        self._cache.clear()
+
+    def write(self, run: str, checkpoint: schema.Checkpoint, row: int, arrays: dict[str, np.ndarray]) -> None:
+        """Write one utterance's arrays, then its commit mark.
+
+        Per-frame arrays may be shorter than the store's ``frame`` dimension (they are zero-padded).
+        """
+        group = self.root[f"runs/{run}/{checkpoint}"]
+        expected = set(group.array_keys()) - {"written"}
+        if missing := expected - set(arrays):
+            raise ValueError(f"row {row} of {run}/{checkpoint} lacks {sorted(missing)}")
+        for name in sorted(expected):
+            target = group[name]
+            value = np.asarray(arrays[name])
+            full_shape = target.shape[1:]
+            if value.shape != full_shape:
+                padded = np.zeros(full_shape, dtype=target.dtype)
+                padded[tuple(slice(0, s) for s in value.shape)] = value
+                value = padded
+            target[row] = value.astype(target.dtype, copy=False)
+        group["written"][row] = 1
+
+    def commit(self, run: str, rows: list[int]) -> dict[str, bool]:
+        """Mark each checkpoint of ``run`` complete when all of ``rows`` are written; return that state."""
+        state = {}
+        for checkpoint in self.runs().get(run, []):
+            group = self.root[f"runs/{run}/{checkpoint}"]
+            written = group["written"][:]
+            complete = bool(all(written[i] for i in rows))
+            group.attrs.update({"complete": complete, "n_written": int(written.sum())})
+            state[checkpoint] = complete
+        self._cache.clear()
+        return state

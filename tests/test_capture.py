@@ -1,0 +1,104 @@
+"""The nnsight capture against direct computations: logit lens, LoRA B output, gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import WhisperForAudioClassification
+
+from precompute import models
+from precompute import window as W
+from precompute.capture import CaptureOptions, Capturer
+from precompute.checkpoints import attach_lora
+from precompute.config import TrainConfig
+from tests.conftest import tiny_config
+
+
+@pytest.fixture()
+def lora_model():
+    torch.manual_seed(0)
+    model = WhisperForAudioClassification(tiny_config()).eval()
+    model = attach_lora(model, TrainConfig(model="x", data="y", rank=4, alpha=8, targets=["v_proj", "fc1"])).eval()
+    with torch.no_grad():  # a trained-looking adapter: B nonzero
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.2)
+    return model
+
+
+def _batch(model, window="trim"):
+    rng = np.random.default_rng(1)
+    clips = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (16000, 9000, 12000)]
+    return W.extract(models.feature_extractor(model.config), clips, window), torch.tensor([1, 2, 0])
+
+
+@pytest.mark.parametrize("window", ["trim", "full"])
+def test_lens_at_last_layer_is_the_model(lora_model, window):
+    features, labels = _batch(lora_model, window)
+    rows = Capturer(lora_model, window, CaptureOptions()).run(features, labels)
+    with torch.no_grad():
+        logits = W.classify(lora_model, features).numpy()
+    for k, row in enumerate(rows):
+        assert np.allclose(row["lens_logits"][-1], logits[k], atol=1e-4)
+        assert np.allclose(row["logits"], logits[k], atol=1e-5)
+        assert row["prediction"] == logits[k].argmax()
+        n = int(features.n_frames[k])
+        assert row["residual"].shape == (3, n, 32) and row["lens_logits_frames"].shape == (3, n, 4)
+
+
+def test_lora_b_output_is_the_adapter_delta(lora_model):
+    features, labels = _batch(lora_model)
+    rows = Capturer(lora_model, "trim", CaptureOptions()).run(features, labels)
+    whisper = W.whisper_of(lora_model)
+    for layer in range(2):
+        v = whisper.encoder.layers[layer].self_attn.v_proj
+        # The input of v_proj is the layer-normed residual entering the layer.
+        for k, row in enumerate(rows):
+            n = int(features.n_frames[k])
+            x = whisper.encoder.layers[layer].self_attn_layer_norm(torch.from_numpy(row["residual"][layer]))
+            a = x @ v.lora_A["default"].weight.T
+            delta = a @ v.lora_B["default"].weight.T
+            module = row["lora_a_activation"][2 * layer]
+            assert module.shape == (n, 4)
+            assert np.allclose(module, a.detach().numpy(), atol=1e-3)
+            assert np.allclose(row["lora_b_activation"][2 * layer][:, :32], delta.detach().numpy(), atol=1e-3)
+            # scaled, it is exactly what LoRA adds to v_proj's output
+            full = v(x) - v.base_layer(x)
+            assert np.allclose(delta.detach().numpy() * v.scaling["default"], full.detach().numpy(), atol=1e-3)
+
+
+def test_gradients_equal_autograd(lora_model):
+    features, labels = _batch(lora_model)
+    rows = Capturer(lora_model, "trim", CaptureOptions()).run(features, labels)
+    outputs = []
+    hooks = [module.register_forward_hook(lambda m, i, o: outputs.append(o))
+             for name, module in lora_model.named_modules() if name.endswith(("lora_A.default", "lora_B.default"))]
+    logits = W.classify(lora_model, features)
+    for h in hooks:
+        h.remove()
+    loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+    grads = torch.autograd.grad(loss, outputs)
+    # forward order: per layer v_proj A, v_proj B, fc1 A, fc1 B
+    a_grads, b_grads = grads[0::2], grads[1::2]
+    for k, row in enumerate(rows):
+        n = int(features.n_frames[k])
+        for m in range(4):
+            assert np.allclose(row["lora_a_gradient"][m], a_grads[m][k, :n].numpy(), atol=1e-5, rtol=1e-3)
+            width = b_grads[m].shape[-1]
+            assert np.allclose(row["lora_b_gradient"][m][:, :width], b_grads[m][k, :n].numpy(), atol=1e-5, rtol=1e-3)
+
+
+def test_contributions_are_norm_ratios_and_cosines(lora_model):
+    features, labels = _batch(lora_model)
+    (row, *_) = Capturer(lora_model, "trim", CaptureOptions()).run(features, labels)
+    assert row["attention_norm_ratio"].shape == row["mlp_cosine"].shape == (2, 50)
+    assert (row["attention_norm_ratio"] >= 0).all() and (np.abs(row["mlp_cosine"]) <= 1 + 1e-5).all()
+
+
+def test_frozen_model_has_no_lora_arrays():
+    torch.manual_seed(0)
+    model = WhisperForAudioClassification(tiny_config()).eval()
+    features, labels = _batch(model)
+    (row, *_) = Capturer(model, "trim", CaptureOptions()).run(features, labels)
+    assert not any(k.startswith("lora_") for k in row)

@@ -1,0 +1,128 @@
+"""The store: round trips on a local directory and memory://, versions, and partial rows."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+import zarr
+
+from store import schema
+from store.reader import StoreError, StoreReader
+from store.validate import validate
+from store.writer import StoreWriter, UtteranceRow
+
+ATTRS = {"method": "lora", "model": "m", "data": "d", "window": "trim", "emotions": ["anger", "sadness"],
+         "rank": 3, "alpha": 6, "targets": ["v_proj"], "modules": ["layer_0.v_proj", "layer_1.v_proj"],
+         "n_layers": 2, "d_model": 8, "train_config": {}, "metrics": {}, "capture": {"per_frame_b": True}}
+SIZES = {"boundary": 3, "layer": 2, "d_model": 8, "class": 4, "module": 2, "rank": 3, "d_out": 8}
+
+
+def _rows(n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return [UtteranceRow(f"emodb/u{i}", "emodb", f"/x/u{i}.wav", f"s{i % 2}", ["anger", "sadness"][i % 2],
+                         (0.1 * rng.standard_normal(1600 * (i + 1))).astype(np.float32), 5 * (i + 1))
+            for i in range(n)]
+
+
+def _arrays(n_frames: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, spec in schema.checkpoint_arrays(lora=True, per_frame_b=True).items():
+        if name == "written":
+            continue
+        shape = tuple(n_frames if d == "frame" else SIZES[d] for d in spec.dims[1:])
+        value = rng.standard_normal(shape) if spec.dtype.startswith("float") else rng.integers(0, 4, shape)
+        out[name] = np.asarray(value).astype(spec.dtype)
+    return out
+
+
+@pytest.fixture(params=["local", "memory"])
+def store_path(request, tmp_path):
+    return str(tmp_path / "store.zarr") if request.param == "local" else f"memory://{uuid.uuid4().hex}"
+
+
+def _fill(path, n=3):
+    writer = StoreWriter(path)
+    rows = writer.add_utterances(_rows(n))
+    writer.create_checkpoint("r", "trained", ATTRS, SIZES,
+                             lora=True, per_frame_b=True)
+    written = {}
+    for row in rows:
+        written[row] = _arrays(5 * (row + 1), seed=row)
+        writer.write("r", "trained", row, written[row])
+    writer.commit("r", rows)
+    return writer, written
+
+
+def test_round_trip(store_path):
+    _, written = _fill(store_path)
+    reader = StoreReader(store_path)
+    assert reader.runs() == {"r": ["trained"]}
+    assert list(reader.utterances()["id"]) == ["emodb/u0", "emodb/u1", "emodb/u2"]
+    assert reader.audio(1).shape == (3200,)
+    assert np.allclose(reader.audio(1), _rows()[1].audio, atol=1 / 32767)
+    for row, arrays in written.items():
+        for name, value in arrays.items():
+            got = reader.read("r", "trained", name, row)
+            real = got[tuple(slice(0, s) for s in np.shape(value))]
+            assert np.array_equal(real, value), name
+    # one layer across all utterances
+    assert reader.read("r", "trained", "residual_pooled", boundary=2).shape == (3, 8)
+    assert reader.read("r", "trained", "residual_pooled", [0, 2], boundary=1).shape == (2, 8)
+    assert reader.read("r", "trained", "residual", 2).shape == (3, 15, 8)
+
+
+def test_unwritten_row_is_invisible(store_path):
+    writer = StoreWriter(store_path)
+    rows = writer.add_utterances(_rows(2))
+    writer.create_checkpoint("r", "trained", ATTRS, SIZES, lora=True, per_frame_b=True)
+    arrays = _arrays(5, 0)
+    group = writer.root["runs/r/trained"]
+    group["residual"][0] = np.ones(group["residual"].shape[1:])  # a capture killed half-way through row 0
+    writer.write("r", "trained", rows[1], _arrays(10, 1))
+    reader = StoreReader(store_path)
+    assert reader.written("r", "trained").tolist() == [False, True]
+    assert reader.read("r", "trained", "logits").shape == (1, 4)
+    with pytest.raises(StoreError, match="not written"):
+        reader.read("r", "trained", "logits", 0)
+    del arrays
+
+
+def test_growing_the_table_resizes_runs(store_path):
+    writer, _ = _fill(store_path, n=2)
+    more = _rows(4)
+    assert writer.add_utterances(more) == [0, 1, 2, 3]
+    reader = StoreReader(store_path)
+    assert reader.n_utterances == 4 and reader.written("r", "trained").tolist() == [True, True, False, False]
+    assert reader.group("r")["residual"].shape[2] == 20 and not reader.attrs("r")["complete"]
+
+
+def test_not_a_store_and_versions(tmp_path):
+    with pytest.raises(StoreError, match="no store there"):
+        StoreReader(str(tmp_path / "missing"))
+    zarr.open_group(str(tmp_path / "plain"), mode="w")
+    with pytest.raises(StoreError, match="not a loralens store"):
+        StoreReader(str(tmp_path / "plain"))
+    path = str(tmp_path / "s")
+    StoreWriter(path).root.attrs["schema_version"] = schema.SCHEMA_VERSION + 1
+    with pytest.raises(StoreError, match="upgrade loralens"):
+        StoreReader(path)
+    zarr.open_group(path, mode="a").attrs["schema_version"] = 0
+    with pytest.raises(StoreError, match="re-trace"):
+        StoreReader(path)
+
+
+def test_validate_finds_nan_and_incomplete(tmp_path):
+    path = str(tmp_path / "s")
+    writer, _ = _fill(path)
+    report = validate(path)
+    assert report.ok, report.problems
+    bad = _arrays(5, 0)
+    bad["residual_pooled"][0, 0] = np.nan
+    writer.write("r", "trained", 0, bad)
+    writer.root["runs/r/trained"].attrs["complete"] = False
+    report = validate(path)
+    assert any("NaN" in p and "residual_pooled" in p for p in report.problems)
+    assert any("not committed complete" in p for p in report.problems)

@@ -1,0 +1,99 @@
+"""loralens trace on a tiny trained run: honest fold models, resumption, shards, validation."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from precompute.cli import main
+from precompute.config import TrainConfig
+from precompute.train import train
+from store.reader import StoreReader
+from store.validate import validate
+from tests.conftest import write_tone_csv
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("trace")
+    manifest = write_tone_csv(root)
+    run = root / "tiny-lora"
+    train(TrainConfig(model=str(tiny_model_dir), data=f"csv:{manifest}", epochs=1, batch_size=4, rank=4, alpha=8),
+          run)
+    return run
+
+
+def _predictions(run) -> dict[str, np.ndarray]:
+    out = {}
+    for fold in sorted(run.glob("fold_*")):
+        with open(fold / "predictions.csv") as f:
+            for r in csv.DictReader(f):
+                out[f"csv/{r['id']}"] = np.array([float(r[k]) for k in r if k.startswith("p_")])
+    return out
+
+
+def test_trace_validate_and_honest_predictions(lora_run, tmp_path):
+    store = str(tmp_path / "s.zarr")
+    assert main(["trace", "--run", str(lora_run), "--store", store, "--per-class", "3"]) == 0
+    assert validate(store).ok
+    reader = StoreReader(store)
+    assert reader.runs() == {"tiny-lora": ["trained", "random_twin"]}
+    ids = reader.utterances()["id"]
+    assert len(ids) == 12 and sorted(reader.utterances()["emotion"]).count("anger") == 3
+    saved = _predictions(lora_run)
+    logits = reader.read("tiny-lora", "trained", "logits")
+    for uid, row in zip(ids, logits, strict=True):
+        probs = np.exp(row - row.max()) / np.exp(row - row.max()).sum()
+        assert np.allclose(probs, saved[uid], atol=1e-4), uid
+    lens = reader.read("tiny-lora", "trained", "lens_logits", boundary=-1)
+    assert np.allclose(lens, logits, atol=1e-4)
+    twin = reader.read("tiny-lora", "random_twin", "lora_a_activation", 0)
+    assert not np.allclose(twin, reader.read("tiny-lora", "trained", "lora_a_activation", 0))
+    attrs = reader.attrs("tiny-lora")
+    assert attrs["modules"] == ["layer_0.v_proj", "layer_1.v_proj"] and attrs["complete"]
+
+
+def test_interrupted_capture_resumes(lora_run, tmp_path):
+    store = str(tmp_path / "s.zarr")
+    assert main(["trace", "--run", str(lora_run), "--store", store, "--per-class", "2"]) == 0
+    reader = StoreReader(store, mode="a")
+    before = reader.read("tiny-lora", "trained", "residual", 3)
+    reader.root["runs/tiny-lora/trained/written"][3] = 0  # as if killed before row 3's mark
+    reader.root["runs/tiny-lora/trained"].attrs["complete"] = False
+    assert not validate(store).ok
+    assert main(["trace", "--run", str(lora_run), "--store", store, "--per-class", "2"]) == 0
+    assert validate(store).ok
+    assert np.allclose(StoreReader(store).read("tiny-lora", "trained", "residual", 3), before, atol=1e-3)
+
+
+def test_shards_in_separate_processes(lora_run, tmp_path):
+    store = str(tmp_path / "s.zarr")
+    base = ["trace", "--run", str(lora_run), "--store", store, "--per-class", "2"]
+    assert main([*base, "--prepare-only"]) == 0
+    procs = [subprocess.Popen([sys.executable, "-m", "precompute.cli", *base, "--shard", f"{k}/2"])
+             for k in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    assert main([*base, "--commit-only"]) == 0
+    report = validate(store)
+    assert report.ok, report.problems
+
+
+def test_unprepared_shard_says_what_to_do(lora_run, tmp_path, caplog):
+    assert main(["trace", "--run", str(lora_run), "--store", str(tmp_path / "s"), "--shard", "0/2"]) == 2
+    assert "--prepare-only first" in caplog.text
+
+
+def test_memory_store(lora_run):
+    from precompute.checkpoints import read_config
+    from precompute.trace import Selection, Tracer
+
+    tracer = Tracer(lora_run, read_config(lora_run).data, "memory://trace-test", selection=Selection(per_class=1))
+    rows = tracer.prepare()
+    tracer.capture(rows)
+    assert tracer.commit(rows) == {"trained": True, "random_twin": True}
+    assert validate("memory://trace-test").ok
+
