@@ -14,6 +14,8 @@ from peft import PeftModel
 
 from precompute import window as W
 
+PER_FRAME = {"residual", "lens_logits_frames", "attention_norm_ratio", "attention_cosine", "mlp_norm_ratio",
+             "mlp_cosine", "lora_a_activation", "lora_a_gradient", "lora_b_activation", "lora_b_gradient"}
 ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 MLP_TARGETS = ("fc1", "fc2")
 
@@ -137,45 +139,44 @@ class Capturer:
         pooled_lens = whisper.classifier(whisper.projector(
             _pool(whisper.encoder.layer_norm(h), pool)))  # (batch, boundary, class)
         h_in = h[:, :-1]
-        ratio = lambda x: x.norm(dim=-1) / h_in.norm(dim=-1).clamp(min=1e-12)  # noqa: E731
-        cosine = lambda x: torch.nn.functional.cosine_similarity(x, h_in, dim=-1)  # noqa: E731
-        logits = logits.detach().float()
-        lora = {}
+        h_norm = h_in.norm(dim=-1).clamp(min=1e-12)
+        batched = {
+            "residual_pooled": _pool(h, pool),
+            "lens_logits": pooled_lens,
+            "attention_norm_ratio": attn.norm(dim=-1) / h_norm,
+            "attention_cosine": torch.nn.functional.cosine_similarity(attn, h_in, dim=-1),
+            "mlp_norm_ratio": ffn.norm(dim=-1) / h_norm,
+            "mlp_cosine": torch.nn.functional.cosine_similarity(ffn, h_in, dim=-1),
+            "layer_input_pooled": _pool(h_in, pool),
+            "attention_pooled": _pool(attn, pool),
+            "mlp_pooled": _pool(ffn, pool),
+            "logits": logits.detach().float(),
+            "residual": h,
+            "lens_logits_frames": frame_logits,
+        }
         if a_out:
-            lora["lora_a_activation"] = torch.stack([a.detach().float() for a in a_out], 1)  # (b, module, f, r)
+            batched["lora_a_activation"] = torch.stack([a.detach().float() for a in a_out], 1)  # (b, module, f, r)
             b_stack = [b.detach().float() for b in b_out]
             width = max(b.shape[-1] for b in b_stack)
-            lora["lora_b_activation"] = torch.stack([_pad_last(b, width) for b in b_stack], 1)
+            batched["lora_b_activation"] = torch.stack([_pad_last(b, width) for b in b_stack], 1)
             if a_grad:
-                lora["lora_a_gradient"] = torch.stack([g.detach().float() for g in a_grad], 1)
-                lora["lora_b_gradient"] = torch.stack([_pad_last(g.detach().float(), width) for g in b_grad], 1)
+                batched["lora_a_gradient"] = torch.stack([g.detach().float() for g in a_grad], 1)
+                batched["lora_b_gradient"] = torch.stack([_pad_last(g.detach().float(), width) for g in b_grad], 1)
             else:
-                lora["lora_a_gradient"] = torch.zeros_like(lora["lora_a_activation"])
-                lora["lora_b_gradient"] = torch.zeros_like(lora["lora_b_activation"])
+                batched["lora_a_gradient"] = torch.zeros_like(batched["lora_a_activation"])
+                batched["lora_b_gradient"] = torch.zeros_like(batched["lora_b_activation"])
+            batched["lora_a_pooled"] = _pool(batched["lora_a_activation"], real)
+            batched["lora_b_pooled"] = _pool(batched["lora_b_activation"], real)
+        arrays = {name: value.cpu().numpy() for name, value in batched.items()}
+        predictions = arrays["logits"].argmax(-1)
         out = []
         for k in range(len(labels)):
             n = int(features.n_frames[k])
-            row = {
-                "label": np.int16(labels[k]),
-                "prediction": np.int16(logits[k].argmax()),
-                "logits": logits[k].cpu().numpy(),
-                "residual": h[k, :, :n].cpu().numpy(),
-                "residual_pooled": _pool(h[k: k + 1], pool[k: k + 1])[0].cpu().numpy(),
-                "lens_logits": pooled_lens[k].cpu().numpy(),
-                "lens_logits_frames": frame_logits[k, :, :n].cpu().numpy(),
-                "attention_norm_ratio": ratio(attn)[k, :, :n].cpu().numpy(),
-                "attention_cosine": cosine(attn)[k, :, :n].cpu().numpy(),
-                "mlp_norm_ratio": ratio(ffn)[k, :, :n].cpu().numpy(),
-                "mlp_cosine": cosine(ffn)[k, :, :n].cpu().numpy(),
-                "layer_input_pooled": _pool(h_in[k: k + 1], pool[k: k + 1])[0].cpu().numpy(),
-                "attention_pooled": _pool(attn[k: k + 1], pool[k: k + 1])[0].cpu().numpy(),
-                "mlp_pooled": _pool(ffn[k: k + 1], pool[k: k + 1])[0].cpu().numpy(),
-            }
-            for name, value in lora.items():
-                row[name] = value[k, :, :n].cpu().numpy()
-            if lora:
-                row["lora_a_pooled"] = _pool(lora["lora_a_activation"][k: k + 1], real[k: k + 1])[0].cpu().numpy()
-                row["lora_b_pooled"] = _pool(lora["lora_b_activation"][k: k + 1], real[k: k + 1])[0].cpu().numpy()
+            row = {"label": np.int16(labels[k]), "prediction": np.int16(predictions[k])}
+            for name, value in arrays.items():
+                per_frame = name in PER_FRAME
+                row[name] = value[k, ..., :n, :] if per_frame and value.ndim == 4 else (
+                    value[k, :, :n] if per_frame else value[k])
             out.append(row)
         return out
 

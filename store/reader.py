@@ -98,9 +98,21 @@ class StoreReader:
         """A checkpoint's attributes (``schema.CHECKPOINT_ATTRS``)."""
         return dict(self.group(run, checkpoint).attrs)
 
+    def array(self, run: str, checkpoint: str, name: str) -> zarr.Array:
+        """A checkpoint's array handle (cached: opening one reads its metadata)."""
+        key = f"runs/{run}/{checkpoint}/{name}"
+        if key not in self._cache:
+            group = self.group(run, checkpoint)
+            if name not in group:
+                spec = schema.CHECKPOINT_ARRAYS.get(name)
+                raise StoreError(f"{self.path}: {run}/{checkpoint} has no array {name!r}"
+                                 + (" (a frozen run has no LoRA)" if spec and spec.lora_only else ""))
+            self._cache[key] = group[name]
+        return self._cache[key]
+
     def written(self, run: str, checkpoint: str = "trained") -> np.ndarray:
-        """Which rows are completely written, shape ``(n_utterances,)`` bool."""
-        return self.group(run, checkpoint)["written"][:].astype(bool)
+        """Which rows are completely written, shape ``(n_utterances,)`` bool (read afresh: captures add rows)."""
+        return self.array(run, checkpoint, "written")[:].astype(bool)
 
     def read(self, run: str, checkpoint: str, name: str, rows: int | list[int] | slice | None = None,
              **index: int | slice) -> np.ndarray:
@@ -119,18 +131,19 @@ class StoreReader:
         Raises:
             StoreError: the array is missing, or a requested row is not (completely) written.
         """
-        group = self.group(run, checkpoint)
-        if name not in group:
-            raise StoreError(f"{self.path}: {run}/{checkpoint} has no array {name!r}"
-                             + (" (a frozen run has no LoRA)" if schema.CHECKPOINT_ARRAYS.get(name, None)
-                                and schema.CHECKPOINT_ARRAYS[name].lora_only else ""))
-        array = group[name]
-        written = self.written(run, checkpoint)
+        array = self.array(run, checkpoint, name)
+        if isinstance(rows, int):  # one row: check its own mark only
+            if not self.array(run, checkpoint, "written")[rows]:
+                raise StoreError(f"{self.path}: {run}/{checkpoint} row {rows} is not written (an interrupted "
+                                 "capture?); finish it with the same loralens trace command")
+            written = None
+        else:
+            written = self.written(run, checkpoint)
         if rows is None:
             rows = np.flatnonzero(written).tolist()
         selected = [rows] if isinstance(rows, int) else (list(range(*rows.indices(len(written))))
                                                           if isinstance(rows, slice) else list(rows))
-        if missing := [r for r in selected if not written[r]]:
+        if written is not None and (missing := [r for r in selected if not written[r]]):
             raise StoreError(f"{self.path}: {run}/{checkpoint} rows {missing[:5]} are not written (an interrupted "
                              "capture?); finish them with the same loralens trace command")
         dims = array.metadata.dimension_names
@@ -143,7 +156,7 @@ class StoreReader:
 
     def dims(self, run: str, checkpoint: str, name: str) -> tuple[str, ...]:
         """An array's dimension names."""
-        return tuple(self.group(run, checkpoint)[name].metadata.dimension_names)
+        return tuple(self.array(run, checkpoint, name).metadata.dimension_names)
 
 
 def _read_rows(array: zarr.Array, rows: list[int], selection: tuple) -> np.ndarray:
