@@ -13,9 +13,10 @@ for model in tiny.en base; do
       --out "$out/$model-$method-trim"
   done
 done
-for model in base tiny.en; do
-  for method in frozen lora; do
-    loralens train --model "bundled:$model" --method "$method" --window full "${common[@]}" --only-folds 0,1 \
-      --out "$out/$model-$method-full"
-  done
+# The full window costs ~20x per step on 2 s clips: frozen first (one encoder pass), then LoRA, cheaper model first.
+for run in base:frozen tiny.en:frozen tiny.en:lora base:lora; do
+  model=${run%%:*}
+  method=${run##*:}
+  loralens train --model "bundled:$model" --method "$method" --window full "${common[@]}" --only-folds 0,1 \
+    --out "$out/$model-$method-full"
 done

@@ -164,6 +164,26 @@ def _run_validate(args: argparse.Namespace) -> int:
     return 1
 
 
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="render every figure and check the paper's findings on a store")
+    p.add_argument("--store", required=True, help="a directory or fsspec URL")
+    p.add_argument("--out", required=True, type=Path, help="directory for the figures and summary.{json,md}")
+    p.add_argument("--threshold", type=float, default=0.9, help="energy threshold of the effective rank")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from app.report import build
+
+    summary = build(args.store, args.out, args.threshold)
+    for name, run in summary["runs"].items():
+        for item in run["findings"]:
+            log.info("%s: %s: %s (%s)", name, item["finding"], "holds" if item["holds"] else "does not hold",
+                     item["evidence"])
+    log.info("wrote %s", args.out / "summary.md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``loralens`` subcommand."""
     parser = argparse.ArgumentParser(prog="loralens", description="What LoRA does inside a Whisper emotion model.")
@@ -172,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_model(sub)
     _add_trace(sub)
+    _add_report(sub)
     return parser
 
 

@@ -53,7 +53,10 @@ class StoreReader:
                     return np.array([], dtype=object if name == "id" else np.int32)
                 raise StoreError(f"{self.path}: the utterance table lacks {name!r}; the store is incomplete, "
                                  "run loralens validate on it")
-            self._cache[key] = self.root["utterances"][name][:]
+            values = self.root["utterances"][name][:]
+            if schema.UTTERANCE_ARRAYS[name].dtype == "str":  # plain object arrays work with every library
+                values = values.astype(object)
+            self._cache[key] = values
         return self._cache[key]
 
     @property

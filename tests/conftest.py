@@ -64,3 +64,34 @@ def emodb() -> Path:
     if not (EMODB / "labels.csv").is_file():
         pytest.skip(f"EmoDB not found at {EMODB}: integration tests need ../shared/data/emodb")
     return EMODB
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
+    """A LoRA run and a frozen run of the tiny random Whisper on the tone data set, one epoch, all folds."""
+    from precompute.config import TrainConfig
+    from precompute.train import train
+
+    root = tmp_path_factory.mktemp("runs")
+    manifest = write_tone_csv(root)
+    runs = {}
+    for method in ("lora", "frozen"):
+        runs[method] = root / f"tiny-{method}"
+        train(TrainConfig(model=str(tiny_model_dir), data=f"csv:{manifest}", method=method, epochs=1,
+                          batch_size=4, rank=4, alpha=8), runs[method])
+    return runs
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory, tiny_runs) -> str:
+    """A store holding both tiny runs over every utterance (the fixture store of the app tests)."""
+    from precompute.checkpoints import read_config
+    from precompute.trace import Selection, Tracer
+
+    path = str(tmp_path_factory.mktemp("store") / "tiny.zarr")
+    for run in tiny_runs.values():
+        tracer = Tracer(run, read_config(run).data, path, selection=Selection(all=True))
+        rows = tracer.prepare()
+        tracer.capture(rows)
+        tracer.commit(rows)
+    return path

@@ -10,21 +10,13 @@ import numpy as np
 import pytest
 
 from precompute.cli import main
-from precompute.config import TrainConfig
-from precompute.train import train
 from store.reader import StoreReader
 from store.validate import validate
-from tests.conftest import write_tone_csv
 
 
 @pytest.fixture(scope="module")
-def lora_run(tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("trace")
-    manifest = write_tone_csv(root)
-    run = root / "tiny-lora"
-    train(TrainConfig(model=str(tiny_model_dir), data=f"csv:{manifest}", epochs=1, batch_size=4, rank=4, alpha=8),
-          run)
-    return run
+def lora_run(tiny_runs):
+    return tiny_runs["lora"]
 
 
 def _predictions(run) -> dict[str, np.ndarray]:

@@ -79,6 +79,7 @@ def layer_heatmap(a: np.ndarray, b: np.ndarray, debiased: bool = False) -> np.nd
     Args:
         a: ``(n_samples, n_boundaries_a, d)``, e.g. pooled residuals of one run.
         b: ``(n_samples, n_boundaries_b, d)``, the same samples in another (or the same) run.
+        debiased: use the debiased estimator.
 
     Returns:
         ``(n_boundaries_a, n_boundaries_b)``.

@@ -25,7 +25,7 @@ class Contributions:
     """cos(a + m, h) per layer, ``(n_layers,)``."""
 
     def minus(self, other: Contributions) -> Contributions:
-        """This minus ``other``, field by field (LoRA minus frozen: the paper's Fig. 1)."""
+        """Self minus ``other``, field by field (LoRA minus frozen: the paper's Fig. 1)."""
         return Contributions(*(getattr(self, f) - getattr(other, f) for f in self.__dataclass_fields__))
 
     def as_rows(self) -> list[dict]:
@@ -70,7 +70,10 @@ def contributions(attention_ratio: np.ndarray, attention_cosine: np.ndarray, mlp
     """Per-layer relative contributions and cosines, averaged over utterances and their real frames.
 
     Args:
-        attention_ratio, attention_cosine, mlp_ratio, mlp_cosine: ``(n_utt, n_layers, n_frames_padded)``.
+        attention_ratio: ||a|| / ||h|| per frame, ``(n_utt, n_layers, n_frames_padded)``.
+        attention_cosine: cos(a, h) per frame, same shape.
+        mlp_ratio: ||m|| / ||h|| per frame, same shape.
+        mlp_cosine: cos(m, h) per frame, same shape.
         residual: ``(n_utt, n_boundaries, n_frames_padded, d_model)``.
         n_frames: real frames per utterance, ``(n_utt,)``.
     """

@@ -1,0 +1,113 @@
+"""Chart builders: a tidy DataFrame in, an Altair chart out. The only module that knows Altair."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+
+EMOTION_COLOURS = {"anger": "#d62728", "happiness": "#ff7f0e", "neutral": "#7f7f7f", "sadness": "#1f77b4",
+                   "boredom": "#8c564b", "disgust": "#2ca02c", "fear": "#9467bd"}
+WIDTH = 420
+HEIGHT = 260
+
+
+def _emotion_scale(values) -> alt.Scale:
+    domain = sorted(set(values))
+    return alt.Scale(domain=domain, range=[EMOTION_COLOURS.get(v, "#17becf") for v in domain])
+
+
+def lens_curves(df: pd.DataFrame, title: str = "Logit lens") -> alt.Chart:
+    """Columns: ``boundary``, ``value``, ``measure`` (KL to final / top-1 overlap), ``series``."""
+    base = alt.Chart(df).mark_line(point=True).encode(
+        x=alt.X("boundary:O", title="layer boundary (0 = embeddings)"),
+        y=alt.Y("value:Q", title=None),
+        color=alt.Color("series:N", title=None),
+        tooltip=["series", "measure", "boundary", alt.Tooltip("value:Q", format=".3f")],
+    ).properties(width=WIDTH // 2 + 40, height=HEIGHT)
+    return base.facet(column=alt.Column("measure:N", title=None)).resolve_scale(y="independent").properties(
+        title=title)
+
+
+def trajectory(df: pd.DataFrame, layer: int | None = None, title: str = "") -> alt.Chart:
+    """Columns: ``boundary``, ``emotion``, ``probability`` (one utterance); ``layer`` is marked."""
+    lines = alt.Chart(df).mark_line(point=True).encode(
+        x=alt.X("boundary:O", title="layer boundary"),
+        y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("emotion:N", scale=_emotion_scale(df["emotion"])),
+        tooltip=["emotion", "boundary", alt.Tooltip("probability:Q", format=".3f")],
+    )
+    chart = lines
+    if layer is not None:
+        rule = alt.Chart(pd.DataFrame({"boundary": [layer]})).mark_rule(strokeDash=[4, 4], color="black").encode(
+            x="boundary:O")
+        chart = lines + rule
+    return chart.properties(width=WIDTH, height=HEIGHT, title=title)
+
+
+def heatmap(df: pd.DataFrame, x: str, y: str, value: str, title: str = "", domain=None,
+            scheme: str = "viridis") -> alt.Chart:
+    """Columns ``x``, ``y``, ``value``: a rect heatmap."""
+    scale = alt.Scale(scheme=scheme, domain=domain) if domain else alt.Scale(scheme=scheme)
+    return alt.Chart(df).mark_rect().encode(
+        x=alt.X(f"{x}:O"), y=alt.Y(f"{y}:O", sort="descending"),
+        color=alt.Color(f"{value}:Q", scale=scale),
+        tooltip=[x, y, alt.Tooltip(f"{value}:Q", format=".3f")],
+    ).properties(width=WIDTH, height=HEIGHT, title=title)
+
+
+def contributions(df: pd.DataFrame, title: str = "Layer contributions") -> alt.Chart:
+    """Columns: ``layer``, ``sublayer``, ``measure``, ``value``, ``series``."""
+    return alt.Chart(df).mark_line(point=True).encode(
+        x=alt.X("layer:O"), y=alt.Y("value:Q", title=None),
+        color=alt.Color("sublayer:N"), strokeDash=alt.StrokeDash("series:N"),
+        tooltip=["series", "sublayer", "measure", "layer", alt.Tooltip("value:Q", format=".3f")],
+    ).properties(width=WIDTH // 2 + 40, height=HEIGHT).facet(column=alt.Column("measure:N", title=None)).resolve_scale(
+        y="independent").properties(title=title)
+
+
+def spectra(df: pd.DataFrame, threshold: float, title: str = "SVD cumulative energy") -> alt.Chart:
+    """Columns: ``k``, ``energy``, ``quantity``, ``checkpoint``; a rule at ``threshold``."""
+    df = df.assign(threshold=threshold)
+    lines = alt.Chart().mark_line().encode(
+        x=alt.X("k:Q", title="singular directions", scale=alt.Scale(type="log")),
+        y=alt.Y("energy:Q", title="cumulative energy", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("checkpoint:N"),
+        tooltip=["quantity", "checkpoint", "k", alt.Tooltip("energy:Q", format=".3f")],
+    )
+    rule = alt.Chart().mark_rule(strokeDash=[4, 4], color="black").encode(y="mean(threshold):Q")
+    return alt.layer(lines, rule, data=df).properties(width=WIDTH // 2, height=int(HEIGHT / 1.3)).facet(
+        facet=alt.Facet("quantity:N", title=None), columns=2).properties(title=title)
+
+
+def per_layer(df: pd.DataFrame, y: str, title: str, domain=None) -> alt.Chart:
+    """Columns: ``layer``, ``y``, ``series``: one line per series."""
+    scale = alt.Scale(domain=domain) if domain else alt.Scale()
+    return alt.Chart(df).mark_line(point=True).encode(
+        x=alt.X("layer:O"), y=alt.Y(f"{y}:Q", scale=scale), color=alt.Color("series:N", title=None),
+        tooltip=["series", "layer", alt.Tooltip(f"{y}:Q", format=".3f")],
+    ).properties(width=WIDTH, height=HEIGHT, title=title)
+
+
+def scatter(df: pd.DataFrame, colour: str = "emotion", title: str = "", highlight: str | None = None) -> alt.Chart:
+    """Columns: ``x``, ``y``, ``id``, ``colour``; the ``highlight`` id drawn large."""
+    scale = _emotion_scale(df[colour]) if colour == "emotion" else alt.Scale(scheme="tableau10")
+    points = alt.Chart(df).mark_circle(size=60, opacity=0.8).encode(
+        x=alt.X("x:Q", axis=None), y=alt.Y("y:Q", axis=None), color=alt.Color(f"{colour}:N", scale=scale),
+        tooltip=[c for c in ("id", "emotion", "speaker", "prediction") if c in df.columns],
+    )
+    chart = points
+    if highlight is not None and (df["id"] == highlight).any():
+        ring = alt.Chart(df[df["id"] == highlight]).mark_point(size=300, shape="circle", color="black",
+                                                               strokeWidth=2).encode(x="x:Q", y="y:Q")
+        chart = points + ring
+    return chart.properties(width=WIDTH, height=WIDTH, title=title)
+
+
+def save(chart: alt.Chart, out: Path, name: str) -> list[Path]:
+    """Write ``name.png`` and ``name.svg`` (through vl-convert, offline)."""
+    paths = [out / f"{name}.png", out / f"{name}.svg"]
+    for path in paths:
+        chart.save(str(path), scale_factor=2) if path.suffix == ".png" else chart.save(str(path))
+    return paths

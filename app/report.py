@@ -1,0 +1,190 @@
+"""``loralens report``: every figure of the paper from a store, and the paper's findings checked with numbers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from app import charts, views
+from app.analysis import projections, spectra
+from store.reader import StoreReader
+
+log = logging.getLogger(__name__)
+
+PAPER = {"lora_a_activation": 5.5, "lora_a_gradient": 1.7, "lora_b_activation": 10.4}
+"""Concentration ratios (random / trained effective rank at 90 %) reported by the paper on IEMOCAP."""
+
+
+def _last_third(n: int) -> slice:
+    return slice(n - max(1, n // 3), n)
+
+
+def _findings(lora_lens, frozen_lens, contrib, diff, ratios, cka_ab, n_layers) -> list[dict]:
+    findings = []
+    depth = float(lora_lens.resolution_depth.mean())
+    mid = n_layers // 2
+    holds = depth >= n_layers / 2 and lora_lens.overlap[mid] < 0.75
+    text = (f"mean resolution depth {depth:.2f} of {n_layers} layers; top-1 overlap with the final prediction "
+            f"{lora_lens.overlap[mid]:.2f} at boundary {mid}, KL there {lora_lens.kl[mid]:.3f}")
+    if frozen_lens is not None:
+        frozen_depth = float(frozen_lens.resolution_depth.mean())
+        text += f" (frozen: depth {frozen_depth:.2f}, overlap {frozen_lens.overlap[mid]:.2f})"
+    findings.append({"finding": "delayed specialization", "holds": bool(holds), "evidence": text,
+                     "criterion": "the LoRA model's top-1 class settles in the second half of the layers "
+                                  "(mean resolution depth >= L/2) and agrees with the final one for fewer "
+                                  "than 75% of utterances at the middle boundary"})
+    late = _last_third(n_layers)
+    if diff is not None:
+        growth = float(diff.block[late].mean())
+        cosine = float(contrib.block_cosine[late].mean())
+        findings.append({
+            "finding": "late-layer contribution growth with negative cosine",
+            "holds": bool(growth > 0 and cosine < 0),
+            "evidence": f"last-third layers: LoRA minus frozen relative contribution {growth:+.3f} "
+                        f"(attention {float(diff.attention[late].mean()):+.3f}, "
+                        f"MLP {float(diff.mlp[late].mean()):+.3f}); "
+                        f"LoRA cosine of the layer update with the residual {cosine:+.3f} "
+                        f"(difference to frozen {float(diff.block_cosine[late].mean()):+.3f})",
+            "criterion": "in the last third of layers LoRA writes more into the residual than the frozen "
+                         "encoder (||a+m||/||h|| larger) and its update points against the residual (cosine < 0)"})
+    if ratios:
+        a, b = ratios.get("lora_a_activation"), ratios.get("lora_b_activation")
+        findings.append({
+            "finding": "A compression and B reconstruction",
+            "holds": bool(a is not None and a > 1 and b is not None and b > 1),
+            "evidence": f"concentration (random / trained effective rank at 90%): A activations {a:.2f}x "
+                        f"(paper 5.5x), B activations {b:.2f}x (paper 10.4x); A gradients "
+                        f"{ratios.get('lora_a_gradient', float('nan')):.2f}x (paper 1.7x), B gradients "
+                        f"{ratios.get('lora_b_gradient', float('nan')):.2f}x (paper: more dispersed)",
+            "criterion": "trained A and B outputs need fewer directions than the random twin's (ratio > 1)"})
+    if cka_ab:
+        act = float(np.mean(cka_ab.get("activation", [np.nan])))
+        grad = float(np.mean(cka_ab.get("gradient", [np.nan])))
+        findings.append({
+            "finding": "forward alignment and backward differentiation",
+            "holds": bool(act > grad),
+            "evidence": f"mean linear CKA(A, B) over layers: activations {act:.3f}, gradients {grad:.3f}",
+            "criterion": "A and B outputs are more similar in the forward pass than their gradients are"})
+    return findings
+
+
+def build(store: str, out: Path, threshold: float = 0.9) -> dict:
+    """Write every figure (PNG and SVG), ``summary.json`` and ``summary.md`` for the store's LoRA runs."""
+    reader = StoreReader(store)
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"store": store, "threshold": threshold, "runs": {}}
+    pairs = views.pairs(reader)
+    if not pairs:
+        raise ValueError(f"{store}: no LoRA run to report on; trace one with loralens trace")
+    for lora_run, frozen_run in tqdm(pairs, desc="report", unit="run"):
+        name = lora_run.name
+        rows = views.common_rows(reader, name, frozen_run.name) if frozen_run else views.common_rows(reader, name)
+        n_layers = lora_run.n_layers
+        lora_lens = views.lens_of(reader, name, rows)
+        frozen_lens = views.lens_of(reader, frozen_run.name, rows) if frozen_run else None
+        lens_rows = []
+        for label, s in (("LoRA", lora_lens), ("frozen", frozen_lens)):
+            if s is None:
+                continue
+            for b in range(len(s.kl)):
+                lens_rows += [{"boundary": b, "value": float(s.kl[b]), "measure": "KL to final", "series": label},
+                              {"boundary": b, "value": float(s.overlap[b]), "measure": "top-1 overlap",
+                               "series": label}]
+        charts.save(charts.lens_curves(pd.DataFrame(lens_rows), f"Logit lens: {name}"), out, f"{name}-lens")
+
+        contrib = views.contributions_of(reader, name, rows)
+        frozen_contrib = views.contributions_of(reader, frozen_run.name, rows) if frozen_run else None
+        diff = contrib.minus(frozen_contrib) if frozen_contrib else None
+        crow = [r | {"series": "LoRA"} for r in contrib.as_rows()]
+        if diff is not None:
+            crow += [r | {"series": "frozen"} for r in frozen_contrib.as_rows()]
+            crow += [r | {"series": "LoRA - frozen"} for r in diff.as_rows()]
+        charts.save(charts.contributions(pd.DataFrame(crow), f"Layer contributions: {name}"), out,
+                    f"{name}-contributions")
+
+        spec = views.spectra_of(reader, name, threshold)
+        ratios, srows = {}, []
+        for quantity, by_checkpoint in spec.items():
+            if "random_twin" in by_checkpoint:
+                ratios[quantity] = spectra.concentration_ratio(by_checkpoint["random_twin"], by_checkpoint["trained"])
+            for checkpoint, s in by_checkpoint.items():
+                srows += [{"k": k + 1, "energy": float(e), "quantity": views.QUANTITY_LABELS[quantity],
+                           "checkpoint": checkpoint} for k, e in enumerate(s.mean_curve)]
+        charts.save(charts.spectra(pd.DataFrame(srows), threshold, f"SVD spectra: {name}"), out, f"{name}-svd")
+
+        cka_ab = views.cka_a_vs_b(reader, name)
+        cka_rows = [{"layer": i, "cka": float(v), "series": kind} for kind, values in cka_ab.items()
+                    for i, v in enumerate(values)]
+        charts.save(charts.per_layer(pd.DataFrame(cka_rows), "cka", f"CKA(A, B) per layer: {name}", [0, 1]), out,
+                    f"{name}-cka-ab")
+        heat = {"within": views.residual_cka(reader, name, name)}
+        if frozen_run:
+            heat["vs_frozen"] = views.residual_cka(reader, name, frozen_run.name)
+        for key, matrix in heat.items():
+            df = pd.DataFrame([{"LoRA": i, "other": j, "cka": float(matrix[i, j])}
+                               for i in range(matrix.shape[0]) for j in range(matrix.shape[1])])
+            charts.save(charts.heatmap(df, "other", "LoRA", "cka", f"Residual CKA ({key}): {name}", [0, 1]), out,
+                        f"{name}-cka-{key}")
+
+        emotions = reader.utterances()["emotion"][rows]
+        sil = {"LoRA": views.silhouettes(reader, name, rows)}
+        if frozen_run:
+            sil["frozen"] = views.silhouettes(reader, frozen_run.name, rows)
+        sil_rows = [{"layer": i, "silhouette": float(v), "series": k} for k, vals in sil.items()
+                    for i, v in enumerate(vals)]
+        charts.save(charts.per_layer(pd.DataFrame(sil_rows), "silhouette", f"Emotion silhouette: {name}"), out,
+                    f"{name}-silhouette")
+        for method in ("tsne", "umap"):
+            x, _ = views.vectors(reader, name, "residual", n_layers, rows=rows)
+            proj = projections.project(x, method)
+            df = pd.DataFrame({"x": proj.coordinates[:, 0], "y": proj.coordinates[:, 1], "emotion": emotions,
+                               "id": reader.utterances()["id"][rows]})
+            charts.save(charts.scatter(df, title=f"{method.upper()} of the last layer: {name}"), out,
+                        f"{name}-{method}")
+
+        summary["runs"][name] = {
+            "frozen": frozen_run.name if frozen_run else None, "n_utterances": len(rows), "n_layers": n_layers,
+            "metrics": {k: lora_run.metrics.get(k) for k in ("uar", "war")},
+            "frozen_metrics": {k: frozen_run.metrics.get(k) for k in ("uar", "war")} if frozen_run else None,
+            "lens": {"kl": lora_lens.kl.tolist(), "overlap": lora_lens.overlap.tolist(),
+                     "resolution_depth_mean": float(lora_lens.resolution_depth.mean()),
+                     "frozen_kl": frozen_lens.kl.tolist() if frozen_lens else None,
+                     "frozen_overlap": frozen_lens.overlap.tolist() if frozen_lens else None},
+            "contributions": {f: getattr(contrib, f).tolist() for f in contrib.__dataclass_fields__},
+            "contributions_minus_frozen": ({f: getattr(diff, f).tolist() for f in diff.__dataclass_fields__}
+                                           if diff else None),
+            "effective_rank": {q: {c: {"per_layer": s.ranks.tolist(), "mean": s.mean_rank}
+                                   for c, s in by.items()} for q, by in spec.items()},
+            "concentration_ratio": ratios,
+            "cka_a_vs_b": {k: v.tolist() for k, v in cka_ab.items()},
+            "silhouette": {k: v.tolist() for k, v in sil.items()},
+            "findings": _findings(lora_lens, frozen_lens, contrib, diff, ratios, cka_ab, n_layers),
+        }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(_markdown(summary))
+    return summary
+
+
+def _markdown(summary: dict) -> str:
+    lines = [f"# loralens report: {summary['store']}", ""]
+    for name, run in summary["runs"].items():
+        lines += [f"## {name}", "", f"{run['n_utterances']} utterances traced in both runs; "
+                  f"{run['n_layers']} layers; compared with {run['frozen'] or 'no frozen run'}.", ""]
+        m, f = run["metrics"], run["frozen_metrics"]
+        if m.get("uar"):
+            lines.append(f"Cross-validated UAR: LoRA {m['uar']['mean']:.3f} ± {m['uar']['std']:.3f}"
+                         + (f", frozen {f['uar']['mean']:.3f} ± {f['uar']['std']:.3f}" if f and f.get("uar") else ""))
+            lines.append("")
+        lines += ["| finding of the paper | holds here | evidence |", "| --- | --- | --- |"]
+        for item in run["findings"]:
+            lines.append(f"| {item['finding']} | {'yes' if item['holds'] else 'no'} | {item['evidence']} |")
+        lines += ["", "Criteria: " + "; ".join(f"*{i['finding']}*: {i['criterion']}" for i in run["findings"]),
+                  "", f"Figures: `{name}-lens`, `{name}-contributions`, `{name}-svd`, `{name}-cka-ab`, "
+                  f"`{name}-cka-within`, `{name}-cka-vs_frozen`, `{name}-silhouette`, `{name}-tsne`, `{name}-umap` "
+                  "(PNG and SVG).", ""]
+    return "\n".join(lines)

@@ -1,0 +1,168 @@
+"""What each view shows, computed from a store: reads arrays through the reader, runs the analyses.
+
+No Streamlit here: the pages and ``loralens report`` both call these and only draw the results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from app.analysis import cka, contributions, lens, projections, spectra
+from store.reader import StoreReader
+
+LORA_QUANTITIES = ("lora_a_activation", "lora_a_gradient", "lora_b_activation", "lora_b_gradient")
+QUANTITY_LABELS = {"lora_a_activation": "A activation", "lora_a_gradient": "A gradient",
+                   "lora_b_activation": "B activation", "lora_b_gradient": "B gradient"}
+
+
+@dataclass
+class RunInfo:
+    """A run of the store, as the views describe it."""
+
+    name: str
+    method: str
+    model: str
+    window: str
+    rank: int
+    targets: list[str]
+    checkpoints: list[str]
+    emotions: list[str]
+    n_layers: int
+    metrics: dict
+
+    @property
+    def label(self) -> str:
+        """A short human label."""
+        kind = f"LoRA r={self.rank} on {','.join(self.targets)}" if self.method == "lora" else "frozen encoder"
+        return f"{self.name} ({self.model}, {kind}, {self.window})"
+
+
+def run_info(reader: StoreReader) -> list[RunInfo]:
+    """Every run of the store."""
+    out = []
+    for name, checkpoints in reader.runs().items():
+        a = reader.attrs(name, checkpoints[0])
+        out.append(RunInfo(name, a["method"], a["model"], a["window"], int(a["rank"]), list(a["targets"]),
+                           checkpoints, list(a["emotions"]), int(a["n_layers"]), a.get("metrics", {})))
+    return out
+
+
+def pairs(reader: StoreReader) -> list[tuple[RunInfo, RunInfo | None]]:
+    """Each LoRA run with the frozen run of the same model and window (None where the store has none)."""
+    runs = run_info(reader)
+    frozen = [r for r in runs if r.method == "frozen"]
+    return [(r, next((f for f in frozen if f.model == r.model and f.window == r.window), None))
+            for r in runs if r.method == "lora"]
+
+
+def utterance_table(reader: StoreReader, run: str | None = None) -> pd.DataFrame:
+    """The utterance table; with ``run``, its prediction, correctness and fold for the rows it traced."""
+    table = pd.DataFrame(reader.utterances())
+    table.insert(0, "row", np.arange(len(table)))
+    if run is not None:
+        written = reader.written(run)
+        emotions = reader.attrs(run)["emotions"]
+        rows = np.flatnonzero(written)
+        prediction = np.full(len(table), "", dtype=object)
+        prediction[rows] = [emotions[i] for i in reader.read(run, "trained", "prediction", rows.tolist())]
+        table["traced"] = written
+        table["prediction"] = prediction
+        table["correct"] = np.where(written, table["prediction"] == table["emotion"], False)
+        fold = np.full(len(table), -1)
+        fold[rows] = reader.read(run, "trained", "fold", rows.tolist())
+        table["fold"] = fold
+    return table
+
+
+def common_rows(reader: StoreReader, *runs: str) -> list[int]:
+    """Rows written in every given run's trained checkpoint."""
+    mask = np.logical_and.reduce([reader.written(r) for r in runs])
+    return np.flatnonzero(mask).tolist()
+
+
+def lens_of(reader: StoreReader, run: str, rows: list[int] | None = None) -> lens.LensSummary:
+    """The logit-lens summary of a run over ``rows`` (default: all it traced)."""
+    rows = rows if rows is not None else common_rows(reader, run)
+    emotions = reader.utterances()["emotion"][rows]
+    return lens.summarise(reader.read(run, "trained", "lens_logits", rows), emotions)
+
+
+def contributions_of(reader: StoreReader, run: str, rows: list[int] | None = None) -> contributions.Contributions:
+    """Per-layer contributions of a run over ``rows`` (default: all it traced)."""
+    rows = rows if rows is not None else common_rows(reader, run)
+    n_frames = reader.utterances()["n_frames"][rows]
+    read = lambda name: reader.read(run, "trained", name, rows)  # noqa: E731
+    return contributions.contributions(read("attention_norm_ratio"), read("attention_cosine"),
+                                       read("mlp_norm_ratio"), read("mlp_cosine"), read("residual"), n_frames)
+
+
+def lora_matrices(reader: StoreReader, run: str, checkpoint: str, quantity: str,
+                  rows: list[int] | None = None) -> list[np.ndarray]:
+    """Per LoRA module, every real frame of every utterance: a list of ``(total_frames, dim)`` matrices."""
+    rows = rows if rows is not None else common_rows(reader, run)
+    values = reader.read(run, checkpoint, quantity, rows)  # (n, module, frame, dim)
+    n_frames = reader.utterances()["n_frames"][rows]
+    return [spectra.real_frames(values[:, m], n_frames) for m in range(values.shape[1])]
+
+
+def spectra_of(reader: StoreReader, run: str, threshold: float = 0.9) -> dict[str, dict[str, spectra.Spectrum]]:
+    """Quantity -> checkpoint (trained, random_twin) -> spectrum per module."""
+    out = {}
+    for quantity in LORA_QUANTITIES:
+        if quantity not in reader.group(run, "trained"):
+            continue
+        out[quantity] = {c: spectra.spectrum(lora_matrices(reader, run, c, quantity), threshold)
+                         for c in reader.runs()[run]}
+    return out
+
+
+def cka_a_vs_b(reader: StoreReader, run: str, checkpoint: str = "trained") -> dict[str, np.ndarray]:
+    """Linear CKA between LoRA A and B outputs per module, over real frames: ``activation`` and ``gradient``."""
+    out = {}
+    for kind in ("activation", "gradient"):
+        if f"lora_b_{kind}" not in reader.group(run, checkpoint):
+            continue
+        a = lora_matrices(reader, run, checkpoint, f"lora_a_{kind}")
+        b = lora_matrices(reader, run, checkpoint, f"lora_b_{kind}")
+        out[kind] = np.array([cka.linear_cka(x, y) for x, y in zip(a, b, strict=True)])
+    return out
+
+
+def residual_cka(reader: StoreReader, run_a: str, run_b: str) -> np.ndarray:
+    """Layer x layer linear CKA of pooled residuals, ``(n_boundaries_a, n_boundaries_b)``, over common rows."""
+    rows = common_rows(reader, run_a, run_b)
+    return cka.layer_heatmap(reader.read(run_a, "trained", "residual_pooled", rows),
+                             reader.read(run_b, "trained", "residual_pooled", rows))
+
+
+def vectors(reader: StoreReader, run: str, source: str, layer: int, checkpoint: str = "trained",
+            rows: list[int] | None = None) -> tuple[np.ndarray, list[int]]:
+    """Per-utterance vectors to project: the pooled residual at a boundary, or a module's pooled LoRA A output.
+
+    Args:
+        reader: the store.
+        run: the run's name.
+        source: ``residual`` (``layer`` is a boundary) or ``lora_a`` (``layer`` is a module index).
+        layer: the boundary or module index.
+        checkpoint: ``trained`` or ``random_twin``.
+        rows: utterance rows (default: all the run traced).
+
+    Returns:
+        ``(n_rows, dim)`` vectors and the rows they belong to.
+    """
+    rows = rows if rows is not None else common_rows(reader, run)
+    if source == "residual":
+        return reader.read(run, checkpoint, "residual_pooled", rows, boundary=layer), rows
+    if source == "lora_a":
+        return reader.read(run, checkpoint, "lora_a_pooled", rows, module=layer), rows
+    raise ValueError(f"source={source!r}; expected 'residual' or 'lora_a'")
+
+
+def silhouettes(reader: StoreReader, run: str, rows: list[int] | None = None) -> np.ndarray:
+    """Emotion silhouette of the pooled residual per boundary, ``(n_boundaries,)``."""
+    rows = rows if rows is not None else common_rows(reader, run)
+    labels = reader.utterances()["emotion"][rows]
+    return projections.silhouette_per_layer(reader.read(run, "trained", "residual_pooled", rows), labels)
