@@ -111,3 +111,33 @@ def save(chart: alt.Chart, out: Path, name: str) -> list[Path]:
     for path in paths:
         chart.save(str(path), scale_factor=2) if path.suffix == ".png" else chart.save(str(path))
     return paths
+
+
+def time_heatmap(df: pd.DataFrame, y: str, title: str = "", domain=None, scheme: str = "viridis",
+                 value: str = "probability") -> alt.Chart:
+    """Columns ``time (s)``, ``y``, ``value``: a heatmap over time, aligned with others of the same clip."""
+    times = sorted(df["time (s)"].unique())
+    step = float(times[1] - times[0]) if len(times) > 1 else 0.02
+    scale = alt.Scale(scheme=scheme, domain=domain) if domain else alt.Scale(scheme=scheme)
+    return alt.Chart(df.assign(end=df["time (s)"] + step)).mark_rect().encode(
+        x=alt.X("time (s):Q", scale=alt.Scale(nice=False)), x2="end:Q",
+        y=alt.Y(f"{y}:O", sort="descending", axis=alt.Axis(labelOverlap=True)),
+        color=alt.Color(f"{value}:Q", scale=scale),
+        tooltip=["time (s)", y, alt.Tooltip(f"{value}:Q", format=".3f")],
+    ).properties(width=WIDTH, height=HEIGHT // 1.5, title=title)
+
+
+def click() -> alt.Parameter:
+    """A point selection on the ``id`` field (clicking a point selects that utterance)."""
+    return alt.selection_point(name="pick", fields=["id"], on="click")
+
+
+def picked_id(event) -> str | None:
+    """The utterance id a click on a ``click()`` chart selected, if any."""
+    try:
+        points = event["selection"]["pick"]
+    except (KeyError, TypeError):
+        return None
+    if isinstance(points, list) and points and "id" in points[0]:
+        return str(points[0]["id"])
+    return None

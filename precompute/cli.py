@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 log = logging.getLogger("loralens")
@@ -184,6 +185,39 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="per-layer emotion predictions for audio files")
+    p.add_argument("--run", required=True, type=Path, help="a run directory written by loralens train")
+    p.add_argument("--fold", type=int, default=None, help="the fold's checkpoint (default: the first completed)")
+    p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    p.add_argument("audio", nargs="+", type=Path)
+    p.set_defaults(func=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from precompute.audio import AudioError
+    from precompute.predict import Predictor
+
+    predictor = Predictor(args.run, args.fold)
+    failed = 0
+    for path in args.audio:
+        try:
+            result = predictor.predict_file(path)
+        except AudioError as e:
+            log.error("%s", e)
+            failed += 1
+            continue
+        if args.json:
+            print(json.dumps(result.to_json()))
+            continue
+        print(f"{path}: {result.prediction} (settles at boundary {result.resolution_depth} of "
+              f"{len(result.probabilities) - 1}, {result.duration:.1f} s, fold {predictor.fold})")
+        print("  boundary  " + "  ".join(f"{e[:9]:>9}" for e in result.emotions))
+        for b, probs in enumerate(result.probabilities):
+            print(f"  {b:>8}  " + "  ".join(f"{p:9.3f}" for p in probs))
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``loralens`` subcommand."""
     parser = argparse.ArgumentParser(prog="loralens", description="What LoRA does inside a Whisper emotion model.")
@@ -193,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(sub)
     _add_trace(sub)
     _add_report(sub)
+    _add_predict(sub)
     return parser
 
 
@@ -202,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    # peft asks transformers a deprecated question on every adapter load; nothing for a user to act on.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

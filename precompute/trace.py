@@ -101,14 +101,16 @@ class Tracer:
 
     def prepare(self) -> list[int]:
         """Add the utterances to the table and create the run's checkpoint groups; return the rows."""
+        probe = load_fold_model(self.run, self.items[0][1], "trained")
+        whisper = W.whisper_of(probe)
+        extractor = feature_extractor(whisper.config)
         rows = []
         for u, _ in tqdm(self.items, desc="reading audio", unit="file"):
             audio = load_audio(u.path, long=self.config.long)
+            mel = W.extract(extractor, [audio], "trim").input_features[0].numpy()
             rows.append(UtteranceRow(store_id(u), u.dataset, str(u.path), u.speaker, u.emotion, audio,
-                                     W.encoder_frames(len(audio))))
+                                     W.encoder_frames(len(audio)), mel.astype(np.float16)))
         indices = self.writer.add_utterances(rows)
-        probe = load_fold_model(self.run, self.items[0][1], "trained")
-        whisper = W.whisper_of(probe)
         modules = lora_modules(probe)
         widths = [getattr(whisper.encoder.layers[i].self_attn, t, None) or getattr(whisper.encoder.layers[i], t)
                   for i, t in modules]
@@ -124,7 +126,7 @@ class Tracer:
             "modules": [module_name(i, t) for i, t in modules], "n_layers": whisper.config.encoder_layers,
             "d_model": whisper.config.d_model, "train_config": self.config.to_json(),
             "metrics": json.loads(metrics_path.read_text()) if metrics_path.is_file() else {},
-            "capture": self.options.to_json(),
+            "capture": self.options.to_json(), "run_dir": str(self.run.resolve()),
         }
         for checkpoint in self.checkpoints:
             self.writer.create_checkpoint(self.name, checkpoint, attrs, sizes, lora=bool(modules),

@@ -66,7 +66,7 @@ class StoreReader:
 
     def utterances(self) -> dict[str, np.ndarray]:
         """The utterance table without audio: column name -> values, one per row."""
-        return {name: self._column(name) for name in schema.UTTERANCE_ARRAYS if name != "audio"}
+        return {name: self._column(name) for name in schema.UTTERANCE_ARRAYS if name not in ("audio", "log_mel")}
 
     def row_of(self, utterance_id: str) -> int:
         """The row of an utterance id."""
@@ -74,6 +74,11 @@ class StoreReader:
         if not len(hits):
             raise StoreError(f"{self.path}: no utterance {utterance_id!r}")
         return int(hits[0])
+
+    def log_mel(self, row: int) -> np.ndarray:
+        """The utterance's log-mel input over its real frames, ``(n_mels, 2 * n_frames)``."""
+        n = 2 * int(self._column("n_frames")[row])
+        return self.root["utterances"]["log_mel"][row, :, :n].astype(np.float32)
 
     def audio(self, row: int) -> np.ndarray:
         """The utterance's 16 kHz audio as float32, shape ``(n_samples,)``."""

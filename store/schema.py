@@ -77,6 +77,8 @@ UTTERANCE_ARRAYS: dict[str, ArraySpec] = {
     "n_samples": ArraySpec(("utterance",), "int32", "real samples in ``audio``"),
     "n_frames": ArraySpec(("utterance",), "int32", "real encoder frames (50 per second)"),
     "audio": ArraySpec(("utterance", "sample"), "int16", "16 kHz mono PCM, zero-padded"),
+    "log_mel": ArraySpec(("utterance", "mel", "mel_frame"), "float16",
+                         "the model's log-mel input over the real frames (2 per encoder frame), zero-padded"),
 }
 
 CHECKPOINT_ARRAYS: dict[str, ArraySpec] = {

@@ -31,6 +31,8 @@ class UtteranceRow:
     """16 kHz mono float32, shape ``(n_samples,)``."""
     n_frames: int
     """Real encoder frames."""
+    log_mel: np.ndarray
+    """The model's log-mel input, ``(n_mels, 2 * n_frames)``."""
 
 
 def _versions() -> dict[str, str]:
@@ -72,12 +74,13 @@ class StoreWriter(StoreReader):
             start = len(known)
             n = start + len(new)
             max_samples = max(len(r.audio) for r in new)
+            n_mels = new[0].log_mel.shape[0]
+            max_mel = max(r.log_mel.shape[1] for r in new)
             for name, spec in schema.UTTERANCE_ARRAYS.items():
-                shape = (n, max_samples) if name == "audio" else (n,)
+                shape = {"audio": (n, max_samples), "log_mel": (n, n_mels, max_mel)}.get(name, (n,))
                 if name in table:
                     array = table[name]
-                    if name == "audio":
-                        shape = (n, max(array.shape[1], max_samples))
+                    shape = (n, *[max(a, b) for a, b in zip(array.shape[1:], shape[1:], strict=True)])
                     array.resize(shape)
                 else:
                     table.create_array(name, shape=shape, chunks=schema.chunks(spec, shape),
@@ -96,11 +99,14 @@ class StoreWriter(StoreReader):
             }
             for name, values in block.items():
                 table[name][start:n] = values
-            audio = table["audio"]
+            audio, log_mel = table["audio"], table["log_mel"]
             for i, r in enumerate(new):
                 pcm = np.zeros(audio.shape[1], dtype=np.int16)
                 pcm[: len(r.audio)] = np.round(np.clip(r.audio, -1, 1) * 32767).astype(np.int16)
                 audio[start + i] = pcm
+                mel = np.zeros(log_mel.shape[1:], dtype=np.float16)
+                mel[:, : r.log_mel.shape[1]] = r.log_mel
+                log_mel[start + i] = mel
             known |= {r.id: start + i for i, r in enumerate(new)}
             self._grow_checkpoints(n)
             self._cache.clear()

@@ -22,7 +22,8 @@ SIZES = {"boundary": 3, "layer": 2, "d_model": 8, "class": 4, "module": 2, "rank
 def _rows(n=3, seed=0):
     rng = np.random.default_rng(seed)
     return [UtteranceRow(f"emodb/u{i}", "emodb", f"/x/u{i}.wav", f"s{i % 2}", ["anger", "sadness"][i % 2],
-                         (0.1 * rng.standard_normal(1600 * (i + 1))).astype(np.float32), 5 * (i + 1))
+                         (0.1 * rng.standard_normal(1600 * (i + 1))).astype(np.float32), 5 * (i + 1),
+                         rng.standard_normal((80, 10 * (i + 1))).astype(np.float16))
             for i in range(n)]
 
 
@@ -62,6 +63,7 @@ def test_round_trip(store_path):
     assert reader.runs() == {"r": ["trained"]}
     assert list(reader.utterances()["id"]) == ["emodb/u0", "emodb/u1", "emodb/u2"]
     assert reader.audio(1).shape == (3200,)
+    assert np.array_equal(reader.log_mel(1), _rows()[1].log_mel.astype(np.float32))
     assert np.allclose(reader.audio(1), _rows()[1].audio, atol=1 / 32767)
     for row, arrays in written.items():
         for name, value in arrays.items():

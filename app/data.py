@@ -1,0 +1,92 @@
+"""Cached access to the store and the views for the pages: the only place the app caches."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app import views
+from app.analysis import lens, projections
+from store.reader import StoreReader
+
+STORE_ENV = "LORALENS_STORE"
+
+
+def store_path() -> str | None:
+    """The configured store (``loralens app --store PATH`` sets ``LORALENS_STORE``)."""
+    return os.environ.get(STORE_ENV) or None
+
+
+@st.cache_resource(show_spinner=False)
+def reader(path: str) -> StoreReader:
+    """One read-only reader per store, shared by sessions."""
+    return StoreReader(path)
+
+
+@st.cache_data(show_spinner=False)
+def runs(path: str) -> list[views.RunInfo]:
+    """The store's runs."""
+    return views.run_info(reader(path))
+
+
+@st.cache_data(show_spinner=False, ttl=30)
+def table(path: str, run: str) -> pd.DataFrame:
+    """The utterance table with the run's predictions (refreshed every 30 s while captures add rows)."""
+    return views.utterance_table(reader(path), run)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def lens_rows(path: str, run: str, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One utterance's lens: pooled logits per boundary, per-frame logits, and its log-mel."""
+    r = reader(path)
+    return (r.read(run, "trained", "lens_logits", row), r.read(run, "trained", "lens_logits_frames", row),
+            r.log_mel(row))
+
+
+@st.cache_data(show_spinner=False)
+def lens_summary(path: str, run: str) -> lens.LensSummary:
+    """The run's logit-lens summary over everything it traced."""
+    return views.lens_of(reader(path), run)
+
+
+@st.cache_data(show_spinner=False)
+def contributions(path: str, run: str, rows: tuple[int, ...]):
+    """Per-layer contributions over ``rows``."""
+    return views.contributions_of(reader(path), run, list(rows))
+
+
+@st.cache_data(show_spinner=False)
+def spectra(path: str, run: str, threshold: float):
+    """SVD spectra, trained and random twin, per LoRA quantity."""
+    return views.spectra_of(reader(path), run, threshold)
+
+
+@st.cache_data(show_spinner=False)
+def cka_ab(path: str, run: str):
+    """CKA between LoRA A and B outputs per layer."""
+    return views.cka_a_vs_b(reader(path), run)
+
+
+@st.cache_data(show_spinner=False)
+def residual_cka(path: str, run_a: str, run_b: str) -> np.ndarray:
+    """Layer x layer CKA of pooled residuals."""
+    return views.residual_cka(reader(path), run_a, run_b)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def projection(path: str, run: str, source: str, layer: int, method: str) -> tuple[projections.Projection, list[int]]:
+    """A fitted 2-D map (cached after first use; UMAP maps can place uploads)."""
+    x, rows = views.vectors(reader(path), run, source, layer)
+    return projections.project(x, method), rows
+
+
+@st.cache_resource(show_spinner="Loading the checkpoint ...", max_entries=4)
+def predictor(run_dir: str, fold: int | None):
+    """The upload path's model: torch is imported here, lazily, and only here."""
+    from precompute.predict import Predictor
+
+    return Predictor(Path(run_dir), fold)

@@ -1,0 +1,49 @@
+"""The loralens explorer: ``loralens app --store PATH`` (or ``LORALENS_STORE``) starts it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run app/main.py` from a checkout
+
+from app import data  # noqa: E402
+from store.reader import StoreError  # noqa: E402
+
+st.set_page_config(page_title="loralens", page_icon="🎙️", layout="wide")
+
+
+def problem_page(message: str) -> None:
+    """The one page shown when the store cannot be used: what is wrong and the command that fixes it."""
+    st.title("loralens")
+    st.error(message)
+    st.markdown("Start the explorer on a store:\n\n```bash\nloralens app --store PATH\n```\n\n"
+                "No store yet? `loralens demo` builds one offline; or train and trace your own:\n\n"
+                "```bash\nloralens train --model bundled:base --data emodb:DIR --out runs/lora\n"
+                "loralens trace --run runs/lora --store runs/store.zarr\n```")
+
+
+path = data.store_path()
+try:
+    if path is None:
+        raise StoreError("No store configured: start the app with loralens app --store PATH "
+                         f"(or set {data.STORE_ENV}).")
+    if not data.runs(path):
+        raise StoreError(f"{path} holds no traced run yet; run loralens trace --run RUN_DIR --store {path}")
+except StoreError as e:
+    message = str(e)
+    st.navigation([st.Page(lambda: problem_page(message), title="loralens", default=True)]).run()
+    st.stop()
+
+pages = Path(__file__).parent / "pages"
+navigation = st.navigation([
+    st.Page(pages / "overview.py", title="Overview", icon="📋", default=True, url_path="overview"),
+    st.Page(pages / "utterance.py", title="Utterance", icon="🔊", url_path="utterance"),
+    st.Page(pages / "clusters.py", title="Clusters", icon="🫧", url_path="clusters"),
+    st.Page(pages / "dynamics.py", title="LoRA dynamics", icon="📉", url_path="dynamics"),
+    st.Page(pages / "contributions.py", title="Contributions", icon="🧱", url_path="contributions"),
+    st.Page(pages / "upload.py", title="Upload", icon="⬆️", url_path="upload"),
+])
+navigation.run()

@@ -1,0 +1,57 @@
+"""Clusters: t-SNE or UMAP of pooled residuals or LoRA A activations at a layer; click a point to hear it."""
+
+import pandas as pd
+import streamlit as st
+
+from app import charts, data, state, widgets
+from app.analysis import projections
+
+view = widgets.view_state()
+widgets.present(view)
+path = data.store_path()
+run = widgets.pick_run(view)
+table = data.table(path, run.name)
+c1, c2, c3 = st.columns(3)
+view.projection = c1.radio("Map", state.PROJECTIONS, index=state.PROJECTIONS.index(view.projection),
+                           format_func=str.upper, horizontal=True, key="cl-projection")
+sources = state.SOURCES if run.method == "lora" else ("residual",)
+view.source = c2.radio("Vectors", sources, index=sources.index(view.source) if view.source in sources else 0,
+                       format_func={"residual": "pooled residual", "lora_a": "LoRA A activation"}.get,
+                       horizontal=True, key="cl-source")
+view.colour = c3.radio("Colour by", state.COLOURINGS, index=state.COLOURINGS.index(view.colour), horizontal=True,
+                       key="cl-colour")
+n_positions = run.n_layers + 1 if view.source == "residual" else run.n_layers * len(run.targets)
+label = "Layer boundary" if view.source == "residual" else "LoRA module"
+layer = st.slider(label, 0, n_positions - 1, min(view.layer if view.layer is not None else n_positions - 1,
+                                                 n_positions - 1), key="cl-layer")
+view.layer = layer
+with st.spinner("Fitting the map (cached after the first time) ..."):
+    proj, rows = data.projection(path, run.name, view.source, layer, view.projection)
+frame = table.iloc[rows][["id", "speaker", "emotion", "prediction", "correct"]].reset_index(drop=True)
+frame["x"], frame["y"] = proj.coordinates[:, 0], proj.coordinates[:, 1]
+frame["correct"] = frame["correct"].map({True: "correct", False: "wrong"})
+sil = projections.silhouette(frame[["x", "y"]].to_numpy(), frame["emotion"].to_numpy())
+st.caption(f"{len(frame)} utterances · emotion silhouette on this map {sil:.3f}")
+figure = charts.scatter(frame, view.colour, f"{view.projection.upper()} · {label.lower()} {layer}", view.utt)
+event = st.altair_chart(figure.add_params(charts.click()), width="stretch", on_select="rerun", key="cl-map")
+picked = charts.picked_id(event)
+if picked:
+    view.utt = picked
+if view.utt in set(frame["id"]):
+    row = int(table.loc[table["id"] == view.utt, "row"].iloc[0])
+    st.markdown(f"**{view.utt}** · {table.iloc[row]['emotion']} · predicted {table.iloc[row]['prediction']}")
+    st.audio(data.reader(path).audio(row), sample_rate=16000)
+st.download_button("Map as CSV", frame.to_csv(index=False), f"{run.name}-{view.projection}-{layer}.csv",
+                   "text/csv", key="cl-csv")
+
+ranks = sorted({r.rank for r in data.runs(path) if r.method == "lora" and r.model == run.model}, key=int)
+if len(ranks) > 1 and view.source == "lora_a":
+    st.subheader("Across ranks")
+    cols = st.columns(len(ranks))
+    for col, rank in zip(cols, ranks, strict=True):
+        other = next(r for r in data.runs(path) if r.method == "lora" and r.model == run.model and r.rank == rank)
+        p, rr = data.projection(path, other.name, "lora_a", min(layer, other.n_layers - 1), view.projection)
+        f = pd.DataFrame({"x": p.coordinates[:, 0], "y": p.coordinates[:, 1],
+                          "emotion": table.iloc[rr]["emotion"].to_numpy(), "id": table.iloc[rr]["id"].to_numpy()})
+        col.altair_chart(charts.scatter(f, "emotion", f"r = {rank}"), width="stretch")
+widgets.remember(view)

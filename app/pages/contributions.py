@@ -1,0 +1,29 @@
+"""Contributions: how much attention and MLP write into the residual per layer, LoRA against frozen."""
+
+import pandas as pd
+import streamlit as st
+
+from app import charts, data, views, widgets
+
+view = widgets.view_state()
+widgets.present(view)
+path = data.store_path()
+run = widgets.pick_run(view)
+partner = widgets.frozen_partner(run) if run.method == "lora" else None
+reader = data.reader(path)
+rows = tuple(views.common_rows(reader, run.name, partner.name) if partner else views.common_rows(reader, run.name))
+mine = data.contributions(path, run.name, rows)
+records = [r | {"series": "LoRA" if run.method == "lora" else run.name} for r in mine.as_rows()]
+if partner:
+    theirs = data.contributions(path, partner.name, rows)
+    records += [r | {"series": "frozen"} for r in theirs.as_rows()]
+    records += [r | {"series": "LoRA - frozen"} for r in mine.minus(theirs).as_rows()]
+frame = pd.DataFrame(records)
+show = st.multiselect("Series", sorted(frame["series"].unique()), default=sorted(frame["series"].unique()),
+                      key="co-series")
+frame = frame[frame["series"].isin(show)]
+widgets.chart(charts.contributions(frame), frame, f"{run.name}-contributions", "co")
+st.caption(f"Means over {len(rows)} utterances and their frames. Relative contribution: ||output|| / ||layer "
+           "input||; block is the layer's whole update a + m. Cosine: with the layer input (negative: the "
+           "sublayer writes against the residual).")
+widgets.remember(view)

@@ -1,0 +1,61 @@
+"""Overview: the store's runs, their cross-validated scores, and the utterance table."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app import charts, data, widgets
+
+view = widgets.view_state()
+widgets.present(view)
+path = data.store_path()
+st.title("loralens")
+st.caption(f"Store: `{path}`")
+
+rows = []
+for run in data.runs(path):
+    m = run.metrics
+    fmt = lambda k: f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}" if m.get(k) else "–"  # noqa: E731
+    rows.append({"run": run.name, "model": run.model, "method": run.method,
+                 "rank": run.rank if run.method == "lora" else None,
+                 "targets": ",".join(run.targets) if run.method == "lora" else "", "window": run.window,
+                 "UAR": fmt("uar"), "WAR": fmt("war"), "folds": f"{m.get('n_done', 0)}/{m.get('n_folds', 0)}",
+                 "checkpoints": ", ".join(run.checkpoints)})
+st.subheader("Runs")
+st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+run = widgets.pick_run(view)
+folds = run.metrics.get("folds", [])
+left, right = st.columns(2)
+with left:
+    st.markdown("**Per fold**")
+    st.dataframe(pd.DataFrame([{"fold": f["fold"], "test speakers": ",".join(f["test_speakers"]), "UAR": f["uar"],
+                                "WAR": f["war"], "epoch": f.get("epoch")} for f in folds]),
+                 hide_index=True, width="stretch")
+with right:
+    if folds:
+        confusion = np.sum([np.array(f["confusion"]) for f in folds], axis=0)
+        frame = pd.DataFrame([{"true": t, "predicted": p, "count": int(confusion[i, j])}
+                              for i, t in enumerate(run.emotions) for j, p in enumerate(run.emotions)])
+        widgets.chart(charts.heatmap(frame, "predicted", "true", "count", "Confusion (all folds)",
+                                     scheme="oranges"), frame, f"{run.name}-confusion", "confusion")
+
+st.subheader("Utterances")
+table = data.table(path, run.name)
+widgets.synthetic_note(table)
+c1, c2, c3 = st.columns(3)
+emotions = c1.multiselect("Emotion", sorted(table["emotion"].unique()), key="ov-emotion")
+speakers = c2.multiselect("Speaker", sorted(table["speaker"].unique()), key="ov-speaker")
+outcome = c3.selectbox("Outcome", ["all", "correct", "wrong"], key="ov-outcome")
+shown = table[table["traced"]]
+if emotions:
+    shown = shown[shown["emotion"].isin(emotions)]
+if speakers:
+    shown = shown[shown["speaker"].isin(speakers)]
+if outcome != "all":
+    shown = shown[shown["correct"] == (outcome == "correct")]
+st.dataframe(shown[["id", "speaker", "emotion", "prediction", "correct", "fold", "duration", "dataset"]],
+             hide_index=True, width="stretch")
+st.caption(f"{len(shown)} of {int(table['traced'].sum())} traced utterances; the store holds "
+           f"{len(table)} utterances and {len(data.runs(path))} runs.")
+widgets.remember(view)

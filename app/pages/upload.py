@@ -1,0 +1,73 @@
+"""Upload: run your own clip through a checkpoint and see its per-layer predictions and where it lands."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from scipy.special import softmax
+
+from app import charts, data, widgets
+from app.analysis import projections
+from precompute.audio import AudioError, load_audio
+
+view = widgets.view_state()
+widgets.present(view)
+path = data.store_path()
+run = widgets.pick_run(view)
+attrs = data.reader(path).attrs(run.name)
+run_dir = attrs.get("run_dir")
+if not run_dir or not (Path(run_dir) / "config.json").is_file():
+    st.warning(f"The checkpoints of {run.name} are not on this machine (run directory {run_dir or 'unknown'}); "
+               "uploads need them. Re-trace the run here, or open the store where it was traced.")
+    st.stop()
+folds = [f["fold"] for f in run.metrics.get("folds", [])]
+fold = st.selectbox("Checkpoint (fold)", folds, key="up-fold") if folds else None
+
+left, right = st.columns(2)
+uploaded = left.file_uploader("An audio file", type=["wav", "flac", "ogg", "mp3"], key="up-file")
+recorded = right.audio_input("Or record", key="up-mic")
+clip = uploaded or recorded
+if clip is None:
+    st.info("Upload a clip (WAV, FLAC, OGG or MP3) or record one to see what each layer makes of it.")
+    st.stop()
+name = getattr(clip, "name", None) or "recording.wav"
+try:
+    audio = load_audio(clip.getvalue(), name=name, long="crop")
+except AudioError as e:
+    st.error(f"{e}")
+    st.stop()
+if float(np.sqrt(np.mean(np.square(audio)))) < 1e-4:
+    st.error(f"{name}: the clip is silent (RMS below 1e-4); record or upload speech.")
+    st.stop()
+st.audio(audio, sample_rate=16000)
+with st.spinner("Running the clip through every layer ..."):
+    result = data.predictor(run_dir, fold).predict(audio, name)
+probs = np.array(result.probabilities)
+st.markdown(f"**{name}**: predicted **{result.prediction}**, settling at boundary **{result.resolution_depth}** "
+            f"of {len(probs) - 1} ({result.duration:.1f} s analysed"
+            + (", cropped to 30 s" if result.duration >= 30 else "") + ")")
+layer = st.slider("Layer boundary", 0, len(probs) - 1, len(probs) - 1, key="up-layer")
+frame = pd.DataFrame([{"boundary": b, "emotion": e, "probability": float(probs[b, i])}
+                      for b in range(len(probs)) for i, e in enumerate(result.emotions)])
+widgets.chart(charts.trajectory(frame, layer, "Class probabilities across layers"), frame, f"{name}-layers", "up")
+
+reader = data.reader(path)
+summary = data.lens_summary(path, run.name)
+final = softmax(reader.read(run.name, "trained", "lens_logits", boundary=-1), axis=-1).max(-1)
+c1, c2 = st.columns(2)
+depth_percentile = projections.percentile_of(result.resolution_depth, summary.resolution_depth)
+c1.metric("Resolution depth percentile", f"{depth_percentile:.0f}")
+c2.metric("Confidence percentile", f"{projections.percentile_of(probs[-1].max(), final):.0f}")
+st.caption("Percentiles among the store's utterances of this run: how late the clip's prediction settles, and "
+           "how confident the final prediction is.")
+
+proj, rows = data.projection(path, run.name, "residual", layer, "umap")
+point = proj.place(np.array(result.residual_pooled[layer]))[0]
+table = data.table(path, run.name)
+mapped = table.iloc[rows][["id", "emotion", "speaker"]].reset_index(drop=True)
+mapped["x"], mapped["y"] = proj.coordinates[:, 0], proj.coordinates[:, 1]
+mapped = pd.concat([mapped, pd.DataFrame([{"id": f"upload: {name}", "emotion": f"upload ({result.prediction})",
+                                           "speaker": "you", "x": point[0], "y": point[1]}])], ignore_index=True)
+widgets.chart(charts.scatter(mapped, "emotion", f"UMAP at boundary {layer}", f"upload: {name}"), mapped,
+              f"{name}-map", "up-map")

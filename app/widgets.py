@@ -1,0 +1,83 @@
+"""Shared page furniture: the state in the URL, run and utterance pickers, exports, presentation mode."""
+
+from __future__ import annotations
+
+import re
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from app import data, state
+from app.views import RunInfo
+
+PRESENTATION_CSS = """
+<style>
+html, body, [class*="css"] { font-size: 20px !important; }
+[data-testid="stSidebar"], [data-testid="stToolbar"], footer { display: none !important; }
+.block-container { padding-top: 1rem; max-width: 100% !important; }
+</style>
+"""
+
+
+def view_state() -> state.ViewState:
+    """The URL's state, checked against the store."""
+    path = data.store_path()
+    runs = data.runs(path)
+    ids = set(data.reader(path).utterances()["id"].tolist())
+    return state.parse(dict(st.query_params), [r.name for r in runs], ids, {r.name: r.n_layers + 1 for r in runs})
+
+
+def remember(view: state.ViewState) -> None:
+    """Write the state into the URL, so a copied link reopens this view."""
+    params = view.to_params()
+    if dict(st.query_params) != params:
+        st.query_params.from_dict(params)
+
+
+def present(view: state.ViewState) -> None:
+    """Presentation mode: larger type, no sidebar or toolbar."""
+    if view.present:
+        st.markdown(PRESENTATION_CSS, unsafe_allow_html=True)
+
+
+def pick_run(view: state.ViewState, method: str | None = None, key: str = "run") -> RunInfo:
+    """A run selector (LoRA runs only with ``method='lora'``)."""
+    runs = [r for r in data.runs(data.store_path()) if method is None or r.method == method]
+    if not runs:
+        st.info("This store holds no " + (f"{method} " if method else "") + "run. Trace one with loralens trace.")
+        st.stop()
+    names = [r.name for r in runs]
+    index = names.index(view.run) if view.run in names else 0
+    name = st.selectbox("Run", names, index=index, key=key, format_func=lambda n: runs[names.index(n)].label)
+    view.run = name
+    return runs[names.index(name)]
+
+
+def frozen_partner(run: RunInfo) -> RunInfo | None:
+    """The frozen run of the same model and window, if the store has one."""
+    return next((r for r in data.runs(data.store_path()) if r.method == "frozen" and r.model == run.model
+                 and r.window == run.window and r.name != run.name), None)
+
+
+def synthetic_note(table: pd.DataFrame) -> None:
+    """Label synthesised speech wherever it is shown."""
+    if (table["dataset"] == "synthetic").any():
+        st.caption("Synthetic speech: utterances of the offline espeak-ng corpus, not human recordings.")
+
+
+def chart(figure: alt.Chart, frame: pd.DataFrame, name: str, key: str) -> None:
+    """Draw a chart with CSV, SVG and PNG exports of it."""
+    st.altair_chart(figure, width="stretch")
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
+    with st.expander("Export", expanded=False):
+        cols = st.columns(3)
+        cols[0].download_button("CSV", frame.to_csv(index=False), f"{safe}.csv", "text/csv", key=f"{key}-csv")
+        if cols[1].toggle("Prepare images", key=f"{key}-img"):
+            import vl_convert as vlc
+
+            spec = figure.to_json()
+            cols[1].download_button("SVG", vlc.vegalite_to_svg(spec), f"{safe}.svg", "image/svg+xml",
+                                    key=f"{key}-svg")
+            cols[2].download_button("PNG", vlc.vegalite_to_png(spec, scale=2), f"{safe}.png", "image/png",
+                                    key=f"{key}-png")

@@ -1,0 +1,77 @@
+"""Per-layer emotion predictions for new audio: ``loralens predict`` and the app's upload page.
+
+This is the app's one entry point into torch; the app imports it lazily, only when a clip is uploaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.special import softmax
+
+from precompute import window as W
+from precompute.audio import load_audio
+from precompute.capture import CaptureOptions, Capturer
+from precompute.checkpoints import completed_folds, load_fold_model, read_config
+from precompute.models import feature_extractor
+
+
+@dataclass
+class Prediction:
+    """What a checkpoint makes of one clip, layer by layer."""
+
+    name: str
+    """The clip's name."""
+    emotions: list[str]
+    """Class names in label order."""
+    probabilities: list[list[float]]
+    """Logit-lens class probabilities per boundary (0: embeddings), ``(n_boundaries, n_classes)``."""
+    prediction: str
+    """The model's final prediction."""
+    resolution_depth: int
+    """The first boundary from which the top-1 class no longer changes."""
+    duration: float
+    """Seconds of audio analysed."""
+    residual_pooled: list[list[float]]
+    """Pooled residual per boundary (for placing the clip on a map), ``(n_boundaries, d_model)``."""
+
+    def to_json(self, with_vectors: bool = False) -> dict:
+        """A JSON-able dict (without the residual vectors unless asked)."""
+        out = asdict(self)
+        if not with_vectors:
+            out.pop("residual_pooled")
+        return out
+
+
+class Predictor:
+    """One fold's trained checkpoint, ready for clips."""
+
+    def __init__(self, run: Path, fold: int | None = None):
+        self.config = read_config(run)
+        folds = completed_folds(run)
+        if not folds:
+            raise ValueError(f"{run} has no completed fold to predict with; finish training first")
+        self.fold = folds[0] if fold is None else fold
+        self.model = load_fold_model(run, self.fold)
+        self.capturer = Capturer(self.model, self.config.window, CaptureOptions(gradients=False))
+        self.extractor = feature_extractor(W.whisper_of(self.model).config)
+
+    @torch.no_grad()
+    def predict(self, audio: np.ndarray, name: str = "clip") -> Prediction:
+        """Per-layer predictions for 16 kHz mono ``audio``."""
+        features = W.extract(self.extractor, [audio], self.config.window)
+        (row,) = self.capturer.run(features, torch.zeros(1, dtype=torch.long))
+        probs = softmax(row["lens_logits"].astype(np.float64), axis=-1)
+        top = probs.argmax(-1)
+        agree = top == top[-1]
+        depth = int(len(agree) - np.cumprod(agree[::-1]).sum())
+        emotions = list(self.config.emotions)
+        return Prediction(name, emotions, probs.round(6).tolist(), emotions[int(top[-1])], depth,
+                          round(len(audio) / 16000, 3), row["residual_pooled"].tolist())
+
+    def predict_file(self, path: Path) -> Prediction:
+        """Per-layer predictions for an audio file (cropped to 30 s with a warning)."""
+        return self.predict(load_audio(path), Path(path).name)
