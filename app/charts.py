@@ -120,7 +120,7 @@ def time_heatmap(df: pd.DataFrame, y: str, title: str = "", domain=None, scheme:
     step = float(times[1] - times[0]) if len(times) > 1 else 0.02
     scale = alt.Scale(scheme=scheme, domain=domain) if domain else alt.Scale(scheme=scheme)
     return alt.Chart(df.assign(end=df["time (s)"] + step)).mark_rect().encode(
-        x=alt.X("time (s):Q", scale=alt.Scale(nice=False)), x2="end:Q",
+        x=alt.X("time (s):Q", title="time (s)", scale=alt.Scale(nice=False)), x2="end:Q",
         y=alt.Y(f"{y}:O", sort="descending", axis=alt.Axis(labelOverlap=True)),
         color=alt.Color(f"{value}:Q", scale=scale),
         tooltip=["time (s)", y, alt.Tooltip(f"{value}:Q", format=".3f")],

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run a
 from app import data  # noqa: E402
 from store.reader import StoreError  # noqa: E402
 
-st.set_page_config(page_title="loralens", page_icon="🎙️", layout="wide")
+st.set_page_config(page_title="loralens", page_icon=":material/graphic_eq:", layout="wide")
 
 
 def problem_page(message: str) -> None:
@@ -37,13 +37,14 @@ except StoreError as e:
     st.navigation([st.Page(lambda: problem_page(message), title="loralens", default=True)]).run()
     st.stop()
 
-pages = Path(__file__).parent / "pages"
+sections = Path(__file__).parent / "sections"  # not "pages": Streamlit would list that folder itself
 navigation = st.navigation([
-    st.Page(pages / "overview.py", title="Overview", icon="📋", default=True, url_path="overview"),
-    st.Page(pages / "utterance.py", title="Utterance", icon="🔊", url_path="utterance"),
-    st.Page(pages / "clusters.py", title="Clusters", icon="🫧", url_path="clusters"),
-    st.Page(pages / "dynamics.py", title="LoRA dynamics", icon="📉", url_path="dynamics"),
-    st.Page(pages / "contributions.py", title="Contributions", icon="🧱", url_path="contributions"),
-    st.Page(pages / "upload.py", title="Upload", icon="⬆️", url_path="upload"),
+    st.Page(sections / "overview.py", title="Overview", icon=":material/table_view:", default=True,
+            url_path="overview"),
+    st.Page(sections / "utterance.py", title="Utterance", icon=":material/graphic_eq:", url_path="utterance"),
+    st.Page(sections / "clusters.py", title="Clusters", icon=":material/scatter_plot:", url_path="clusters"),
+    st.Page(sections / "dynamics.py", title="LoRA dynamics", icon=":material/stacked_line_chart:", url_path="dynamics"),
+    st.Page(sections / "contributions.py", title="Contributions", icon=":material/stacks:", url_path="contributions"),
+    st.Page(sections / "upload.py", title="Upload", icon=":material/upload:", url_path="upload"),
 ])
 navigation.run()

@@ -44,11 +44,11 @@ def parse(params: Mapping[str, str], runs: list[str], utterances: set[str], n_bo
     """
     state = ViewState()
     run = params.get("run")
-    state.run = run if run in runs else (runs[0] if runs else None)
+    state.run = run if run in runs else None
     utt = params.get("utt")
     state.utt = utt if utt in utterances else None
     layer = params.get("layer", "")
-    limit = n_boundaries.get(state.run, 0) if state.run else 0
+    limit = n_boundaries.get(state.run, 0) if state.run else max(n_boundaries.values(), default=0)
     if layer.isdigit() and int(layer) < limit:
         state.layer = int(layer)
     colour = params.get("colour")

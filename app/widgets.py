@@ -44,6 +44,7 @@ def present(view: state.ViewState) -> None:
 def pick_run(view: state.ViewState, method: str | None = None, key: str = "run") -> RunInfo:
     """A run selector (LoRA runs only with ``method='lora'``)."""
     runs = [r for r in data.runs(data.store_path()) if method is None or r.method == method]
+    runs.sort(key=lambda r: (r.method != "lora", r.name))  # LoRA runs first: they are what the tool is about
     if not runs:
         st.info("This store holds no " + (f"{method} " if method else "") + "run. Trace one with loralens trace.")
         st.stop()

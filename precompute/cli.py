@@ -218,6 +218,36 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _add_app(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("app", help="open the explorer on a store")
+    p.add_argument("--store", default=None, help="a directory or fsspec URL (default: $LORALENS_STORE)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default localhost only)")
+    p.add_argument("--port", type=int, default=8501)
+    p.set_defaults(func=_run_app)
+
+
+def _run_app(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
+    import app as app_package
+    from store.reader import StoreReader
+
+    store = args.store or os.environ.get("LORALENS_STORE")
+    if not store:
+        raise ValueError("no store given: loralens app --store PATH (or set LORALENS_STORE)")
+    StoreReader(store)  # a bad store fails here, in one line, before a server starts
+    main_script = Path(app_package.__file__).parent / "main.py"
+    root = main_script.parents[1]
+    command = [sys.executable, "-m", "streamlit", "run", str(main_script), "--server.address", args.host,
+               "--server.port", str(args.port), "--server.headless", "true",
+               "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"]
+    log.info("serving %s at http://%s:%d", store, args.host, args.port)
+    env = {**os.environ, "LORALENS_STORE": store}
+    cwd = root if (root / ".streamlit" / "config.toml").is_file() else None  # the theme and upload limit
+    return subprocess.call(command, env=env, cwd=cwd)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``loralens`` subcommand."""
     parser = argparse.ArgumentParser(prog="loralens", description="What LoRA does inside a Whisper emotion model.")
@@ -228,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trace(sub)
     _add_report(sub)
     _add_predict(sub)
+    _add_app(sub)
     return parser
 
 

@@ -41,7 +41,8 @@ row = int(choices.loc[choices["id"] == utt, "row"].iloc[0])
 info = table.iloc[row]
 n_boundaries = run.n_layers + 1
 layer = st.slider("Layer boundary (0 = embeddings)", 0, n_boundaries - 1,
-                  view.layer if view.layer is not None else n_boundaries - 1, key="utt-layer")
+                  min(view.layer, n_boundaries - 1) if view.layer is not None else n_boundaries - 1,
+                  key="utt-layer")
 view.layer = layer
 
 st.markdown(f"**{utt}** · speaker {info['speaker']} · true **{info['emotion']}** · "

@@ -1,0 +1,95 @@
+"""The explorer under AppTest on the fixture store: every page, the layer slider, an utterance, an upload."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from streamlit.testing.v1 import AppTest
+
+from app import state
+from tests.conftest import tone
+
+MAIN = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
+PAGES = ["sections/overview.py", "sections/utterance.py", "sections/clusters.py", "sections/dynamics.py",
+         "sections/contributions.py", "sections/upload.py"]
+
+
+@pytest.fixture()
+def app(tiny_store, monkeypatch):
+    monkeypatch.setenv("LORALENS_STORE", tiny_store)
+    return AppTest.from_file(MAIN, default_timeout=300)
+
+
+def _ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_every_page_opens(app):
+    at = app.run()
+    _ok(at)
+    assert "tiny-lora" in at.get("dataframe")[0].value.to_csv()
+    for page in PAGES[1:]:
+        at.switch_page(page).run()
+        _ok(at)
+
+
+def test_utterance_page_slider_and_choice(app):
+    at = app.run()
+    at.switch_page("sections/utterance.py").run()
+    _ok(at)
+    assert at.slider(key="utt-layer").value == 2  # tiny model: 2 layers, boundaries 0..2
+    at.slider(key="utt-layer").set_value(0).run()
+    _ok(at)
+    assert at.query_params["layer"] in ("0", ["0"])
+    choice = at.selectbox(key="utt-id")
+    other = choice.options[3]
+    choice.set_value(other.split(" · ")[0] if " · " in other else other).run()
+    _ok(at)
+    assert str(at.query_params["utt"]).strip("[]'") in other
+
+
+def test_url_state_reopens_the_view(app, tiny_store):
+    app.query_params["layer"] = "1"
+    app.query_params["utt"] = "csv/wav/s2_sadness_1"
+    at = app.run()
+    at.switch_page("sections/utterance.py").run()
+    _ok(at)
+    assert at.slider(key="utt-layer").value == 1
+    assert at.selectbox(key="utt-id").value == "csv/wav/s2_sadness_1"
+
+
+def test_upload_a_wav(app):
+    at = app.run()
+    at.switch_page("sections/upload.py").run()
+    buffer = io.BytesIO()
+    sf.write(buffer, tone(1.2, 44100, 400.0), 44100, format="WAV")
+    at.file_uploader(key="up-file").upload("my clip (1).wav", buffer.getvalue(), "audio/wav").run()
+    _ok(at)
+    assert any("predicted" in m.value for m in at.markdown)
+
+
+def test_upload_not_audio_shows_a_message(app):
+    at = app.run()
+    at.switch_page("sections/upload.py").run()
+    at.file_uploader(key="up-file").upload("notes.wav", b"not audio at all", "audio/wav").run()
+    assert not at.exception
+    assert "not readable as audio" in at.error[0].value
+
+
+def test_missing_store_is_one_page(monkeypatch, tmp_path):
+    monkeypatch.setenv("LORALENS_STORE", str(tmp_path / "nowhere"))
+    at = AppTest.from_file(MAIN, default_timeout=60).run()
+    assert not at.exception
+    assert "no store there" in at.error[0].value
+
+
+def test_url_state_parsing_is_checked():
+    view = state.parse({"run": "../../etc/passwd", "utt": "/etc/hosts", "layer": "99", "colour": "x"},
+                       ["a", "b"], {"u1"}, {"a": 3, "b": 3})
+    assert (view.run, view.utt, view.layer, view.colour) == (None, None, None, "emotion")
+    view = state.parse({"run": "b", "utt": "u1", "layer": "2", "present": "1"}, ["a", "b"], {"u1"}, {"b": 3})
+    assert state.parse(view.to_params(), ["a", "b"], {"u1"}, {"b": 3}) == view

@@ -1,0 +1,77 @@
+"""The real app in a real browser: headless Debian Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def server(tiny_store):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "precompute.cli", "app", "--store", tiny_store, "--port",
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail(f"the app did not answer on {url}: {proc.stdout.read().decode()[-2000:]}")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_layer_slider_redraws_in_chromium(server, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    shots = Path(os.environ.get("LORALENS_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(f"{server}/utterance", wait_until="networkidle")
+        slider = page.get_by_role("slider").first
+        slider.wait_for(timeout=60_000)
+        page.wait_for_selector(".vega-embed", timeout=60_000)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(shots / "utterance.png"), full_page=True)
+        chart_before = page.locator(".vega-embed").first.inner_html()
+        slider.focus()
+        page.keyboard.press("Home")
+        page.wait_for_function("() => new URL(location.href).searchParams.get('layer') === '0'", timeout=30_000)
+        page.wait_for_timeout(1500)
+        # The trajectory chart's layer marker moved: the chart redrew with the new layer.
+        assert page.locator(".vega-embed").first.inner_html() != chart_before
+        assert page.locator(".vega-embed").count() >= 3
+        assert page.get_by_test_id("stException").count() == 0
+        page.screenshot(path=str(shots / "utterance-layer0.png"), full_page=True)
+        for name in ("overview", "clusters", "dynamics", "contributions", "upload"):
+            page.goto(f"{server}/{name}", wait_until="networkidle")
+            page.wait_for_timeout(2500)
+            assert page.get_by_test_id("stException").count() == 0, name
+            page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+        browser.close()
