@@ -93,3 +93,11 @@ def test_url_state_parsing_is_checked():
     assert (view.run, view.utt, view.layer, view.colour) == (None, None, None, "emotion")
     view = state.parse({"run": "b", "utt": "u1", "layer": "2", "present": "1"}, ["a", "b"], {"u1"}, {"b": 3})
     assert state.parse(view.to_params(), ["a", "b"], {"u1"}, {"b": 3}) == view
+
+
+def test_presentation_mode_round_trip(app):
+    at = app.run()
+    at.toggle(key="present-on").set_value(True).run()
+    assert at.query_params["present"] in ("1", ["1"])
+    at.button(key="present-off").click().run()
+    assert not at.exception and "present" not in at.query_params
