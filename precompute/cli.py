@@ -228,24 +228,81 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
 
 def _run_app(args: argparse.Namespace) -> int:
     import os
+
+    store = args.store or os.environ.get("LORALENS_STORE")
+    if not store:
+        raise ValueError("no store given: loralens app --store PATH (or set LORALENS_STORE)")
+    return serve(store, args.host, args.port)
+
+
+def serve(store: str, host: str, port: int) -> int:
+    """Run the Streamlit explorer on ``store`` until interrupted."""
+    import os
     import subprocess
 
     import app as app_package
     from store.reader import StoreReader
 
-    store = args.store or os.environ.get("LORALENS_STORE")
-    if not store:
-        raise ValueError("no store given: loralens app --store PATH (or set LORALENS_STORE)")
     StoreReader(store)  # a bad store fails here, in one line, before a server starts
     main_script = Path(app_package.__file__).parent / "main.py"
     root = main_script.parents[1]
-    command = [sys.executable, "-m", "streamlit", "run", str(main_script), "--server.address", args.host,
-               "--server.port", str(args.port), "--server.headless", "true",
+    command = [sys.executable, "-m", "streamlit", "run", str(main_script), "--server.address", host,
+               "--server.port", str(port), "--server.headless", "true",
                "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"]
-    log.info("serving %s at http://%s:%d", store, args.host, args.port)
+    log.info("serving %s at http://%s:%d (Ctrl+C stops it)", store, host, port)
     env = {**os.environ, "LORALENS_STORE": store}
     cwd = root if (root / ".streamlit" / "config.toml").is_file() else None  # the theme and upload limit
     return subprocess.call(command, env=env, cwd=cwd)
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="data sets: synthesise the offline corpus, or download EmoDB")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    s = dsub.add_parser("synth", help="an offline acted corpus synthesised with espeak-ng")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--sentences", type=int, default=10, help="sentences per speaker and emotion (1-10)")
+    s.set_defaults(func=_run_synth)
+    g = dsub.add_parser("get", help="download a public corpus (needs internet)")
+    g.add_argument("name", choices=["emodb"])
+    g.add_argument("--out", required=True, type=Path)
+    g.set_defaults(func=_run_get)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from precompute.synth import synthesise
+
+    manifest = synthesise(args.out, args.seed, args.sentences)
+    log.info("use it with --data synthetic:%s", manifest.parent)
+    return 0
+
+
+def _run_get(args: argparse.Namespace) -> int:
+    from precompute.download import get_emodb
+
+    out = get_emodb(args.out)
+    log.info("use it with --data emodb:%s", out)
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="build (first time) an offline demo store and open the explorer on it")
+    p.add_argument("--data", default=None, help="build it from this --data SPEC (default: synthetic speech)")
+    p.add_argument("--rebuild", action="store_true", help="discard the cached demo and build it again")
+    p.add_argument("--build-only", action="store_true", help="build the store, print its path, do not serve")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8501)
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from precompute.demo import DemoPlan, build
+
+    store = build(DemoPlan(data=args.data), rebuild=args.rebuild)
+    if args.build_only:
+        print(store)
+        return 0
+    return serve(store, args.host, args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_predict(sub)
     _add_app(sub)
+    _add_data(sub)
+    _add_demo(sub)
     return parser
 
 

@@ -1,0 +1,46 @@
+"""The offline corpus and the demo build (on the tiny model, so that it fits a unit test)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+
+import numpy as np
+import soundfile as sf
+
+from precompute import synth
+from precompute.data import load_corpus
+from precompute.demo import DemoPlan, build
+from store.reader import StoreReader
+
+
+def _digest(root):
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sorted((root / "wav").glob("*.wav")))).hexdigest()
+
+
+def test_synthetic_corpus_is_deterministic_and_prosodic(tmp_path):
+    a = synth.synthesise(tmp_path / "a", seed=3, sentences=2)
+    b = synth.synthesise(tmp_path / "b", seed=3, sentences=2)
+    assert a.read_text() == b.read_text() and _digest(a.parent) == _digest(b.parent)
+    rows = list(csv.DictReader(open(a)))
+    assert len(rows) == 8 * 4 * 2 and len({r["speaker"] for r in rows}) == 8
+    assert {r["voice"].split("+")[0] for r in rows} == {"en-us", "en", "de"}
+    by = {e: [r for r in rows if r["emotion"] == e] for e in synth.PROSODY}
+    mean = lambda e, k: np.mean([float(r[k]) for r in by[e]])  # noqa: E731
+    assert mean("anger", "rate") > mean("neutral", "rate") > mean("sadness", "rate")
+    assert mean("happiness", "pitch") > mean("neutral", "pitch") > mean("sadness", "pitch")
+    assert mean("sadness", "volume") < mean("neutral", "volume") < mean("anger", "volume")
+    audio, rate = sf.read(a.parent / rows[0]["path"])
+    assert rate == 22050 and 0.5 < len(audio) / rate < 6 and np.abs(audio).max() > 0.05
+    corpus = load_corpus(f"synthetic:{a.parent}")
+    assert corpus.synthetic and len(corpus.utterances) == 64
+
+
+def test_demo_build_then_reuse(tmp_path, monkeypatch, tiny_model_dir):
+    monkeypatch.setenv("LORALENS_CACHE", str(tmp_path / "cache"))
+    plan = DemoPlan(model=str(tiny_model_dir), ranks=(4,), folds="2", epochs=1, per_class=3)
+    store = build(plan)
+    reader = StoreReader(store)
+    assert set(reader.runs()) == {"lora-r4", "frozen"}
+    assert reader.n_utterances == 12 and set(reader.utterances()["dataset"]) == {"synthetic"}
+    assert build(plan) == store  # the second time it is already there
