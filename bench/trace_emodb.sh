@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Issue #3's acceptance: trace the EmoDB runs of bench/train_emodb.sh (bundled base: LoRA r=32 with its random
 # twin, and frozen; 100 class-balanced utterances) into one store, then time it, size it and validate it.
-# Usage: bench/trace_emodb.sh [RUNS_DIR] [STORE]
+# Usage: bench/trace_emodb.sh [RUNS_DIR] [STORE] [MODEL]    (MODEL: base or tiny.en)
 set -euo pipefail
 runs=${1:-runs/emodb}
 store=${2:-runs/emodb.zarr}
-for run in base-lora-trim base-frozen-trim; do
+model=${3:-base}
+for run in "$model-lora-trim" "$model-frozen-trim"; do
   start=$(date +%s.%N)
   loralens trace --run "$runs/$run" --store "$store" --per-class 25
   echo "$run: traced in $(echo "$(date +%s.%N) - $start" | bc) s"

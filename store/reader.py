@@ -120,7 +120,20 @@ class StoreReader:
 
     def written(self, run: str, checkpoint: str = "trained") -> np.ndarray:
         """Which rows are completely written, shape ``(n_utterances,)`` bool (read afresh: captures add rows)."""
-        return self.array(run, checkpoint, "written")[:].astype(bool)
+        source = self._consolidated(run, checkpoint, "written")
+        return (source if source is not None else self.array(run, checkpoint, "written"))[:].astype(bool)
+
+    def _consolidated(self, run: str, checkpoint: str, name: str) -> zarr.Array | None:
+        """The layer-major copy of an array, if commit wrote one and it is still valid."""
+        attrs = self.group(run, checkpoint).attrs
+        if attrs.get("consolidated", -1) != attrs.get("n_written", -2) or not attrs.get("complete"):
+            return None
+        key = f"runs/{run}/{checkpoint}/{schema.CONSOLIDATED_GROUP}/{name}"
+        if key not in self._cache:
+            group = self.group(run, checkpoint)
+            path = f"{schema.CONSOLIDATED_GROUP}/{name}"
+            self._cache[key] = group[path] if path in group else None
+        return self._cache[key]
 
     def read(self, run: str, checkpoint: str, name: str, rows: int | list[int] | slice | None = None,
              **index: int | slice) -> np.ndarray:
@@ -160,7 +173,8 @@ class StoreReader:
         selection = tuple(index.get(d, slice(None)) for d in dims[1:])
         if isinstance(rows, int):
             return array[(rows, *selection)]
-        return _read_rows(array, selected, selection)
+        layer_major = self._consolidated(run, checkpoint, name)
+        return _read_rows(layer_major if layer_major is not None else array, selected, selection)
 
     def dims(self, run: str, checkpoint: str, name: str) -> tuple[str, ...]:
         """An array's dimension names."""

@@ -122,6 +122,23 @@ CHECKPOINT_ARRAYS: dict[str, ArraySpec] = {
 }
 
 
+CONSOLIDATED_GROUP = "by_layer"
+"""Where commit writes layer-major copies of the small arrays, for reading one layer across all utterances
+(one chunk per layer instead of one per utterance). Valid while the checkpoint's ``consolidated`` attribute
+equals its ``n_written``; growing the table invalidates them."""
+
+
+def consolidated(spec: ArraySpec) -> bool:
+    """Whether commit keeps a layer-major copy of the array (the small, per-utterance ones)."""
+    return not spec.per_frame
+
+
+def consolidated_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """All utterances in a chunk, one layer (boundary, module) per chunk."""
+    whole = [max(1, n) for n in shape]
+    return tuple(whole) if len(shape) <= 2 else (whole[0], 1, *whole[2:])
+
+
 def checkpoint_arrays(lora: bool, per_frame_b: bool) -> dict[str, ArraySpec]:
     """The arrays a checkpoint holds: without LoRA arrays for frozen runs, without per-frame B if skipped."""
     return {name: spec for name, spec in CHECKPOINT_ARRAYS.items()

@@ -117,6 +117,7 @@ class StoreWriter(StoreReader):
         for run, checkpoints in self.runs().items():
             for checkpoint in checkpoints:
                 group = self.root[f"runs/{run}/{checkpoint}"]
+                group.attrs.update({"complete": False, "consolidated": -1})
                 for name in group.array_keys():
                     array = group[name]
                     dims = array.metadata.dimension_names
@@ -187,6 +188,18 @@ class StoreWriter(StoreReader):
             target[row] = value.astype(target.dtype, copy=False)
         group["written"][row] = 1
 
+    def _consolidate(self, group: zarr.Group) -> None:
+        """Write layer-major copies of the small arrays (see ``schema.CONSOLIDATED_GROUP``)."""
+        target = group.require_group(schema.CONSOLIDATED_GROUP)
+        for name in group.array_keys():
+            spec = schema.CHECKPOINT_ARRAYS.get(name)
+            if spec is None or not schema.consolidated(spec):
+                continue
+            values = group[name][:]
+            copy = target.create_array(name, shape=values.shape, chunks=schema.consolidated_chunks(values.shape),
+                                       dtype=values.dtype, dimension_names=spec.dims, fill_value=0, overwrite=True)
+            copy[...] = values
+
     def commit(self, run: str, rows: list[int]) -> dict[str, bool]:
         """Mark each checkpoint of ``run`` complete when all of ``rows`` are written; return that state."""
         state = {}
@@ -194,7 +207,11 @@ class StoreWriter(StoreReader):
             group = self.root[f"runs/{run}/{checkpoint}"]
             written = group["written"][:]
             complete = bool(all(written[i] for i in rows))
-            group.attrs.update({"complete": complete, "n_written": int(written.sum())})
+            n_written = int(written.sum())
+            if complete:
+                self._consolidate(group)
+            group.attrs.update({"complete": complete, "n_written": n_written,
+                                "consolidated": n_written if complete else -1})
             state[checkpoint] = complete
         self._cache.clear()
         return state

@@ -70,8 +70,10 @@ def test_round_trip(store_path):
             got = reader.read("r", "trained", name, row)
             real = got[tuple(slice(0, s) for s in np.shape(value))]
             assert np.array_equal(real, value), name
-    # one layer across all utterances
-    assert reader.read("r", "trained", "residual_pooled", boundary=2).shape == (3, 8)
+    # one layer across all utterances: from the layer-major copy that commit wrote, equal to the rows
+    assert reader._consolidated("r", "trained", "residual_pooled") is not None
+    by_layer = reader.read("r", "trained", "residual_pooled", boundary=2)
+    assert np.array_equal(by_layer, np.stack([written[r]["residual_pooled"][2] for r in range(3)]))
     assert reader.read("r", "trained", "residual_pooled", [0, 2], boundary=1).shape == (2, 8)
     assert reader.read("r", "trained", "residual", 2).shape == (3, 15, 8)
 
@@ -99,6 +101,8 @@ def test_growing_the_table_resizes_runs(store_path):
     reader = StoreReader(store_path)
     assert reader.n_utterances == 4 and reader.written("r", "trained").tolist() == [True, True, False, False]
     assert reader.group("r")["residual"].shape[2] == 20 and not reader.attrs("r")["complete"]
+    assert reader._consolidated("r", "trained", "logits") is None  # stale copies are not used
+    assert reader.read("r", "trained", "logits").shape == (2, 4)
 
 
 def test_not_a_store_and_versions(tmp_path):
