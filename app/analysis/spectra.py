@@ -14,10 +14,10 @@ def real_frames(values: np.ndarray, n_frames: np.ndarray) -> np.ndarray:
 
 def singular_values(x: np.ndarray) -> np.ndarray:
     """Singular values of ``x`` (samples x dim), descending, through the dim x dim Gram matrix (fast for tall x)."""
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float32)
     if x.shape[0] < x.shape[1]:
         x = x.T
-    eig = np.linalg.eigvalsh(x.T @ x)[::-1]
+    eig = np.linalg.eigvalsh((x.T @ x).astype(np.float64))[::-1]  # float32 product, float64 eigensolver
     return np.sqrt(np.clip(eig, 0, None))
 
 
