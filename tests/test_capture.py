@@ -102,3 +102,34 @@ def test_frozen_model_has_no_lora_arrays():
     features, labels = _batch(model)
     (row, *_) = Capturer(model, "trim", CaptureOptions()).run(features, labels)
     assert not any(k.startswith("lora_") for k in row)
+
+
+def test_capture_on_bundled_tiny_en_real_speech(emodb):
+    """The same checks on real converted weights and real EmoDB speech."""
+    from precompute.audio import load_audio
+
+    model = models.load_classifier("bundled:tiny.en", ["anger", "happiness", "neutral", "sadness"])
+    model = attach_lora(model, TrainConfig(model="bundled:tiny.en", data="y", rank=8, alpha=16)).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)
+    clips = [load_audio(emodb / "wav" / name) for name in ("03a01Wa.wav", "08a02Ab.wav", "16b10Tb.wav")]
+    features = W.extract(models.feature_extractor(model.config), clips, "trim")
+    labels = torch.tensor([0, 1, 3])
+    rows = Capturer(model, "trim", CaptureOptions()).run(features, labels)
+    with torch.no_grad():
+        logits = W.classify(model, features).numpy()
+    outputs = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: outputs.append(o))
+             for n, m in model.named_modules() if n.endswith("lora_B.default")]
+    loss = torch.nn.functional.cross_entropy(W.classify(model, features), labels, reduction="sum")
+    for h in hooks:
+        h.remove()
+    grads = torch.autograd.grad(loss, outputs)
+    for k, row in enumerate(rows):
+        n = int(features.n_frames[k])
+        assert np.allclose(row["lens_logits"][-1], logits[k], atol=1e-3)
+        for m in range(4):
+            assert np.allclose(row["lora_b_activation"][m], outputs[m][k, :n].detach().numpy(), atol=2e-3)
+            assert np.allclose(row["lora_b_gradient"][m], grads[m][k, :n].numpy(), atol=1e-4, rtol=1e-2)
