@@ -146,8 +146,9 @@ def checkpoint_arrays(lora: bool, per_frame_b: bool) -> dict[str, ArraySpec]:
 
 
 def chunks(spec: ArraySpec, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """One utterance per chunk; per-frame arrays also one layer (boundary, module) per chunk, so an analysis of
-    one layer reads only that layer's frames.
+    """One utterance per chunk; per-frame arrays also one layer (boundary, module) per chunk.
+
+    So an analysis of one layer reads only that layer's frames.
     """
     rest = [max(1, n) for n in shape[1:]]
     if spec.per_frame and len(shape) == 4:
