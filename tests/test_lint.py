@@ -1,0 +1,18 @@
+"""The house lint rules (ruff, configured in pyproject.toml) hold over the whole tree."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+
+def test_ruff_is_clean():
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (it comes with the test extra)")
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([ruff, "check", str(root)], capture_output=True, text=True, cwd=root)
+    assert result.returncode == 0, result.stdout[-3000:]
