@@ -123,14 +123,10 @@ CHECKPOINT_ARRAYS: dict[str, ArraySpec] = {
 
 
 CONSOLIDATED_GROUP = "by_layer"
-"""Where commit writes layer-major copies of the small arrays, for reading one layer across all utterances
-(one chunk per layer instead of one per utterance). Valid while the checkpoint's ``consolidated`` attribute
-equals its ``n_written``; growing the table invalidates them."""
-
-
-def consolidated(spec: ArraySpec) -> bool:
-    """Whether commit keeps a layer-major copy of the array (the small, per-utterance ones)."""
-    return not spec.per_frame
+"""Where commit writes layer-major copies of every array, for reading one layer across all utterances (one
+chunk per layer instead of one per utterance; the analyses read this way). The per-utterance originals serve
+the other pattern, one utterance across all layers. Copies are valid while the checkpoint's ``consolidated``
+attribute equals its ``n_written``; growing the table invalidates them."""
 
 
 def consolidated_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -191,14 +191,18 @@ class StoreWriter(StoreReader):
     def _consolidate(self, group: zarr.Group) -> None:
         """Write layer-major copies of the small arrays (see ``schema.CONSOLIDATED_GROUP``)."""
         target = group.require_group(schema.CONSOLIDATED_GROUP)
-        for name in group.array_keys():
+        for name in sorted(group.array_keys()):
             spec = schema.CHECKPOINT_ARRAYS.get(name)
-            if spec is None or not schema.consolidated(spec):
+            if spec is None:
                 continue
-            values = group[name][:]
-            copy = target.create_array(name, shape=values.shape, chunks=schema.consolidated_chunks(values.shape),
-                                       dtype=values.dtype, dimension_names=spec.dims, fill_value=0, overwrite=True)
-            copy[...] = values
+            source = group[name]
+            copy = target.create_array(name, shape=source.shape, chunks=schema.consolidated_chunks(source.shape),
+                                       dtype=source.dtype, dimension_names=spec.dims, fill_value=0, overwrite=True)
+            if source.ndim > 2:  # a layer at a time keeps memory to one layer of every utterance
+                for j in range(source.shape[1]):
+                    copy[:, j] = source[:, j]
+            else:
+                copy[...] = source[...]
 
     def commit(self, run: str, rows: list[int]) -> dict[str, bool]:
         """Mark each checkpoint of ``run`` complete when all of ``rows`` are written; return that state."""
