@@ -9,11 +9,12 @@ overlap as in acted speech. The same seed gives the same corpus.
 
 from __future__ import annotations
 
-import concurrent.futures
 import csv
 import ctypes
+import json
 import logging
-import multiprocessing
+import subprocess
+import sys
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -96,6 +97,7 @@ class Espeak:
         """Synthesise ``text``; returns float32 samples at ``self.rate`` Hz (the same for the same seed)."""
         with _LOCK:
             self._libc.srand(ctypes.c_uint(seed))
+            self.lib.espeak_ng_SetRandSeed(ctypes.c_long(seed))  # espeak-ng's own generator (pitch flutter, noise)
             if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
                 raise SynthError(f"espeak-ng has no voice {voice!r}")
             for name, value in (("rate", rate), ("pitch", pitch), ("range", range_), ("volume", volume)):
@@ -139,11 +141,13 @@ def synthesise(out: Path, seed: int = 0, sentences: int = 10) -> Path:
         return manifest
     if not 1 <= sentences <= 10:
         raise ValueError(f"sentences={sentences}; expected 1 to 10")
-    # espeak-ng keeps synthesis state (e.g. its pitch flutter) across calls in a process: a fresh process per
-    # corpus makes the same seed give the same audio wherever it is called from.
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        rows = pool.submit(_synthesise_all, out, seed, sentences).result()
+    # espeak-ng keeps synthesis state across calls in a process (its pitch flutter, for one): a fresh
+    # interpreter per corpus makes the same seed give the same audio wherever synthesise is called from.
+    done = subprocess.run([sys.executable, "-m", "precompute.synth", str(out), str(seed), str(sentences)],
+                          stdout=subprocess.PIPE, check=False)
+    if done.returncode != 0:
+        raise SynthError(f"synthesis into {out} failed (exit {done.returncode}); see the messages above")
+    rows = [SynthUtterance(**row) for row in json.loads(done.stdout)]
     tmp = manifest.with_suffix(".tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
@@ -173,3 +177,9 @@ def _synthesise_all(out: Path, seed: int, sentences: int) -> list[SynthUtterance
         rows.append(SynthUtterance(rel, emotion, speaker, voice, text, p["rate"], p["pitch"], p["range"],
                                    p["volume"]))
     return rows
+
+
+if __name__ == "__main__":  # the worker process of ``synthesise``: rows as JSON on stdout
+    target, seed_arg, sentences_arg = sys.argv[1:4]
+    result = _synthesise_all(Path(target), int(seed_arg), int(sentences_arg))
+    sys.stdout.write(json.dumps([asdict(r) for r in result]))
