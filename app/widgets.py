@@ -36,7 +36,14 @@ def remember(view: state.ViewState) -> None:
 
 
 def present(view: state.ViewState) -> None:
-    """Presentation mode (``?present=1`` or the sidebar toggle): larger type, no sidebar or toolbar."""
+    """Presentation mode (``?present=1`` or the sidebar toggle): larger type, no sidebar or toolbar.
+
+    Every page calls it first; it also labels a store of synthesised speech as such, on every page.
+    """
+    datasets = set(data.reader(data.store_path()).utterances()["dataset"].tolist())
+    if "synthetic" in datasets:
+        st.caption(":material/record_voice_over: Synthetic speech: this store holds the offline espeak-ng corpus"
+                   + (" (beside real recordings)" if len(datasets) > 1 else "") + ", not human recordings.")
     if not view.present:
         view.present = st.sidebar.toggle("Presentation mode", value=False, key="present-on",
                                          help="Larger type, no sidebar: for talks. The link keeps it.")

@@ -44,3 +44,18 @@ def test_demo_build_then_reuse(tmp_path, monkeypatch, tiny_model_dir):
     assert set(reader.runs()) == {"lora-r4", "frozen"}
     assert reader.n_utterances == 12 and set(reader.utterances()["dataset"]) == {"synthetic"}
     assert build(plan) == store  # the second time it is already there
+
+
+def test_the_app_labels_a_synthetic_store(tmp_path, monkeypatch, tiny_model_dir):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_app import MAIN, PAGES
+
+    monkeypatch.setenv("LORALENS_CACHE", str(tmp_path / "cache"))
+    store = build(DemoPlan(model=str(tiny_model_dir), ranks=(4,), folds="2", epochs=1, per_class=2))
+    monkeypatch.setenv("LORALENS_STORE", store)
+    at = AppTest.from_file(MAIN, default_timeout=300).run()
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert not at.exception
+        assert any("Synthetic speech" in c.value for c in at.caption), page
