@@ -135,9 +135,9 @@ class Capturer:
         ffn = torch.stack([m.detach().float() for m in mlp], 1)
         pool = features.pooling_mask().to(h.device)  # what the head pools
         real = W.Features(features.input_features, features.n_frames, "trim").pooling_mask().to(h.device)
-        frame_logits = whisper.classifier(whisper.projector(whisper.encoder.layer_norm(h)))  # (b, boundary, f, c)
-        pooled_lens = whisper.classifier(whisper.projector(
-            _pool(whisper.encoder.layer_norm(h), pool)))  # (batch, boundary, class)
+        normed = whisper.encoder.layer_norm(h)
+        frame_logits = whisper.classifier(whisper.projector(normed))  # (batch, boundary, frame, class)
+        pooled_lens = whisper.classifier(whisper.projector(_pool(normed, pool)))  # (batch, boundary, class)
         h_in = h[:, :-1]
         h_norm = h_in.norm(dim=-1).clamp(min=1e-12)
         batched = {

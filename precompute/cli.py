@@ -134,9 +134,10 @@ def _run_trace(args: argparse.Namespace) -> int:
     if args.shard:
         try:
             k, n = (int(x) for x in args.shard.split("/"))
-            assert 0 <= k < n
-        except (ValueError, AssertionError) as e:
+        except ValueError as e:
             raise ValueError(f"--shard {args.shard!r}: expected K/N with 0 <= K < N, e.g. 0/4") from e
+        if not 0 <= k < n:
+            raise ValueError(f"--shard {args.shard!r}: expected K/N with 0 <= K < N, e.g. 0/4")
         written = tracer.capture(tracer.rows(), (k, n))
         log.info("shard %d/%d: wrote %d rows", k, n, written)
         return 0
