@@ -60,15 +60,21 @@ def contributions(path: str, run: str, rows: tuple[int, ...]):
 
 
 @st.cache_data(show_spinner=False)
-def spectra(path: str, run: str, threshold: float):
-    """SVD spectra, trained and random twin, per LoRA quantity."""
-    return views.spectra_of(reader(path), run, threshold)
+def spectra(path: str, run: str, fold: int | None):
+    """SVD spectra, trained and random twin, per LoRA quantity (``Spectrum.at`` sets the threshold)."""
+    return views.spectra_of(reader(path), run, fold=fold)
 
 
 @st.cache_data(show_spinner=False)
-def cka_ab(path: str, run: str):
+def cka_ab(path: str, run: str, fold: int | None):
     """CKA between LoRA A and B outputs per layer."""
-    return views.cka_a_vs_b(reader(path), run)
+    return views.cka_a_vs_b(reader(path), run, fold=fold)
+
+
+@st.cache_data(show_spinner=False)
+def fold_sizes(path: str, run: str) -> dict[int, int]:
+    """Fold -> how many utterances its model traced."""
+    return {fold: len(rows) for fold, rows in views.fold_groups(reader(path), run).items()}
 
 
 @st.cache_data(show_spinner=False)

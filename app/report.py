@@ -159,6 +159,7 @@ def build(store: str, out: Path, threshold: float = 0.9) -> dict:
             "contributions": {f: getattr(contrib, f).tolist() for f in contrib.__dataclass_fields__},
             "contributions_minus_frozen": ({f: getattr(diff, f).tolist() for f in diff.__dataclass_fields__}
                                            if diff else None),
+            "fold_models": {str(f): len(r) for f, r in views.fold_groups(reader, name).items()},
             "effective_rank": {q: {c: {"per_layer": s.ranks.tolist(), "mean": s.mean_rank}
                                    for c, s in by.items()} for q, by in spec.items()},
             "concentration_ratio": ratios,
@@ -181,6 +182,8 @@ def _markdown(summary: dict) -> str:
             lines.append(f"Cross-validated UAR: LoRA {m['uar']['mean']:.3f} ± {m['uar']['std']:.3f}"
                          + (f", frozen {f['uar']['mean']:.3f} ± {f['uar']['std']:.3f}" if f and f.get("uar") else ""))
             lines.append("")
+        lines += [f"SVD spectra and CKA(A, B) are computed within each fold model ({len(run['fold_models'])} traced "
+                  "these utterances) and averaged over them.", ""]
         lines += ["| finding of the paper | holds here | evidence |", "| --- | --- | --- |"]
         for item in run["findings"]:
             lines.append(f"| {item['finding']} | {'yes' if item['holds'] else 'no'} | {item['evidence']} |")

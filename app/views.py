@@ -95,39 +95,73 @@ def contributions_of(reader: StoreReader, run: str, rows: list[int] | None = Non
     rows = rows if rows is not None else common_rows(reader, run)
     n_frames = reader.utterances()["n_frames"][rows]
     read = lambda name: reader.read(run, "trained", name, rows)  # noqa: E731
-    return contributions.contributions(read("attention_norm_ratio"), read("attention_cosine"),
-                                       read("mlp_norm_ratio"), read("mlp_cosine"), read("residual"), n_frames)
+    return contributions.contributions(*(read(name) for name in contributions.ARRAYS), n_frames)
+
+
+def fold_groups(reader: StoreReader, run: str, rows: list[int] | None = None,
+                fold: int | None = None) -> dict[int, list[int]]:
+    """Fold -> the rows it traced (each row is traced by the fold model that held it out); ``fold``: only that one.
+
+    Raises:
+        ValueError: ``fold`` traced none of the rows.
+    """
+    rows = rows if rows is not None else common_rows(reader, run)
+    folds = reader.read(run, "trained", "fold", rows)
+    groups = {int(f): [r for r, g in zip(rows, folds, strict=True) if g == f] for f in np.unique(folds)}
+    if fold is None:
+        return groups
+    if fold not in groups:
+        raise ValueError(f"run {run} has no traced utterances of fold {fold}; folds traced: {sorted(groups)}")
+    return {fold: groups[fold]}
 
 
 def lora_matrices(reader: StoreReader, run: str, checkpoint: str, quantity: str,
-                  rows: list[int] | None = None) -> list[np.ndarray]:
-    """Per LoRA module, every real frame of every utterance: a list of ``(total_frames, dim)`` matrices."""
-    rows = rows if rows is not None else common_rows(reader, run)
+                  groups: dict[int, list[int]]) -> list[list[np.ndarray]]:
+    """Per LoRA module, per fold model: every real frame of its utterances, ``(total_frames, dim)`` matrices."""
+    rows = [r for group in groups.values() for r in group]
     values = reader.read(run, checkpoint, quantity, rows)  # (n, module, frame, dim)
     n_frames = reader.utterances()["n_frames"][rows]
-    return [spectra.real_frames(values[:, m], n_frames) for m in range(values.shape[1])]
+    at = {r: i for i, r in enumerate(rows)}
+    index = [[at[r] for r in group] for group in groups.values()]
+    return [[spectra.real_frames(values[ix, m], n_frames[ix]) for ix in index] for m in range(values.shape[1])]
 
 
-def spectra_of(reader: StoreReader, run: str, threshold: float = 0.9) -> dict[str, dict[str, spectra.Spectrum]]:
-    """Quantity -> checkpoint (trained, random_twin) -> spectrum per module."""
+def spectra_of(reader: StoreReader, run: str, threshold: float = 0.9,
+               fold: int | None = None) -> dict[str, dict[str, spectra.Spectrum]]:
+    """Quantity -> checkpoint (trained, random_twin) -> spectrum per module, within each fold model.
+
+    Args:
+        reader: the store.
+        run: a LoRA run.
+        threshold: the effective-rank energy threshold (``Spectrum.at`` changes it without recomputing).
+        fold: one fold model only; default: every fold that traced utterances, averaged.
+    """
+    groups = fold_groups(reader, run, fold=fold)
     out = {}
     for quantity in LORA_QUANTITIES:
         if quantity not in reader.group(run, "trained"):
             continue
-        out[quantity] = {c: spectra.spectrum(lora_matrices(reader, run, c, quantity), threshold)
+        out[quantity] = {c: spectra.spectrum(lora_matrices(reader, run, c, quantity, groups), threshold)
                          for c in reader.runs()[run]}
     return out
 
 
-def cka_a_vs_b(reader: StoreReader, run: str, checkpoint: str = "trained") -> dict[str, np.ndarray]:
-    """Linear CKA between LoRA A and B outputs per module, over real frames: ``activation`` and ``gradient``."""
+def cka_a_vs_b(reader: StoreReader, run: str, checkpoint: str = "trained",
+               fold: int | None = None) -> dict[str, np.ndarray]:
+    """Linear CKA between LoRA A and B outputs per module over real frames, within each fold model, averaged.
+
+    Returns:
+        ``activation`` and ``gradient`` (where captured) -> ``(n_modules,)``.
+    """
+    groups = fold_groups(reader, run, fold=fold)
     out = {}
     for kind in ("activation", "gradient"):
         if f"lora_b_{kind}" not in reader.group(run, checkpoint):
             continue
-        a = lora_matrices(reader, run, checkpoint, f"lora_a_{kind}")
-        b = lora_matrices(reader, run, checkpoint, f"lora_b_{kind}")
-        out[kind] = np.array([cka.linear_cka(x, y) for x, y in zip(a, b, strict=True)])
+        a = lora_matrices(reader, run, checkpoint, f"lora_a_{kind}", groups)
+        b = lora_matrices(reader, run, checkpoint, f"lora_b_{kind}", groups)
+        out[kind] = np.array([np.mean([cka.linear_cka(x, y) for x, y in zip(xs, ys, strict=True)])
+                              for xs, ys in zip(a, b, strict=True)])
     return out
 
 

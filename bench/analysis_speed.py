@@ -46,42 +46,53 @@ def main() -> None:
 
     def contributions_one():
         r = fresh()
-        read = lambda name, **ix: r.read(run, "trained", name, rows, **ix)  # noqa: E731
-        contributions.contributions(read("attention_norm_ratio", layer=slice(layer, layer + 1)),
-                                    read("attention_cosine", layer=slice(layer, layer + 1)),
-                                    read("mlp_norm_ratio", layer=slice(layer, layer + 1)),
-                                    read("mlp_cosine", layer=slice(layer, layer + 1)),
-                                    read("residual", boundary=slice(layer, layer + 2)), n_frames)
+        one = slice(layer, layer + 1)
+        contributions.contributions(*(r.read(run, "trained", name, rows, layer=one) for name in contributions.ARRAYS),
+                                    n_frames)
 
     def contributions_all():
         views.contributions_of(fresh(), run, rows)
 
-    def svd(modules):
+    def svd(modules, fold):
         r = fresh()
+        groups = views.fold_groups(r, run, fold=fold)
+        members = [r_ for g in groups.values() for r_ in g]
+        at = {r_: i for i, r_ in enumerate(members)}
+        frames = probe.utterances()["n_frames"][members]
         for quantity in views.LORA_QUANTITIES:
             for checkpoint in ("trained", "random_twin"):
-                values = r.read(run, checkpoint, quantity, rows, module=modules)
+                values = r.read(run, checkpoint, quantity, members, module=modules)
                 values = values[:, None] if values.ndim == 3 else values
-                spectra.spectrum([spectra.real_frames(values[:, m], n_frames) for m in range(values.shape[1])])
+                spectra.spectrum([[spectra.real_frames(values[[at[x] for x in g], m], frames[[at[x] for x in g]])
+                                   for g in groups.values()] for m in range(values.shape[1])])
 
-    def cka_one():
+    def cka_one(fold):
         r = fresh()
+        groups = views.fold_groups(r, run, fold=fold)
         for kind in ("activation", "gradient"):
-            a = spectra.real_frames(r.read(run, "trained", f"lora_a_{kind}", rows, module=layer), n_frames)
-            b = spectra.real_frames(r.read(run, "trained", f"lora_b_{kind}", rows, module=layer), n_frames)
-            cka.linear_cka(a, b)
+            for g in groups.values():
+                frames = probe.utterances()["n_frames"][g]
+                a = spectra.real_frames(r.read(run, "trained", f"lora_a_{kind}", g, module=layer), frames)
+                b = spectra.real_frames(r.read(run, "trained", f"lora_b_{kind}", g, module=layer), frames)
+                cka.linear_cka(a, b)
 
-    def cka_all():
-        views.cka_a_vs_b(fresh(), run)
-
-    print(f"{args.store}: run {run}, {len(rows)} utterances, {n_layers} layers; times include reading the store")
+    sizes = {f: len(g) for f, g in views.fold_groups(probe, run).items()}
+    biggest = max(sizes, key=sizes.get)
+    print(f"{args.store}: run {run}, {len(rows)} utterances traced by {len(sizes)} fold models, {n_layers} layers; "
+          f"times include reading the store (a fresh reader each time)")
+    print("SVD and CKA work within each fold model: 'one fold' is the biggest fold's model "
+          f"({sizes[biggest]} utterances), 'all folds' averages every fold model")
     for name, one, everything in (
             ("logit lens", lens_one, lens_all),
             ("contributions", contributions_one, contributions_all),
-            ("SVD (4 quantities x trained/random)", lambda: svd(layer), lambda: svd(slice(None))),
-            ("CKA A vs B (activations, gradients)", cka_one, cka_all)):
+            ("SVD, one fold (4 quantities x trained/random)", lambda: svd(layer, biggest),
+             lambda: svd(slice(None), biggest)),
+            ("SVD, all folds", lambda: svd(layer, None), lambda: svd(slice(None), None)),
+            ("CKA A vs B, one fold (activations, gradients)", lambda: cka_one(biggest),
+             lambda: views.cka_a_vs_b(fresh(), run, fold=biggest)),
+            ("CKA A vs B, all folds", lambda: cka_one(None), lambda: views.cka_a_vs_b(fresh(), run))):
         one_ms, all_ms = timed(one), timed(everything)
-        print(f"{name:38s} one layer {one_ms:7.0f} ms | all layers {all_ms:7.0f} ms "
+        print(f"{name:46s} one layer {one_ms:7.0f} ms | all layers {all_ms:7.0f} ms "
               f"({all_ms / n_layers:5.0f} ms per layer; goal < 200)")
     x, _ = views.vectors(probe, run, "residual", n_layers, rows=rows)
     for method in ("tsne", "umap"):

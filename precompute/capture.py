@@ -13,9 +13,9 @@ from nnsight import NNsight
 from peft import PeftModel
 
 from precompute import window as W
+from store.schema import CHECKPOINT_ARRAYS
 
-PER_FRAME = {"residual", "lens_logits_frames", "attention_norm_ratio", "attention_cosine", "mlp_norm_ratio",
-             "mlp_cosine", "lora_a_activation", "lora_a_gradient", "lora_b_activation", "lora_b_gradient"}
+PER_FRAME = {name for name, spec in CHECKPOINT_ARRAYS.items() if spec.per_frame}
 ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 MLP_TARGETS = ("fc1", "fc2")
 
@@ -140,6 +140,7 @@ class Capturer:
         pooled_lens = whisper.classifier(whisper.projector(_pool(normed, pool)))  # (batch, boundary, class)
         h_in = h[:, :-1]
         h_norm = h_in.norm(dim=-1).clamp(min=1e-12)
+        update = h[:, 1:] - h_in  # attention + MLP output: the layer's whole write to the residual stream
         batched = {
             "residual_pooled": _pool(h, pool),
             "lens_logits": pooled_lens,
@@ -147,6 +148,8 @@ class Capturer:
             "attention_cosine": torch.nn.functional.cosine_similarity(attn, h_in, dim=-1),
             "mlp_norm_ratio": ffn.norm(dim=-1) / h_norm,
             "mlp_cosine": torch.nn.functional.cosine_similarity(ffn, h_in, dim=-1),
+            "block_norm_ratio": update.norm(dim=-1) / h_norm,
+            "block_cosine": torch.nn.functional.cosine_similarity(update, h_in, dim=-1),
             "layer_input_pooled": _pool(h_in, pool),
             "attention_pooled": _pool(attn, pool),
             "mlp_pooled": _pool(ffn, pool),

@@ -15,6 +15,7 @@ from precompute.models import cache_dir
 from precompute.synth import synthesise
 from precompute.trace import Selection, Tracer
 from precompute.train import train
+from store.schema import SCHEMA_VERSION
 from store.validate import validate
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,9 @@ def demo_dir(plan: DemoPlan) -> Path:
 def build(plan: DemoPlan, rebuild: bool = False) -> str:
     """Build the demo store (resuming an interrupted build); return its path."""
     root = demo_dir(plan)
-    store = root / "store.zarr"
-    ready = root / "READY"
+    # Runs are kept across loralens versions; the store is re-traced when its schema changes.
+    store = root / f"store-v{SCHEMA_VERSION}.zarr"
+    ready = root / f"READY-v{SCHEMA_VERSION}"
     if rebuild and root.exists():
         shutil.rmtree(root)
     if ready.is_file():

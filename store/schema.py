@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 FORMAT = "loralens-store"
-SCHEMA_VERSION = 1
-"""Bumped on any change a reader of the previous version would misread."""
+SCHEMA_VERSION = 2
+"""Bumped on any change a reader of the previous version would misread (2: the block update per frame)."""
 
 Checkpoint = Literal["trained", "random_twin"]
 CHECKPOINTS: tuple[Checkpoint, ...] = ("trained", "random_twin")
@@ -103,6 +103,10 @@ CHECKPOINT_ARRAYS: dict[str, ArraySpec] = {
                                 "||MLP output|| / ||layer input|| per frame"),
     "mlp_cosine": ArraySpec(("utterance", "layer", "frame"), "float16",
                             "cosine of the MLP output with the layer input per frame"),
+    "block_norm_ratio": ArraySpec(("utterance", "layer", "frame"), "float16",
+                                  "||attention + MLP output|| / ||layer input|| per frame (the layer's whole update)"),
+    "block_cosine": ArraySpec(("utterance", "layer", "frame"), "float16",
+                              "cosine of attention + MLP output with the layer input per frame"),
     "layer_input_pooled": ArraySpec(("utterance", "layer", "d_model"), "float32", "pooled layer input h"),
     "attention_pooled": ArraySpec(("utterance", "layer", "d_model"), "float32", "pooled attention output"),
     "mlp_pooled": ArraySpec(("utterance", "layer", "d_model"), "float32", "pooled MLP output"),

@@ -94,6 +94,12 @@ def test_contributions_are_norm_ratios_and_cosines(lora_model):
     (row, *_) = Capturer(lora_model, "trim", CaptureOptions()).run(features, labels)
     assert row["attention_norm_ratio"].shape == row["mlp_cosine"].shape == (2, 50)
     assert (row["attention_norm_ratio"] >= 0).all() and (np.abs(row["mlp_cosine"]) <= 1 + 1e-5).all()
+    h = row["residual"].astype(np.float64)  # the block's update is the difference of consecutive residuals
+    update, h_in = h[1:] - h[:-1], h[:-1]
+    ratio = np.linalg.norm(update, axis=-1) / np.linalg.norm(h_in, axis=-1)
+    cosine = (update * h_in).sum(-1) / (np.linalg.norm(update, axis=-1) * np.linalg.norm(h_in, axis=-1))
+    assert np.allclose(row["block_norm_ratio"], ratio, rtol=1e-3) and np.allclose(row["block_cosine"], cosine,
+                                                                                   atol=1e-3)
 
 
 def test_frozen_model_has_no_lora_arrays():

@@ -28,15 +28,17 @@ def linear_cka(x: np.ndarray, y: np.ndarray, debiased: bool = False) -> float:
     """
     if len(x) != len(y):
         raise ValueError(f"CKA needs the same samples: {len(x)} vs {len(y)} rows")
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
     if debiased:
-        x, y = _subsample(x, y, MAX_SAMPLES)
+        x, y = _subsample(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64), MAX_SAMPLES)
         return _gram_cka(x @ x.T, y @ y.T, debiased=True)
-    x = x - x.mean(0)
-    y = y - y.mean(0)
-    cross = np.linalg.norm(y.T @ x) ** 2
-    denom = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)
+    # Feature-space form (no n x n Gram): float32 products of means-removed data, float64 norms.
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y, dtype=np.float32)
+    x = x - x.mean(0, dtype=np.float64).astype(np.float32)
+    y = y - y.mean(0, dtype=np.float64).astype(np.float32)
+    norm = lambda m: np.linalg.norm(m.astype(np.float64))  # noqa: E731
+    cross = norm(y.T @ x) ** 2
+    denom = norm(x.T @ x) * norm(y.T @ y)
     return float(cross / denom) if denom > 0 else 0.0
 
 

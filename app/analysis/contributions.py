@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+ARRAYS = ("attention_norm_ratio", "attention_cosine", "mlp_norm_ratio", "mlp_cosine", "block_norm_ratio",
+          "block_cosine")
+"""The stored per-frame arrays ``contributions`` takes, in its argument order."""
+
 
 @dataclass
 class Contributions:
@@ -46,27 +50,9 @@ def _frame_mean(values: np.ndarray, n_frames: np.ndarray) -> np.ndarray:
     return values.sum((0, 2)) / np.maximum(mask.sum((0, 2)), 1)
 
 
-def block_update(residual: np.ndarray, n_frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """||h_{l+1} - h_l|| / ||h_l|| and cos(h_{l+1} - h_l, h_l) per utterance, layer and frame.
-
-    Args:
-        residual: ``(n_utt, n_boundaries, n_frames_padded, d_model)``.
-        n_frames: real frames per utterance, ``(n_utt,)``.
-
-    Returns:
-        Two arrays ``(n_utt, n_layers, n_frames_padded)``.
-    """
-    h = residual.astype(np.float32)
-    update, h_in = h[:, 1:] - h[:, :-1], h[:, :-1]
-    norm_in = np.linalg.norm(h_in, axis=-1)
-    norm_up = np.linalg.norm(update, axis=-1)
-    ratio = norm_up / np.maximum(norm_in, 1e-12)
-    cosine = np.einsum("ulfd,ulfd->ulf", update, h_in) / np.maximum(norm_in * norm_up, 1e-12)
-    return ratio, cosine
-
-
 def contributions(attention_ratio: np.ndarray, attention_cosine: np.ndarray, mlp_ratio: np.ndarray,
-                  mlp_cosine: np.ndarray, residual: np.ndarray, n_frames: np.ndarray) -> Contributions:
+                  mlp_cosine: np.ndarray, block_ratio: np.ndarray, block_cosine: np.ndarray,
+                  n_frames: np.ndarray) -> Contributions:
     """Per-layer relative contributions and cosines, averaged over utterances and their real frames.
 
     Args:
@@ -74,9 +60,9 @@ def contributions(attention_ratio: np.ndarray, attention_cosine: np.ndarray, mlp
         attention_cosine: cos(a, h) per frame, same shape.
         mlp_ratio: ||m|| / ||h|| per frame, same shape.
         mlp_cosine: cos(m, h) per frame, same shape.
-        residual: ``(n_utt, n_boundaries, n_frames_padded, d_model)``.
+        block_ratio: ||a + m|| / ||h|| per frame, same shape.
+        block_cosine: cos(a + m, h) per frame, same shape.
         n_frames: real frames per utterance, ``(n_utt,)``.
     """
-    block_ratio, block_cosine = block_update(residual, n_frames)
     return Contributions(*(_frame_mean(v, n_frames) for v in (
         attention_ratio, mlp_ratio, block_ratio, attention_cosine, mlp_cosine, block_cosine)))

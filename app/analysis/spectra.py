@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -38,15 +38,38 @@ def effective_rank(s: np.ndarray, threshold: float = 0.9) -> int:
     return int(np.searchsorted(curve, threshold - 1e-12) + 1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Spectrum:
-    """One quantity (e.g. LoRA A activations) of one checkpoint, per module (layer)."""
+    """One quantity (e.g. LoRA A activations) of one checkpoint kind, per module (layer).
 
-    curves: np.ndarray
-    """Cumulative energy per module, ``(n_modules, k)`` (k: the smaller matrix side)."""
-    ranks: np.ndarray
-    """Effective rank per module at ``threshold``, ``(n_modules,)``."""
-    threshold: float
+    A store's utterances are traced by the fold model that held them out, so each module has one set of
+    singular values per fold model: a spectrum is only meaningful within one model (mixing folds stacks
+    several independent low-rank maps). Curves and ranks are averaged over the models.
+    """
+
+    singular: tuple[tuple[np.ndarray, ...], ...]
+    """Singular values per module, per model (fold), descending."""
+    threshold: float = 0.9
+
+    def at(self, threshold: float) -> Spectrum:
+        """The same spectrum with another effective-rank threshold (no recomputation)."""
+        return replace(self, threshold=threshold)
+
+    @property
+    def k(self) -> int:
+        """The curves' length: the fewest singular values of any module and model."""
+        return min(len(s) for module in self.singular for s in module)
+
+    @property
+    def curves(self) -> np.ndarray:
+        """Cumulative energy per module, averaged over models, ``(n_modules, k)``."""
+        k = self.k
+        return np.stack([np.mean([cumulative_energy(s)[:k] for s in module], 0) for module in self.singular])
+
+    @property
+    def ranks(self) -> np.ndarray:
+        """Effective rank per module at ``threshold``, averaged over models (may be fractional)."""
+        return np.array([np.mean([effective_rank(s, self.threshold) for s in module]) for module in self.singular])
 
     @property
     def mean_rank(self) -> float:
@@ -59,13 +82,10 @@ class Spectrum:
         return self.curves.mean(0)
 
 
-def spectrum(per_module: list[np.ndarray], threshold: float = 0.9) -> Spectrum:
-    """Spectra of a list of (samples x dim) matrices, one per module."""
-    values = [singular_values(x) for x in per_module]
-    k = min(len(s) for s in values)
-    curves = np.stack([cumulative_energy(s)[:k] for s in values])
-    ranks = np.array([effective_rank(s, threshold) for s in values])
-    return Spectrum(curves, ranks, threshold)
+def spectrum(per_module: list[np.ndarray | list[np.ndarray]], threshold: float = 0.9) -> Spectrum:
+    """Spectra of (samples x dim) matrices: per module one matrix, or a list of them (one per model)."""
+    groups = [[m] if isinstance(m, np.ndarray) else list(m) for m in per_module]
+    return Spectrum(tuple(tuple(singular_values(x) for x in group) for group in groups), threshold)
 
 
 def concentration_ratio(random: Spectrum, trained: Spectrum) -> float:

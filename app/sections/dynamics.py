@@ -10,9 +10,16 @@ view = widgets.view_state()
 widgets.present(view)
 path = data.store_path()
 run = widgets.pick_run(view, method="lora")
-threshold = st.slider("Energy threshold of the effective rank", 0.5, 0.99, 0.9, 0.01, key="dyn-threshold")
+sizes = data.fold_sizes(path, run.name)
+left, right = st.columns([1, 2])
+fold = left.selectbox(
+    "Fold model", [None, *sizes], key="dyn-fold",
+    format_func=lambda f: f"every fold, averaged ({len(sizes)})" if f is None else f"fold {f} ({sizes[f]} utterances)",
+    help="Each utterance was traced by the fold model that held it out; spectra and CKA are computed within one "
+         "model (stacking several models' low-rank maps would inflate ranks) and averaged over folds.")
+threshold = right.slider("Energy threshold of the effective rank", 0.5, 0.99, 0.9, 0.01, key="dyn-threshold")
 with st.spinner("SVD of every LoRA module ..."):
-    spec = data.spectra(path, run.name, threshold)
+    spec = {q: {c: s.at(threshold) for c, s in by.items()} for q, by in data.spectra(path, run.name, fold).items()}
 rows, ranks = [], []
 for quantity, by_checkpoint in spec.items():
     for checkpoint, s in by_checkpoint.items():
@@ -32,7 +39,7 @@ st.caption("Effective rank: the fewest singular directions holding the threshold
            "activations, and more dispersed B gradients.")
 
 st.subheader("A versus B")
-ab = data.cka_ab(path, run.name)
+ab = data.cka_ab(path, run.name, fold)
 frame = pd.DataFrame([{"layer": i, "cka": float(v), "series": kind} for kind, vals in ab.items()
                       for i, v in enumerate(vals)])
 widgets.chart(charts.per_layer(frame, "cka", "Linear CKA between LoRA A and B outputs", [0, 1]), frame,
