@@ -83,7 +83,7 @@ class StoreWriter(StoreReader):
                     shape = (n, *[max(a, b) for a, b in zip(array.shape[1:], shape[1:], strict=True)])
                     array.resize(shape)
                 else:
-                    table.create_array(name, shape=shape, chunks=schema.chunks(spec, shape),
+                    table.create_array(name, shape=shape, chunks=schema.table_chunks(spec, shape),
                                        dtype=str if spec.dtype == "str" else spec.dtype,
                                        dimension_names=spec.dims,
                                        fill_value="" if spec.dtype == "str" else 0)
