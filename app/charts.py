@@ -46,6 +46,15 @@ def trajectory(df: pd.DataFrame, layer: int | None = None, title: str = "") -> a
     return chart.properties(width=WIDTH, height=HEIGHT, title=title)
 
 
+def mark_boundary(spec: dict, layer: int) -> dict:
+    """A ``trajectory(df)`` spec (as a dict) with ``layer`` marked: lets a page cache the chart and move the mark."""
+    rule = {"mark": {"type": "rule", "strokeDash": [4, 4], "color": "black"},
+            "data": {"values": [{"boundary": layer}]}, "encoding": {"x": {"field": "boundary", "type": "ordinal"}}}
+    lines = {k: v for k, v in spec.items() if k not in ("$schema", "config", "datasets", "title", "width", "height")}
+    outer = {k: v for k, v in spec.items() if k in ("$schema", "config", "datasets", "title", "width", "height")}
+    return outer | {"layer": [lines, rule]}
+
+
 def heatmap(df: pd.DataFrame, x: str, y: str, value: str, title: str = "", domain=None,
             scheme: str = "viridis") -> alt.Chart:
     """Columns ``x``, ``y``, ``value``: a rect heatmap."""

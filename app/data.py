@@ -1,16 +1,22 @@
-"""Cached access to the store and the views for the pages: the only place the app caches."""
+"""Cached access to the store and the views for the pages.
+
+The only place the app caches store reads and analyses (pages cache only the figures they draw from them).
+"""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import soundfile as sf
 import streamlit as st
 
 from app import views
 from app.analysis import lens, projections
+from precompute.audio import SAMPLE_RATE
 from store.reader import StoreReader
 
 STORE_ENV = "LORALENS_STORE"
@@ -37,6 +43,14 @@ def runs(path: str) -> list[views.RunInfo]:
 def table(path: str, run: str) -> pd.DataFrame:
     """The utterance table with the run's predictions (refreshed every 30 s while captures add rows)."""
     return views.utterance_table(reader(path), run)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def audio_wav(path: str, row: int) -> bytes:
+    """An utterance's audio as WAV bytes (encoded once, not on every rerun)."""
+    buffer = io.BytesIO()
+    sf.write(buffer, reader(path).audio(row), SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run a
 from app import data  # noqa: E402
 from store.reader import StoreError  # noqa: E402
 
-st.set_page_config(page_title="loralens", page_icon=":material/graphic_eq:", layout="wide")
+st.set_page_config(page_title="loralens", page_icon="🎧", layout="wide")
 
 
 def problem_page(message: str) -> None:

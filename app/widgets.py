@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass
 
 import altair as alt
 import pandas as pd
+import pyarrow as pa
 import streamlit as st
 
 from app import data, state
@@ -82,20 +85,63 @@ def synthetic_note(table: pd.DataFrame) -> None:
         st.caption("Synthetic speech: utterances of the offline espeak-ng corpus, not human recordings.")
 
 
-def chart(figure: alt.Chart, frame: pd.DataFrame, name: str, key: str) -> None:
-    """Draw a chart with CSV, SVG and PNG exports of it."""
+@dataclass(frozen=True)
+class Figure:
+    """A chart ready to draw, for a page to cache.
+
+    Building an Altair chart and converting its data to Arrow cost tens of milliseconds each: more than the
+    slider's redraw budget allows for six charts.
+    """
+
+    spec: dict
+    """The Vega-Lite dict, data inline (what the SVG/PNG exports render)."""
+    wire: dict
+    """The same with every dataset as Arrow IPC bytes, as ``st.vega_lite_chart`` sends it to the browser."""
+
+
+def figure(chart_: alt.Chart | dict) -> Figure:
+    """Prepare a chart (or its Vega-Lite dict) for drawing."""
     # The specs are built by charts.py and known to be valid: skipping Altair's schema validation saves
-    # tens of milliseconds per chart on every rerun (the slider's redraw budget is 150 ms).
-    st.vega_lite_chart(figure.to_dict(validate=False), width="stretch")
+    # tens of milliseconds per chart.
+    spec = chart_ if isinstance(chart_, dict) else chart_.to_dict(validate=False)
+    datasets = {name: _arrow(values) for name, values in spec.get("datasets", {}).items()}
+    return Figure(spec, spec | {"datasets": datasets} if datasets else spec)
+
+
+def _arrow(values: list[dict]) -> bytes:
+    sink = pa.BufferOutputStream()
+    table = pa.Table.from_pylist(values)
+    with pa.RecordBatchStreamWriter(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def chart(figure_: alt.Chart | dict | Figure, data_: pd.DataFrame | str, name: str, key: str) -> None:
+    """Draw a chart with CSV, SVG and PNG exports of it.
+
+    Args:
+        figure_: an Altair chart, its Vega-Lite dict, or a (cached) ``Figure``.
+        data_: the chart's data, as a frame or as its CSV text.
+        name: the export's file name, without extension.
+        key: a widget key prefix unique on the page.
+    """
+    prepared = figure_ if isinstance(figure_, Figure) else figure(figure_)
+    st.vega_lite_chart(dict(prepared.wire), width="stretch")  # a shallow copy: Streamlit pops its datasets
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
     with st.expander("Export", expanded=False):
+        # Deferred: each file is made when its button is clicked, not on every rerun (and not re-sent to the
+        # browser with every redraw of the page).
         cols = st.columns(3)
-        cols[0].download_button("CSV", frame.to_csv(index=False), f"{safe}.csv", "text/csv", key=f"{key}-csv")
-        if cols[1].toggle("Prepare images", key=f"{key}-img"):
-            import vl_convert as vlc
+        cols[0].download_button("CSV", lambda: data_ if isinstance(data_, str) else data_.to_csv(index=False),
+                                f"{safe}.csv", "text/csv", key=f"{key}-csv", on_click="ignore")
+        cols[1].download_button("SVG", lambda: _render(prepared.spec, "svg"), f"{safe}.svg", "image/svg+xml",
+                                key=f"{key}-svg", on_click="ignore")
+        cols[2].download_button("PNG", lambda: _render(prepared.spec, "png"), f"{safe}.png", "image/png",
+                                key=f"{key}-png", on_click="ignore")
 
-            spec = figure.to_json(validate=False)
-            cols[1].download_button("SVG", vlc.vegalite_to_svg(spec), f"{safe}.svg", "image/svg+xml",
-                                    key=f"{key}-svg")
-            cols[2].download_button("PNG", vlc.vegalite_to_png(spec, scale=2), f"{safe}.png", "image/png",
-                                    key=f"{key}-png")
+
+def _render(spec: dict, kind: str) -> bytes | str:
+    import vl_convert as vlc  # only when an image is asked for
+
+    text = json.dumps(spec)
+    return vlc.vegalite_to_svg(text) if kind == "svg" else vlc.vegalite_to_png(text, scale=2)

@@ -10,7 +10,6 @@ from typing import BinaryIO, Literal
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +38,8 @@ def resample(audio: np.ndarray, rate: int) -> np.ndarray:
     if rate == SAMPLE_RATE:
         return audio.astype(np.float32, copy=False)
     g = math.gcd(rate, SAMPLE_RATE)
+    from scipy.signal import resample_poly  # a second of imports: only when a clip needs resampling
+
     return resample_poly(audio, SAMPLE_RATE // g, rate // g).astype(np.float32)
 
 

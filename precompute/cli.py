@@ -6,8 +6,10 @@ import argparse
 import json
 import logging
 import sys
+import threading
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 log = logging.getLogger("loralens")
 
@@ -236,10 +238,9 @@ def _run_app(args: argparse.Namespace) -> int:
     return serve(store, args.host, args.port)
 
 
-def serve(store: str, host: str, port: int) -> int:
+def serve(store: str, host: str, port: int) -> NoReturn:
     """Run the Streamlit explorer on ``store`` until interrupted."""
     import os
-    import subprocess
 
     import app as app_package
     from store.reader import StoreReader
@@ -247,13 +248,29 @@ def serve(store: str, host: str, port: int) -> int:
     StoreReader(store)  # a bad store fails here, in one line, before a server starts
     main_script = Path(app_package.__file__).parent / "main.py"
     root = main_script.parents[1]
-    command = [sys.executable, "-m", "streamlit", "run", str(main_script), "--server.address", host,
-               "--server.port", str(port), "--server.headless", "true",
-               "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"]
     log.info("serving %s at http://%s:%d (Ctrl+C stops it)", store, host, port)
-    env = {**os.environ, "LORALENS_STORE": store}
-    cwd = root if (root / ".streamlit" / "config.toml").is_file() else None  # the theme and upload limit
-    return subprocess.call(command, env=env, cwd=cwd)
+    os.environ["LORALENS_STORE"] = store
+    if (root / ".streamlit" / "config.toml").is_file():  # the theme and upload limit
+        os.chdir(root)
+    # The app's own imports (pandas, Altair, zarr: about two seconds here) run while the server starts and the
+    # browser loads the page, not after the first visitor connects.
+    threading.Thread(target=_warm_imports, name="loralens-warm-imports", daemon=True).start()
+    # Streamlit runs in this process (no child): a signal to it (Ctrl+C, kill, a supervisor's SIGTERM) reaches
+    # Streamlit itself and never leaves an orphaned server holding the port.
+    from streamlit.web import cli as streamlit_cli
+
+    sys.argv = ["streamlit", "run", str(main_script), "--server.address", host, "--server.port", str(port),
+                "--server.headless", "true", "--runner.magicEnabled", "false", "--browser.gatherUsageStats",
+                "false", "--client.toolbarMode", "viewer"]
+    streamlit_cli.main()
+    sys.exit(0)
+
+
+def _warm_imports() -> None:
+    import importlib
+
+    for name in ("app.data", "app.charts", "app.widgets", "app.state"):
+        importlib.import_module(name)
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:

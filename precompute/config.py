@@ -8,8 +8,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
-from precompute.window import WINDOWS, Window
-
+Window = Literal["trim", "full"]
+"""The encoder's input window (see ``precompute.window``)."""
+WINDOWS: tuple[Window, ...] = ("trim", "full")
 Method = Literal["lora", "frozen"]
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 LIBRARIES = ("loralens", "torch", "transformers", "peft", "nnsight", "zarr", "numpy")

@@ -12,7 +12,6 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -20,9 +19,8 @@ from peft import PeftModel
 from transformers import WhisperFeatureExtractor, WhisperForAudioClassification
 
 from precompute.audio import SAMPLE_RATE
+from precompute.config import WINDOWS, Window  # noqa: F401  (re-exported: W.Window)
 
-Window = Literal["trim", "full"]
-WINDOWS: tuple[Window, ...] = ("trim", "full")
 HOP = 160
 """Samples per mel frame; an encoder frame spans two mel frames (conv2 has stride 2)."""
 

@@ -52,6 +52,31 @@ def test_utterance_page_slider_and_choice(app):
     assert str(at.query_params["utt"]).strip("[]'") in other
 
 
+def test_every_chart_exports_csv_svg_and_png(app):
+    at = app.run()
+    at.switch_page("sections/utterance.py").run()
+    _ok(at)
+    n_charts = len(at.get("vega_lite_chart"))
+    keys = [b.proto.id for b in at.get("download_button")]
+    assert n_charts >= 6 and all(sum(k.endswith(f"-{kind}") or f"-{kind}-" in k for k in keys) >= n_charts
+                                 for kind in ("csv", "svg", "png")), keys
+
+
+def test_exports_render_real_files():
+    import pandas as pd
+
+    from app import charts, widgets
+
+    frame = pd.DataFrame({"boundary": [0, 1, 2] * 2, "emotion": ["anger"] * 3 + ["sadness"] * 3,
+                          "probability": [0.2, 0.5, 0.9, 0.8, 0.5, 0.1]})
+    fig = widgets.figure(charts.mark_boundary(charts.trajectory(frame).to_dict(validate=False), 1))
+    assert isinstance(fig.wire["datasets"][next(iter(fig.wire["datasets"]))], bytes)  # Arrow, as Streamlit sends
+    svg = widgets._render(fig.spec, "svg")
+    png = widgets._render(fig.spec, "png")
+    assert svg.lstrip().startswith("<svg") and "anger" in svg
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
 def test_url_state_reopens_the_view(app, tiny_store):
     app.query_params["layer"] = "1"
     app.query_params["utt"] = "csv/wav/s2_sadness_1"

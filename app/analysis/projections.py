@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from sklearn.manifold import TSNE
-from sklearn.metrics import silhouette_score
-from sklearn.preprocessing import StandardScaler
+
+if TYPE_CHECKING:
+    from sklearn.preprocessing import StandardScaler
+# scikit-learn and umap-learn are imported where used: together they cost the app's first page over a second.
 
 Method = Literal["tsne", "umap"]
 
@@ -36,6 +37,9 @@ def project(vectors: np.ndarray, method: Method = "umap", seed: int = 0, n_neigh
     """Fit a 2-D map of ``vectors`` (``(n_samples, dim)``), standardised first."""
     if len(vectors) < 5:
         raise ValueError(f"a 2-D map needs at least 5 utterances, got {len(vectors)}")
+    from sklearn.manifold import TSNE
+    from sklearn.preprocessing import StandardScaler
+
     scaler = StandardScaler().fit(vectors)
     x = scaler.transform(vectors)
     if method == "tsne":
@@ -57,6 +61,9 @@ def silhouette(vectors: np.ndarray, labels: np.ndarray) -> float:
     """Silhouette of ``labels`` in the (standardised) vector space; NaN with fewer than two labels."""
     if len(set(labels.tolist())) < 2 or len(vectors) <= len(set(labels.tolist())):
         return float("nan")
+    from sklearn.metrics import silhouette_score
+    from sklearn.preprocessing import StandardScaler
+
     return float(silhouette_score(StandardScaler().fit_transform(vectors), labels))
 
 

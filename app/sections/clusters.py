@@ -40,7 +40,7 @@ if picked:
 if view.utt in set(frame["id"]):
     row = int(table.loc[table["id"] == view.utt, "row"].iloc[0])
     st.markdown(f"**{view.utt}** · {table.iloc[row]['emotion']} · predicted {table.iloc[row]['prediction']}")
-    st.audio(data.reader(path).audio(row), sample_rate=16000)
+    st.audio(data.audio_wav(path, row), format="audio/wav")
 st.download_button("Map as CSV", frame.to_csv(index=False), f"{run.name}-{view.projection}-{layer}.csv",
                    "text/csv", key="cl-csv")
 

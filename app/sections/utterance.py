@@ -34,8 +34,9 @@ if choices.empty:
     st.warning("No traced utterance matches these filters.")
     st.stop()
 ids = choices["id"].tolist()
+labels = dict(zip(choices["id"], choices["id"] + " · " + choices["emotion"], strict=True))
 utt = st.selectbox("Utterance", ids, index=ids.index(view.utt) if view.utt in ids else 0, key="utt-id",
-                   format_func=lambda i: f"{i} · {choices.loc[choices['id'] == i, 'emotion'].iloc[0]}")
+                   format_func=labels.get)
 view.utt = utt
 row = int(choices.loc[choices["id"] == utt, "row"].iloc[0])
 info = table.iloc[row]
@@ -48,39 +49,59 @@ view.layer = layer
 st.markdown(f"**{utt}** · speaker {info['speaker']} · true **{info['emotion']}** · "
             f"predicted **{info['prediction']}** · {info['duration']:.2f} s · fold {info['fold']}")
 widgets.synthetic_note(table.iloc[[row]])
-st.audio(data.reader(path).audio(row), sample_rate=16000)
+st.audio(data.audio_wav(path, row), format="audio/wav")
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def lens_view(path: str, run_name: str, row: int, n: int, target: str | None) -> dict:
+    """Everything of one run's view of an utterance that does not depend on the layer slider.
+
+    Built once per utterance, run and class and cached, so moving the slider only moves the mark.
+    """
+    pooled, frames, mel = data.lens_rows(path, run_name, row)
+    emotions = next(r.emotions for r in data.runs(path) if r.name == run_name)
+    probs = lens.trajectory(pooled)
+    top = probs.argmax(-1)
+    target = target if target in emotions else emotions[int(top[-1])]
+    frame = pd.DataFrame([{"boundary": b, "emotion": e, "probability": float(probs[b, i])}
+                          for b in range(len(probs)) for i, e in enumerate(emotions)])
+    heat = lens.frame_probabilities(frames, n, emotions.index(target))
+    times = np.round(np.arange(n) * 0.02, 2)
+    hframe = pd.DataFrame({"time (s)": np.repeat(times[None], len(heat), 0).ravel(),
+                           "boundary": np.repeat(np.arange(len(heat)), n), "probability": heat.ravel()})
+    # Two mel frames per encoder frame: average them so the spectrogram shares the heatmap's time axis.
+    mel = mel[:, : 2 * n].reshape(mel.shape[0], n, 2).mean(-1)[::2]
+    mframe = pd.DataFrame({"time (s)": np.repeat(times[None], mel.shape[0], 0).ravel(),
+                           "mel": np.repeat(np.arange(0, 2 * mel.shape[0], 2), n), "log-mel": mel.ravel()})
+    heat_chart = charts.time_heatmap(hframe, "boundary", f"P({target}) per layer and frame", [0, 1])
+    mel_chart = charts.time_heatmap(mframe, "mel", "Log-mel spectrogram (the model's input)", scheme="magma",
+                                    value="log-mel")
+    return {
+        "emotions": emotions, "target": target, "top": top, "kl": lens.kl_to_final(pooled[None])[0],
+        "depth": int(lens.resolution_depth(pooled[None])[0]),
+        "trajectory": (charts.trajectory(frame, None, "Class probabilities across layers").to_dict(validate=False),
+                       frame.to_csv(index=False)),
+        "frames": (widgets.figure(heat_chart), hframe.to_csv(index=False)),
+        "mel": (widgets.figure(mel_chart), mframe.to_csv(index=False)),
+    }
 
 
 def column(run_name: str, title: str, key: str) -> None:
     """One run's view of the utterance: lens metrics, trajectory, layers x time, spectrogram."""
-    pooled, frames, mel = data.lens_rows(path, run_name, row)
-    emotions = next(r.emotions for r in data.runs(path) if r.name == run_name)
-    probs = lens.trajectory(pooled)
-    kl = lens.kl_to_final(pooled[None])[0]
-    top = probs.argmax(-1)
-    depth = int(lens.resolution_depth(pooled[None])[0])
+    n = int(info["n_frames"])
+    chosen = st.session_state.get(f"{key}-class")
+    v = lens_view(path, run_name, row, n, chosen)
+    emotions, top, kl = v["emotions"], v["top"], v["kl"]
     st.markdown(f"#### {title}")
     m1, m2, m3 = st.columns(3)
     m1.metric("KL to final", f"{kl[layer]:.3f}")
     m2.metric("Top-1 here", emotions[top[layer]], "= final" if top[layer] == top[-1] else "≠ final")
-    m3.metric("Resolution depth", depth)
-    frame = pd.DataFrame([{"boundary": b, "emotion": e, "probability": float(probs[b, i])}
-                          for b in range(len(probs)) for i, e in enumerate(emotions)])
-    widgets.chart(charts.trajectory(frame, layer, "Class probabilities across layers"), frame,
-                  f"{run_name}-{utt}-trajectory", f"{key}-traj")
-    target = st.selectbox("Class for the layers x time view", emotions, index=int(top[-1]), key=f"{key}-class")
-    n = int(info["n_frames"])
-    heat = lens.frame_probabilities(frames, n, emotions.index(target))
-    hframe = pd.DataFrame({"time (s)": np.repeat(np.round(np.arange(n) * 0.02, 2)[None], len(heat), 0).ravel(),
-                           "boundary": np.repeat(np.arange(len(heat)), n), "probability": heat.ravel()})
-    widgets.chart(charts.time_heatmap(hframe, "boundary", f"P({target}) per layer and frame", [0, 1]), hframe,
-                  f"{run_name}-{utt}-frames", f"{key}-frames")
-    # Two mel frames per encoder frame: average them so the spectrogram shares the heatmap's time axis.
-    mel = mel[:, : 2 * n].reshape(mel.shape[0], n, 2).mean(-1)[::2]
-    mframe = pd.DataFrame({"time (s)": np.repeat(np.round(np.arange(n) * 0.02, 2)[None], mel.shape[0], 0).ravel(),
-                           "mel": np.repeat(np.arange(0, 2 * mel.shape[0], 2), n), "log-mel": mel.ravel()})
-    widgets.chart(charts.time_heatmap(mframe, "mel", "Log-mel spectrogram (the model's input)", scheme="magma",
-                                      value="log-mel"), mframe, f"{utt}-logmel", f"{key}-mel")
+    m3.metric("Resolution depth", v["depth"])
+    spec, csv = v["trajectory"]
+    widgets.chart(charts.mark_boundary(spec, layer), csv, f"{run_name}-{utt}-trajectory", f"{key}-traj")
+    st.selectbox("Class for the layers x time view", emotions, index=emotions.index(v["target"]), key=f"{key}-class")
+    widgets.chart(*v["frames"], f"{run_name}-{utt}-frames", f"{key}-frames")
+    widgets.chart(*v["mel"], f"{utt}-logmel", f"{key}-mel")
 
 
 if partner is not None:
