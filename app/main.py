@@ -47,4 +47,8 @@ navigation = st.navigation([
     st.Page(sections / "contributions.py", title="Contributions", icon=":material/stacks:", url_path="contributions"),
     st.Page(sections / "upload.py", title="Upload", icon=":material/upload:", url_path="upload"),
 ])
-navigation.run()
+try:
+    navigation.run()
+except StoreError as e:  # damaged data under this view: say so, keep the other pages serving
+    st.error(f"This view cannot be drawn: {e}")
+    st.caption("The rest of the store is intact: other pages and utterances still work.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import re
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -16,9 +17,12 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16_000
 """Whisper's input rate."""
 MAX_SECONDS = 30.0
-"""Whisper's window: longer clips are cropped (``long="crop"``) or refused (``long="error"``)."""
+"""Whisper's window: longer clips are cropped (``long="crop"``), refused (``long="error"``), or kept whole
+(``long="keep"``) for analysis in consecutive windows (``windows``)."""
+MIN_WINDOW_SECONDS = 1.0
+"""A last window shorter than this is left out (unless it is the only one)."""
 
-LongPolicy = Literal["crop", "error"]
+LongPolicy = Literal["crop", "error", "keep"]
 
 
 class AudioError(ValueError):
@@ -55,7 +59,8 @@ def load_audio(
     Args:
         source: a path, the file's bytes, or an open binary file.
         name: how to name the audio in errors (defaults to the path).
-        long: what to do with audio longer than ``max_seconds``: crop it (with a warning) or raise.
+        long: what to do with audio longer than ``max_seconds``: crop it (with a warning), raise, or keep it
+            whole (to split with ``windows``).
         max_seconds: the longest audio accepted whole.
 
     Returns:
@@ -67,18 +72,22 @@ def load_audio(
     name = name or (str(source) if isinstance(source, (str, Path)) else "<audio>")
     if isinstance(source, (str, Path)) and not Path(source).is_file():
         raise AudioError(f"{name}: no such file")
+    if (len(source) if isinstance(source, (bytes, bytearray)) else
+            Path(source).stat().st_size if isinstance(source, (str, Path)) else None) == 0:
+        raise AudioError(f"{name}: the file is empty (0 bytes); expected WAV, FLAC, OGG or MP3 audio")
     handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     try:
         data, rate = sf.read(handle, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise AudioError(f"{name}: not readable as audio ({e}); expected WAV, FLAC, OGG or MP3") from e
+        reason = re.sub(r"^Error opening .*?: ", "", str(e))  # libsndfile names the buffer object, not the file
+        raise AudioError(f"{name}: not readable as audio ({reason}); expected WAV, FLAC, OGG or MP3") from e
     if data.size == 0:
         raise AudioError(f"{name}: the file holds no samples; expected at least a fraction of a second of speech")
     if not np.isfinite(data).all():
         raise AudioError(f"{name}: holds NaN or infinite samples; re-export it as PCM or float WAV")
     audio = resample(data.mean(axis=1), rate)
     limit = int(max_seconds * SAMPLE_RATE)
-    if len(audio) > limit:
+    if len(audio) > limit and long != "keep":
         seconds = len(audio) / SAMPLE_RATE
         if long == "error":
             raise AudioError(f"{name}: {seconds:.1f} s is longer than Whisper's {max_seconds:.0f} s window; "
@@ -87,3 +96,15 @@ def load_audio(
                     max_seconds)
         audio = audio[:limit]
     return np.clip(audio, -1.0, 1.0)
+
+
+def windows(audio: np.ndarray, seconds: float = MAX_SECONDS) -> list[tuple[float, np.ndarray]]:
+    """Split 16 kHz audio into consecutive windows of at most ``seconds``: ``(start in seconds, samples)``.
+
+    A last window shorter than ``MIN_WINDOW_SECONDS`` is left out, unless it is the only one.
+    """
+    size = int(seconds * SAMPLE_RATE)
+    out = [(start / SAMPLE_RATE, audio[start:start + size]) for start in range(0, max(len(audio), 1), size)]
+    if len(out) > 1 and len(out[-1][1]) < MIN_WINDOW_SECONDS * SAMPLE_RATE:
+        out.pop()
+    return out

@@ -119,6 +119,8 @@ def _add_trace(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_trace)
     v = sub.add_parser("validate", help="check a store: schema, shapes, NaN/Inf, completeness")
     v.add_argument("store", help="a directory or fsspec URL")
+    v.add_argument("--repair", action="store_true",
+                   help="clear the marks of rows with damaged chunks, so the same loralens trace re-captures them")
     v.set_defaults(func=_run_validate)
 
 
@@ -156,7 +158,7 @@ def _run_trace(args: argparse.Namespace) -> int:
 
 
 def _run_validate(args: argparse.Namespace) -> int:
-    from store.validate import validate
+    from store.validate import repair, validate
 
     report = validate(args.store)
     if report.ok:
@@ -165,6 +167,10 @@ def _run_validate(args: argparse.Namespace) -> int:
     print(f"{args.store}: {len(report.problems)} problem(s)")
     for problem in report.problems:
         print(f"  - {problem}")
+    if args.repair and (cleared := repair(report)):
+        runs = sorted({run for run, _ in report.damaged})
+        print(f"cleared the marks of {cleared} damaged row(s) in {', '.join(runs)}: run the same loralens trace "
+              "command again to capture them")
     return 1
 
 
@@ -205,19 +211,23 @@ def _run_predict(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.audio:
         try:
-            result = predictor.predict_file(path)
+            results = predictor.predict_file(path)
         except AudioError as e:
             log.error("%s", e)
             failed += 1
             continue
-        if args.json:
-            print(json.dumps(result.to_json()))
-            continue
-        print(f"{path}: {result.prediction} (settles at boundary {result.resolution_depth} of "
-              f"{len(result.probabilities) - 1}, {result.duration:.1f} s, fold {predictor.fold})")
-        print("  boundary  " + "  ".join(f"{e[:9]:>9}" for e in result.emotions))
-        for b, probs in enumerate(result.probabilities):
-            print(f"  {b:>8}  " + "  ".join(f"{p:9.3f}" for p in probs))
+        if len(results) > 1:
+            log.info("%s: longer than 30 s, analysed in %d windows of 30 s", path, len(results))
+        for result in results:
+            if args.json:
+                print(json.dumps(result.to_json()))
+                continue
+            label = path if len(results) == 1 else result.name
+            print(f"{label}: {result.prediction} (settles at boundary {result.resolution_depth} of "
+                  f"{len(result.probabilities) - 1}, {result.duration:.1f} s, fold {predictor.fold})")
+            print("  boundary  " + "  ".join(f"{e[:9]:>9}" for e in result.emotions))
+            for b, probs in enumerate(result.probabilities):
+                print(f"  {b:>8}  " + "  ".join(f"{p:9.3f}" for p in probs))
     return 1 if failed else 0
 
 

@@ -13,7 +13,7 @@ import torch
 from scipy.special import softmax
 
 from precompute import window as W
-from precompute.audio import load_audio
+from precompute.audio import MAX_SECONDS, load_audio, windows
 from precompute.capture import CaptureOptions, Capturer
 from precompute.checkpoints import completed_folds, load_fold_model, read_config
 from precompute.models import feature_extractor
@@ -37,6 +37,8 @@ class Prediction:
     """Seconds of audio analysed."""
     residual_pooled: list[list[float]]
     """Pooled residual per boundary (for placing the clip on a map), ``(n_boundaries, d_model)``."""
+    start: float = 0.0
+    """Where the analysed audio starts in the clip, in seconds (clips over 30 s are analysed in windows)."""
 
     def to_json(self, with_vectors: bool = False) -> dict:
         """A JSON-able dict (without the residual vectors unless asked)."""
@@ -60,8 +62,11 @@ class Predictor:
         self.extractor = feature_extractor(W.whisper_of(self.model).config)
 
     @torch.no_grad()
-    def predict(self, audio: np.ndarray, name: str = "clip") -> Prediction:
-        """Per-layer predictions for 16 kHz mono ``audio``."""
+    def predict(self, audio: np.ndarray, name: str = "clip", start: float = 0.0) -> Prediction:
+        """Per-layer predictions for 16 kHz mono ``audio`` of at most 30 s."""
+        if len(audio) > MAX_SECONDS * 16000:
+            raise ValueError(f"{name}: {len(audio) / 16000:.1f} s is longer than Whisper's {MAX_SECONDS:.0f} s "
+                             "window; use predict_windows")
         features = W.extract(self.extractor, [audio], self.config.window)
         (row,) = self.capturer.run(features, torch.zeros(1, dtype=torch.long))
         probs = softmax(row["lens_logits"].astype(np.float64), axis=-1)
@@ -70,8 +75,20 @@ class Predictor:
         depth = int(len(agree) - np.cumprod(agree[::-1]).sum())
         emotions = list(self.config.emotions)
         return Prediction(name, emotions, probs.round(6).tolist(), emotions[int(top[-1])], depth,
-                          round(len(audio) / 16000, 3), row["residual_pooled"].tolist())
+                          round(len(audio) / 16000, 3), row["residual_pooled"].tolist(), round(start, 3))
 
-    def predict_file(self, path: Path) -> Prediction:
-        """Per-layer predictions for an audio file (cropped to 30 s with a warning)."""
-        return self.predict(load_audio(path), Path(path).name)
+    def predict_windows(self, audio: np.ndarray, name: str = "clip") -> list[Prediction]:
+        """Per-layer predictions for each consecutive 30 s window of ``audio`` (one for a clip up to 30 s)."""
+        parts = windows(audio)
+        if len(parts) == 1:
+            return [self.predict(parts[0][1], name)]
+        return [self.predict(part, f"{name} [{_clock(start)}-{_clock(start + len(part) / 16000)}]", start)
+                for start, part in parts]
+
+    def predict_file(self, path: Path) -> list[Prediction]:
+        """Per-layer predictions for an audio file, per 30 s window."""
+        return self.predict_windows(load_audio(path, long="keep"), Path(path).name)
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds) // 60}:{seconds % 60:04.1f}"

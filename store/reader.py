@@ -171,10 +171,18 @@ class StoreReader:
         if unknown := set(index) - set(dims):
             raise StoreError(f"array {name} has dimensions {dims}, not {sorted(unknown)}")
         selection = tuple(index.get(d, slice(None)) for d in dims[1:])
-        if isinstance(rows, int):
-            return array[(rows, *selection)]
-        layer_major = self._consolidated(run, checkpoint, name)
-        return _read_rows(layer_major if layer_major is not None else array, selected, selection)
+        try:
+            if isinstance(rows, int):
+                return array[(rows, *selection)]
+            layer_major = self._consolidated(run, checkpoint, name)
+            return _read_rows(layer_major if layer_major is not None else array, selected, selection)
+        except (StoreError, IndexError, TypeError):
+            raise
+        except Exception as e:  # a truncated or corrupt chunk: codecs raise their own errors
+            raise StoreError(f"{self.path}: {run}/{checkpoint}/{name} is unreadable, a truncated or corrupt chunk "
+                             f"({e.__class__.__name__}: {e}); loralens validate --repair {self.path} finds the "
+                             "damaged rows and clears their marks, then the same loralens trace command captures "
+                             "them again") from e
 
     def dims(self, run: str, checkpoint: str, name: str) -> tuple[str, ...]:
         """An array's dimension names."""

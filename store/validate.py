@@ -17,6 +17,8 @@ class Report:
     path: str
     problems: list[str] = field(default_factory=list)
     summary: str = ""
+    damaged: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    """(run, checkpoint) -> written rows with an unreadable chunk (``repair`` clears their marks)."""
 
     @property
     def ok(self) -> bool:
@@ -72,13 +74,17 @@ def validate(path: str, storage_options: dict | None = None) -> Report:
                 if array.shape[0] != n:
                     report.problems.append(f"{where}/{name}: {array.shape[0]} rows, the table has {n}")
                     continue
-                if not np.issubdtype(array.dtype, np.floating):
-                    continue
                 for r in rows:
                     try:
                         value = array[int(r)]
                     except Exception as e:  # a truncated or corrupt chunk
-                        report.problems.append(f"{where}/{name}: row {r} unreadable ({e.__class__.__name__}: {e})")
+                        report.problems.append(f"{where}/{name}: row {r} ({store._column('id')[r]}) unreadable, a "
+                                               f"truncated or corrupt chunk ({e.__class__.__name__}: {e}); "
+                                               f"loralens validate --repair {path} clears its mark, then the "
+                                               "same loralens trace command captures it again")
+                        report.damaged.setdefault((run, checkpoint), []).append(int(r))
+                        continue
+                    if not np.issubdtype(array.dtype, np.floating):
                         continue
                     if spec.per_frame:
                         value = np.take(value, range(int(n_frames[r])), axis=spec.dims.index("frame") - 1)
@@ -92,3 +98,15 @@ def validate(path: str, storage_options: dict | None = None) -> Report:
         report.problems.append("no runs: trace one with loralens trace --run RUN_DIR --store " + path)
     report.summary = f"{path}: OK, {n} utterances; " + ", ".join(parts)
     return report
+
+
+def repair(report: Report, storage_options: dict | None = None) -> int:
+    """Clear the commit marks of the damaged rows ``validate`` found; return how many rows were cleared."""
+    from store.writer import StoreWriter
+
+    if not report.damaged:
+        return 0
+    writer = StoreWriter(report.path, storage_options)
+    for (run, checkpoint), rows in report.damaged.items():
+        writer.unmark(run, checkpoint, sorted(set(rows)))
+    return sum(len(set(rows)) for rows in report.damaged.values())

@@ -188,6 +188,13 @@ class StoreWriter(StoreReader):
             target[row] = value.astype(target.dtype, copy=False)
         group["written"][row] = 1
 
+    def unmark(self, run: str, checkpoint: schema.Checkpoint, rows: list[int]) -> None:
+        """Clear rows' commit marks (damaged rows): the same ``loralens trace`` command captures them again."""
+        group = self.root[f"runs/{run}/{checkpoint}"]
+        for row in rows:
+            group["written"][int(row)] = 0
+        group.attrs.update({"complete": False, "consolidated": -1})
+
     def _consolidate(self, group: zarr.Group) -> None:
         """Write layer-major copies of the small arrays (see ``schema.CONSOLIDATED_GROUP``)."""
         target = group.require_group(schema.CONSOLIDATED_GROUP)

@@ -9,7 +9,10 @@ from scipy.special import softmax
 
 from app import charts, data, widgets
 from app.analysis import projections
-from precompute.audio import AudioError, load_audio
+from precompute.audio import MAX_SECONDS, AudioError, load_audio, windows
+
+MAX_WINDOWS = 20
+"""The most 30 s windows of one upload this page analyses (10 minutes)."""
 
 view = widgets.view_state()
 widgets.present(view)
@@ -31,12 +34,32 @@ clip = uploaded or recorded
 if clip is None:
     st.info("Upload a clip (WAV, FLAC, OGG or MP3) or record one to see what each layer makes of it.")
     st.stop()
+# The name is shown, never used as a path: the clip is read from memory.
 name = getattr(clip, "name", None) or "recording.wav"
+limit_mb = st.get_option("server.maxUploadSize")
+size = len(clip.getvalue())
+if size > limit_mb * 2**20:
+    st.error(f"{name}: {size / 2**20:.1f} MB is over this app's upload limit of {limit_mb} MB "
+             "(server.maxUploadSize in .streamlit/config.toml); cut the clip or export it compressed.")
+    st.stop()
 try:
-    audio = load_audio(clip.getvalue(), name=name, long="crop")
+    audio = load_audio(clip.getvalue(), name=name, long="keep")
 except AudioError as e:
     st.error(f"{e}")
     st.stop()
+parts = windows(audio)
+if len(parts) > MAX_WINDOWS:
+    st.error(f"{name}: {len(audio) / 16000 / 60:.1f} min is more than this page analyses ({MAX_WINDOWS} windows "
+             f"of {MAX_SECONDS:.0f} s); cut the part you want to see, or run loralens predict on the whole file.")
+    st.stop()
+if len(parts) > 1:
+    total = len(audio) / 16000
+    st.info(f"{name} is {total:.1f} s long, more than Whisper's {MAX_SECONDS:.0f} s window: it is "
+            f"analysed in {len(parts)} consecutive windows of {MAX_SECONDS:.0f} s. Pick one below.")
+    start = st.selectbox("Window", [s for s, _ in parts], key="up-window",
+                         format_func=lambda s: f"{s:.0f}-{min(s + MAX_SECONDS, total):.0f} s")
+    audio = dict(parts)[start]
+    name = f"{name} [{start:.0f} s-]"
 if float(np.sqrt(np.mean(np.square(audio)))) < 1e-4:
     st.error(f"{name}: the clip is silent (RMS below 1e-4); record or upload speech.")
     st.stop()
@@ -45,8 +68,7 @@ with st.spinner("Running the clip through every layer ..."):
     result = data.predictor(run_dir, fold).predict(audio, name)
 probs = np.array(result.probabilities)
 st.markdown(f"**{name}**: predicted **{result.prediction}**, settling at boundary **{result.resolution_depth}** "
-            f"of {len(probs) - 1} ({result.duration:.1f} s analysed"
-            + (", cropped to 30 s" if result.duration >= 30 else "") + ")")
+            f"of {len(probs) - 1} ({result.duration:.1f} s analysed)")
 layer = st.slider("Layer boundary", 0, len(probs) - 1, len(probs) - 1, key="up-layer")
 frame = pd.DataFrame([{"boundary": b, "emotion": e, "probability": float(probs[b, i])}
                       for b in range(len(probs)) for i, e in enumerate(result.emotions)])
