@@ -264,7 +264,7 @@ def serve(store: str, host: str, port: int) -> NoReturn:
         os.chdir(root)
     # The app's own imports (pandas, Altair, zarr: about two seconds here) run while the server starts and the
     # browser loads the page, not after the first visitor connects.
-    threading.Thread(target=_warm_imports, name="loralens-warm-imports", daemon=True).start()
+    threading.Thread(target=_warm_imports, args=(host, port), name="loralens-warm-imports", daemon=True).start()
     # Streamlit runs in this process (no child): a signal to it (Ctrl+C, kill, a supervisor's SIGTERM) reaches
     # Streamlit itself and never leaves an orphaned server holding the port.
     from streamlit.web import cli as streamlit_cli
@@ -276,9 +276,17 @@ def serve(store: str, host: str, port: int) -> NoReturn:
     sys.exit(0)
 
 
-def _warm_imports() -> None:
+def _warm_imports(host: str, port: int) -> None:
+    """Import the app's modules once the server listens (not before: they would slow its start)."""
     import importlib
+    import socket
+    import time
 
+    for _ in range(600):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1" if host in ("0.0.0.0", "") else host, port)) == 0:
+                break
+        time.sleep(0.05)
     for name in ("app.data", "app.charts", "app.widgets", "app.state"):
         importlib.import_module(name)
 
