@@ -108,3 +108,16 @@ def windows(audio: np.ndarray, seconds: float = MAX_SECONDS) -> list[tuple[float
     if len(out) > 1 and len(out[-1][1]) < MIN_WINDOW_SECONDS * SAMPLE_RATE:
         out.pop()
     return out
+
+
+SILENCE_RMS = 1e-4
+"""Below this RMS a clip is treated as silence (about -80 dBFS)."""
+
+
+def require_sound(audio: np.ndarray, name: str) -> np.ndarray:
+    """Return ``audio``, or raise ``AudioError`` if it is silent: a prediction on silence means nothing."""
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if len(audio) else 0.0
+    if rms < SILENCE_RMS:
+        raise AudioError(f"{name}: the clip is silent (RMS {rms:.1e}, below {SILENCE_RMS:.0e}); record or upload "
+                         "speech")
+    return audio

@@ -13,7 +13,7 @@ import torch
 from scipy.special import softmax
 
 from precompute import window as W
-from precompute.audio import MAX_SECONDS, load_audio, windows
+from precompute.audio import MAX_SECONDS, load_audio, require_sound, windows
 from precompute.capture import CaptureOptions, Capturer
 from precompute.checkpoints import completed_folds, load_fold_model, read_config
 from precompute.models import feature_extractor
@@ -86,8 +86,8 @@ class Predictor:
                 for start, part in parts]
 
     def predict_file(self, path: Path) -> list[Prediction]:
-        """Per-layer predictions for an audio file, per 30 s window."""
-        return self.predict_windows(load_audio(path, long="keep"), Path(path).name)
+        """Per-layer predictions for an audio file, per 30 s window (``AudioError`` for unusable or silent audio)."""
+        return self.predict_windows(require_sound(load_audio(path, long="keep"), str(path)), Path(path).name)
 
 
 def _clock(seconds: float) -> str:

@@ -112,15 +112,16 @@ def test_upload_limit_is_set_in_the_config():
 # -- uploads: loralens predict ------------------------------------------------------------------------------
 def test_predict_cli_names_bad_files_and_windows_long_ones(tiny_runs, tmp_path, capsys, caplog):
     files = {}
-    for case in ("empty file", "not audio", "NaN samples", "8 kHz"):
+    for case in ("empty file", "not audio", "NaN samples", "pure silence", "8 kHz"):
         files[case] = tmp_path / f"{case.replace(' ', '_')}.wav"
         files[case].write_bytes(UPLOADS[case][0])
     long = tmp_path / "long.wav"
     long.write_bytes(_wav(_speechlike(61.5, 16000), 16000))
     code = main(["predict", "--run", str(tiny_runs["lora"]), "--json", *map(str, files.values()), str(long)])
     assert code == 1  # some files failed: named, the others still predicted
-    for case in ("empty file", "not audio", "NaN samples"):
+    for case in ("empty file", "not audio", "NaN samples", "pure silence"):
         assert files[case].name in caplog.text
+    assert "is silent" in caplog.text
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["start"] for line in lines] == [0.0, 0.0, 30.0, 60.0]  # 8 kHz clip, then three windows
     assert "[1:00.0-1:01.5]" in lines[-1]["name"]

@@ -9,7 +9,7 @@ from scipy.special import softmax
 
 from app import charts, data, widgets
 from app.analysis import projections
-from precompute.audio import MAX_SECONDS, AudioError, load_audio, windows
+from precompute.audio import MAX_SECONDS, AudioError, load_audio, require_sound, windows
 
 MAX_WINDOWS = 20
 """The most 30 s windows of one upload this page analyses (10 minutes)."""
@@ -60,8 +60,10 @@ if len(parts) > 1:
                          format_func=lambda s: f"{s:.0f}-{min(s + MAX_SECONDS, total):.0f} s")
     audio = dict(parts)[start]
     name = f"{name} [{start:.0f} s-]"
-if float(np.sqrt(np.mean(np.square(audio)))) < 1e-4:
-    st.error(f"{name}: the clip is silent (RMS below 1e-4); record or upload speech.")
+try:
+    require_sound(audio, name)
+except AudioError as e:
+    st.error(f"{e}")
     st.stop()
 st.audio(audio, sample_rate=16000)
 with st.spinner("Running the clip through every layer ..."):
