@@ -58,6 +58,7 @@ def build(plan: DemoPlan, rebuild: bool = False) -> str:
     if rebuild and root.exists():
         shutil.rmtree(root)
     if ready.is_file():
+        _remove_stale(root, store, ready)
         return str(store)
     started = time.time()
     root.mkdir(parents=True, exist_ok=True)
@@ -86,8 +87,16 @@ def build(plan: DemoPlan, rebuild: bool = False) -> str:
     if not report.ok:
         raise RuntimeError(f"the demo store {store} did not validate: {report.problems[:3]}")
     ready.write_text(json.dumps({"plan": asdict(plan), "seconds": round(time.time() - started)}) + "\n")
+    _remove_stale(root, store, ready)
     log.info("demo built in %.0f s: %s", time.time() - started, store)
     return str(store)
+
+
+def _remove_stale(root: Path, store: Path, ready: Path) -> None:
+    """Delete the stores (and their marks) of earlier schema versions, once this version's is ready."""
+    for stale in [*root.glob("store*.zarr"), *root.glob("READY*")]:
+        if stale not in (store, ready):
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
 
 def _config(common: dict, method: str, rank: int) -> TrainConfig:

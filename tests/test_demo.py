@@ -59,3 +59,18 @@ def test_the_app_labels_a_synthetic_store(tmp_path, monkeypatch, tiny_model_dir)
         at.switch_page(page).run()
         assert not at.exception
         assert any("Synthetic speech" in c.value for c in at.caption), page
+
+
+def test_a_schema_upgrade_retraces_without_retraining_and_drops_the_old_store(tmp_path, monkeypatch):
+    from precompute.demo import demo_dir
+    from store.schema import SCHEMA_VERSION
+
+    monkeypatch.setenv("LORALENS_CACHE", str(tmp_path / "cache"))
+    plan = DemoPlan()
+    root = demo_dir(plan)
+    (root / "store.zarr").mkdir(parents=True)  # a store and mark of schema version 1
+    (root / "READY").write_text("{}")
+    (root / f"store-v{SCHEMA_VERSION}.zarr").mkdir()  # as if this version's build had just finished
+    (root / f"READY-v{SCHEMA_VERSION}").write_text("{}")
+    assert build(plan) == str(root / f"store-v{SCHEMA_VERSION}.zarr")
+    assert sorted(p.name for p in root.iterdir()) == [f"READY-v{SCHEMA_VERSION}", f"store-v{SCHEMA_VERSION}.zarr"]
