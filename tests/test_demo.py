@@ -61,7 +61,7 @@ def test_the_app_labels_a_synthetic_store(tmp_path, monkeypatch, tiny_model_dir)
         assert any("Synthetic speech" in c.value for c in at.caption), page
 
 
-def test_a_schema_upgrade_retraces_without_retraining_and_drops_the_old_store(tmp_path, monkeypatch):
+def test_a_ready_build_drops_the_stores_of_older_schema_versions(tmp_path, monkeypatch):
     from precompute.demo import demo_dir
     from store.schema import SCHEMA_VERSION
 
