@@ -126,3 +126,15 @@ def test_presentation_mode_round_trip(app):
     assert at.query_params["present"] in ("1", ["1"])
     at.button(key="present-off").click().run()
     assert not at.exception and "present" not in at.query_params
+
+
+def test_dynamics_page_within_one_fold_model(app):
+    at = app.run()
+    at.switch_page("sections/dynamics.py").run()
+    _ok(at)
+    folds = at.selectbox(key="dyn-fold").options
+    assert len(folds) == 5 and "averaged" in folds[0]  # every fold averaged, then the tiny runs' four folds
+    at.selectbox(key="dyn-fold").select_index(2).run()
+    _ok(at)
+    at.slider(key="dyn-threshold").set_value(0.5).run()
+    _ok(at)
