@@ -30,28 +30,25 @@ def lens_curves(df: pd.DataFrame, title: str = "Logit lens") -> alt.Chart:
         title=title)
 
 
-def trajectory(df: pd.DataFrame, layer: int | None = None, title: str = "") -> alt.Chart:
-    """Columns: ``boundary``, ``emotion``, ``probability`` (one utterance); ``layer`` is marked."""
-    lines = alt.Chart(df).mark_line(point=True).encode(
+def trajectory(df: pd.DataFrame, title: str = "") -> alt.Chart:
+    """Columns: ``boundary``, ``emotion``, ``probability`` (one utterance); ``mark_boundary`` marks a layer."""
+    return alt.Chart(df).mark_line(point=True).encode(
         x=alt.X("boundary:O", title="layer boundary"),
         y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("emotion:N", scale=_emotion_scale(df["emotion"])),
         tooltip=["emotion", "boundary", alt.Tooltip("probability:Q", format=".3f")],
-    )
-    chart = lines
-    if layer is not None:
-        rule = alt.Chart(pd.DataFrame({"boundary": [layer]})).mark_rule(strokeDash=[4, 4], color="black").encode(
-            x="boundary:O")
-        chart = lines + rule
-    return chart.properties(width=WIDTH, height=HEIGHT, title=title)
+    ).properties(width=WIDTH, height=HEIGHT, title=title)
+
+
+_OUTER_KEYS = ("$schema", "config", "datasets", "title", "width", "height")
 
 
 def mark_boundary(spec: dict, layer: int) -> dict:
     """A ``trajectory(df)`` spec (as a dict) with ``layer`` marked: lets a page cache the chart and move the mark."""
     rule = {"mark": {"type": "rule", "strokeDash": [4, 4], "color": "black"},
             "data": {"values": [{"boundary": layer}]}, "encoding": {"x": {"field": "boundary", "type": "ordinal"}}}
-    lines = {k: v for k, v in spec.items() if k not in ("$schema", "config", "datasets", "title", "width", "height")}
-    outer = {k: v for k, v in spec.items() if k in ("$schema", "config", "datasets", "title", "width", "height")}
+    lines = {k: v for k, v in spec.items() if k not in _OUTER_KEYS}
+    outer = {k: v for k, v in spec.items() if k in _OUTER_KEYS}
     return outer | {"layer": [lines, rule]}
 
 

@@ -74,7 +74,8 @@ st.markdown(f"**{name}**: predicted **{result.prediction}**, settling at boundar
 layer = st.slider("Layer boundary", 0, len(probs) - 1, len(probs) - 1, key="up-layer")
 frame = pd.DataFrame([{"boundary": b, "emotion": e, "probability": float(probs[b, i])}
                       for b in range(len(probs)) for i, e in enumerate(result.emotions)])
-widgets.chart(charts.trajectory(frame, layer, "Class probabilities across layers"), frame, f"{name}-layers", "up")
+trajectory = charts.trajectory(frame, "Class probabilities across layers").to_dict(validate=False)
+widgets.chart(charts.mark_boundary(trajectory, layer), frame, f"{name}-layers", "up")
 
 reader = data.reader(path)
 summary = data.lens_summary(path, run.name)

@@ -79,7 +79,7 @@ def lens_view(path: str, run_name: str, row: int, n: int, target: str | None) ->
     return {
         "emotions": emotions, "target": target, "top": top, "kl": lens.kl_to_final(pooled[None])[0],
         "depth": int(lens.resolution_depth(pooled[None])[0]),
-        "trajectory": (charts.trajectory(frame, None, "Class probabilities across layers").to_dict(validate=False),
+        "trajectory": (charts.trajectory(frame, "Class probabilities across layers").to_dict(validate=False),
                        frame.to_csv(index=False)),
         "frames": (widgets.figure(heat_chart), hframe.to_csv(index=False)),
         "mel": (widgets.figure(mel_chart), mframe.to_csv(index=False)),
