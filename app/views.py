@@ -115,19 +115,19 @@ def fold_groups(reader: StoreReader, run: str, rows: list[int] | None = None,
     return {fold: groups[fold]}
 
 
-def lora_matrices(reader: StoreReader, run: str, checkpoint: str, quantity: str,
-                  groups: dict[int, list[int]]) -> list[list[np.ndarray]]:
-    """Per LoRA module, per fold model: every real frame of its utterances, ``(total_frames, dim)`` matrices."""
+def lora_matrices(reader: StoreReader, run: str, checkpoint: str, quantity: str, groups: dict[int, list[int]],
+                  modules: slice = slice(None)) -> list[list[np.ndarray]]:
+    """Per LoRA module (of ``modules``), per fold model: every real frame of its utterances, ``(frames, dim)``."""
     rows = [r for group in groups.values() for r in group]
-    values = reader.read(run, checkpoint, quantity, rows)  # (n, module, frame, dim)
+    values = reader.read(run, checkpoint, quantity, rows, module=modules)  # (n, module, frame, dim)
     n_frames = reader.utterances()["n_frames"][rows]
     at = {r: i for i, r in enumerate(rows)}
     index = [[at[r] for r in group] for group in groups.values()]
     return [[spectra.real_frames(values[ix, m], n_frames[ix]) for ix in index] for m in range(values.shape[1])]
 
 
-def spectra_of(reader: StoreReader, run: str, threshold: float = 0.9,
-               fold: int | None = None) -> dict[str, dict[str, spectra.Spectrum]]:
+def spectra_of(reader: StoreReader, run: str, threshold: float = 0.9, fold: int | None = None,
+               modules: slice = slice(None)) -> dict[str, dict[str, spectra.Spectrum]]:
     """Quantity -> checkpoint (trained, random_twin) -> spectrum per module, within each fold model.
 
     Args:
@@ -135,19 +135,20 @@ def spectra_of(reader: StoreReader, run: str, threshold: float = 0.9,
         run: a LoRA run.
         threshold: the effective-rank energy threshold (``Spectrum.at`` changes it without recomputing).
         fold: one fold model only; default: every fold that traced utterances, averaged.
+        modules: which LoRA modules (default all).
     """
     groups = fold_groups(reader, run, fold=fold)
     out = {}
     for quantity in LORA_QUANTITIES:
         if quantity not in reader.group(run, "trained"):
             continue
-        out[quantity] = {c: spectra.spectrum(lora_matrices(reader, run, c, quantity, groups), threshold)
+        out[quantity] = {c: spectra.spectrum(lora_matrices(reader, run, c, quantity, groups, modules), threshold)
                          for c in reader.runs()[run]}
     return out
 
 
-def cka_a_vs_b(reader: StoreReader, run: str, checkpoint: str = "trained",
-               fold: int | None = None) -> dict[str, np.ndarray]:
+def cka_a_vs_b(reader: StoreReader, run: str, checkpoint: str = "trained", fold: int | None = None,
+               modules: slice = slice(None)) -> dict[str, np.ndarray]:
     """Linear CKA between LoRA A and B outputs per module over real frames, within each fold model, averaged.
 
     Returns:
@@ -158,8 +159,8 @@ def cka_a_vs_b(reader: StoreReader, run: str, checkpoint: str = "trained",
     for kind in ("activation", "gradient"):
         if f"lora_b_{kind}" not in reader.group(run, checkpoint):
             continue
-        a = lora_matrices(reader, run, checkpoint, f"lora_a_{kind}", groups)
-        b = lora_matrices(reader, run, checkpoint, f"lora_b_{kind}", groups)
+        a = lora_matrices(reader, run, checkpoint, f"lora_a_{kind}", groups, modules)
+        b = lora_matrices(reader, run, checkpoint, f"lora_b_{kind}", groups, modules)
         out[kind] = np.array([np.mean([cka.linear_cka(x, y) for x, y in zip(xs, ys, strict=True)])
                               for xs, ys in zip(a, b, strict=True)])
     return out

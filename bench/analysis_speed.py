@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from app import views
-from app.analysis import cka, contributions, lens, projections, spectra
+from app.analysis import contributions, lens, projections
 from store.reader import StoreReader
 
 
@@ -53,44 +53,26 @@ def main() -> None:
     def contributions_all():
         views.contributions_of(fresh(), run, rows)
 
-    def svd(modules, fold):
-        r = fresh()
-        groups = views.fold_groups(r, run, fold=fold)
-        members = [r_ for g in groups.values() for r_ in g]
-        at = {r_: i for i, r_ in enumerate(members)}
-        frames = probe.utterances()["n_frames"][members]
-        for quantity in views.LORA_QUANTITIES:
-            for checkpoint in ("trained", "random_twin"):
-                values = r.read(run, checkpoint, quantity, members, module=modules)
-                values = values[:, None] if values.ndim == 3 else values
-                spectra.spectrum([[spectra.real_frames(values[[at[x] for x in g], m], frames[[at[x] for x in g]])
-                                   for g in groups.values()] for m in range(values.shape[1])])
-
-    def cka_one(fold):
-        r = fresh()
-        groups = views.fold_groups(r, run, fold=fold)
-        for kind in ("activation", "gradient"):
-            for g in groups.values():
-                frames = probe.utterances()["n_frames"][g]
-                a = spectra.real_frames(r.read(run, "trained", f"lora_a_{kind}", g, module=layer), frames)
-                b = spectra.real_frames(r.read(run, "trained", f"lora_b_{kind}", g, module=layer), frames)
-                cka.linear_cka(a, b)
-
     sizes = {f: len(g) for f, g in views.fold_groups(probe, run).items()}
     biggest = max(sizes, key=sizes.get)
     print(f"{args.store}: run {run}, {len(rows)} utterances traced by {len(sizes)} fold models, {n_layers} layers; "
           f"times include reading the store (a fresh reader each time)")
     print("SVD and CKA work within each fold model: 'one fold' is the biggest fold's model "
           f"({sizes[biggest]} utterances), 'all folds' averages every fold model")
+    last = slice(layer, layer + 1)
     for name, one, everything in (
             ("logit lens", lens_one, lens_all),
             ("contributions", contributions_one, contributions_all),
-            ("SVD, one fold (4 quantities x trained/random)", lambda: svd(layer, biggest),
-             lambda: svd(slice(None), biggest)),
-            ("SVD, all folds", lambda: svd(layer, None), lambda: svd(slice(None), None)),
-            ("CKA A vs B, one fold (activations, gradients)", lambda: cka_one(biggest),
+            ("SVD, one fold (4 quantities x trained/random)",
+             lambda: views.spectra_of(fresh(), run, fold=biggest, modules=last),
+             lambda: views.spectra_of(fresh(), run, fold=biggest)),
+            ("SVD, all folds", lambda: views.spectra_of(fresh(), run, modules=last),
+             lambda: views.spectra_of(fresh(), run)),
+            ("CKA A vs B, one fold (activations, gradients)",
+             lambda: views.cka_a_vs_b(fresh(), run, fold=biggest, modules=last),
              lambda: views.cka_a_vs_b(fresh(), run, fold=biggest)),
-            ("CKA A vs B, all folds", lambda: cka_one(None), lambda: views.cka_a_vs_b(fresh(), run))):
+            ("CKA A vs B, all folds", lambda: views.cka_a_vs_b(fresh(), run, modules=last),
+             lambda: views.cka_a_vs_b(fresh(), run))):
         one_ms, all_ms = timed(one), timed(everything)
         print(f"{name:46s} one layer {one_ms:7.0f} ms | all layers {all_ms:7.0f} ms "
               f"({all_ms / n_layers:5.0f} ms per layer; goal < 200)")
