@@ -332,13 +332,20 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    import os
+
     from precompute.demo import DemoPlan, build
 
     store = build(DemoPlan(data=args.data), rebuild=args.rebuild)
     if args.build_only:
         print(store)
         return 0
-    return serve(store, args.host, args.port)
+    # Serve from a fresh interpreter: this one holds the build's models, and nnsight's patches break the
+    # server's event loop (anyio refuses the 'save' attribute nnsight adds to classes).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "precompute.cli", "app", "--store", store, "--host", args.host,
+                              "--port", str(args.port)])
 
 
 def build_parser() -> argparse.ArgumentParser:

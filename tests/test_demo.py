@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -74,3 +75,43 @@ def test_a_ready_build_drops_the_stores_of_older_schema_versions(tmp_path, monke
     (root / f"READY-v{SCHEMA_VERSION}").write_text("{}")
     assert build(plan) == str(root / f"store-v{SCHEMA_VERSION}.zarr")
     assert sorted(p.name for p in root.iterdir()) == [f"READY-v{SCHEMA_VERSION}", f"store-v{SCHEMA_VERSION}.zarr"]
+
+
+def test_loralens_demo_serves_its_store(tmp_path, tiny_store):
+    """`loralens demo` on a ready demo: the server answers (the build's process must not host it)."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from store.schema import SCHEMA_VERSION
+
+    cache = tmp_path / "cache"
+    env = {**os.environ, "LORALENS_CACHE": str(cache)}
+    root = Path(subprocess.run([sys.executable, "-c", "from precompute.demo import DemoPlan, demo_dir; "
+                                "print(demo_dir(DemoPlan()))"], env=env, capture_output=True, text=True,
+                               check=True).stdout.strip())
+    shutil.copytree(tiny_store, root / f"store-v{SCHEMA_VERSION}.zarr")
+    (root / f"READY-v{SCHEMA_VERSION}").write_text("{}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "precompute.cli", "demo", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            proc.kill()
+            raise AssertionError(f"loralens demo did not serve: {proc.stdout.read().decode()[-3000:]}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
