@@ -95,3 +95,19 @@ def tiny_store(tmp_path_factory, tiny_runs) -> str:
         tracer.capture(rows)
         tracer.commit(rows)
     return path
+
+
+def wait_until_serving(proc, url: str, seconds: float = 60) -> None:
+    """Wait for a started ``loralens app``/``demo`` to answer its health check; fail with its output if not."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                return
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    pytest.fail(f"the app did not answer on {url}: {proc.stdout.read().decode()[-3000:]}")

@@ -7,11 +7,11 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import wait_until_serving
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -30,16 +30,7 @@ def server(tiny_store):
     proc = subprocess.Popen([sys.executable, "-m", "precompute.cli", "app", "--store", tiny_store, "--port",
                              str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail(f"the app did not answer on {url}: {proc.stdout.read().decode()[-2000:]}")
+    wait_until_serving(proc, url)
     yield url
     proc.terminate()
     proc.wait(timeout=20)

@@ -13,6 +13,7 @@ from precompute import synth
 from precompute.data import load_corpus
 from precompute.demo import DemoPlan, build
 from store.reader import StoreReader
+from tests.conftest import wait_until_serving
 
 
 def _digest(root):
@@ -84,8 +85,6 @@ def test_loralens_demo_serves_its_store(tmp_path, tiny_store):
     import socket
     import subprocess
     import sys
-    import time
-    import urllib.request
 
     from store.schema import SCHEMA_VERSION
 
@@ -102,16 +101,7 @@ def test_loralens_demo_serves_its_store(tmp_path, tiny_store):
     proc = subprocess.Popen([sys.executable, "-m", "precompute.cli", "demo", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            proc.kill()
-            raise AssertionError(f"loralens demo did not serve: {proc.stdout.read().decode()[-3000:]}")
+        wait_until_serving(proc, f"http://127.0.0.1:{port}", seconds=120)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
