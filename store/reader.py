@@ -10,29 +10,19 @@ import zarr
 import zarr.errors
 
 from store import schema
+from store.schema import StoreError
 
-
-class StoreError(ValueError):
-    """A store that is missing, not a loralens store, of another schema version, or lacking something."""
+__all__ = ["StoreError", "StoreReader", "open_root"]
 
 
 def open_root(path: str, mode: str = "r", storage_options: dict | None = None) -> zarr.Group:
     """Open a store's root group, checking that it is a loralens store of a version this code reads."""
     try:
         root = zarr.open_group(path, mode=mode, storage_options=storage_options, zarr_format=3)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as e:
-        raise StoreError(f"{path}: no store there; create one with loralens trace --store {path}") from e
-    attrs = dict(root.attrs)
-    if attrs.get("format") != schema.FORMAT:
-        raise StoreError(f"{path}: a Zarr group, but not a loralens store (its attributes have no "
-                         f"format={schema.FORMAT!r}); point at a store written by loralens trace")
-    version = attrs.get("schema_version")
-    if version != schema.SCHEMA_VERSION:
-        newer = isinstance(version, int) and version > schema.SCHEMA_VERSION
-        raise StoreError(
-            f"{path}: store schema version {version}, this loralens reads version {schema.SCHEMA_VERSION}; "
-            + ("upgrade loralens (pip install -U loralens)" if newer else
-               "re-trace it with this version (loralens trace ... --store NEW_PATH)"))
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError,
+            zarr.errors.ContainsArrayError) as e:
+        raise schema.no_store(path) from e
+    schema.check_root(path, dict(root.attrs))
     return root
 
 

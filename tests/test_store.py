@@ -9,6 +9,7 @@ import pytest
 import zarr
 
 from store import schema
+from store.probe import probe
 from store.reader import StoreError, StoreReader
 from store.validate import validate
 from store.writer import StoreWriter, UtteranceRow
@@ -106,18 +107,30 @@ def test_growing_the_table_resizes_runs(store_path):
 
 
 def test_not_a_store_and_versions(tmp_path):
-    with pytest.raises(StoreError, match="no store there"):
-        StoreReader(str(tmp_path / "missing"))
+    """StoreReader and the Zarr-free probe (run before the app's server starts) refuse the same stores alike."""
+
+    def refused(path: str, message: str) -> None:
+        for check in (StoreReader, probe):
+            with pytest.raises(StoreError, match=message):
+                check(path)
+
+    refused(str(tmp_path / "missing"), "no store there")
     zarr.open_group(str(tmp_path / "plain"), mode="w")
-    with pytest.raises(StoreError, match="not a loralens store"):
-        StoreReader(str(tmp_path / "plain"))
+    refused(str(tmp_path / "plain"), "not a loralens store")
+    zarr.open_array(str(tmp_path / "array"), mode="w", shape=(2,), dtype="f4")
+    refused(str(tmp_path / "array"), "no store there")
     path = str(tmp_path / "s")
     StoreWriter(path).root.attrs["schema_version"] = schema.SCHEMA_VERSION + 1
-    with pytest.raises(StoreError, match="upgrade loralens"):
-        StoreReader(path)
+    refused(path, "upgrade loralens")
     zarr.open_group(path, mode="a").attrs["schema_version"] = 0
-    with pytest.raises(StoreError, match="re-trace"):
-        StoreReader(path)
+    refused(path, "re-trace")
+    zarr.open_group(path, mode="a").attrs["schema_version"] = schema.SCHEMA_VERSION
+    assert probe(path) and StoreReader(path).n_utterances == 0
+    assert probe("s3://bucket/store.zarr") is False  # URLs are left to StoreReader
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "zarr.json").write_text("{not json")
+    with pytest.raises(StoreError, match="unreadable"):
+        probe(str(tmp_path / "broken"))
 
 
 def test_validate_finds_nan_and_incomplete(tmp_path):
