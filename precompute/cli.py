@@ -253,9 +253,12 @@ def serve(store: str, host: str, port: int) -> NoReturn:
     import os
 
     import app as app_package
-    from store.reader import StoreReader
+    from store.probe import probe
 
-    StoreReader(store)  # a bad store fails here, in one line, before a server starts
+    if not probe(store):  # a bad store fails here, in one line, before a server starts
+        from store.reader import StoreReader
+
+        StoreReader(store)
     main_script = Path(app_package.__file__).parent / "main.py"
     root = main_script.parents[1]
     log.info("serving %s at http://%s:%d (Ctrl+C stops it)", store, host, port)
@@ -270,8 +273,8 @@ def serve(store: str, host: str, port: int) -> NoReturn:
     from streamlit.web import cli as streamlit_cli
 
     sys.argv = ["streamlit", "run", str(main_script), "--server.address", host, "--server.port", str(port),
-                "--server.headless", "true", "--runner.magicEnabled", "false", "--browser.gatherUsageStats",
-                "false", "--client.toolbarMode", "viewer"]
+                "--server.headless", "true", "--runner.magicEnabled", "false", "--server.fileWatcherType", "none",
+                "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"]
     streamlit_cli.main()
     sys.exit(0)
 
