@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import log_softmax, softmax
 
 
 @dataclass
@@ -33,7 +32,7 @@ def kl_to_final(lens_logits: np.ndarray) -> np.ndarray:
     Returns:
         ``(n_utterances, n_boundaries)``, zero at the last boundary.
     """
-    log_p = log_softmax(lens_logits.astype(np.float64), axis=-1)
+    log_p = _special().log_softmax(lens_logits.astype(np.float64), axis=-1)
     log_q = log_p[:, -1:, :]
     return np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)
 
@@ -76,7 +75,7 @@ def summarise(lens_logits: np.ndarray, emotions: np.ndarray | None = None) -> Le
 
 def trajectory(lens_logits: np.ndarray) -> np.ndarray:
     """Class probabilities per boundary of one utterance: ``(n_boundaries, n_classes)`` -> same shape."""
-    return softmax(lens_logits.astype(np.float64), axis=-1)
+    return _special().softmax(lens_logits.astype(np.float64), axis=-1)
 
 
 def frame_probabilities(lens_logits_frames: np.ndarray, n_frames: int, class_index: int) -> np.ndarray:
@@ -90,4 +89,11 @@ def frame_probabilities(lens_logits_frames: np.ndarray, n_frames: int, class_ind
     Returns:
         ``(n_boundaries, n_frames)``.
     """
-    return softmax(lens_logits_frames[:, :n_frames].astype(np.float64), axis=-1)[..., class_index]
+    return _special().softmax(lens_logits_frames[:, :n_frames].astype(np.float64), axis=-1)[..., class_index]
+
+
+def _special():
+    """``scipy.special``, imported on first use: a fifth of a second the explorer's start need not wait for."""
+    import scipy.special
+
+    return scipy.special
