@@ -127,6 +127,27 @@ def chart(figure_: alt.Chart | dict | Figure, data_: pd.DataFrame | str, name: s
     """
     prepared = figure_ if isinstance(figure_, Figure) else figure(figure_)
     st.vega_lite_chart(dict(prepared.wire), width="stretch")  # a shallow copy: Streamlit pops its datasets
+    exports(prepared, data_, name, key)
+
+
+def shaded_table(matrix: pd.DataFrame, figure_: alt.Chart, data_: pd.DataFrame, name: str, key: str) -> None:
+    """A small matrix (a confusion matrix) as a table shaded by value, with the exports of its chart.
+
+    A table reads better than a heatmap at this size (every count legible) and draws with the page, without the
+    chart library's scripts: the first page is ready sooner. The SVG and PNG exports draw ``figure_``.
+    """
+    top = max(float(matrix.to_numpy().max()), 1e-12)
+
+    def shade(value: float) -> str:
+        level = value / top  # the theme's primary colour, deeper for larger values; white text where dark
+        return f"background-color: rgba(194, 65, 12, {0.85 * level:.2f})" + ("; color: white" if level > 0.5 else "")
+
+    st.table(matrix.style.map(shade))
+    exports(figure(figure_), data_, name, key)
+
+
+def exports(prepared: Figure, data_: pd.DataFrame | str, name: str, key: str) -> None:
+    """CSV, SVG and PNG download buttons for a chart, made only when clicked."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
     with st.expander("Export", expanded=False):
         # Deferred: each file is made when its button is clicked, not on every rerun (and not re-sent to the

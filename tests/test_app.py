@@ -31,7 +31,12 @@ def _ok(at: AppTest) -> None:
 def test_every_page_opens(app):
     at = app.run()
     _ok(at)
-    assert "tiny-lora" in at.get("dataframe")[0].value.to_csv()
+    assert "tiny-lora" in at.table[0].value.to_csv()
+    # The confusion matrix: a shaded table of counts over every test utterance, exported as its chart too.
+    confusion = next(t.value for t in at.table if t.value.index.name == "true")
+    assert list(confusion.columns) == list(confusion.index) and confusion.to_numpy().sum() > 0
+    keys = [b.proto.id for b in at.get("download_button")]
+    assert all(any("confusion" in k and k.endswith(kind) for k in keys) for kind in ("csv", "svg", "png")), keys
     for page in PAGES[1:]:
         at.switch_page(page).run()
         _ok(at)

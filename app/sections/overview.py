@@ -17,28 +17,31 @@ for run in data.runs(path):
     m = run.metrics
     fmt = lambda k: f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}" if m.get(k) else "–"  # noqa: E731
     rows.append({"run": run.name, "model": run.model, "method": run.method,
-                 "rank": run.rank if run.method == "lora" else None,
+                 "rank": str(run.rank) if run.method == "lora" else "",
                  "targets": ",".join(run.targets) if run.method == "lora" else "", "window": run.window,
                  "UAR": fmt("uar"), "WAR": fmt("war"), "folds": f"{m.get('n_done', 0)}/{m.get('n_folds', 0)}",
                  "checkpoints": ", ".join(run.checkpoints)})
 st.subheader("Runs")
-st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+# Small static tables (st.table): they draw with the page, without the interactive grid's scripts.
+st.table(pd.DataFrame(rows), hide_index=True, border="horizontal")
 
 run = widgets.pick_run(view)
 folds = run.metrics.get("folds", [])
 left, right = st.columns(2)
 with left:
     st.markdown("**Per fold**")
-    st.dataframe(pd.DataFrame([{"fold": f["fold"], "test speakers": ",".join(f["test_speakers"]), "UAR": f["uar"],
-                                "WAR": f["war"], "epoch": f.get("epoch")} for f in folds]),
-                 hide_index=True, width="stretch")
+    st.table(pd.DataFrame([{"fold": f["fold"], "test speakers": ",".join(f["test_speakers"]), "UAR": f"{f['uar']:.3f}",
+                            "WAR": f"{f['war']:.3f}", "epoch": f.get("epoch")} for f in folds]),
+             hide_index=True, border="horizontal")
 with right:
     if folds:
         confusion = np.sum([np.array(f["confusion"]) for f in folds], axis=0)
         frame = pd.DataFrame([{"true": t, "predicted": p, "count": int(confusion[i, j])}
                               for i, t in enumerate(run.emotions) for j, p in enumerate(run.emotions)])
-        widgets.chart(charts.heatmap(frame, "predicted", "true", "count", "Confusion (all folds)",
-                                     scheme="oranges"), frame, f"{run.name}-confusion", "confusion")
+        st.markdown("**Confusion, all folds** (rows: true emotion; columns: predicted)")
+        widgets.shaded_table(pd.DataFrame(confusion, index=pd.Index(run.emotions, name="true"), columns=run.emotions),
+                             charts.heatmap(frame, "predicted", "true", "count", "Confusion (all folds)",
+                                            scheme="oranges"), frame, f"{run.name}-confusion", "confusion")
 
 st.subheader("Utterances")
 table = data.table(path, run.name)
