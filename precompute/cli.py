@@ -290,7 +290,8 @@ def _warm_imports(host: str, port: int) -> None:
             if s.connect_ex(("127.0.0.1" if host in ("0.0.0.0", "") else host, port)) == 0:
                 break
         time.sleep(0.05)
-    for name in ("app.data", "app.charts", "app.widgets", "app.state"):
+    # First what the first page needs, then what the Utterance page adds.
+    for name in ("app.data", "app.charts", "app.widgets", "app.state", "scipy.special"):
         importlib.import_module(name)
 
 
