@@ -17,7 +17,9 @@ from playwright.sync_api import sync_playwright
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-PAGES = ["overview", "utterance", "clusters", "dynamics", "contributions", "upload"]
+PAGES = {"overview": "", "utterance": "utterance", "clusters": "clusters", "dynamics": "dynamics",
+         "contributions": "contributions", "upload": "upload"}
+"""Screenshot name -> URL path (the first page, Overview, is the app's root)."""
 
 
 def main() -> None:
@@ -43,14 +45,15 @@ def main() -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, args=FLAGS)
             page = browser.new_page(viewport={"width": 1500, "height": 1000}, device_scale_factor=1)
-            for name in PAGES:
-                page.goto(f"{url}/{name}", wait_until="networkidle")
+            for name, path in PAGES.items():
+                page.goto(f"{url}/{path}", wait_until="networkidle")
                 page.wait_for_timeout(2000)
                 # wait until the script run is over: no spinner, no "running" status widget
                 page.wait_for_function("() => !document.querySelector('[data-testid=stSpinner]') && "
                                        "!document.querySelector('[data-testid=stStatusWidget]')", timeout=300_000)
                 page.wait_for_timeout(1500)
                 assert page.get_by_test_id("stException").count() == 0, name
+                assert page.get_by_text("Page not found").count() == 0, name
                 page.screenshot(path=str(args.out / f"{name}.png"), full_page=True)
                 print(f"{args.out / name}.png")
             browser.close()

@@ -60,9 +60,11 @@ def test_layer_slider_redraws_in_chromium(server, tmp_path):
         assert page.locator(".vega-embed").count() >= 3
         assert page.get_by_test_id("stException").count() == 0
         page.screenshot(path=str(shots / "utterance-layer0.png"), full_page=True)
-        for name in ("overview", "clusters", "dynamics", "contributions", "upload"):
-            page.goto(f"{server}/{name}", wait_until="networkidle")
+        for name, path in (("overview", ""), ("clusters", "clusters"), ("dynamics", "dynamics"),
+                           ("contributions", "contributions"), ("upload", "upload")):
+            page.goto(f"{server}/{path}", wait_until="networkidle")
             page.wait_for_timeout(2500)
             assert page.get_by_test_id("stException").count() == 0, name
+            assert page.get_by_text("Page not found").count() == 0, name
             page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
         browser.close()
