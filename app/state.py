@@ -49,7 +49,7 @@ def parse(params: Mapping[str, str], runs: list[str], utterances: set[str], n_bo
     state.utt = utt if utt in utterances else None
     layer = params.get("layer", "")
     limit = n_boundaries.get(state.run, 0) if state.run else max(n_boundaries.values(), default=0)
-    if layer.isdigit() and int(layer) < limit:
+    if layer.isascii() and layer.isdigit() and int(layer) < limit:  # "²".isdigit() holds; int() refuses it
         state.layer = int(layer)
     colour = params.get("colour")
     state.colour = colour if colour in COLOURINGS else "emotion"

@@ -82,7 +82,8 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)}; expected a positive number")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout={self.dropout}; expected a number in [0, 1)")
-        if self.folds not in ("loso", "split") and not (self.folds.isdigit() and int(self.folds) >= 2):
+        k_folds = self.folds.isascii() and self.folds.isdigit() and int(self.folds) >= 2  # not "²": int() refuses
+        if self.folds not in ("loso", "split") and not k_folds:
             raise ValueError(f"folds={self.folds!r}; expected 'loso', 'split' or an integer K >= 2")
         if self.epoch_selection not in ("fixed", "inner"):
             raise ValueError(f"epoch_selection={self.epoch_selection!r}; expected 'fixed' or 'inner'")

@@ -125,3 +125,9 @@ def test_bad_audio_is_named_or_skipped(tmp_path, tiny_model_dir, tone_csv):
     assert json.loads((tmp_path / "r2" / "folds.json").read_text())["n_skipped_audio"] == 1
     assert json.loads((tmp_path / "r2" / "fold_01" / "metrics.json").read_text())["n_test"] == 7
     assert summary["n_done"] == 1
+
+
+@pytest.mark.parametrize("folds", ["1", "0", "²", "ten", "-3"])
+def test_bad_fold_counts_are_one_clear_error(folds):
+    with pytest.raises(ValueError, match=r"expected 'loso', 'split' or an integer K >= 2"):
+        TrainConfig(model="x", data="y", folds=folds)
