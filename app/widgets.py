@@ -131,18 +131,22 @@ def chart(figure_: alt.Chart | dict | Figure, data_: pd.DataFrame | str, name: s
 
 
 def shaded_table(matrix: pd.DataFrame, figure_: alt.Chart, data_: pd.DataFrame, name: str, key: str) -> None:
-    """A small matrix (a confusion matrix) as a table shaded by value, with the exports of its chart.
+    """A confusion matrix as a table of counts, each shaded by its share of its row, with the exports of its chart.
 
     A table reads better than a heatmap at this size (every count legible) and draws with the page, without the
-    chart library's scripts: the first page is ready sooner. The SVG and PNG exports draw ``figure_``.
+    chart library's scripts: the first page is ready sooner. Shading by row share (recall on the diagonal) keeps a
+    small class's confusions as visible as a large one's. The SVG and PNG exports draw ``figure_``.
     """
-    top = max(float(matrix.to_numpy().max()), 1e-12)
+    colour = str(st.get_option("theme.primaryColor") or "")  # the theme's (.streamlit/config.toml), if hex
+    rgb = colour[1:] if re.fullmatch(r"#[0-9a-fA-F]{6}", colour) else "c2410c"
+    red, green, blue = (int(rgb[i:i + 2], 16) for i in (0, 2, 4))
 
-    def shade(value: float) -> str:
-        level = value / top  # the theme's primary colour, deeper for larger values; white text where dark
-        return f"background-color: rgba(194, 65, 12, {0.85 * level:.2f})" + ("; color: white" if level > 0.5 else "")
+    def shade(row: pd.Series) -> list[str]:
+        total = max(float(row.sum()), 1e-12)
+        return [f"background-color: rgba({red}, {green}, {blue}, {0.85 * v / total:.2f})"
+                + ("; color: white" if v / total > 0.5 else "") for v in row]
 
-    st.table(matrix.style.map(shade))
+    st.table(matrix.style.apply(shade, axis=1))
     exports(figure(figure_), data_, name, key)
 
 

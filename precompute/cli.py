@@ -265,8 +265,8 @@ def serve(store: str, host: str, port: int) -> NoReturn:
     os.environ["LORALENS_STORE"] = store
     if (root / ".streamlit" / "config.toml").is_file():  # the theme and upload limit
         os.chdir(root)
-    # The app's own imports (pandas, Altair, zarr: about two seconds here) run while the server starts and the
-    # browser loads the page, not after the first visitor connects.
+    # The app's own imports (pandas, Altair, Zarr: over half a second of CPU here) run while the browser loads the
+    # page, not after the first visitor connects.
     threading.Thread(target=_warm_imports, args=(host, port), name="loralens-warm-imports", daemon=True).start()
     # Streamlit runs in this process (no child): a signal to it (Ctrl+C, kill, a supervisor's SIGTERM) reaches
     # Streamlit itself and never leaves an orphaned server holding the port.

@@ -38,7 +38,7 @@ with right:
         confusion = np.sum([np.array(f["confusion"]) for f in folds], axis=0)
         frame = pd.DataFrame([{"true": t, "predicted": p, "count": int(confusion[i, j])}
                               for i, t in enumerate(run.emotions) for j, p in enumerate(run.emotions)])
-        st.markdown("**Confusion, all folds** (rows: true emotion; columns: predicted)")
+        st.markdown("**Confusion, all folds** (rows: true emotion; columns: predicted; shade: share of the row)")
         widgets.shaded_table(pd.DataFrame(confusion, index=pd.Index(run.emotions, name="true"), columns=run.emotions),
                              charts.heatmap(frame, "predicted", "true", "count", "Confusion (all folds)",
                                             scheme="oranges"), frame, f"{run.name}-confusion", "confusion")
