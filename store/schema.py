@@ -28,29 +28,6 @@ CHECKPOINTS: tuple[Checkpoint, ...] = ("trained", "random_twin")
 
 # Root attribute keys.
 ROOT_ATTRS = ("format", "schema_version", "versions", "created")
-
-
-class StoreError(ValueError):
-    """A store that is missing, not a loralens store, of another schema version, or lacking something."""
-
-
-def no_store(path: str) -> StoreError:
-    """The error for a path that holds no store."""
-    return StoreError(f"{path}: no store there; create one with loralens trace --store {path}")
-
-
-def check_root(path: str, attrs: dict) -> None:
-    """Raise StoreError unless ``attrs`` (a root group's attributes) are a loralens store's of this version."""
-    if attrs.get("format") != FORMAT:
-        raise StoreError(f"{path}: a Zarr group, but not a loralens store (its attributes have no "
-                         f"format={FORMAT!r}); point at a store written by loralens trace")
-    version = attrs.get("schema_version")
-    if version != SCHEMA_VERSION:
-        newer = isinstance(version, int) and version > SCHEMA_VERSION
-        raise StoreError(
-            f"{path}: store schema version {version}, this loralens reads version {SCHEMA_VERSION}; "
-            + ("upgrade loralens (pip install -U loralens)" if newer else
-               "re-trace it with this version (loralens trace ... --store NEW_PATH)"))
 # Checkpoint group attribute keys (all written by the writer when the checkpoint is created).
 CHECKPOINT_ATTRS = (
     "run",             # the run's name in this store
@@ -193,3 +170,26 @@ def chunks(spec: ArraySpec, shape: tuple[int, ...]) -> tuple[int, ...]:
     if spec.per_frame and len(shape) == 4:
         rest[0] = 1
     return (1, *rest)
+
+
+class StoreError(ValueError):
+    """A store that is missing, not a loralens store, of another schema version, or lacking something."""
+
+
+def no_store(path: str) -> StoreError:
+    """The error for a path that holds no store."""
+    return StoreError(f"{path}: no store there; create one with loralens trace --store {path}")
+
+
+def check_root(path: str, attrs: dict) -> None:
+    """Raise StoreError unless ``attrs`` (a root group's attributes) are a loralens store's of this version."""
+    if attrs.get("format") != FORMAT:
+        raise StoreError(f"{path}: a Zarr group, but not a loralens store (its attributes have no "
+                         f"format={FORMAT!r}); point at a store written by loralens trace")
+    version = attrs.get("schema_version")
+    if version != SCHEMA_VERSION:
+        newer = isinstance(version, int) and version > SCHEMA_VERSION
+        raise StoreError(
+            f"{path}: store schema version {version}, this loralens reads version {SCHEMA_VERSION}; "
+            + ("upgrade loralens (pip install -U loralens)" if newer else
+               "re-trace it with this version (loralens trace ... --store NEW_PATH)"))

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +18,7 @@ from precompute import synth
 from precompute.data import load_corpus
 from precompute.demo import DemoPlan, build
 from store.reader import StoreReader
+from store.schema import SCHEMA_VERSION
 from tests.conftest import wait_until_serving
 
 
@@ -65,8 +71,6 @@ def test_the_app_labels_a_synthetic_store(tmp_path, monkeypatch, tiny_model_dir)
 
 def test_a_ready_build_drops_the_stores_of_older_schema_versions(tmp_path, monkeypatch):
     from precompute.demo import demo_dir
-    from store.schema import SCHEMA_VERSION
-
     monkeypatch.setenv("LORALENS_CACHE", str(tmp_path / "cache"))
     plan = DemoPlan()
     root = demo_dir(plan)
@@ -80,14 +84,6 @@ def test_a_ready_build_drops_the_stores_of_older_schema_versions(tmp_path, monke
 
 def test_loralens_demo_serves_its_store(tmp_path, tiny_store):
     """`loralens demo` on a ready demo: the server answers (the build's process must not host it)."""
-    import os
-    import shutil
-    import socket
-    import subprocess
-    import sys
-
-    from store.schema import SCHEMA_VERSION
-
     cache = tmp_path / "cache"
     env = {**os.environ, "LORALENS_CACHE": str(cache)}
     root = Path(subprocess.run([sys.executable, "-c", "from precompute.demo import DemoPlan, demo_dir; "
