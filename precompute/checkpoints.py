@@ -3,17 +3,22 @@
 Layout of ``RUN/fold_KK``: ``head.safetensors`` (projector and classifier), ``adapter/`` and
 ``random_twin/`` (PEFT ``save_pretrained`` directories, LoRA runs only), ``metrics.json``,
 ``predictions.csv``. A fold directory exists only once complete (it is written as ``fold_KK.partial``).
+While a fold trains, ``fold_KK.partial/progress.safetensors`` holds its state after the last finished epoch
+(trainable weights, optimizer, random number generators, curves), so an interrupted fold resumes there.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
 
 from precompute.config import TrainConfig
 from precompute.models import load_classifier
@@ -21,6 +26,7 @@ from precompute.window import whisper_of
 
 Variant = Literal["trained", "random_twin"]
 HEAD_FILE = "head.safetensors"
+PROGRESS_FILE = "progress.safetensors"
 TWIN_STD = 0.02
 """Standard deviation of the random twin's LoRA A and B entries."""
 
@@ -101,3 +107,68 @@ def attach_lora(model: torch.nn.Module, config: TrainConfig) -> PeftModel:
     for name in ("projector", "classifier"):
         getattr(whisper_of(peft_model), name).requires_grad_(True)
     return peft_model
+
+
+@dataclass
+class Progress:
+    """Where an unfinished fold stands after its last finished epoch (the tensors travel beside it)."""
+
+    epochs_done: int = 0
+    losses: list[float] = field(default_factory=list)
+    val_uars: list[float] = field(default_factory=list)
+    best_uar: float = -1.0
+    best_epoch: int = 0
+    seconds: float = 0.0
+
+
+def save_progress(path: Path, progress: Progress, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  shuffle: torch.Generator, best: dict[str, torch.Tensor] | None) -> None:
+    """Write a fold's state after an epoch, atomically: an interruption leaves the previous epoch's state."""
+    tensors = {f"model/{n}": p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    tensors |= {f"best/{n}": v.cpu().contiguous() for n, v in (best or {}).items()}
+    for index, state in optimizer.state_dict()["state"].items():
+        tensors |= {f"optimizer/{index}/{k}": v.cpu().contiguous() for k, v in state.items()}
+    tensors["rng/torch"] = torch.get_rng_state()
+    tensors["rng/shuffle"] = shuffle.get_state()
+    if torch.cuda.is_available():
+        tensors["rng/cuda"] = torch.cuda.get_rng_state()
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, tmp, metadata={"progress": json.dumps(asdict(progress))})
+    os.replace(tmp, path)
+
+
+def load_progress(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  shuffle: torch.Generator) -> tuple[Progress, dict[str, torch.Tensor] | None]:
+    """Restore what ``save_progress`` wrote into a freshly built model and optimizer.
+
+    Returns:
+        The progress and the best epoch's trainable weights (None when no epoch was validated).
+
+    Raises:
+        RunError: the file is unreadable or belongs to a different model; the caller restarts the fold.
+    """
+    try:
+        with safe_open(path, "pt") as f:
+            progress = Progress(**json.loads(f.metadata()["progress"]))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, SafetensorError, KeyError, TypeError, ValueError) as e:
+        raise RunError(f"{path}: unreadable ({e})") from e
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    saved = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
+    if saved.keys() != trainable.keys() or any(saved[n].shape != p.shape for n, p in trainable.items()):
+        raise RunError(f"{path}: its weights do not fit this run's model")
+    with torch.no_grad():
+        for n, p in trainable.items():
+            p.copy_(saved[n])
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer/"):
+            _, index, name = key.split("/", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+    torch.set_rng_state(tensors["rng/torch"])
+    shuffle.set_state(tensors["rng/shuffle"])
+    if "rng/cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng/cuda"])
+    best = {k.removeprefix("best/"): v for k, v in tensors.items() if k.startswith("best/")}
+    return progress, best or None

@@ -2,7 +2,8 @@
 
 A run directory holds ``config.json``, ``folds.json``, ``train.log``, ``metrics.json`` and one directory per
 completed fold (see ``precompute.checkpoints``). Folds are written as ``fold_KK.partial`` and renamed when
-complete, so an interrupted run resumes at its first unfinished fold with the same command.
+complete, so an interrupted run resumes at its first unfinished fold with the same command, after that fold's
+last finished epoch.
 """
 
 from __future__ import annotations
@@ -27,12 +28,16 @@ from precompute import window as W
 from precompute.audio import AudioError, load_audio
 from precompute.checkpoints import (
     HEAD_FILE,
+    PROGRESS_FILE,
+    Progress,
     RunError,
     attach_lora,
     completed_folds,
+    load_progress,
     randomise_lora,
     read_config,
     save_head,
+    save_progress,
 )
 from precompute.config import TrainConfig
 from precompute.data import Corpus, Utterance, load_corpus
@@ -192,7 +197,10 @@ class Trainer:
 
     # -- one fold ---------------------------------------------------------------------------------------
     def train_fold(self, fold: Fold) -> dict:
-        """Train, evaluate and save one fold into ``fold_KK.partial``, then rename it to ``fold_KK``."""
+        """Train, evaluate and save one fold into ``fold_KK.partial``, then rename it to ``fold_KK``.
+
+        After every epoch the fold's state is saved in ``fold_KK.partial``; an interrupted fold resumes there.
+        """
         config = self.config
         seed = config.seed + fold.index
         generator = seed_everything(seed)
@@ -209,9 +217,10 @@ class Trainer:
         lora = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
         groups = [{"params": head, "lr": config.head_lr}] + ([{"params": lora, "lr": config.lr}] if lora else [])
         optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+        progress, best = self._resume(fold, model, optimizer, generator)
         train = [self.by_id[i] for i in fold.train]
-        losses, val_uars, best = [], [], (-1.0, 0, None)
-        for epoch in tqdm(range(config.epochs), desc=f"{fold.name} epochs", unit="epoch"):
+        for epoch in tqdm(range(progress.epochs_done, config.epochs), desc=f"{fold.name} epochs", unit="epoch",
+                          initial=progress.epochs_done, total=config.epochs):
             model.train()
             total, count = 0.0, 0
             for chunk in tqdm(batches(train, config.batch_size, generator), desc=f"epoch {epoch + 1}",
@@ -224,42 +233,63 @@ class Trainer:
                 optimizer.step()
                 total += loss.item() * len(chunk)
                 count += len(chunk)
-            losses.append(total / max(count, 1))
+            progress.losses.append(total / max(count, 1))
             if fold.val:
                 probs = self.predict(model, fold.val)
                 uar = scores(self._labels(fold.val), probs.argmax(1), len(config.emotions))["uar"]
-                val_uars.append(uar)
-                if uar > best[0]:
-                    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-                    best = (uar, epoch + 1, trainable)
-            log.info("%s epoch %d: train loss %.4f%s", fold.name, epoch + 1, losses[-1],
-                     f", val UAR {val_uars[-1]:.3f}" if fold.val else "")
-        if best[2] is not None:
+                progress.val_uars.append(uar)
+                if uar > progress.best_uar:
+                    best = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+                    progress.best_uar, progress.best_epoch = uar, epoch + 1
+            log.info("%s epoch %d: train loss %.4f%s", fold.name, epoch + 1, progress.losses[-1],
+                     f", val UAR {progress.val_uars[-1]:.3f}" if fold.val else "")
+            progress.epochs_done = epoch + 1
+            progress.seconds += time.time() - started
+            started = time.time()
+            save_progress(self._partial(fold) / PROGRESS_FILE, progress, model, optimizer, generator, best)
+        if best is not None:
             with torch.no_grad():
                 params = dict(model.named_parameters())
-                for n, v in best[2].items():
+                for n, v in best.items():
                     params[n].copy_(v)
         probs = self.predict(model, fold.test)
         labels = self._labels(fold.test)
         metrics = {
             "fold": fold.index, "test_speakers": fold.test_speakers, "val_speakers": fold.val_speakers,
             **scores(labels, probs.argmax(1), len(config.emotions)),
-            "loss_curve": losses, "val_uar_curve": val_uars,
-            "epoch": best[1] if best[2] is not None else config.epochs,
+            "loss_curve": progress.losses, "val_uar_curve": progress.val_uars,
+            "epoch": progress.best_epoch if best is not None else config.epochs,
             "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
-            "seconds": round(time.time() - started, 1), "device": str(self.device),
+            "seconds": round(progress.seconds + time.time() - started, 1), "device": str(self.device),
         }
         self._save_fold(fold, model, probs, metrics, seed)
         return metrics
+
+    def _partial(self, fold: Fold) -> Path:
+        return self.run / f"{fold.name}.partial"
+
+    def _resume(self, fold: Fold, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                generator: torch.Generator) -> tuple[Progress, dict[str, torch.Tensor] | None]:
+        """The fold's saved progress restored into ``model``, ``optimizer`` and ``generator``, or a fresh start."""
+        partial = self._partial(fold)
+        path = partial / PROGRESS_FILE
+        if path.is_file():
+            try:
+                progress, best = load_progress(path, model, optimizer, generator)
+                log.info("%s: resuming after epoch %d of %d", fold.name, progress.epochs_done, self.config.epochs)
+                return progress, best
+            except RunError as e:
+                log.warning("%s; training %s from its first epoch", e, fold.name)
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        return Progress(), None
 
     def _labels(self, ids: list[str]) -> np.ndarray:
         return np.array([self.by_id[i].label for i in ids])
 
     def _save_fold(self, fold: Fold, model: torch.nn.Module, probs: np.ndarray, metrics: dict, seed: int) -> None:
         final = self.run / fold.name
-        partial = self.run / f"{fold.name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir()
+        partial = self._partial(fold)
         model.cpu()
         save_head(model, partial / HEAD_FILE)
         if self.config.method == "lora":
@@ -274,6 +304,7 @@ class Trainer:
                 writer.writerow([uid, u.speaker, u.emotion, self.config.emotions[int(p.argmax())],
                                  *[f"{x:.6f}" for x in p]])
         (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (partial / PROGRESS_FILE).unlink(missing_ok=True)
         partial.rename(final)
 
     # -- the whole run ----------------------------------------------------------------------------------

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from precompute import train as train_module
 from precompute import window as W
 from precompute.audio import load_audio
-from precompute.checkpoints import TWIN_STD, RunError, load_fold_model
+from precompute.checkpoints import PROGRESS_FILE, TWIN_STD, RunError, load_fold_model
 from precompute.cli import main
 from precompute.config import TrainConfig
 from precompute.data import load_corpus
@@ -79,6 +80,48 @@ def test_same_fold_same_result(tmp_path, tiny_model_dir, tone_csv):
     train(_config(tiny_model_dir, tone_csv), b)
     ma, mb = (json.loads((r / "fold_03" / "metrics.json").read_text()) for r in (a, b))
     assert ma["loss_curve"] == pytest.approx(mb["loss_curve"], rel=1e-5)
+
+
+@pytest.mark.parametrize("method, selection", [("lora", "fixed"), ("frozen", "inner")])
+def test_an_interrupted_fold_resumes_after_its_last_epoch(tmp_path, tiny_model_dir, tone_csv, monkeypatch, caplog,
+                                                          method, selection):
+    """Killed in its third epoch, a fold resumes there and ends exactly as an uninterrupted one."""
+    config = _config(tiny_model_dir, tone_csv, method=method, epoch_selection=selection, epochs=4)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    train(config, whole, only=[1])
+    real, epochs_started = train_module.batches, []
+
+    def interrupt_in_epoch_3(items, size, generator=None):
+        if generator is not None:
+            epochs_started.append(1)
+            if len(epochs_started) == 3:
+                raise KeyboardInterrupt
+        return real(items, size, generator)
+
+    monkeypatch.setattr(train_module, "batches", interrupt_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, cut, only=[1])
+    assert (cut / "fold_01.partial" / PROGRESS_FILE).is_file() and not (cut / "fold_01").exists()
+    monkeypatch.setattr(train_module, "batches", real)
+    with caplog.at_level("INFO", logger="precompute"):
+        train(config, cut, only=[1])
+    assert "fold_01: resuming after epoch 2 of 4" in caplog.text
+    assert (cut / "train.log").read_text().count("fold_01 epoch 2") == 1
+    assert not (cut / "fold_01" / PROGRESS_FILE).exists()
+    mw, mc = (json.loads((r / "fold_01" / "metrics.json").read_text()) for r in (whole, cut))
+    for key in ("loss_curve", "val_uar_curve", "epoch", "uar", "war", "confusion"):
+        assert mc[key] == mw[key], key
+    assert (cut / "fold_01" / "predictions.csv").read_text() == (whole / "fold_01" / "predictions.csv").read_text()
+
+
+def test_unreadable_progress_restarts_the_fold(tmp_path, tiny_model_dir, tone_csv, caplog):
+    run = tmp_path / "run"
+    (run / "fold_00.partial").mkdir(parents=True)
+    (run / "fold_00.partial" / PROGRESS_FILE).write_bytes(b"half a file")
+    with caplog.at_level("WARNING", logger="precompute"):
+        summary = train(_config(tiny_model_dir, tone_csv), run, only=[0])
+    assert summary["n_done"] == 1 and "progress.safetensors: unreadable" in caplog.text
+    assert "training fold_00 from its first epoch" in caplog.text
 
 
 def test_changed_config_is_refused(tmp_path, tiny_model_dir, tone_csv):
