@@ -1,6 +1,11 @@
-"""Print the LoRA-vs-frozen table of a directory of runs (as written by bench/train_emodb.sh).
+"""Print the LoRA-vs-frozen tables of one or more directories of runs (as written by bench/train_emodb.sh).
 
     python bench/summarise_runs.py runs/emodb
+    python bench/summarise_runs.py runs/emodb runs/emodb-seed1 runs/emodb-seed2
+
+Each directory holds ``MODEL-METHOD-WINDOW`` run directories. With several directories (the same runs under
+other seeds or protocols), a last table compares them side by side and averages each fold's UAR over them,
+so one seed's luck on a 39-clip test speaker weighs less.
 """
 
 from __future__ import annotations
@@ -8,6 +13,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from statistics import fmean, pstdev
+
+MODELS = ("base", "tiny.en")
+WINDOWS = ("trim", "full")
 
 
 def load(run: Path) -> dict | None:
@@ -15,33 +24,77 @@ def load(run: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def pair(root: Path, model: str, window: str) -> tuple[dict, dict] | None:
+    """Per-fold metrics of the LoRA and frozen runs, keyed by fold index, or None if either has no fold."""
+    lora, frozen = (load(root / f"{model}-{m}-{window}") for m in ("lora", "frozen"))
+    if not lora or not frozen or not lora.get("n_done") or not frozen.get("n_done"):
+        return None
+    return {f["fold"]: f for f in lora["folds"]}, {f["fold"]: f for f in frozen["folds"]}
+
+
+def describe(root: Path) -> str:
+    """The protocol a root's runs share, from one of their config.json files."""
+    for config in sorted(root.glob("*/config.json")):
+        c = json.loads(config.read_text())
+        return f"seed {c['seed']}, {c['epochs']} epochs, epoch selection {c['epoch_selection']}"
+    return "no config.json"
+
+
+def table(root: Path, model: str, window: str) -> None:
+    runs = pair(root, model, window)
+    if runs is None:
+        print(f"\n{model} {window}: incomplete or missing in {root}")
+        return
+    fl, ff = runs
+    common = sorted(set(fl) & set(ff))
+    print(f"\n{model}, window {window}, {root} ({describe(root)}): {len(common)} common folds")
+    print(f"{'fold':>4} {'speaker':>7} {'LoRA UAR':>9} {'frozen UAR':>10} {'LoRA WAR':>9} {'frozen WAR':>10}")
+    for i in common:
+        print(f"{i:>4} {','.join(fl[i]['test_speakers']):>7} {fl[i]['uar']:>9.3f} {ff[i]['uar']:>10.3f} "
+              f"{fl[i]['war']:>9.3f} {ff[i]['war']:>10.3f}")
+    for key in ("uar", "war"):
+        a = [fl[i][key] for i in common]
+        b = [ff[i][key] for i in common]
+        print(f"{key.upper()}: LoRA {fmean(a):.3f} ± {pstdev(a):.3f}, frozen {fmean(b):.3f} ± {pstdev(b):.3f}, "
+              f"difference {fmean(a) - fmean(b):+.3f}")
+    wins = sum(fl[i]["uar"] > ff[i]["uar"] for i in common)
+    ties = sum(fl[i]["uar"] == ff[i]["uar"] for i in common)
+    print(f"LoRA ahead in {wins} of {len(common)} folds (ties {ties})")
+
+
+def across(roots: list[Path], model: str, window: str) -> None:
+    """The same comparison under each root, then each fold's UAR averaged over the roots."""
+    runs = {root: r for root in roots if (r := pair(root, model, window)) is not None}
+    if len(runs) < 2:
+        return
+    folds = sorted(set.intersection(*(set(fl) & set(ff) for fl, ff in runs.values())))
+    print(f"\n{model}, window {window}: {len(runs)} directories, {len(folds)} folds in all of them")
+    print(f"{'directory':<28} {'LoRA UAR':>9} {'frozen UAR':>10} {'difference':>10} {'LoRA ahead':>10}")
+    margins = []
+    for root, (fl, ff) in runs.items():
+        a, b = fmean(fl[i]["uar"] for i in folds), fmean(ff[i]["uar"] for i in folds)
+        margins.append(a - b)
+        wins = sum(fl[i]["uar"] > ff[i]["uar"] for i in folds)
+        print(f"{str(root):<28} {a:>9.3f} {b:>10.3f} {a - b:>+10.3f} {wins:>7} of {len(folds)}")
+    lora = [fmean(fl[i]["uar"] for fl, _ in runs.values()) for i in folds]
+    frozen = [fmean(ff[i]["uar"] for _, ff in runs.values()) for i in folds]
+    wins = sum(x > y for x, y in zip(lora, frozen))
+    print(f"difference over directories: {fmean(margins):+.3f} ± {pstdev(margins):.3f}")
+    print(f"each fold's UAR averaged over directories: LoRA {fmean(lora):.3f} ± {pstdev(lora):.3f}, "
+          f"frozen {fmean(frozen):.3f} ± {pstdev(frozen):.3f}, LoRA ahead in {wins} of {len(folds)} folds")
+
+
 def main() -> None:
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/emodb")
-    for model in ("base", "tiny.en"):
-        for window in ("trim", "full"):
-            lora, frozen = (load(root / f"{model}-{m}-{window}") for m in ("lora", "frozen"))
-            if not lora or not frozen or not lora.get("n_done") or not frozen.get("n_done"):
-                print(f"{model} {window}: incomplete or missing")
-                continue
-            fl = {f["fold"]: f for f in lora["folds"]}
-            ff = {f["fold"]: f for f in frozen["folds"]}
-            common = sorted(set(fl) & set(ff))
-            print(f"\n{model}, window {window}: {len(common)} common folds "
-                  f"(LoRA {lora['n_done']}/{lora['n_folds']}, frozen {frozen['n_done']}/{frozen['n_folds']})")
-            print(f"{'fold':>4} {'speaker':>7} {'LoRA UAR':>9} {'frozen UAR':>10} {'LoRA WAR':>9} {'frozen WAR':>10}")
-            for i in common:
-                print(f"{i:>4} {','.join(fl[i]['test_speakers']):>7} {fl[i]['uar']:>9.3f} {ff[i]['uar']:>10.3f} "
-                      f"{fl[i]['war']:>9.3f} {ff[i]['war']:>10.3f}")
-            for key in ("uar", "war"):
-                a = [fl[i][key] for i in common]
-                b = [ff[i][key] for i in common]
-                mean = lambda v: sum(v) / len(v)  # noqa: E731
-                std = lambda v: (sum((x - mean(v)) ** 2 for x in v) / len(v)) ** 0.5  # noqa: E731
-                print(f"{key.upper()}: LoRA {mean(a):.3f} ± {std(a):.3f}, frozen {mean(b):.3f} ± {std(b):.3f}, "
-                      f"difference {mean(a) - mean(b):+.3f}")
-            wins = sum(fl[i]["uar"] > ff[i]["uar"] for i in common)
-            ties = sum(fl[i]["uar"] == ff[i]["uar"] for i in common)
-            print(f"LoRA ahead in {wins} of {len(common)} folds (ties {ties})")
+    roots = [Path(a) for a in sys.argv[1:]] or [Path("runs/emodb")]
+    for root in roots:
+        if not root.is_dir():
+            sys.exit(f"{root}: no such directory of runs; make one with bench/train_emodb.sh {root}")
+    for model in MODELS:
+        for window in WINDOWS:
+            for root in roots:
+                if len(roots) == 1 or pair(root, model, window) is not None:
+                    table(root, model, window)
+            across(roots, model, window)
 
 
 if __name__ == "__main__":
