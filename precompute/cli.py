@@ -42,6 +42,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate of the LoRA weights")
     p.add_argument("--head-lr", type=float, default=d.head_lr, help="learning rate of the head")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--schedule", choices=["constant", "linear"], default=d.schedule,
+                   help="learning rates constant, or decaying linearly to zero over each fold's steps")
+    p.add_argument("--warmup", type=float, default=d.warmup,
+                   help="fraction of each fold's steps over which the learning rates rise from zero")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--long", choices=["crop", "error"], default=d.long, help="clips over 30 s")
@@ -64,7 +68,8 @@ def _run_train(args: argparse.Namespace) -> int:
         rank=args.rank, alpha=args.alpha, dropout=args.dropout,
         targets=[t.strip() for t in args.targets.split(",") if t.strip()], window=args.window, folds=args.folds,
         epochs=args.epochs, epoch_selection=args.epoch_selection, lr=args.lr, head_lr=args.head_lr,
-        weight_decay=args.weight_decay, batch_size=args.batch_size, seed=args.seed, long=args.long,
+        weight_decay=args.weight_decay, schedule=args.schedule, warmup=args.warmup, batch_size=args.batch_size,
+        seed=args.seed, long=args.long,
         skip_bad=args.skip_bad, merge_excitement=not args.keep_excitement, device=args.device)
     only = [int(i) for i in args.only_folds.split(",")] if args.only_folds else None
     summary = train(config, args.out, only)

@@ -52,6 +52,10 @@ class TrainConfig:
     """AdamW learning rate of the head (projector and classifier), trained from scratch."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
+    schedule: Literal["constant", "linear"] = "constant"
+    """Learning rates over a fold's steps: ``constant``, or ``linear`` decay to zero (Hugging Face Trainer's)."""
+    warmup: float = 0.0
+    """Fraction of a fold's steps over which the learning rates rise linearly from zero."""
     batch_size: int = 8
     """Utterances per optimiser step."""
     seed: int = 0
@@ -85,6 +89,10 @@ class TrainConfig:
         k_folds = self.folds.isascii() and self.folds.isdigit() and int(self.folds) >= 2  # not "²": int() refuses
         if self.folds not in ("loso", "split") and not k_folds:
             raise ValueError(f"folds={self.folds!r}; expected 'loso', 'split' or an integer K >= 2")
+        if self.schedule not in ("constant", "linear"):
+            raise ValueError(f"schedule={self.schedule!r}; expected 'constant' or 'linear'")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"warmup={self.warmup}; expected a fraction of the steps in [0, 1)")
         if self.epoch_selection not in ("fixed", "inner"):
             raise ValueError(f"epoch_selection={self.epoch_selection!r}; expected 'fixed' or 'inner'")
 

@@ -13,6 +13,7 @@ import copy
 import csv
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers.optimization import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from precompute import window as W
 from precompute.audio import AudioError, load_audio
@@ -116,6 +118,19 @@ def _autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def lr_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                epochs_done: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule of one fold, positioned after ``epochs_done`` epochs (a resumed fold)."""
+    total = config.epochs * steps_per_epoch
+    warmup = round(config.warmup * total)
+    for group in optimizer.param_groups:  # what a scheduler made at step 0 would have recorded
+        group.setdefault("initial_lr", group["lr"])
+    last = epochs_done * steps_per_epoch - 1
+    if config.schedule == "linear":
+        return get_linear_schedule_with_warmup(optimizer, warmup, total, last_epoch=last)
+    return get_constant_schedule_with_warmup(optimizer, warmup, last_epoch=last)
 
 
 class Trainer:
@@ -219,6 +234,7 @@ class Trainer:
         optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
         progress, best = self._resume(fold, model, optimizer, generator)
         train = [self.by_id[i] for i in fold.train]
+        scheduler = lr_schedule(config, optimizer, math.ceil(len(train) / config.batch_size), progress.epochs_done)
         for epoch in tqdm(range(progress.epochs_done, config.epochs), desc=f"{fold.name} epochs", unit="epoch",
                           initial=progress.epochs_done, total=config.epochs):
             model.train()
@@ -231,6 +247,7 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                scheduler.step()
                 total += loss.item() * len(chunk)
                 count += len(chunk)
             progress.losses.append(total / max(count, 1))

@@ -82,11 +82,13 @@ def test_same_fold_same_result(tmp_path, tiny_model_dir, tone_csv):
     assert ma["loss_curve"] == pytest.approx(mb["loss_curve"], rel=1e-5)
 
 
-@pytest.mark.parametrize("method, selection", [("lora", "fixed"), ("frozen", "inner")])
+@pytest.mark.parametrize("method, selection, schedule", [("lora", "fixed", "constant"), ("frozen", "inner", "constant"),
+                                                         ("lora", "fixed", "linear")])
 def test_an_interrupted_fold_resumes_after_its_last_epoch(tmp_path, tiny_model_dir, tone_csv, monkeypatch, caplog,
-                                                          method, selection):
+                                                          method, selection, schedule):
     """Killed in its third epoch, a fold resumes there and ends exactly as an uninterrupted one."""
-    config = _config(tiny_model_dir, tone_csv, method=method, epoch_selection=selection, epochs=4)
+    config = _config(tiny_model_dir, tone_csv, method=method, epoch_selection=selection, epochs=4,
+                     schedule=schedule, warmup=0.3 if schedule == "linear" else 0.0)
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     train(config, whole, only=[1])
     real, epochs_started = train_module.batches, []
@@ -112,6 +114,41 @@ def test_an_interrupted_fold_resumes_after_its_last_epoch(tmp_path, tiny_model_d
     for key in ("loss_curve", "val_uar_curve", "epoch", "uar", "war", "confusion"):
         assert mc[key] == mw[key], key
     assert (cut / "fold_01" / "predictions.csv").read_text() == (whole / "fold_01" / "predictions.csv").read_text()
+
+
+@pytest.mark.parametrize("schedule, warmup", [("constant", 0.0), ("constant", 0.25), ("linear", 0.0), ("linear", 0.25)])
+def test_lr_schedule_over_a_fold_and_after_a_resume(tiny_model_dir, tone_csv, schedule, warmup):
+    config = _config(tiny_model_dir, tone_csv, epochs=4, schedule=schedule, warmup=warmup, lr=1.0, head_lr=2.0)
+    steps = 5
+
+    def rates(epochs_done: int) -> list[float]:
+        optimizer = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": config.head_lr},
+                                       {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": config.lr}])
+        scheduler = train_module.lr_schedule(config, optimizer, steps, epochs_done)
+        out = []
+        for _ in range(epochs_done * steps, config.epochs * steps):
+            out.append(optimizer.param_groups[1]["lr"])
+            assert optimizer.param_groups[0]["lr"] == pytest.approx(2 * out[-1])
+            optimizer.step()
+            scheduler.step()
+        return out
+
+    whole = rates(0)
+    assert len(whole) == 20 and max(whole) == pytest.approx(1.0)
+    ramp = round(warmup * 20)
+    assert whole[:ramp] == pytest.approx([i / ramp for i in range(ramp)])
+    if schedule == "constant":
+        assert whole[ramp:] == pytest.approx([1.0] * (20 - ramp))
+    else:
+        assert whole[ramp:] == pytest.approx([(20 - i) / (20 - ramp) for i in range(ramp, 20)])
+    assert rates(2) == pytest.approx(whole[10:])  # a fold resumed after epoch 2 goes on where it was
+
+
+def test_bad_schedule_is_refused(tiny_model_dir, tone_csv):
+    with pytest.raises(ValueError, match="schedule='cosine'; expected 'constant' or 'linear'"):
+        _config(tiny_model_dir, tone_csv, schedule="cosine")
+    with pytest.raises(ValueError, match=r"warmup=1.5; expected a fraction of the steps in \[0, 1\)"):
+        _config(tiny_model_dir, tone_csv, warmup=1.5)
 
 
 def test_unreadable_progress_restarts_the_fold(tmp_path, tiny_model_dir, tone_csv, caplog):
