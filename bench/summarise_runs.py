@@ -36,12 +36,14 @@ def describe(root: Path) -> str:
     """The protocol a root's runs share, from one of their config.json files."""
     for config in sorted(root.glob("*/config.json")):
         c = json.loads(config.read_text())
-        return f"seed {c['seed']}, {c['epochs']} epochs, epoch selection {c['epoch_selection']}"
+        schedule = c.get("schedule", "constant")  # runs from before --schedule were constant
+        warmup = f", warmup {c['warmup']:g}" if c.get("warmup") else ""
+        return (f"seed {c['seed']}, {c['epochs']} epochs, epoch selection {c['epoch_selection']}, "
+                f"{schedule} lr{warmup}")
     return "no config.json"
 
 
-def table(root: Path, model: str, window: str) -> None:
-    runs = pair(root, model, window)
+def table(root: Path, model: str, window: str, runs: tuple[dict, dict] | None) -> None:
     if runs is None:
         print(f"\n{model} {window}: incomplete or missing in {root}")
         return
@@ -62,9 +64,8 @@ def table(root: Path, model: str, window: str) -> None:
     print(f"LoRA ahead in {wins} of {len(common)} folds (ties {ties})")
 
 
-def across(roots: list[Path], model: str, window: str) -> None:
+def across(runs: dict[Path, tuple[dict, dict]], model: str, window: str) -> None:
     """The same comparison under each root, then each fold's UAR averaged over the roots."""
-    runs = {root: r for root in roots if (r := pair(root, model, window)) is not None}
     if len(runs) < 2:
         return
     folds = sorted(set.intersection(*(set(fl) & set(ff) for fl, ff in runs.values())))
@@ -91,10 +92,11 @@ def main() -> None:
             sys.exit(f"{root}: no such directory of runs; make one with bench/train_emodb.sh {root}")
     for model in MODELS:
         for window in WINDOWS:
-            for root in roots:
-                if len(roots) == 1 or pair(root, model, window) is not None:
-                    table(root, model, window)
-            across(roots, model, window)
+            runs = {root: pair(root, model, window) for root in roots}
+            for root, found in runs.items():
+                if len(roots) == 1 or found is not None:
+                    table(root, model, window, found)
+            across({root: found for root, found in runs.items() if found is not None}, model, window)
 
 
 if __name__ == "__main__":

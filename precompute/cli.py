@@ -18,7 +18,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, OSErr
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from precompute.config import LORA_TARGETS, TrainConfig
+    from precompute.config import LORA_TARGETS, SCHEDULES, TrainConfig
 
     d = TrainConfig(model="", data="")
     p = sub.add_parser("train", help="cross-validate LoRA or frozen-encoder emotion models",
@@ -42,7 +42,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate of the LoRA weights")
     p.add_argument("--head-lr", type=float, default=d.head_lr, help="learning rate of the head")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--schedule", choices=["constant", "linear"], default=d.schedule,
+    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
                    help="learning rates constant, or decaying linearly to zero over each fold's steps")
     p.add_argument("--warmup", type=float, default=d.warmup,
                    help="fraction of each fold's steps over which the learning rates rise from zero")

@@ -12,6 +12,9 @@ Window = Literal["trim", "full"]
 """The encoder's input window (see ``precompute.window``)."""
 WINDOWS: tuple[Window, ...] = ("trim", "full")
 Method = Literal["lora", "frozen"]
+Schedule = Literal["constant", "linear"]
+"""How the learning rates move over a fold's steps (see ``precompute.train.lr_schedule``)."""
+SCHEDULES: tuple[Schedule, ...] = ("constant", "linear")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 LIBRARIES = ("loralens", "torch", "transformers", "peft", "nnsight", "zarr", "numpy")
 # Fields that may change between an interrupted run and its resumption without changing its results.
@@ -52,7 +55,7 @@ class TrainConfig:
     """AdamW learning rate of the head (projector and classifier), trained from scratch."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
-    schedule: Literal["constant", "linear"] = "constant"
+    schedule: Schedule = "constant"
     """Learning rates over a fold's steps: ``constant``, or ``linear`` decay to zero (Hugging Face Trainer's)."""
     warmup: float = 0.0
     """Fraction of a fold's steps over which the learning rates rise linearly from zero."""
@@ -89,7 +92,7 @@ class TrainConfig:
         k_folds = self.folds.isascii() and self.folds.isdigit() and int(self.folds) >= 2  # not "²": int() refuses
         if self.folds not in ("loso", "split") and not k_folds:
             raise ValueError(f"folds={self.folds!r}; expected 'loso', 'split' or an integer K >= 2")
-        if self.schedule not in ("constant", "linear"):
+        if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule={self.schedule!r}; expected 'constant' or 'linear'")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup={self.warmup}; expected a fraction of the steps in [0, 1)")
