@@ -1,11 +1,12 @@
 """Print the LoRA-vs-frozen tables of one or more directories of runs (as written by bench/train_emodb.sh).
 
     python bench/summarise_runs.py runs/emodb
-    python bench/summarise_runs.py runs/emodb runs/emodb-seed1 runs/emodb-seed2
+    python bench/summarise_runs.py runs/emodb/seed-0 runs/old-run
 
-Each directory holds ``MODEL-METHOD-WINDOW`` run directories. With several directories (the same runs under
-other seeds or protocols), a last table compares them side by side and averages each fold's UAR over them,
-so one seed's luck on a 39-clip test speaker weighs less.
+Each directory holds ``MODEL-METHOD-WINDOW`` run directories, or ``seed-S`` directories that do (each counts
+as one directory). With several directories (the same runs under other seeds), a last table compares them
+side by side and averages each fold's UAR over them, so one seed's luck on a 39-clip test speaker weighs
+less, and checks issue #2's goal on those averages.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from statistics import fmean, pstdev
 
 MODELS = ("base", "tiny.en")
 WINDOWS = ("trim", "full")
+# Issue #2's goal: LoRA UAR at least 0.80 and at least 0.08 above frozen, LoRA ahead in at least 8 of 10 folds.
+GOAL_UAR, GOAL_MARGIN, GOAL_AHEAD = 0.80, 0.08, 0.8
 
 
 def load(run: Path) -> dict | None:
@@ -32,15 +35,14 @@ def pair(root: Path, model: str, window: str) -> tuple[dict, dict] | None:
     return {f["fold"]: f for f in lora["folds"]}, {f["fold"]: f for f in frozen["folds"]}
 
 
-def describe(root: Path) -> str:
-    """The protocol a root's runs share, from one of their config.json files."""
-    for config in sorted(root.glob("*/config.json")):
-        c = json.loads(config.read_text())
-        schedule = c.get("schedule", "constant")  # runs from before --schedule were constant
-        warmup = f", warmup {c['warmup']:g}" if c.get("warmup") else ""
-        return (f"seed {c['seed']}, {c['epochs']} epochs, epoch selection {c['epoch_selection']}, "
-                f"{schedule} lr{warmup}")
-    return "no config.json"
+def describe(root: Path, model: str, window: str) -> str:
+    """The protocol of a root's LoRA and frozen runs, from their config.json files."""
+    configs = {m: json.loads((root / f"{model}-{m}-{window}" / "config.json").read_text()) for m in ("lora", "frozen")}
+    c = configs["lora"]
+    schedule = c.get("schedule", "constant")  # runs from before --schedule were constant
+    warmup = f", warmup {c['warmup']:g}" if c.get("warmup") else ""
+    epochs = ", ".join(f"{m} {configs[m]['epochs']}" for m in ("lora", "frozen"))
+    return f"seed {c['seed']}, epochs {epochs}, epoch selection {c['epoch_selection']}, {schedule} lr{warmup}"
 
 
 def table(root: Path, model: str, window: str, runs: tuple[dict, dict] | None) -> None:
@@ -49,7 +51,7 @@ def table(root: Path, model: str, window: str, runs: tuple[dict, dict] | None) -
         return
     fl, ff = runs
     common = sorted(set(fl) & set(ff))
-    print(f"\n{model}, window {window}, {root} ({describe(root)}): {len(common)} common folds")
+    print(f"\n{model}, window {window}, {root} ({describe(root, model, window)}): {len(common)} common folds")
     print(f"{'fold':>4} {'speaker':>7} {'LoRA UAR':>9} {'frozen UAR':>10} {'LoRA WAR':>9} {'frozen WAR':>10}")
     for i in common:
         print(f"{i:>4} {','.join(fl[i]['test_speakers']):>7} {fl[i]['uar']:>9.3f} {ff[i]['uar']:>10.3f} "
@@ -83,13 +85,23 @@ def across(runs: dict[Path, tuple[dict, dict]], model: str, window: str) -> None
     print(f"difference over directories: {fmean(margins):+.3f} ± {pstdev(margins):.3f}")
     print(f"each fold's UAR averaged over directories: LoRA {fmean(lora):.3f} ± {pstdev(lora):.3f}, "
           f"frozen {fmean(frozen):.3f} ± {pstdev(frozen):.3f}, LoRA ahead in {wins} of {len(folds)} folds")
+    uar, margin, needed = fmean(lora), fmean(lora) - fmean(frozen), GOAL_AHEAD * len(folds)
+    checks = [(f"LoRA UAR {uar:.3f} >= {GOAL_UAR}", uar >= GOAL_UAR),
+              (f"difference {margin:+.3f} >= +{GOAL_MARGIN}", margin >= GOAL_MARGIN),
+              (f"ahead in {wins} >= {needed:g} of {len(folds)} folds", wins >= needed)]
+    print("goal on the averages: " + "; ".join(f"{text}: {'met' if ok else 'NOT met'}" for text, ok in checks))
+
+
+def expand(root: Path) -> list[Path]:
+    """A directory of runs, or the ``seed-S`` directories of runs that bench/train_emodb.sh writes into it."""
+    if not root.is_dir():
+        sys.exit(f"{root}: no such directory of runs; make one with bench/train_emodb.sh {root}")
+    seeds = sorted(root.glob("seed-*/"), key=lambda d: (len(d.name), d.name))
+    return seeds or [root]
 
 
 def main() -> None:
-    roots = [Path(a) for a in sys.argv[1:]] or [Path("runs/emodb")]
-    for root in roots:
-        if not root.is_dir():
-            sys.exit(f"{root}: no such directory of runs; make one with bench/train_emodb.sh {root}")
+    roots = [d for a in sys.argv[1:] or ["runs/emodb"] for d in expand(Path(a))]
     for model in MODELS:
         for window in WINDOWS:
             runs = {root: pair(root, model, window) for root in roots}

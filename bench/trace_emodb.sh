@@ -3,7 +3,7 @@
 # twin, and frozen; 100 class-balanced utterances) into one store, then time it, size it and validate it.
 # Usage: bench/trace_emodb.sh [RUNS_DIR] [STORE] [MODEL]    (MODEL: base or tiny.en)
 set -euo pipefail
-runs=${1:-runs/emodb}
+runs=${1:-runs/emodb/seed-0}
 store=${2:-runs/emodb.zarr}
 model=${3:-base}
 for run in "$model-lora-trim" "$model-frozen-trim"; do

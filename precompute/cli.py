@@ -18,7 +18,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, OSErr
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from precompute.config import LORA_TARGETS, SCHEDULES, TrainConfig
+    from precompute.config import DEFAULT_EPOCHS, LORA_TARGETS, SCHEDULES, TrainConfig
 
     d = TrainConfig(model="", data="")
     p = sub.add_parser("train", help="cross-validate LoRA or frozen-encoder emotion models",
@@ -36,7 +36,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--targets", default=",".join(d.targets), help=f"comma list of {', '.join(LORA_TARGETS)}")
     p.add_argument("--window", choices=["trim", "full"], default=d.window)
     p.add_argument("--folds", default=d.folds, help="loso, an integer K (grouped by speaker), or split")
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs per fold (default " + ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items())
+                        + ": the frozen head converges slower)")
     p.add_argument("--epoch-selection", choices=["fixed", "inner"], default=d.epoch_selection,
                    help="keep the last epoch, or the best on an inner validation speaker")
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate of the LoRA weights")

@@ -151,6 +151,16 @@ def test_bad_schedule_is_refused(tiny_model_dir, tone_csv):
         _config(tiny_model_dir, tone_csv, warmup=1.5)
 
 
+def test_epochs_default_per_method_and_old_runs_keep_theirs():
+    assert TrainConfig(model="m", data="d", method="lora").epochs == 10
+    assert TrainConfig(model="m", data="d", method="frozen").epochs == 30
+    assert TrainConfig(model="m", data="d", method="frozen", epochs=7).epochs == 7
+    old = TrainConfig(model="m", data="d", method="frozen", epochs=10).to_json()
+    assert TrainConfig.from_json(old).epochs == 10
+    with pytest.raises(ValueError, match="epochs=0; expected a positive integer"):
+        TrainConfig(model="m", data="d", method="frozen", epochs=0)
+
+
 def test_unreadable_progress_restarts_the_fold(tmp_path, tiny_model_dir, tone_csv, caplog):
     run = tmp_path / "run"
     (run / "fold_00.partial").mkdir(parents=True)
