@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from precompute.config import TrainConfig
+from precompute.config import DEFAULT_EPOCHS, TrainConfig
 from precompute.models import cache_dir
 from precompute.synth import synthesise
 from precompute.trace import Selection, Tracer
@@ -34,7 +34,9 @@ class DemoPlan:
     folds: str = "2"
     """Speaker-grouped folds (each utterance is traced by the fold that held it out)."""
     epochs: int = 6
-    """Training epochs per fold: brief, as befits a demo."""
+    """LoRA's training epochs per fold: brief, as befits a demo."""
+    frozen_epochs: int = DEFAULT_EPOCHS["frozen"]
+    """The frozen baseline's: as many as a real run's, so the demo does not flatter LoRA (they cost seconds)."""
     per_class: int = 25
     """Utterances traced per emotion."""
 
@@ -66,17 +68,16 @@ def build(plan: DemoPlan, rebuild: bool = False) -> str:
     if data is None:
         log.info("step 1/4: synthesising the offline corpus (espeak-ng)")
         data = f"synthetic:{synthesise(root / 'corpus').parent}"
-    common = {"model": plan.model, "data": data, "folds": plan.folds, "epochs": plan.epochs, "batch_size": 8,
-              "alpha_per_rank": 2.0}
+    common = {"model": plan.model, "data": data, "folds": plan.folds, "batch_size": 8, "alpha_per_rank": 2.0}
     runs = []
     for rank in plan.ranks:
         log.info("step 2/4: training LoRA r=%d (%s, %s folds, %d epochs)", rank, plan.model, plan.folds,
                  plan.epochs)
         runs.append(root / "runs" / f"lora-r{rank}")
-        train(_config(common, method="lora", rank=rank), runs[-1])
-    log.info("step 3/4: training the frozen-encoder baseline")
+        train(_config(common, method="lora", rank=rank, epochs=plan.epochs), runs[-1])
+    log.info("step 3/4: training the frozen-encoder baseline (%d epochs)", plan.frozen_epochs)
     runs.append(root / "runs" / "frozen")
-    train(_config(common, method="frozen", rank=plan.ranks[0]), runs[-1])
+    train(_config(common, method="frozen", rank=plan.ranks[0], epochs=plan.frozen_epochs), runs[-1])
     log.info("step 4/4: tracing %d utterances per emotion into %s", plan.per_class, store)
     for run in runs:
         tracer = Tracer(run, data, str(store), selection=Selection(per_class=plan.per_class))
@@ -99,6 +100,6 @@ def _remove_stale(root: Path, store: Path, ready: Path) -> None:
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
 
-def _config(common: dict, method: str, rank: int) -> TrainConfig:
+def _config(common: dict, method: str, rank: int, epochs: int) -> TrainConfig:
     fields = {k: v for k, v in common.items() if k != "alpha_per_rank"}
-    return TrainConfig(**fields, method=method, rank=rank, alpha=common["alpha_per_rank"] * rank)
+    return TrainConfig(**fields, method=method, rank=rank, alpha=common["alpha_per_rank"] * rank, epochs=epochs)
