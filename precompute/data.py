@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,13 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
 
 class DataSpecError(ValueError):
     """A ``--data SPEC`` that cannot be resolved, or a data set that yields nothing usable."""
+
+
+class Skip(NamedTuple):
+    """A file a loader leaves out: why (one reason shared by all such files) and which."""
+
+    reason: str
+    name: str
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,12 @@ class Corpus:
     """The kept utterances, sorted by id."""
     skipped: Counter = field(default_factory=Counter)
     """Reasons -> counts of files left out (e.g. ``label boredom not in class set``)."""
+    skipped_examples: dict[str, list[str]] = field(default_factory=dict)
+    """Reasons -> the first few files left out for it, to name in messages."""
+
+    def describe_skipped(self) -> str:
+        """The files left out, one clause per reason with its count and first files, most frequent first."""
+        return describe_skipped(self.skipped, self.skipped_examples)
 
     @property
     def speakers(self) -> list[str]:
@@ -83,6 +97,12 @@ class Corpus:
     def synthetic(self) -> bool:
         """Whether this is synthesised speech (the app labels it so wherever it shows it)."""
         return self.utterances[0].dataset == "synthetic" if self.utterances else False
+
+
+def describe_skipped(skipped: Counter, examples: dict[str, list[str]]) -> str:
+    """``skipped`` (reason -> count) as one line, each reason with its count and first files (``examples``)."""
+    return "; ".join(f"{n} {reason} (e.g. {', '.join(examples.get(reason, []))})"
+                     for reason, n in skipped.most_common()) or "none"
 
 
 def canonical_emotion(label: str) -> str:
@@ -106,40 +126,40 @@ def _uid(root: Path, path: Path) -> str:
     return path.relative_to(root).with_suffix("").as_posix()
 
 
-def _emodb(location: str) -> Iterable[Utterance | str]:
+def _emodb(location: str) -> Iterable[Utterance | Skip]:
     root = _require_dir("emodb", location)
     for path in _audio_files(root):
         m = re.fullmatch(r"(\d\d)[a-z]\d\d([A-Z])[a-z]?", path.stem)
         if not m or m.group(2) not in EMODB_CODES:
-            yield f"file name {path.name} is not an EmoDB code (like 03a01Wa.wav)"
+            yield Skip("file name(s) not an EmoDB code like 03a01Wa.wav", path.name)
             continue
         yield Utterance(_uid(root, path), path, EMODB_CODES[m.group(2)], m.group(1), "emodb")
 
 
-def _ravdess(location: str) -> Iterable[Utterance | str]:
+def _ravdess(location: str) -> Iterable[Utterance | Skip]:
     root = _require_dir("ravdess", location)
     for path in _audio_files(root):
         parts = path.stem.split("-")
         if len(parts) != 7 or parts[2] not in RAVDESS_CODES:
-            yield f"file name {path.name} is not a RAVDESS code (like 03-01-05-01-01-01-12.wav)"
+            yield Skip("file name(s) not a RAVDESS code like 03-01-05-01-01-01-12.wav", path.name)
             continue
         if parts[0] != "03" or parts[1] != "01":
-            yield "not audio-only speech (RAVDESS modality 03, vocal channel 01)"
+            yield Skip("not audio-only speech (RAVDESS modality 03, vocal channel 01)", path.name)
             continue
         yield Utterance(_uid(root, path), path, RAVDESS_CODES[parts[2]], f"actor{parts[6]}", "ravdess")
 
 
-def _cremad(location: str) -> Iterable[Utterance | str]:
+def _cremad(location: str) -> Iterable[Utterance | Skip]:
     root = _require_dir("cremad", location)
     for path in _audio_files(root):
         parts = path.stem.split("_")
         if len(parts) != 4 or not parts[0].isdigit():
-            yield f"file name {path.name} is not a CREMA-D code (like 1001_DFA_ANG_XX.wav)"
+            yield Skip("file name(s) not a CREMA-D code like 1001_DFA_ANG_XX.wav", path.name)
             continue
         yield Utterance(_uid(root, path), path, canonical_emotion(parts[2]), parts[0], "cremad")
 
 
-def _iemocap(location: str, merge_excitement: bool = True) -> Iterable[Utterance | str]:
+def _iemocap(location: str, merge_excitement: bool = True) -> Iterable[Utterance | Skip]:
     root = _require_dir("iemocap", location)
     sessions = sorted(p for p in root.glob("Session*") if p.is_dir())
     if not sessions:
@@ -156,7 +176,7 @@ def _iemocap(location: str, merge_excitement: bool = True) -> Iterable[Utterance
                 dialog = turn.rsplit("_", 1)[0]
                 path = session / "sentences" / "wav" / dialog / f"{turn}.wav"
                 if not path.is_file():
-                    yield f"labelled turn without audio ({path.name})"
+                    yield Skip("labelled turn(s) without audio", path.name)
                     continue
                 emotion = canonical_emotion(code)
                 if emotion == "excitement" and merge_excitement:
@@ -165,7 +185,7 @@ def _iemocap(location: str, merge_excitement: bool = True) -> Iterable[Utterance
                 yield Utterance(_uid(root, path), path, emotion, speaker, "iemocap")
 
 
-def _csv(location: str, dataset: str = "csv") -> Iterable[Utterance | str]:
+def _csv(location: str, dataset: str = "csv") -> Iterable[Utterance | Skip]:
     path = Path(location).expanduser()
     if path.is_dir():
         path = path / "manifest.csv"
@@ -184,11 +204,11 @@ def _csv(location: str, dataset: str = "csv") -> Iterable[Utterance | str]:
                             (row.get("split") or "").strip().lower() or None)
 
 
-def _synthetic(location: str) -> Iterable[Utterance | str]:
+def _synthetic(location: str) -> Iterable[Utterance | Skip]:
     return _csv(location, dataset="synthetic")
 
 
-_LOADERS: dict[str, Callable[..., Iterable[Utterance | str]]] = {
+_LOADERS: dict[str, Callable[..., Iterable[Utterance | Skip]]] = {
     "emodb": _emodb, "ravdess": _ravdess, "cremad": _cremad, "iemocap": _iemocap, "csv": _csv,
     "synthetic": _synthetic,
 }
@@ -220,19 +240,25 @@ def load_corpus(spec: str, emotions: tuple[str, ...] | None = DEFAULT_EMOTIONS, 
     items = loader(location, merge_excitement) if scheme == "iemocap" else loader(location)
     kept: list[Utterance] = []
     skipped: Counter = Counter()
+    examples: dict[str, list[str]] = {}
     for item in items:
-        if isinstance(item, str):
-            skipped[item] += 1
-        elif emotions is not None and item.emotion not in emotions:
-            skipped[f"label {item.emotion} not in class set"] += 1
-        else:
+        if isinstance(item, Utterance) and (emotions is None or item.emotion in emotions):
             kept.append(item)
+            continue
+        if isinstance(item, Utterance):
+            item = Skip(f"label {item.emotion} not in class set", item.path.name)
+        skipped[item.reason] += 1
+        if len(examples.setdefault(item.reason, [])) < 3:
+            examples[item.reason].append(item.name)
     if not kept:
-        raise DataSpecError(f"--data {spec}: no usable utterances (skipped: {dict(skipped) or 'none found'})")
+        found = f"skipped {describe_skipped(skipped, examples)}" if skipped else "found no audio files"
+        raise DataSpecError(f"--data {spec}: no usable utterances; {found}. Check the scheme and the directory "
+                            f"(accepted: {', '.join(f'{s}:PATH' for s in SCHEMES)}; csv:FILE takes any layout)")
     ids = Counter(u.id for u in kept)
     if dupes := [i for i, n in ids.items() if n > 1]:
         raise DataSpecError(f"--data {spec}: utterance ids repeat ({dupes[:3]}...); each file may appear once")
     classes = emotions if emotions is not None else tuple(sorted({u.emotion for u in kept}))
-    for reason, n in sorted(skipped.items()):
-        log.info("%s: skipped %d file(s): %s", spec, n, reason)
-    return Corpus(spec, classes, sorted(kept, key=lambda u: u.id), skipped)
+    corpus = Corpus(spec, classes, sorted(kept, key=lambda u: u.id), skipped, examples)
+    if skipped:
+        log.info("%s: skipped %s", spec, corpus.describe_skipped())
+    return corpus

@@ -80,6 +80,24 @@ def test_errors_name_what_was_given(tmp_path):
         load_corpus(f"csv:{tmp_path / 'bad.csv'}")
 
 
+def test_wrong_layout_is_one_short_line_per_reason(tmp_path):
+    """A directory of another corpus counts its files by reason and names a few, not every file."""
+    for i in range(50):
+        _wav(tmp_path / f"speaker_{i:02d}_angry.wav")
+    with pytest.raises(DataSpecError) as error:
+        load_corpus(f"emodb:{tmp_path}")
+    message = str(error.value)
+    assert "skipped 50 file name(s) not an EmoDB code like 03a01Wa.wav" in message
+    assert "speaker_00_angry.wav" in message and "speaker_03_angry.wav" not in message
+    assert "csv:FILE" in message and len(message) < 400
+    _wav(tmp_path / "03a01Wa.wav")
+    _wav(tmp_path / "03a04Lc.wav")
+    corpus = load_corpus(f"emodb:{tmp_path}")
+    assert corpus.skipped == {"file name(s) not an EmoDB code like 03a01Wa.wav": 50,
+                              "label boredom not in class set": 1}
+    assert corpus.describe_skipped().startswith("50 file name(s) not an EmoDB code")
+
+
 def test_parse_emotions():
     assert parse_emotions(None) == ("anger", "happiness", "neutral", "sadness")
     assert parse_emotions("all") is None
