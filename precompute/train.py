@@ -363,6 +363,7 @@ def train(config: TrainConfig, run: Path, only: list[int] | None = None) -> dict
         run: the run directory.
         only: fold indices to train now (None: all); the others can follow later with the same command.
     """
+    new = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -373,7 +374,14 @@ def train(config: TrainConfig, run: Path, only: list[int] | None = None) -> dict
     package_log.addHandler(handler)
     try:
         return Trainer(copy.deepcopy(config), run).run_all(only)
+    except BaseException as e:
+        # The run's own log says why it stopped; a run refused before it wrote its config leaves no directory.
+        handler.emit(logging.makeLogRecord({"name": __name__, "levelno": logging.ERROR, "levelname": "ERROR",
+                                            "msg": f"stopped: {type(e).__name__}: {e}"}))
+        raise
     finally:
         package_log.removeHandler(handler)
         package_log.setLevel(level)
         handler.close()
+        if new and not (run / "config.json").exists():
+            shutil.rmtree(run)

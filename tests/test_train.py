@@ -104,6 +104,7 @@ def test_an_interrupted_fold_resumes_after_its_last_epoch(tmp_path, tiny_model_d
     with pytest.raises(KeyboardInterrupt):
         train(config, cut, only=[1])
     assert (cut / "fold_01.partial" / PROGRESS_FILE).is_file() and not (cut / "fold_01").exists()
+    assert "stopped: KeyboardInterrupt" in (cut / "train.log").read_text()
     monkeypatch.setattr(train_module, "batches", real)
     with caplog.at_level("INFO", logger="precompute"):
         train(config, cut, only=[1])
@@ -177,6 +178,8 @@ def test_changed_config_is_refused(tmp_path, tiny_model_dir, tone_csv):
     with pytest.raises(RunError, match="rank: 4 -> 8"):
         train(TrainConfig(
             model=str(tiny_model_dir), data=f"csv:{tone_csv}", epochs=1, batch_size=4, rank=8, alpha=8), run)
+    assert "ERROR precompute.train: stopped: RunError" in (run / "train.log").read_text()
+    assert (run / "fold_00" / "metrics.json").is_file()
 
 
 def test_frozen_run_matches_the_full_model(tmp_path, tiny_model_dir, tone_csv):
@@ -204,6 +207,7 @@ def test_cli_errors_are_one_line(tmp_path, tiny_model_dir, capsys, caplog):
     assert "accepted: emodb:PATH" in caplog.text
     assert main(["train", "--model", "bundled:large", "--data", "csv:x", "--out", str(tmp_path / "r")]) == 2
     assert "bundled:tiny.en" in caplog.text
+    assert not (tmp_path / "r").exists()  # a run refused before it starts leaves no directory behind
 
 
 def test_bad_audio_is_named_or_skipped(tmp_path, tiny_model_dir, tone_csv):
