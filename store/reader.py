@@ -46,7 +46,22 @@ class StoreReader:
             values = self.root["utterances"][name][:]
             if schema.UTTERANCE_ARRAYS[name].dtype == "str":  # plain object arrays work with every library
                 values = values.astype(object)
-            self._cache[key] = values
+            self._cache[key] = values[: self._n_committed()]
+        return self._cache[key]
+
+    def _n_committed(self) -> int:
+        """Rows of the utterance table whose id is written: the id is each row's commit mark, written last.
+
+        Rows past the first empty id were cut off mid-write (``loralens trace`` was interrupted while adding
+        them); the same command writes them again.
+        """
+        key = "utterances/n_committed"
+        if key not in self._cache:
+            if "id" not in self.root["utterances"]:
+                return 0
+            ids = self.root["utterances"]["id"][:]
+            empty = np.flatnonzero(ids == "")
+            self._cache[key] = int(empty[0]) if len(empty) else len(ids)
         return self._cache[key]
 
     @property

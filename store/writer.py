@@ -68,7 +68,11 @@ class StoreWriter(StoreReader):
     def add_utterances(self, rows: list[UtteranceRow]) -> list[int]:
         """Add the rows not yet in the table (by id); return every given row's index in the table."""
         table = self.root.require_group("utterances")
-        known = {uid: i for i, uid in enumerate(self._column("id"))} if "id" in table else {}
+        self._cache.clear()
+        known = {uid: i for i, uid in enumerate(self._column("id"))}  # committed rows only (see _column)
+        for name in table.array_keys():  # rows past the committed ones were cut off mid-write: drop them
+            if table[name].shape[0] > len(known):
+                table[name].resize((len(known), *table[name].shape[1:]))
         new = [r for r in rows if r.id not in known]
         if new:
             start = len(known)
@@ -88,7 +92,6 @@ class StoreWriter(StoreReader):
                                        dimension_names=spec.dims,
                                        fill_value="" if spec.dtype == "str" else 0)
             block = {
-                "id": np.array([r.id for r in new], dtype=object),
                 "dataset": np.array([r.dataset for r in new], dtype=object),
                 "source": np.array([r.source for r in new], dtype=object),
                 "speaker": np.array([r.speaker for r in new], dtype=object),
@@ -107,25 +110,30 @@ class StoreWriter(StoreReader):
                 mel = np.zeros(log_mel.shape[1:], dtype=np.float16)
                 mel[:, : r.log_mel.shape[1]] = r.log_mel
                 log_mel[start + i] = mel
+            table["id"][start:n] = np.array([r.id for r in new], dtype=object)  # the rows' commit mark: last
             known |= {r.id: start + i for i, r in enumerate(new)}
-            self._grow_checkpoints(n)
-            self._cache.clear()
+        self._cache.clear()
+        self._grow_checkpoints(len(known))  # also those a run cut off after the table's commit left short
         return [known[r.id] for r in rows]
 
     def _grow_checkpoints(self, n_rows: int) -> None:
+        """Resize every checkpoint's arrays to the table's rows and frames; a grown checkpoint is incomplete."""
         max_frames = int(np.max(self._column("n_frames"))) if n_rows else 0
         for run, checkpoints in self.runs().items():
             for checkpoint in checkpoints:
                 group = self.root[f"runs/{run}/{checkpoint}"]
-                group.attrs.update({"complete": False, "consolidated": -1})
+                resizes = {}
                 for name in group.array_keys():
                     array = group[name]
                     dims = array.metadata.dimension_names
-                    shape = [n_rows if d == "utterance" else max(s, max_frames) if d == "frame" else s
-                             for d, s in zip(dims, array.shape, strict=True)]
-                    if tuple(shape) != array.shape:
-                        array.resize(tuple(shape))
-                group.attrs["complete"] = False
+                    shape = tuple(max(s, n_rows) if d == "utterance" else max(s, max_frames) if d == "frame" else s
+                                  for d, s in zip(dims, array.shape, strict=True))
+                    if shape != array.shape:
+                        resizes[name] = shape
+                if resizes:
+                    group.attrs.update({"complete": False, "consolidated": -1})
+                    for name, shape in resizes.items():
+                        group[name].resize(shape)
 
     # -- checkpoints --------------------------------------------------------------------------------------
     def create_checkpoint(self, run: str, checkpoint: schema.Checkpoint, attrs: dict[str, Any],
@@ -148,6 +156,10 @@ class StoreWriter(StoreReader):
         path = f"runs/{run}/{checkpoint}"
         n_rows = len(self._column("id"))
         sizes = {**sizes, "utterance": n_rows, "frame": int(np.max(self._column("n_frames")))}
+        if path in self.root and "method" not in self.root[path].attrs:
+            # Created by a run cut off before it wrote the group's attributes (they come last): nothing was
+            # written into it (rows are written only after this returns), so it is made again.
+            del self.root[path]
         if path in self.root:
             group = self.root[path]
             old = dict(group.attrs)

@@ -106,6 +106,42 @@ def test_growing_the_table_resizes_runs(store_path):
     assert reader.read("r", "trained", "logits").shape == (2, 4)
 
 
+def test_rows_cut_off_mid_write_are_invisible_then_written_again(store_path, monkeypatch):
+    writer, _ = _fill(store_path, n=2)
+    real = zarr.Array.__setitem__
+
+    def killed_at_audio(array, key, value):  # the run dies after the scalar columns, before the audio
+        if array.path.endswith("audio"):
+            raise KeyboardInterrupt
+        real(array, key, value)
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", killed_at_audio)
+    with pytest.raises(KeyboardInterrupt):
+        writer.add_utterances(_rows(4))
+    monkeypatch.setattr(zarr.Array, "__setitem__", real)
+    reader = StoreReader(store_path)
+    assert list(reader.utterances()["id"]) == ["emodb/u0", "emodb/u1"]  # the cut-off rows are not shown
+    assert reader.root["utterances/speaker"].shape[0] == 4
+    assert StoreWriter(store_path).add_utterances(_rows(4)) == [0, 1, 2, 3]  # the same command again
+    reader = StoreReader(store_path)
+    assert list(reader.utterances()["id"]) == [f"emodb/u{i}" for i in range(4)]
+    assert np.allclose(reader.audio(3), _rows(4)[3].audio, atol=1 / 32767)
+    assert reader.written("r", "trained").tolist() == [True, True, False, False]
+    assert not [p for p in validate(store_path).problems if "utterances" in p]
+
+
+def test_checkpoint_cut_off_while_created_is_made_again(store_path):
+    writer = StoreWriter(store_path)
+    writer.add_utterances(_rows(2))
+    writer.root.require_group("runs/r/trained").create_array("logits", shape=(2, 4), dtype="float32")
+    # a run killed before it wrote the group's attributes: the same command creates the checkpoint again
+    writer.create_checkpoint("r", "trained", ATTRS, SIZES, lora=True, per_frame_b=True)
+    assert StoreReader(store_path).attrs("r")["method"] == "lora"
+    writer.write("r", "trained", 1, _arrays(10, 1))
+    with pytest.raises(StoreError, match="method='lora', not 'frozen'"):  # a finished one is still checked
+        writer.create_checkpoint("r", "trained", {**ATTRS, "method": "frozen"}, SIZES, lora=True, per_frame_b=True)
+
+
 def test_not_a_store_and_versions(tmp_path):
     """StoreReader and the Zarr-free probe (run before the app's server starts) refuse the same stores alike."""
 
