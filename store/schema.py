@@ -12,6 +12,10 @@ written without touching any other's chunks (writers may work on disjoint uttera
 one utterance across all layers touches one chunk per array. The utterance table's scalar columns are chunked
 in blocks of rows (see ``table_chunks``). A checkpoint's ``written`` array is each row's
 commit mark: set last, after every other array of that row; readers see only rows whose mark is set.
+The utterance table's ``id`` column is its rows' commit mark in the same way: written after every other
+column, audio and log-mel; readers stop at the first empty id (rows a killed ``loralens trace`` cut off).
+A checkpoint group's attributes are written after its arrays; a group without them was cut off while
+being created and holds nothing.
 """
 
 from __future__ import annotations
