@@ -13,7 +13,9 @@
 #               (default 0.1): the Hugging Face Trainer's schedule,
 #               the same for both methods
 #   FULL_FOLDS  folds for the full window, run under the first seed (default 0,1; empty skips it)
-# Epochs per fold are loralens train's defaults: 10 for LoRA, 30 for frozen (see its --help).
+#   SELECTION   epoch selection, fixed or inner (default fixed): inner holds one training speaker out of each
+#               fold and keeps the epoch best on it, so give it its own OUT_DIR
+# Epochs per fold are loralens train's defaults (the most, with SELECTION=inner): 10 for LoRA, 30 for frozen.
 set -euo pipefail
 out=${1:-runs/emodb}
 emodb=${2:-../shared/data/emodb}
@@ -21,7 +23,7 @@ seeds=${SEEDS:-0 1 2}
 models=${MODELS:-tiny.en base}
 full_folds=${FULL_FOLDS-0,1}
 common=(--data "emodb:$emodb" --folds loso --batch-size 8 --rank 32 --alpha 64 --targets v_proj
-        --schedule "${SCHEDULE:-linear}" --warmup "${WARMUP:-0.1}")
+        --schedule "${SCHEDULE:-linear}" --warmup "${WARMUP:-0.1}" --epoch-selection "${SELECTION:-fixed}")
 for seed in $seeds; do
   for model in $models; do
     for method in frozen lora; do
