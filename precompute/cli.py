@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import threading
 import warnings
@@ -397,5 +398,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def script() -> NoReturn:
+    """The console script: ``main``, then an exit that a late Ctrl+C cannot turn into a failure.
+
+    Once ``main`` has returned, the work is done and saved. A SIGINT that lands while the interpreter shuts down
+    (flushing output, joining threads) would otherwise end a finished command with status -2 or an
+    "Exception ignored" traceback, telling a user or a supervisor it failed.
+    """
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    script()

@@ -259,6 +259,19 @@ def test_killed_train_resumes_to_the_same_run(tmp_path, tiny_model_dir):
     assert np.allclose(metrics["uar"]["per_fold"], json.loads((whole / "metrics.json").read_text())["uar"]["per_fold"])
 
 
+@pytest.mark.parametrize("delay", [0.0, 0.002, 0.01, 0.03])
+def test_ctrl_c_after_the_work_is_done_still_exits_cleanly(tiny_store, delay):
+    # A Ctrl+C that lands while a finished command shuts down (CI once saw it end a finished train with -2).
+    script = Path(sys.executable).with_name("loralens")  # the console script pip installs, as a user runs it
+    proc = subprocess.Popen([str(script), "validate", tiny_store], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert "OK" in proc.stdout.readline()  # output reaches the pipe only once the command has finished
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in err, (proc.returncode, err[-2000:])
+
+
 def test_killed_trace_resumes_to_the_same_store(tiny_runs, tmp_path):
     run = str(tiny_runs["lora"])
     assert main(["trace", "--run", run, "--store", str(tmp_path / "whole.zarr"), "--all"]) == 0
