@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForAudioClassification
 
 from precompute import ct2
+from precompute.files import open_as_umask
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,7 @@ def encoder_weights(source: ModelSource) -> tuple[WhisperConfig, dict[str, torch
     with tempfile.TemporaryDirectory(dir=cached.parent) as tmp:
         save_file(state, Path(tmp) / "encoder.safetensors")
         config.to_json_file(Path(tmp) / "config.json")
+        open_as_umask(Path(tmp))
         try:
             Path(tmp).rename(cached)
         except OSError:  # another process converted it first
@@ -213,4 +215,5 @@ def export(spec: str, out: Path, emotions: list[str], seed: int = 0) -> Path:
     model.save_pretrained(out)
     feature_extractor(model.config).save_pretrained(out)
     (out / "loralens.json").write_text(json.dumps({"source": spec, "emotions": emotions, "seed": seed}, indent=2))
+    open_as_umask(*out.glob("*.safetensors"))
     return out

@@ -43,6 +43,7 @@ from precompute.checkpoints import (
 )
 from precompute.config import TrainConfig
 from precompute.data import Corpus, Utterance, load_corpus
+from precompute.files import open_as_umask
 from precompute.folds import Fold, make_folds, scores, summarise
 from precompute.models import feature_extractor, load_classifier, parse_model_spec
 
@@ -322,6 +323,7 @@ class Trainer:
                                  *[f"{x:.6f}" for x in p]])
         (partial / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (partial / PROGRESS_FILE).unlink(missing_ok=True)
+        open_as_umask(partial)
         partial.rename(final)
 
     # -- the whole run ----------------------------------------------------------------------------------

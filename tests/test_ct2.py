@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import stat
+
 import numpy as np
 import pytest
 
@@ -44,12 +46,23 @@ def test_bundled_encoder_matches_ctranslate2(name, emodb):
     assert np.abs(ours - theirs).max() / np.abs(theirs).max() <= 1e-4
 
 
+def test_encoder_cache_is_readable_as_the_umask_allows(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORALENS_CACHE", str(tmp_path))
+    models.encoder_weights(models.parse_model_spec("bundled:tiny.en"))
+    (cached,) = (tmp_path / "encoders").iterdir()
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in [cached, *cached.iterdir()]}
+    directory = stat.S_IMODE((tmp_path / "encoders").stat().st_mode)  # made by mkdir
+    assert modes == {cached.name: directory, "encoder.safetensors": directory & 0o666, "config.json": directory & 0o666}
+
+
 def test_export_loads_with_from_pretrained(tmp_path, tiny_model_dir):
     from transformers import WhisperForAudioClassification
 
     out = models.export(str(tiny_model_dir), tmp_path / "export", ["anger", "sadness"])
     loaded = WhisperForAudioClassification.from_pretrained(out)
     assert loaded.config.id2label == {0: "anger", 1: "sadness"}
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in out.iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"], modes
 
 
 def test_unknown_scheme_lists_accepted():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -47,6 +49,11 @@ def test_lora_run_artifacts_and_reload(tmp_path, tiny_model_dir, tone_csv):
     for name in ("head.safetensors", "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
                  "random_twin/adapter_model.safetensors", "metrics.json", "predictions.csv"):
         assert (fold / name).is_file(), name
+    # Readable as a plain open() would leave them (safetensors alone writes 0600): a shared runs directory works.
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [fold, *fold.rglob("*")]:
+        assert stat.S_IMODE(path.stat().st_mode) == (0o777 if path.is_dir() else 0o666) & ~umask, path
     metrics = json.loads((fold / "metrics.json").read_text())
     assert metrics["test_speakers"] == ["spk0"] and len(metrics["loss_curve"]) == 1
     assert 0 <= metrics["uar"] <= 1 and np.array(metrics["confusion"]).sum() == 8
