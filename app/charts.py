@@ -64,13 +64,19 @@ def heatmap(df: pd.DataFrame, x: str, y: str, value: str, title: str = "", domai
 
 
 def contributions(df: pd.DataFrame, title: str = "Layer contributions") -> alt.Chart:
-    """Columns: ``layer``, ``sublayer``, ``measure``, ``value``, ``series``."""
-    return alt.Chart(df).mark_line(point=True).encode(
-        x=alt.X("layer:O"), y=alt.Y("value:Q", title=None),
-        color=alt.Color("sublayer:N"), strokeDash=alt.StrokeDash("series:N"),
-        tooltip=["series", "sublayer", "measure", "layer", alt.Tooltip("value:Q", format=".3f")],
-    ).properties(width=WIDTH // 2 + 40, height=HEIGHT).facet(column=alt.Column("measure:N", title=None)).resolve_scale(
-        y="independent").properties(title=title)
+    """Columns: ``layer``, ``sublayer``, ``measure``, ``value``, ``series``.
+
+    Lines and points are separate layers: on a line mark with points, Vega-Lite draws the series legend as
+    points, which hides the dash that tells the series apart.
+    """
+    base = alt.Chart().encode(x=alt.X("layer:O"), y=alt.Y("value:Q", title=None), color=alt.Color("sublayer:N"))
+    lines = base.mark_line().encode(strokeDash=alt.StrokeDash(
+        "series:N", legend=alt.Legend(symbolType="stroke", symbolSize=400, symbolStrokeWidth=2,
+                                      symbolStrokeColor="gray")))
+    points = base.mark_point(filled=True, opacity=1).encode(
+        detail="series:N", tooltip=["series", "sublayer", "measure", "layer", alt.Tooltip("value:Q", format=".3f")])
+    return alt.layer(lines, points, data=df).properties(width=WIDTH // 2 + 40, height=HEIGHT).facet(
+        column=alt.Column("measure:N", title=None)).resolve_scale(y="independent").properties(title=title)
 
 
 def spectra(df: pd.DataFrame, threshold: float, title: str = "SVD cumulative energy") -> alt.Chart:

@@ -82,6 +82,25 @@ def test_exports_render_real_files():
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
 
 
+def test_contributions_legend_shows_each_series_dash():
+    """The series differ only by dash, so the legend must draw dashed strokes, not the points of the lines."""
+    import re
+
+    import pandas as pd
+
+    from app import charts, widgets
+
+    series = ["LoRA", "LoRA - frozen", "frozen"]
+    frame = pd.DataFrame([{"layer": layer, "sublayer": sublayer, "measure": measure, "value": 0.5, "series": s}
+                          for s in series for sublayer in ("attention", "mlp")
+                          for measure in ("cosine", "relative contribution") for layer in range(3)])
+    svg = widgets._render(widgets.figure(charts.contributions(frame).to_dict(validate=False)).spec, "svg")
+    symbols = re.findall(r'role-legend-symbol"[^>]*>(.*?)</g>', svg)
+    # A stroke symbol is a horizontal segment; a point's is an arc, whose dashed outline does not show.
+    strokes = [s for s in symbols if re.search(r'd="M-?[\d.]+,0L[\d.]+,0"', s)]
+    assert len({re.search(r'stroke-dasharray="([^"]+)"', s).group(1) for s in strokes}) == len(series), symbols
+
+
 def test_url_state_reopens_the_view(app, tiny_store):
     app.query_params["layer"] = "1"
     app.query_params["utt"] = "csv/wav/s2_sadness_1"
