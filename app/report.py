@@ -145,7 +145,7 @@ def build(store: str, out: Path, threshold: float = 0.9) -> dict:
             proj = projections.project(x, method)
             df = pd.DataFrame({"x": proj.coordinates[:, 0], "y": proj.coordinates[:, 1], "emotion": emotions,
                                "id": reader.utterances()["id"][rows]})
-            charts.save(charts.scatter(df, title=f"{method.upper()} of the last layer: {name}"), out,
+            charts.save(charts.scatter(df, title=f"{projections.NAMES[method]} of the last layer: {name}"), out,
                         f"{name}-{method}")
 
         summary["runs"][name] = {

@@ -58,6 +58,18 @@ def pairs(reader: StoreReader) -> list[tuple[RunInfo, RunInfo | None]]:
             for r in runs if r.method == "lora"]
 
 
+def rank_series(runs: list[RunInfo], run: RunInfo) -> list[RunInfo]:
+    """The LoRA runs that differ from ``run`` only in rank, one per rank, sorted by rank.
+
+    Same model, window and targets, so a module index means the same module in each; ``run`` itself stands for
+    its own rank. The paper compares ranks 8, 32 and 64 this way.
+    """
+    key = (run.model, run.window, run.targets)
+    same = [r for r in runs if r.method == "lora" and (r.model, r.window, r.targets) == key]
+    by_rank = {r.rank: r for r in same if r.name != run.name} | {run.rank: run}
+    return [by_rank[k] for k in sorted(by_rank)]
+
+
 def utterance_table(reader: StoreReader, run: str | None = None) -> pd.DataFrame:
     """The utterance table; with ``run``, its prediction, correctness and fold for the rows it traced."""
     table = pd.DataFrame(reader.utterances())

@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 # scikit-learn and umap-learn are imported where used: together they cost the app's first page over a second.
 
 Method = Literal["tsne", "umap"]
+NAMES: dict[str, str] = {"umap": "UMAP", "tsne": "t-SNE"}
+"""Each method as a reader writes it."""
 
 
 @dataclass

@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from app import charts, data, state, widgets
+from app import charts, data, state, views, widgets
 from app.analysis import projections
 
 view = widgets.view_state()
@@ -13,7 +13,7 @@ run = widgets.pick_run(view)
 table = data.table(path, run.name)
 c1, c2, c3 = st.columns(3)
 view.projection = c1.radio("Map", state.PROJECTIONS, index=state.PROJECTIONS.index(view.projection),
-                           format_func=str.upper, horizontal=True, key="cl-projection")
+                           format_func=projections.NAMES.get, horizontal=True, key="cl-projection")
 sources = state.SOURCES if run.method == "lora" else ("residual",)
 view.source = c2.radio("Vectors", sources, index=sources.index(view.source) if view.source in sources else 0,
                        format_func={"residual": "pooled residual", "lora_a": "LoRA A activation"}.get,
@@ -32,7 +32,7 @@ frame["x"], frame["y"] = proj.coordinates[:, 0], proj.coordinates[:, 1]
 frame["correct"] = frame["correct"].map({True: "correct", False: "wrong"})
 sil = projections.silhouette(frame[["x", "y"]].to_numpy(), frame["emotion"].to_numpy())
 st.caption(f"{len(frame)} utterances · emotion silhouette on this map {sil:.3f}")
-figure = charts.scatter(frame, view.colour, f"{view.projection.upper()} · {label.lower()} {layer}", view.utt)
+figure = charts.scatter(frame, view.colour, f"{projections.NAMES[view.projection]} · {label.lower()} {layer}", view.utt)
 event = st.altair_chart(figure.add_params(charts.click()), width="stretch", on_select="rerun", key="cl-map")
 picked = charts.picked_id(event)
 if picked:
@@ -44,14 +44,15 @@ if view.utt in set(frame["id"]):
 st.download_button("Map as CSV", frame.to_csv(index=False), f"{run.name}-{view.projection}-{layer}.csv",
                    "text/csv", key="cl-csv")
 
-ranks = sorted({r.rank for r in data.runs(path) if r.method == "lora" and r.model == run.model}, key=int)
-if len(ranks) > 1 and view.source == "lora_a":
+series = views.rank_series(data.runs(path), run) if run.method == "lora" else [run]
+if len(series) > 1 and view.source == "lora_a":
     st.subheader("Across ranks")
-    cols = st.columns(len(ranks))
-    for col, rank in zip(cols, ranks, strict=True):
-        other = next(r for r in data.runs(path) if r.method == "lora" and r.model == run.model and r.rank == rank)
-        p, rr = data.projection(path, other.name, "lora_a", min(layer, other.n_layers - 1), view.projection)
+    st.caption(f"The same LoRA module in the runs that differ only in rank ({run.model}, {run.window}, "
+               f"{','.join(run.targets)}); each map is fitted on its own run.")
+    for col, other in zip(st.columns(len(series)), series, strict=True):
+        p, rr = data.projection(path, other.name, "lora_a", layer, view.projection)
         f = pd.DataFrame({"x": p.coordinates[:, 0], "y": p.coordinates[:, 1],
                           "emotion": table.iloc[rr]["emotion"].to_numpy(), "id": table.iloc[rr]["id"].to_numpy()})
-        col.altair_chart(charts.scatter(f, "emotion", f"r = {rank}"), width="stretch")
+        col.altair_chart(charts.scatter(f, "emotion", f"r = {other.rank}"), width="stretch",
+                         key=f"cl-rank-{other.rank}")
 widgets.remember(view)
