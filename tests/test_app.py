@@ -114,6 +114,9 @@ def test_url_state_reopens_the_view(app, tiny_store):
 def test_upload_a_wav(app):
     at = app.run()
     at.switch_page("sections/upload.py").run()
+    # each fold checkpoint says which speakers it never saw and how it did on them
+    assert [o.split(" · UAR ")[0] for o in at.selectbox(key="up-fold").options] == [
+        f"fold {k} · test speakers spk{k}" for k in range(4)]
     buffer = io.BytesIO()
     sf.write(buffer, tone(1.2, 44100, 400.0), 44100, format="WAV")
     at.file_uploader(key="up-file").upload("my clip (1).wav", buffer.getvalue(), "audio/wav").run()

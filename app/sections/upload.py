@@ -24,8 +24,16 @@ if not run_dir or not (Path(run_dir) / "config.json").is_file():
     st.warning(f"The checkpoints of {run.name} are not on this machine (run directory {run_dir or 'unknown'}); "
                "uploads need them. Re-trace the run here, or open the store where it was traced.")
     st.stop()
-folds = [f["fold"] for f in run.metrics.get("folds", [])]
-fold = st.selectbox("Checkpoint (fold)", folds, key="up-fold") if folds else None
+folds = {f["fold"]: f for f in run.metrics.get("folds", [])}
+
+
+def fold_label(k: int) -> str:
+    """A fold checkpoint as the user picks it: the speakers it never saw in training, and its UAR on them."""
+    f = folds[k]
+    return f"fold {k} · test speakers {', '.join(f['test_speakers'])} · UAR {f['uar']:.3f}"
+
+
+fold = st.selectbox("Checkpoint (fold)", list(folds), key="up-fold", format_func=fold_label) if folds else None
 
 left, right = st.columns(2)
 uploaded = left.file_uploader("An audio file", type=["wav", "flac", "ogg", "mp3"], key="up-file")
