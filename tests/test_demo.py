@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from precompute import synth
@@ -101,3 +102,15 @@ def test_loralens_demo_serves_its_store(tmp_path, tiny_store):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_demo_ranks_flag(capsys):
+    from precompute.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["demo", "--ranks", "8,32,64"]).ranks == (8, 32, 64)
+    assert parser.parse_args(["demo"]).ranks is None  # the plan's default
+    for bad in ("8,x", "0", "8,8", ""):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["demo", "--ranks", bad])
+        assert "expected distinct positive integers" in capsys.readouterr().err
