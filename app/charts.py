@@ -102,11 +102,16 @@ def per_layer(df: pd.DataFrame, y: str, title: str, domain=None) -> alt.Chart:
     ).properties(width=WIDTH, height=HEIGHT, title=title)
 
 
-def scatter(df: pd.DataFrame, colour: str = "emotion", title: str = "", highlight: str | None = None) -> alt.Chart:
-    """Columns: ``x``, ``y``, ``id``, ``colour``; the ``highlight`` id drawn large."""
+def scatter(df: pd.DataFrame, colour: str = "emotion", title: str = "", highlight: str | None = None,
+            legend: bool = True) -> alt.Chart:
+    """Columns: ``x``, ``y``, ``id``, ``colour``; the ``highlight`` id drawn large.
+
+    ``legend=False`` for small multiples beside a chart that shows the legend.
+    """
     scale = _emotion_scale(df[colour]) if colour == "emotion" else alt.Scale(scheme="tableau10")
+    color = alt.Color(f"{colour}:N", scale=scale, **({} if legend else {"legend": None}))
     points = alt.Chart(df).mark_circle(size=60, opacity=0.8).encode(
-        x=alt.X("x:Q", axis=None), y=alt.Y("y:Q", axis=None), color=alt.Color(f"{colour}:N", scale=scale),
+        x=alt.X("x:Q", axis=None), y=alt.Y("y:Q", axis=None), color=color,
         tooltip=[c for c in ("id", "emotion", "speaker", "prediction") if c in df.columns],
     )
     chart = points

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -84,7 +86,6 @@ def test_exports_render_real_files():
 
 def test_contributions_legend_shows_each_series_dash():
     """The series differ only by dash, so the legend must draw dashed strokes, not the points of the lines."""
-    import re
 
     import pandas as pd
 
@@ -202,5 +203,7 @@ def test_clusters_compare_the_runs_that_differ_only_in_rank(rank_store, monkeypa
     _ok(at)
     assert [h.value for h in at.subheader] == ["Across ranks"]
     # the page's map, then one map per rank: r = 2 (this run) and r = 4; the q_proj run is not comparable
-    titles = [c.proto.spec for c in at.get("vega_lite_chart")]
-    assert len(titles) == 3 and '"r = 2"' in titles[1] and '"r = 4"' in titles[2], [t[:200] for t in titles]
+    titles = [json.loads(c.proto.spec)["title"] for c in at.get("vega_lite_chart")]
+    assert len(titles) == 3 and titles[0].startswith("UMAP · LoRA module "), titles
+    assert re.fullmatch(r"r = 2 \(this run\) · silhouette -?[01]\.\d{3}", titles[1]), titles
+    assert re.fullmatch(r"r = 4 · silhouette -?[01]\.\d{3}", titles[2]), titles

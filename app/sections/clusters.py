@@ -32,7 +32,7 @@ frame["x"], frame["y"] = proj.coordinates[:, 0], proj.coordinates[:, 1]
 frame["correct"] = frame["correct"].map({True: "correct", False: "wrong"})
 sil = projections.silhouette(frame[["x", "y"]].to_numpy(), frame["emotion"].to_numpy())
 st.caption(f"{len(frame)} utterances · emotion silhouette on this map {sil:.3f}")
-figure = charts.scatter(frame, view.colour, f"{projections.NAMES[view.projection]} · {label.lower()} {layer}", view.utt)
+figure = charts.scatter(frame, view.colour, f"{projections.NAMES[view.projection]} · {label} {layer}", view.utt)
 event = st.altair_chart(figure.add_params(charts.click()), width="stretch", on_select="rerun", key="cl-map")
 picked = charts.picked_id(event)
 if picked:
@@ -48,11 +48,13 @@ series = views.rank_series(data.runs(path), run) if run.method == "lora" else [r
 if len(series) > 1 and view.source == "lora_a":
     st.subheader("Across ranks")
     st.caption(f"The same LoRA module in the runs that differ only in rank ({run.model}, {run.window}, "
-               f"{','.join(run.targets)}); each map is fitted on its own run.")
+               f"{','.join(run.targets)}); each map is fitted on its own run, coloured by emotion as above.")
     for col, other in zip(st.columns(len(series)), series, strict=True):
         p, rr = data.projection(path, other.name, "lora_a", layer, view.projection)
         f = pd.DataFrame({"x": p.coordinates[:, 0], "y": p.coordinates[:, 1],
                           "emotion": table.iloc[rr]["emotion"].to_numpy(), "id": table.iloc[rr]["id"].to_numpy()})
-        col.altair_chart(charts.scatter(f, "emotion", f"r = {other.rank}"), width="stretch",
+        title = (f"r = {other.rank}{' (this run)' if other.name == run.name else ''} · silhouette "
+                 f"{projections.silhouette(p.coordinates, f['emotion'].to_numpy()):.3f}")
+        col.altair_chart(charts.scatter(f, "emotion", title, legend=False), width="stretch",
                          key=f"cl-rank-{other.rank}")
 widgets.remember(view)
