@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+import altair as alt
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
@@ -167,9 +168,43 @@ def build(store: str, out: Path, threshold: float = 0.9) -> dict:
             "silhouette": {k: v.tolist() for k, v in sil.items()},
             "findings": _findings(lora_lens, frozen_lens, contrib, diff, ratios, cka_ab, n_layers),
         }
+    summary["rank_comparisons"] = _rank_comparisons(reader, out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(_markdown(summary))
     return summary
+
+
+def _rank_comparisons(reader: StoreReader, out: Path) -> list[dict]:
+    """The paper's t-SNE of LoRA A activations across ranks, for each set of runs that differ only in rank.
+
+    Each rank's map is fitted on its own run, over the utterances all of them traced, at the last LoRA module.
+    """
+    runs = views.run_info(reader)
+    seen, comparisons = set(), []
+    for run in runs:
+        series = views.rank_series(runs, run) if run.method == "lora" else []
+        names = tuple(r.name for r in series)
+        if len(series) < 2 or names in seen:
+            continue
+        seen.add(names)
+        rows = views.common_rows(reader, *names)
+        emotions = reader.utterances()["emotion"][rows]
+        module = run.n_layers * len(run.targets) - 1
+        maps, silhouettes = [], {}
+        for r in series:
+            x, _ = views.vectors(reader, r.name, "lora_a", module, rows=rows)
+            coordinates = projections.project(x, "tsne").coordinates
+            silhouettes[r.rank] = projections.silhouette(coordinates, emotions)
+            df = pd.DataFrame({"x": coordinates[:, 0], "y": coordinates[:, 1], "emotion": emotions,
+                               "id": reader.utterances()["id"][rows]})
+            maps.append(charts.scatter(df, title=f"r = {r.rank} · silhouette {silhouettes[r.rank]:.3f}"))
+        figure = "ranks-" + "-".join(names)
+        charts.save(alt.hconcat(*maps, title=f"t-SNE of LoRA A activations, module {module}, by rank: "
+                                             f"{run.model}, {run.window}, {','.join(run.targets)}"), out, figure)
+        comparisons.append({"runs": list(names), "model": run.model, "window": run.window, "targets": run.targets,
+                            "module": module, "n_utterances": len(rows), "figure": figure,
+                            "silhouette": {str(k): v for k, v in silhouettes.items()}})
+    return comparisons
 
 
 def _markdown(summary: dict) -> str:
@@ -191,4 +226,11 @@ def _markdown(summary: dict) -> str:
                   "", f"Figures: `{name}-lens`, `{name}-contributions`, `{name}-svd`, `{name}-cka-ab`, "
                   f"`{name}-cka-within`, `{name}-cka-vs_frozen`, `{name}-silhouette`, `{name}-tsne`, `{name}-umap` "
                   "(PNG and SVG).", ""]
+    for c in summary.get("rank_comparisons", []):
+        lines += [f"## Ranks: {', '.join(c['runs'])}", "",
+                  f"t-SNE of the LoRA A activations at module {c['module']} ({c['model']}, {c['window']}, "
+                  f"{','.join(c['targets'])}; {c['n_utterances']} utterances), each rank's map fitted on its own run. "
+                  "Emotion silhouette on each map: "
+                  + ", ".join(f"r = {k}: {v:.3f}" for k, v in c["silhouette"].items())
+                  + f". Figure: `{c['figure']}` (PNG and SVG).", ""]
     return "\n".join(lines)

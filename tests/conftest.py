@@ -97,6 +97,29 @@ def tiny_store(tmp_path_factory, tiny_runs) -> str:
     return path
 
 
+@pytest.fixture(scope="session")
+def rank_store(tmp_path_factory, tiny_model_dir, tiny_runs) -> str:
+    """The tiny LoRA run (rank 4 on v_proj) beside a rank-2 run like it and a rank-8 run on other targets."""
+    from precompute.checkpoints import read_config
+    from precompute.config import TrainConfig
+    from precompute.trace import Selection, Tracer
+    from precompute.train import train
+
+    root = tmp_path_factory.mktemp("ranks")
+    data = read_config(tiny_runs["lora"]).data
+    runs = [tiny_runs["lora"], root / "tiny-lora-r2", root / "tiny-lora-r8-q"]
+    for out, rank, targets in ((runs[1], 2, ["v_proj"]), (runs[2], 8, ["q_proj"])):
+        train(TrainConfig(model=str(tiny_model_dir), data=data, method="lora", epochs=1, batch_size=4, rank=rank,
+                          alpha=2 * rank, targets=targets), out)
+    path = str(root / "ranks.zarr")
+    for run in runs:
+        tracer = Tracer(run, data, path, selection=Selection(all=True))
+        rows = tracer.prepare()
+        tracer.capture(rows)
+        tracer.commit(rows)
+    return path
+
+
 def wait_until_serving(proc, url: str, seconds: float = 60) -> None:
     """Wait for a started ``loralens app``/``demo`` to answer its health check; fail with its output if not."""
     import time

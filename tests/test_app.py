@@ -168,29 +168,6 @@ def test_dynamics_page_within_one_fold_model(app):
     _ok(at)
 
 
-@pytest.fixture(scope="module")
-def rank_store(tmp_path_factory, tiny_model_dir, tiny_runs) -> str:
-    """The tiny LoRA run (rank 4 on v_proj) beside a rank-2 run like it and a rank-8 run on other targets."""
-    from precompute.checkpoints import read_config
-    from precompute.config import TrainConfig
-    from precompute.trace import Selection, Tracer
-    from precompute.train import train
-
-    root = tmp_path_factory.mktemp("ranks")
-    data = read_config(tiny_runs["lora"]).data
-    runs = [tiny_runs["lora"], root / "tiny-lora-r2", root / "tiny-lora-r8-q"]
-    for out, rank, targets in ((runs[1], 2, ["v_proj"]), (runs[2], 8, ["q_proj"])):
-        train(TrainConfig(model=str(tiny_model_dir), data=data, method="lora", epochs=1, batch_size=4, rank=rank,
-                          alpha=2 * rank, targets=targets), out)
-    path = str(root / "ranks.zarr")
-    for run in runs:
-        tracer = Tracer(run, data, path, selection=Selection(all=True))
-        rows = tracer.prepare()
-        tracer.capture(rows)
-        tracer.commit(rows)
-    return path
-
-
 def test_clusters_compare_the_runs_that_differ_only_in_rank(rank_store, monkeypatch):
     monkeypatch.setenv("LORALENS_STORE", rank_store)
     app = AppTest.from_file(MAIN, default_timeout=300)

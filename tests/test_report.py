@@ -24,3 +24,17 @@ def test_report_writes_figures_and_findings(tiny_store, tmp_path):
         for ext in ("png", "svg"):
             assert (out / f"tiny-lora-{name}.{ext}").stat().st_size > 1000, name
     assert "| delayed specialization |" in (out / "summary.md").read_text()
+
+
+def test_report_compares_the_runs_that_differ_only_in_rank(rank_store, tmp_path):
+    out = tmp_path / "report"
+    assert main(["report", "--store", rank_store, "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["runs"]) == {"tiny-lora", "tiny-lora-r2", "tiny-lora-r8-q"}
+    # one comparison: ranks 4 and 2 on v_proj; the rank-8 run on q_proj has nothing to compare with
+    (comparison,) = summary["rank_comparisons"]
+    assert sorted(comparison["runs"]) == ["tiny-lora", "tiny-lora-r2"] and comparison["module"] == 1
+    assert set(comparison["silhouette"]) == {"2", "4"} and comparison["n_utterances"] == 32
+    for ext in ("png", "svg"):
+        assert (out / f"{comparison['figure']}.{ext}").stat().st_size > 1000
+    assert "## Ranks: " in (out / "summary.md").read_text()
