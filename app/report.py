@@ -188,15 +188,15 @@ def _rank_comparisons(reader: StoreReader, out: Path) -> list[dict]:
             continue
         seen.add(names)
         rows = views.common_rows(reader, *names)
-        emotions = reader.utterances()["emotion"][rows]
+        utterances = reader.utterances()
+        emotions, ids = utterances["emotion"][rows], utterances["id"][rows]
         module = run.n_layers * len(run.targets) - 1
         maps, silhouettes = [], {}
         for r in series:
             x, _ = views.vectors(reader, r.name, "lora_a", module, rows=rows)
             coordinates = projections.project(x, "tsne").coordinates
             silhouettes[r.rank] = projections.silhouette(coordinates, emotions)
-            df = pd.DataFrame({"x": coordinates[:, 0], "y": coordinates[:, 1], "emotion": emotions,
-                               "id": reader.utterances()["id"][rows]})
+            df = pd.DataFrame({"x": coordinates[:, 0], "y": coordinates[:, 1], "emotion": emotions, "id": ids})
             maps.append(charts.scatter(df, title=f"r = {r.rank} · silhouette {silhouettes[r.rank]:.3f}"))
         figure = "ranks-" + "-".join(names)
         charts.save(alt.hconcat(*maps, title=f"t-SNE of LoRA A activations, module {module}, by rank: "

@@ -44,8 +44,8 @@ if view.utt in set(frame["id"]):
 st.download_button("Map as CSV", frame.to_csv(index=False), f"{run.name}-{view.projection}-{layer}.csv",
                    "text/csv", key="cl-csv")
 
-series = views.rank_series(data.runs(path), run) if run.method == "lora" else [run]
-if len(series) > 1 and view.source == "lora_a":
+series = views.rank_series(data.runs(path), run) if view.source == "lora_a" else []  # lora_a: LoRA runs only
+if len(series) > 1:
     st.subheader("Across ranks")
     st.caption(f"The same LoRA module in the runs that differ only in rank ({run.model}, {run.window}, "
                f"{','.join(run.targets)}); each map is fitted on its own run, coloured by emotion as above.")
