@@ -50,12 +50,19 @@ def run_info(reader: StoreReader) -> list[RunInfo]:
     return out
 
 
+def frozen_partner(runs: list[RunInfo], run: RunInfo) -> RunInfo | None:
+    """The frozen run that ``run`` is compared with: the first of ``runs`` of the same model and window, if any.
+
+    The one matching rule of LoRA to frozen, for the pages and the report alike.
+    """
+    return next((r for r in runs if r.method == "frozen" and r.name != run.name
+                 and (r.model, r.window) == (run.model, run.window)), None)
+
+
 def pairs(reader: StoreReader) -> list[tuple[RunInfo, RunInfo | None]]:
-    """Each LoRA run with the frozen run of the same model and window (None where the store has none)."""
+    """Each LoRA run with its ``frozen_partner`` (None where the store has none)."""
     runs = run_info(reader)
-    frozen = [r for r in runs if r.method == "frozen"]
-    return [(r, next((f for f in frozen if f.model == r.model and f.window == r.window), None))
-            for r in runs if r.method == "lora"]
+    return [(r, frozen_partner(runs, r)) for r in runs if r.method == "lora"]
 
 
 def rank_series(runs: list[RunInfo], run: RunInfo) -> list[RunInfo]:
