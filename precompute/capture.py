@@ -1,6 +1,7 @@
 """Capture, with nnsight, everything the analyses need from one batch: the only module that uses nnsight.
 
 A model and a batch in; per-utterance NumPy arrays out, named as in ``store.schema.CHECKPOINT_ARRAYS``.
+Everything up to ``to_numpy`` runs on the model's device; ``to_numpy`` is the one place tensors leave it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from nnsight import NNsight
 from peft import PeftModel
 
 from precompute import window as W
+from precompute.config import PRECISIONS, Precision
 from store.schema import CHECKPOINT_ARRAYS
 
 PER_FRAME = {name for name, spec in CHECKPOINT_ARRAYS.items() if spec.per_frame}
@@ -28,6 +30,13 @@ class CaptureOptions:
     """Keep LoRA B activations and gradients per frame (frames x d_out each); large for big models."""
     gradients: bool = True
     """Capture gradients of the cross-entropy on the true label w.r.t. LoRA A and B outputs."""
+    precision: Precision = "fp32"
+    """Numeric regime of the traced forward and backward passes: ``fp32``, or ``bf16`` autocast (``loralens trace``
+    uses the run's own, so the store predicts what training did); the arrays are reduced in float32 either way."""
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}; expected one of {PRECISIONS}")
 
     def to_json(self) -> dict:
         """A JSON-able dict."""
@@ -42,8 +51,10 @@ class _Classifier(torch.nn.Module):
         self.model = model
         self.window = window
 
-    def forward(self, input_features: torch.Tensor, n_frames: torch.Tensor) -> torch.Tensor:
-        return W.classify(self.model, W.Features(input_features, n_frames, self.window))
+    def forward(self, input_features: torch.Tensor, n_frames: list[int]) -> torch.Tensor:
+        # The lengths come as a list: nnsight moves every tensor input to the model's device, and they belong on
+        # the host (see ``W.Features.n_frames``).
+        return W.classify(self.model, W.Features(input_features, torch.tensor(n_frames), self.window))
 
 
 def lora_modules(model: torch.nn.Module) -> list[tuple[int, str]]:
@@ -85,8 +96,8 @@ class Capturer:
         """Capture one batch.
 
         Args:
-            features: the batch (its ``n_frames`` says how many frames of each are real).
-            labels: true class indices, shape ``(batch,)``.
+            features: the batch (its ``n_frames`` says how many frames of each are real), on the model's device.
+            labels: true class indices, shape ``(batch,)``, on any device.
 
         Returns:
             Per utterance, arrays named as in ``store.schema``; per-frame arrays hold only the real frames.
@@ -99,7 +110,10 @@ class Capturer:
             by_layer.setdefault(i, []).append(t)
         with_grad = bool(self.modules) and self.options.gradients
         context = torch.enable_grad() if with_grad else torch.no_grad()
-        with context, self.traced.trace(features.input_features, features.n_frames):
+        device = next(self.model.parameters()).device
+        labels = labels.to(device)
+        with context, W.autocast(device, self.options.precision), \
+                self.traced.trace(features.input_features, features.n_frames.tolist()):
             residual.append(layers[0].input.save())
             for i in range(n_layers):
                 layer = layers[i]
@@ -118,7 +132,7 @@ class Capturer:
                 residual.append(layer.output.save())
             logits = self.traced.output.save()
             if with_grad:
-                loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+                loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
                 with loss.backward():  # gradients arrive in reverse forward order
                     for k in reversed(range(len(a_out))):
                         b_grad.insert(0, b_out[k].grad.save())
@@ -133,16 +147,16 @@ class Capturer:
         h = torch.stack([r.detach().float() for r in residual], 1)  # (batch, boundary, frame, d)
         attn = torch.stack([a.detach().float() for a in attention], 1)  # (batch, layer, frame, d)
         ffn = torch.stack([m.detach().float() for m in mlp], 1)
-        pool = features.pooling_mask().to(h.device)  # what the head pools
-        real = W.Features(features.input_features, features.n_frames, "trim").pooling_mask().to(h.device)
+        pool = features.pooling_mask()  # what the head pools
+        real = W.Features(features.input_features, features.n_frames, "trim").pooling_mask()
         normed = whisper.encoder.layer_norm(h)
         frame_logits = whisper.classifier(whisper.projector(normed))  # (batch, boundary, frame, class)
-        pooled_lens = whisper.classifier(whisper.projector(_pool(normed, pool)))  # (batch, boundary, class)
+        pooled_lens = whisper.classifier(whisper.projector(W.masked_mean(normed, pool)))  # (batch, boundary, class)
         h_in = h[:, :-1]
         h_norm = h_in.norm(dim=-1).clamp(min=1e-12)
         update = h[:, 1:] - h_in  # attention + MLP output: the layer's whole write to the residual stream
         batched = {
-            "residual_pooled": _pool(h, pool),
+            "residual_pooled": W.masked_mean(h, pool),
             "lens_logits": pooled_lens,
             "attention_norm_ratio": attn.norm(dim=-1) / h_norm,
             "attention_cosine": torch.nn.functional.cosine_similarity(attn, h_in, dim=-1),
@@ -150,9 +164,9 @@ class Capturer:
             "mlp_cosine": torch.nn.functional.cosine_similarity(ffn, h_in, dim=-1),
             "block_norm_ratio": update.norm(dim=-1) / h_norm,
             "block_cosine": torch.nn.functional.cosine_similarity(update, h_in, dim=-1),
-            "layer_input_pooled": _pool(h_in, pool),
-            "attention_pooled": _pool(attn, pool),
-            "mlp_pooled": _pool(ffn, pool),
+            "layer_input_pooled": W.masked_mean(h_in, pool),
+            "attention_pooled": W.masked_mean(attn, pool),
+            "mlp_pooled": W.masked_mean(ffn, pool),
             "logits": logits.detach().float(),
             "residual": h,
             "lens_logits_frames": frame_logits,
@@ -168,14 +182,14 @@ class Capturer:
             else:
                 batched["lora_a_gradient"] = torch.zeros_like(batched["lora_a_activation"])
                 batched["lora_b_gradient"] = torch.zeros_like(batched["lora_b_activation"])
-            batched["lora_a_pooled"] = _pool(batched["lora_a_activation"], real)
-            batched["lora_b_pooled"] = _pool(batched["lora_b_activation"], real)
-        arrays = {name: value.cpu().numpy() for name, value in batched.items()}
+            batched["lora_a_pooled"] = W.masked_mean(batched["lora_a_activation"], real)
+            batched["lora_b_pooled"] = W.masked_mean(batched["lora_b_activation"], real)
+        arrays = {name: to_numpy(value) for name, value in batched.items()}
         predictions = arrays["logits"].argmax(-1)
+        label_values = to_numpy(labels)
         out = []
-        for k in range(len(labels)):
-            n = int(features.n_frames[k])
-            row = {"label": np.int16(labels[k]), "prediction": np.int16(predictions[k])}
+        for k, n in enumerate(features.n_frames.tolist()):
+            row = {"label": np.int16(label_values[k]), "prediction": np.int16(predictions[k])}
             for name, value in arrays.items():
                 per_frame = name in PER_FRAME
                 row[name] = value[k, ..., :n, :] if per_frame and value.ndim == 4 else (
@@ -184,10 +198,9 @@ class Capturer:
         return out
 
 
-def _pool(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Masked mean over the frame axis (-2): ``(batch, ..., frame, d)``, ``(batch, frame)`` -> ``(batch, ..., d)``."""
-    m = mask.to(x.dtype).reshape(mask.shape[0], *([1] * (x.dim() - 3)), mask.shape[1], 1)
-    return (x * m).sum(-2) / m.sum(-2).clamp(min=1)
+def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor's values on the host: where capture's results leave the model's device."""
+    return tensor.detach().cpu().numpy()
 
 
 def _pad_last(x: torch.Tensor, width: int) -> torch.Tensor:

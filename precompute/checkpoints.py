@@ -54,7 +54,11 @@ def save_head(model: torch.nn.Module, path: Path) -> None:
 
 
 def randomise_lora(model: PeftModel, seed: int) -> None:
-    """Redraw every LoRA A and B matrix from N(0, TWIN_STD^2): the untrained baseline for SVD and CKA."""
+    """Redraw every LoRA A and B matrix from N(0, TWIN_STD^2): the untrained baseline for SVD and CKA.
+
+    The draws come from a CPU generator, so a twin is the same whatever device the model is on; ``copy_`` takes
+    them to each parameter's device.
+    """
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in sorted(model.named_parameters()):
@@ -130,8 +134,9 @@ def save_progress(path: Path, progress: Progress, model: torch.nn.Module, optimi
         tensors |= {f"optimizer/{index}/{k}": v.cpu().contiguous() for k, v in state.items()}
     tensors["rng/torch"] = torch.get_rng_state()
     tensors["rng/shuffle"] = shuffle.get_state()
-    if torch.cuda.is_available():
-        tensors["rng/cuda"] = torch.cuda.get_rng_state()
+    device = _device_of(model)
+    if device.type == "cuda":  # the generator of the GPU that trains (dropout), not whichever is current
+        tensors["rng/cuda"] = torch.cuda.get_rng_state(device)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, tmp, metadata={"progress": json.dumps(asdict(progress))})
     os.replace(tmp, path)
@@ -168,7 +173,12 @@ def load_progress(path: Path, model: torch.nn.Module, optimizer: torch.optim.Opt
     optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
     torch.set_rng_state(tensors["rng/torch"])
     shuffle.set_state(tensors["rng/shuffle"])
-    if "rng/cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng/cuda"])
+    device = _device_of(model)
+    if "rng/cuda" in tensors and device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng/cuda"], device)
     best = {k.removeprefix("best/"): v for k, v in tensors.items() if k.startswith("best/")}
     return progress, best or None
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))

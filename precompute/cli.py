@@ -19,7 +19,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, OSErr
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from precompute.config import DEFAULT_EPOCHS, LORA_TARGETS, SCHEDULES, TrainConfig
+    from precompute.config import DEFAULT_EPOCHS, LORA_TARGETS, PRECISIONS, SCHEDULES, TrainConfig
 
     d = TrainConfig(model="", data="")
     p = sub.add_parser("train", help="cross-validate LoRA or frozen-encoder emotion models",
@@ -55,6 +55,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable audio files (counted in the log)")
     p.add_argument("--keep-excitement", action="store_true", help="IEMOCAP: keep excitement apart from happiness")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=["auto", *PRECISIONS], default=d.precision,
+                   help="numeric regime of training and its predictions (auto: bf16 on CUDA, fp32 elsewhere)")
     p.add_argument("--only-folds", default=None, help="comma list of fold indices to train now (default all)")
     p.set_defaults(func=_run_train)
 
@@ -73,7 +75,8 @@ def _run_train(args: argparse.Namespace) -> int:
         epochs=args.epochs, epoch_selection=args.epoch_selection, lr=args.lr, head_lr=args.head_lr,
         weight_decay=args.weight_decay, schedule=args.schedule, warmup=args.warmup, batch_size=args.batch_size,
         seed=args.seed, long=args.long,
-        skip_bad=args.skip_bad, merge_excitement=not args.keep_excitement, device=args.device)
+        skip_bad=args.skip_bad, merge_excitement=not args.keep_excitement, device=args.device,
+        precision=args.precision)
     only = [int(i) for i in args.only_folds.split(",")] if args.only_folds else None
     summary = train(config, args.out, only)
     if summary.get("n_done"):
@@ -106,6 +109,8 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _add_trace(sub: argparse._SubParsersAction) -> None:
+    from precompute.config import PRECISIONS
+
     p = sub.add_parser("trace", help="capture a run's traces into a Zarr store",
                        description="Trace each utterance with the fold model that held it out; re-run to resume.")
     p.add_argument("--run", required=True, type=Path, help="a run directory written by loralens train")
@@ -120,6 +125,8 @@ def _add_trace(sub: argparse._SubParsersAction) -> None:
                    help="skip per-frame LoRA B activations and gradients (large for big models)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="numeric regime of the trace (default: the run's own, so the store predicts as training did)")
     stage = p.add_mutually_exclusive_group()
     stage.add_argument("--prepare-only", action="store_true", help="only add utterances and create the run")
     stage.add_argument("--shard", default=None, help="K/N: capture only rows with row %% N == K (after prepare)")
@@ -142,7 +149,7 @@ def _run_trace(args: argparse.Namespace) -> int:
     selection = Selection(per_class=args.per_class, all=args.all, utterances=args.utterances)
     tracer = Tracer(args.run, args.data or read_config(args.run).data, args.store, name=args.name,
                     selection=selection, options=CaptureOptions(per_frame_b=not args.no_per_frame_b),
-                    batch_size=args.batch_size, device=args.device)
+                    batch_size=args.batch_size, device=args.device, precision=args.precision)
     if args.shard:
         try:
             k, n = (int(x) for x in args.shard.split("/"))
@@ -207,6 +214,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, type=Path, help="a run directory written by loralens train")
     p.add_argument("--fold", type=int, default=None, help="the fold's checkpoint (default: the first completed)")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("audio", nargs="+", type=Path)
     p.set_defaults(func=_run_predict)
 
@@ -215,7 +223,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     from precompute.audio import AudioError
     from precompute.predict import Predictor
 
-    predictor = Predictor(args.run, args.fold)
+    predictor = Predictor(args.run, args.fold, device=args.device)
     failed = 0
     for path in args.audio:
         try:

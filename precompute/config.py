@@ -15,6 +15,9 @@ Method = Literal["lora", "frozen"]
 Schedule = Literal["constant", "linear"]
 """How the learning rates move over a fold's steps (see ``precompute.train.lr_schedule``)."""
 SCHEDULES: tuple[Schedule, ...] = ("constant", "linear")
+Precision = Literal["fp32", "bf16"]
+"""The numeric regime of a run's forward passes: float32, or bfloat16 autocast (see ``precompute.window.autocast``)."""
+PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
 # Epochs per fold when none are given, per method, chosen on training loss: LoRA's is 0.001-0.003 after 10 epochs;
 # the head alone on a frozen encoder learns slower (EmoDB: ~0.1-0.2 after 10 epochs, ~0.02 after 30), and a
 # baseline stopped before it converges flatters LoRA. Frozen runs encode each clip once, so epochs cost little.
@@ -74,7 +77,11 @@ class TrainConfig:
     merge_excitement: bool = True
     """IEMOCAP: count excitement as happiness, as is customary."""
     device: str = "auto"
-    """``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``; CUDA trains under bf16 autocast."""
+    """``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Numeric regime of training and of its predictions: ``fp32``, or ``bf16`` autocast; ``auto`` is bf16 on CUDA
+    and fp32 elsewhere. Fixed when the run starts (``config.json`` holds the choice, never ``auto``; a resumed run
+    keeps its own) and the regime ``loralens trace`` uses by default."""
 
     def __post_init__(self):
         if self.method not in ("lora", "frozen"):
@@ -104,6 +111,8 @@ class TrainConfig:
             raise ValueError(f"warmup={self.warmup}; expected a fraction of the steps in [0, 1)")
         if self.epoch_selection not in ("fixed", "inner"):
             raise ValueError(f"epoch_selection={self.epoch_selection!r}; expected 'fixed' or 'inner'")
+        if self.precision not in ("auto", *PRECISIONS):
+            raise ValueError(f"precision={self.precision!r}; expected 'auto' or one of {PRECISIONS}")
 
     def to_json(self) -> dict:
         """The config as a JSON-able dict, with the library versions that ran it."""
@@ -124,6 +133,11 @@ class TrainConfig:
         mine, theirs = asdict(self), asdict(other)
         return [f"{k}: {theirs[k]!r} -> {mine[k]!r}" for k in mine
                 if k not in RESUMABLE_FIELDS and mine[k] != theirs[k]]
+
+
+def default_precision(device_type: str) -> Precision:
+    """What ``precision='auto'`` means on a device of this type (``cuda``, ``cpu``, ...): bf16 on CUDA only."""
+    return "bf16" if device_type == "cuda" else "fp32"
 
 
 def library_versions() -> dict[str, str]:

@@ -17,6 +17,7 @@ from precompute.audio import MAX_SECONDS, load_audio, require_sound, windows
 from precompute.capture import CaptureOptions, Capturer
 from precompute.checkpoints import completed_folds, load_fold_model, read_config
 from precompute.models import feature_extractor
+from precompute.train import resolve_device
 
 
 @dataclass
@@ -51,13 +52,14 @@ class Prediction:
 class Predictor:
     """One fold's trained checkpoint, ready for clips."""
 
-    def __init__(self, run: Path, fold: int | None = None):
+    def __init__(self, run: Path, fold: int | None = None, device: str = "cpu"):
         self.config = read_config(run)
         folds = completed_folds(run)
         if not folds:
             raise ValueError(f"{run} has no completed fold to predict with; finish training first")
         self.fold = folds[0] if fold is None else fold
-        self.model = load_fold_model(run, self.fold)
+        self.device = resolve_device(device)
+        self.model = load_fold_model(run, self.fold).to(self.device)
         self.capturer = Capturer(self.model, self.config.window, CaptureOptions(gradients=False))
         self.extractor = feature_extractor(W.whisper_of(self.model).config)
 
@@ -67,8 +69,8 @@ class Predictor:
         if len(audio) > MAX_SECONDS * 16000:
             raise ValueError(f"{name}: {len(audio) / 16000:.1f} s is longer than Whisper's {MAX_SECONDS:.0f} s "
                              "window; use predict_windows")
-        features = W.extract(self.extractor, [audio], self.config.window)
-        (row,) = self.capturer.run(features, torch.zeros(1, dtype=torch.long))
+        features = W.extract(self.extractor, [audio], self.config.window).to(self.device)
+        (row,) = self.capturer.run(features, torch.zeros(1, dtype=torch.long, device=self.device))
         probs = softmax(row["lens_logits"].astype(np.float64), axis=-1)
         top = probs.argmax(-1)
         agree = top == top[-1]

@@ -8,9 +8,10 @@ again after an interruption captures only the rows not yet written.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from precompute import window as W
 from precompute.audio import load_audio
 from precompute.capture import CaptureOptions, Capturer, lora_modules, module_name
 from precompute.checkpoints import RunError, completed_folds, load_fold_model, read_config
+from precompute.config import Precision, default_precision
 from precompute.data import Utterance, load_corpus
 from precompute.models import feature_extractor
 from precompute.train import resolve_device
@@ -81,18 +83,39 @@ def store_id(u: Utterance) -> str:
     return f"{u.dataset}/{u.id}"
 
 
+def run_precision(run: Path) -> Precision:
+    """The numeric regime a run trained under (see ``TrainConfig.precision``).
+
+    Runs from before that setting have ``auto`` in their config.json: they trained under bf16 where a fold ran on
+    CUDA (its metrics.json names the device), else fp32.
+    """
+    config = read_config(run)
+    if config.precision != "auto":
+        return config.precision
+    devices = {json.loads((run / f"fold_{i:02d}" / "metrics.json").read_text()).get("device", "cpu")
+               for i in completed_folds(run)}
+    return "bf16" if any(default_precision(torch.device(d).type) == "bf16" for d in devices) else "fp32"
+
+
 class Tracer:
     """Traces one run directory into one store."""
 
     def __init__(self, run: Path, data: str, store: str, *, name: str | None = None,
                  selection: Selection | None = None, options: CaptureOptions | None = None,
-                 batch_size: int = 8, device: str = "cpu", storage_options: dict | None = None):
+                 batch_size: int = 8, device: str = "cpu", storage_options: dict | None = None,
+                 precision: Precision | None = None):
+        """Open the run and the store and select the utterances.
+
+        ``precision`` (None: the run's own, so the store predicts what training predicted) sets the capture
+        options' regime.
+        """
         self.run = run
         self.config = read_config(run)
         self.data = data
         self.name = name or run.resolve().name
         self.selection = selection or Selection()
-        self.options = options or CaptureOptions()
+        self.train_precision = run_precision(run)
+        self.options = replace(options or CaptureOptions(), precision=precision or self.train_precision)
         self.batch_size = batch_size
         self.device = resolve_device(device)
         self.writer = StoreWriter(store, storage_options)
@@ -152,7 +175,15 @@ class Tracer:
         label_of = {e: i for i, e in enumerate(self.config.emotions)}
         emotion = self.writer._column("emotion")
         done = 0
+        log.info("%s: tracing on %s under %s (training ran under %s)", self.name, self.device,
+                 self.options.precision, self.train_precision)
         for checkpoint in self.checkpoints:
+            # Stores traced before the setting have no precision in their capture options: they ran in fp32.
+            recorded = self.writer.attrs(self.name, checkpoint).get("capture", {}).get("precision", "fp32")
+            if recorded != self.options.precision:
+                raise RunError(f"{self.writer.path}: {self.name}/{checkpoint} was traced under {recorded}, not "
+                               f"{self.options.precision}; repeat it with --precision {recorded}, or trace into "
+                               "another --store (or --name)")
             written = self.writer.written(self.name, checkpoint)
             pending = [r for r in rows if not written[r] and r % n == k]
             if not pending:
@@ -178,10 +209,47 @@ class Tracer:
         return done
 
     def commit(self, rows: list[int]) -> dict[str, bool]:
-        """Mark the run's checkpoints complete when every selected row is written."""
+        """Mark the run's checkpoints complete when every selected row is written; record the agreement."""
         state = self.writer.commit(self.name, rows)
         for checkpoint, complete in state.items():
             if not complete:
                 log.warning("%s/%s is not complete yet: capture the remaining shards, then commit",
                             self.name, checkpoint)
+        if state.get("trained"):
+            agreement = self.agreement(rows)
+            self.writer.group(self.name, "trained").attrs.update({"prediction_agreement": agreement})
+            if agreement["n_compared"]:
+                log.info("%s: the store predicts as training's predictions.csv for %d of %d utterances (%.1f %%; "
+                         "trace %s, training %s)%s", self.name, agreement["n_agree"], agreement["n_compared"],
+                         100 * agreement["rate"], agreement["trace_precision"], agreement["train_precision"],
+                         f"; differing: {', '.join(agreement['differing'])}" if agreement["differing"] else "")
+            else:
+                log.warning("%s: no traced utterance is in the run's predictions.csv files to compare with",
+                            self.name)
         return state
+
+    def agreement(self, rows: list[int]) -> dict:
+        """How many traced utterances the store predicts as training did (each fold's ``predictions.csv``).
+
+        Returns:
+            ``rate`` (None when nothing could be compared), ``n_agree``, ``n_compared``, ``differing`` (up to ten
+            store ids), ``trace_precision`` and ``train_precision``.
+        """
+        stored = self.writer.read(self.name, "trained", "prediction", rows)
+        trained: dict[tuple[int, str], str] = {}
+        for fold in sorted({fold for _, fold in self.items}):
+            with open(self.run / f"fold_{fold:02d}" / "predictions.csv", newline="") as f:
+                trained |= {(fold, r["id"]): r["predicted"] for r in csv.DictReader(f)}
+        agree, compared, differing = 0, 0, []
+        for (u, fold), predicted in zip(self.items, stored, strict=True):
+            expected = trained.get((fold, u.id))
+            if expected is None:
+                continue
+            compared += 1
+            if self.config.emotions[int(predicted)] == expected:
+                agree += 1
+            elif len(differing) < 10:
+                differing.append(store_id(u))
+        return {"rate": agree / compared if compared else None, "n_agree": agree, "n_compared": compared,
+                "differing": differing, "trace_precision": self.options.precision,
+                "train_precision": self.train_precision}

@@ -8,7 +8,6 @@ last finished epoch.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import json
@@ -41,7 +40,7 @@ from precompute.checkpoints import (
     save_head,
     save_progress,
 )
-from precompute.config import TrainConfig
+from precompute.config import TrainConfig, default_precision
 from precompute.data import Corpus, Utterance, load_corpus
 from precompute.files import open_as_umask
 from precompute.folds import Fold, make_folds, scores, summarise
@@ -115,12 +114,6 @@ def batches(items: list, size: int, generator: torch.Generator | None = None) ->
     return [ordered[i: i + size] for i in range(0, len(ordered), size)]
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def lr_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
                 epochs_done: int) -> torch.optim.lr_scheduler.LRScheduler:
     """The learning-rate schedule of one fold, positioned after ``epochs_done`` epochs (a resumed fold)."""
@@ -150,8 +143,13 @@ class Trainer:
         emotions = tuple(config.emotions) if config.emotions is not None else None
         self.corpus = load_corpus(config.data, emotions, merge_excitement=config.merge_excitement)
         config.emotions = list(self.corpus.emotions)
-        if (self.run / "config.json").is_file():
-            previous = read_config(self.run)
+        previous = read_config(self.run) if (self.run / "config.json").is_file() else None
+        if config.precision == "auto":  # fixed when the run starts; a run resumed on another device keeps its own
+            known = previous is not None and previous.precision != "auto"
+            config.precision = previous.precision if known else default_precision(self.device.type)
+        if previous is not None:
+            if previous.precision == "auto":  # written before the setting existed: it ran under this device's default
+                previous.precision = default_precision(self.device.type)
             if diff := config.differences(previous):
                 raise RunError(f"{self.run} holds a run with a different configuration ({'; '.join(diff)}); "
                                "use a new --out, or repeat the original command to resume it")
@@ -185,42 +183,34 @@ class Trainer:
         if self._pooled is None:
             model = self._probe.to(self.device)
             out = []
-            with torch.no_grad(), _autocast(self.device):
+            with torch.no_grad(), W.autocast(self.device, self.config.precision):
                 for chunk in tqdm(batches(self.examples, self.config.batch_size), desc="encoding (frozen)",
                                   unit="batch"):
                     f = batch_features(chunk, self.extractor, self.config.window).to(self.device)
                     hidden = W.encode(model, f)
-                    out.append(W.masked_mean(hidden.float(), f.pooling_mask().to(self.device)).cpu())
-            self._pooled = torch.cat(out)
+                    out.append(W.masked_mean(hidden.float(), f.pooling_mask()))
+            self._pooled = torch.cat(out)  # kept on the device: each batch indexes it there
             self._row = {e.utterance.id: i for i, e in enumerate(self.examples)}
         return self._pooled
 
     def logits(self, model: torch.nn.Module, chunk: list[Example]) -> torch.Tensor:
         """Logits for a batch, through the whole model (LoRA) or the head on cached outputs (frozen)."""
         if self.config.method == "frozen":
-            pooled = self.pooled_encoder_outputs()[[self._row[e.utterance.id] for e in chunk]].to(self.device)
-            return W.head_logits(model, pooled)
+            return W.head_logits(model, self.pooled_encoder_outputs()[[self._row[e.utterance.id] for e in chunk]])
         return W.classify(model, batch_features(chunk, self.extractor, self.config.window).to(self.device))
 
     def predict(self, model: torch.nn.Module, ids: list[str]) -> np.ndarray:
         """Class probabilities, shape ``(len(ids), n_classes)``."""
         model.eval()
         out = []
-        with torch.no_grad(), _autocast(self.device):
+        with torch.no_grad(), W.autocast(self.device, self.config.precision):
             for chunk in batches([self.by_id[i] for i in ids], self.config.batch_size):
                 out.append(self.logits(model, chunk).float().softmax(-1).cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.config.emotions)))
 
-    # -- one fold ---------------------------------------------------------------------------------------
-    def train_fold(self, fold: Fold) -> dict:
-        """Train, evaluate and save one fold into ``fold_KK.partial``, then rename it to ``fold_KK``.
-
-        After every epoch the fold's state is saved in ``fold_KK.partial``; an interrupted fold resumes there.
-        """
+    def build(self, seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        """A fresh model for one fold (LoRA attached, or the encoder frozen) on the device, and its optimizer."""
         config = self.config
-        seed = config.seed + fold.index
-        generator = seed_everything(seed)
-        started = time.time()
         model = load_classifier(config.model, config.emotions, seed=seed)
         if config.method == "lora":
             model = attach_lora(model, config)
@@ -232,7 +222,31 @@ class Trainer:
         head = [p for n, p in model.named_parameters() if p.requires_grad and ("projector" in n or "classifier" in n)]
         lora = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
         groups = [{"params": head, "lr": config.head_lr}] + ([{"params": lora, "lr": config.lr}] if lora else [])
-        optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+        return model, torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+
+    def step(self, model: torch.nn.Module, chunk: list[Example], optimizer: torch.optim.Optimizer,
+             scheduler: torch.optim.lr_scheduler.LRScheduler) -> torch.Tensor:
+        """One optimiser step on a batch; returns its mean loss, still on the device (reading it waits for it)."""
+        labels = torch.tensor([e.label for e in chunk], device=self.device)
+        with W.autocast(self.device, self.config.precision):
+            loss = torch.nn.functional.cross_entropy(self.logits(model, chunk).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        return loss.detach()
+
+    # -- one fold ---------------------------------------------------------------------------------------
+    def train_fold(self, fold: Fold) -> dict:
+        """Train, evaluate and save one fold into ``fold_KK.partial``, then rename it to ``fold_KK``.
+
+        After every epoch the fold's state is saved in ``fold_KK.partial``; an interrupted fold resumes there.
+        """
+        config = self.config
+        seed = config.seed + fold.index
+        generator = seed_everything(seed)
+        started = time.time()
+        model, optimizer = self.build(seed)
         progress, best = self._resume(fold, model, optimizer, generator)
         train = [self.by_id[i] for i in fold.train]
         scheduler = lr_schedule(config, optimizer, math.ceil(len(train) / config.batch_size), progress.epochs_done)
@@ -242,13 +256,7 @@ class Trainer:
             total, count = 0.0, 0
             for chunk in tqdm(batches(train, config.batch_size, generator), desc=f"epoch {epoch + 1}",
                               unit="batch", leave=False):
-                labels = torch.tensor([e.label for e in chunk], device=self.device)
-                with _autocast(self.device):
-                    loss = torch.nn.functional.cross_entropy(self.logits(model, chunk).float(), labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
+                loss = self.step(model, chunk, optimizer, scheduler)
                 total += loss.item() * len(chunk)
                 count += len(chunk)
             progress.losses.append(total / max(count, 1))
@@ -279,6 +287,7 @@ class Trainer:
             "epoch": progress.best_epoch if best is not None else config.epochs,
             "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
             "seconds": round(progress.seconds + time.time() - started, 1), "device": str(self.device),
+            "precision": config.precision,
         }
         self._save_fold(fold, model, probs, metrics, seed)
         return metrics

@@ -4,10 +4,15 @@
 mean-pools all 1500 frames, as the paper does. ``trim`` runs the encoder over the clip's own frames: the
 positional embeddings are sliced to the batch's length, padded frames are masked out of every attention
 layer's keys and out of the pooling, so a clip's result does not depend on what it is batched with.
+
+Devices: a batch's log-mel lives on the model's device, its lengths (``n_frames``) on the host, and every mask is
+made on the device of the log-mel it meets. ``autocast`` sets the numeric regime (``fp32`` or ``bf16``) of a run's
+forward passes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -19,7 +24,7 @@ from peft import PeftModel
 from transformers import WhisperFeatureExtractor, WhisperForAudioClassification
 
 from precompute.audio import SAMPLE_RATE
-from precompute.config import WINDOWS, Window  # noqa: F401  (re-exported: W.Window)
+from precompute.config import WINDOWS, Precision, Window  # noqa: F401  (re-exported: W.Window)
 
 HOP = 160
 """Samples per mel frame; an encoder frame spans two mel frames (conv2 has stride 2)."""
@@ -33,9 +38,10 @@ class Features:
     """A batch of log-mel inputs."""
 
     input_features: torch.Tensor
-    """Log-mel spectrograms, shape ``(batch, n_mels, 2 * n_positions)``."""
+    """Log-mel spectrograms, shape ``(batch, n_mels, 2 * n_positions)``, on the model's device."""
     n_frames: torch.Tensor
-    """Encoder frames that hold the clip (the rest is padding), shape ``(batch,)``."""
+    """Encoder frames that hold the clip (the rest is padding), shape ``(batch,)``, on the host: lengths shape
+    masks and slices, and reading them must not wait for the device."""
     window: Window
     """How the batch was windowed."""
 
@@ -47,16 +53,18 @@ class Features:
     def pooling_mask(self) -> torch.Tensor:
         """Which encoder frames the head pools: shape ``(batch, n_positions)``, 1.0 where pooled.
 
-        ``full`` pools every frame (stock Whisper); ``trim`` only the clip's own.
+        ``full`` pools every frame (stock Whisper); ``trim`` only the clip's own. Made on ``input_features``'
+        device, where the hidden states it masks live.
         """
-        positions = torch.arange(self.n_positions)
+        device = self.input_features.device
         if self.window == "full":
-            return torch.ones(len(self.n_frames), self.n_positions)
-        return (positions[None, :] < self.n_frames[:, None]).float()
+            return torch.ones(len(self.n_frames), self.n_positions, device=device)
+        positions = torch.arange(self.n_positions, device=device)
+        return (positions[None, :] < self.n_frames.to(device)[:, None]).float()
 
     def to(self, device: torch.device | str) -> Features:
-        """The same batch on ``device``."""
-        return Features(self.input_features.to(device), self.n_frames.to(device), self.window)
+        """The same batch with its log-mel on ``device`` (its lengths stay on the host)."""
+        return Features(self.input_features.to(device), self.n_frames.cpu(), self.window)
 
 
 def encoder_frames(n_samples: int) -> int:
@@ -107,7 +115,7 @@ def encoder_window(model: torch.nn.Module, features: Features) -> Iterator[None]
         encoder.embed_positions.num_embeddings = n  # the forward embeds arange(num_embeddings): the first n rows
         try:
             if features.window == "trim" and bool((features.n_frames < n).any()):
-                keys = features.pooling_mask().to(features.input_features.device)
+                keys = features.pooling_mask()
                 mask = (1.0 - keys)[:, None, None, :] * torch.finfo(torch.float32).min
 
                 def add_mask(module, args, kwargs):
@@ -123,9 +131,18 @@ def encoder_window(model: torch.nn.Module, features: Features) -> Iterator[None]
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over frames where ``mask`` is 1: ``(batch, frames, d)``, ``(batch, frames)`` -> ``(batch, d)``."""
-    mask = mask.to(hidden.dtype)
-    return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+    """Mean over the frames where ``mask`` is 1, the frame axis being the second to last.
+
+    Args:
+        hidden: shape ``(batch, ..., frames, d)``, e.g. ``(batch, frames, d_model)`` or
+            ``(batch, boundary, frames, d_model)``.
+        mask: shape ``(batch, frames)``, on ``hidden``'s device.
+
+    Returns:
+        Shape ``(batch, ..., d)``.
+    """
+    m = mask.to(hidden.dtype).reshape(mask.shape[0], *([1] * (hidden.dim() - 3)), mask.shape[1], 1)
+    return (hidden * m).sum(-2) / m.sum(-2).clamp(min=1)
 
 
 def head_logits(model: torch.nn.Module, pooled: torch.Tensor) -> torch.Tensor:
@@ -146,7 +163,20 @@ def encode(model: torch.nn.Module, features: Features) -> torch.Tensor:
 def classify(model: torch.nn.Module, features: Features) -> torch.Tensor:
     """Logits of the full model (encoder, projector, pooling, classifier), ``(batch, n_classes)``."""
     hidden = encode(model, features)
-    return head_logits(model, masked_mean(hidden, features.pooling_mask().to(hidden.device)))
+    return head_logits(model, masked_mean(hidden, features.pooling_mask()))
+
+
+def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+    """The numeric regime of the forward passes run inside the block.
+
+    Args:
+        device: where the model runs.
+        precision: ``fp32`` (no autocast: the model's own float32) or ``bf16`` (autocast to bfloat16 on
+            ``device``'s type; CUDA and CPU support it).
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def stack(items: Sequence[Features]) -> Features:

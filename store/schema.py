@@ -49,6 +49,11 @@ CHECKPOINT_ATTRS = (
     "capture",         # what was captured (CaptureOptions as a dict)
     "complete",        # set by commit once every row of the run is written
 )
+# Checkpoint group attribute keys that ``loralens trace`` adds once the run's rows are committed (absent before).
+TRACE_ATTRS = (
+    "prediction_agreement",  # trained: how many stored predictions equal the run's predictions.csv, and the
+                             # precision of the trace and of training (see ``precompute.trace.Tracer.agreement``)
+)
 
 
 @dataclass(frozen=True)

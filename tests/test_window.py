@@ -57,3 +57,15 @@ def test_pooling_mask():
     f = W.Features(torch.zeros(2, 80, 8), torch.tensor([4, 2]), "trim")
     assert f.pooling_mask().tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
     assert W.Features(f.input_features, f.n_frames, "full").pooling_mask().sum() == 8
+
+
+def test_masked_mean_over_extra_leading_dims():
+    """One masked mean serves the head's pooling (batch, frame, d) and capture's (batch, boundary, frame, d)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    pooled = W.masked_mean(x, mask)
+    assert pooled.shape == (2, 3, 4)
+    for j in range(3):
+        assert torch.equal(pooled[:, j], W.masked_mean(x[:, j], mask))
+    assert torch.allclose(pooled[0], x[0, :, :3].mean(1)) and torch.allclose(pooled[1], x[1].mean(1))
