@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 FORMAT = "loralens-store"
-SCHEMA_VERSION = 2
-"""Bumped on any change a reader of the previous version would misread (2: the block update per frame)."""
+SCHEMA_VERSION = 3
+"""Bumped on any change a reader of the previous version would misread (2: the block update per frame; 3: LoRA
+gradients in float32, whose values after training lie below float16's normal range)."""
 
 Checkpoint = Literal["trained", "random_twin"]
 CHECKPOINTS: tuple[Checkpoint, ...] = ("trained", "random_twin")
@@ -122,14 +123,14 @@ CHECKPOINT_ARRAYS: dict[str, ArraySpec] = {
     "mlp_pooled": ArraySpec(("utterance", "layer", "d_model"), "float32", "pooled MLP output"),
     "lora_a_activation": ArraySpec(("utterance", "module", "frame", "rank"), "float16",
                                    "LoRA A output (before B) per frame", lora_only=True),
-    "lora_a_gradient": ArraySpec(("utterance", "module", "frame", "rank"), "float16",
+    "lora_a_gradient": ArraySpec(("utterance", "module", "frame", "rank"), "float32",
                                  "d cross-entropy(true label) / d LoRA A output", lora_only=True),
     "lora_a_pooled": ArraySpec(("utterance", "module", "rank"), "float32",
                                "LoRA A output mean-pooled over real frames", lora_only=True),
     "lora_b_activation": ArraySpec(("utterance", "module", "frame", "d_out"), "float16",
                                    "LoRA B output per frame (the update before the alpha / r scaling)",
                                    lora_only=True, optional=True),
-    "lora_b_gradient": ArraySpec(("utterance", "module", "frame", "d_out"), "float16",
+    "lora_b_gradient": ArraySpec(("utterance", "module", "frame", "d_out"), "float32",
                                  "d cross-entropy(true label) / d LoRA B output", lora_only=True, optional=True),
     "lora_b_pooled": ArraySpec(("utterance", "module", "d_out"), "float32",
                                "LoRA B output mean-pooled over real frames", lora_only=True),
