@@ -71,6 +71,42 @@ def test_lens_kl_zero_and_overlap_one_at_last_layer():
     assert (summary.kl >= -1e-12).all() and set(summary.by_emotion) == {"a", "b"}
 
 
+def test_lens_kl_runs_from_the_final_prediction_to_each_layer():
+    """KL(p_L || p_l), as the paper's code (F.kl_div(log p_l, p_L)), against scipy.stats.entropy."""
+    from scipy.special import softmax
+    from scipy.stats import entropy
+
+    logits = np.random.default_rng(1).standard_normal((6, 5, 4)) * 2
+    p = softmax(logits, axis=-1)
+    kl = lens.kl_to_final(logits)
+    reverse = lens.kl_to_final(logits, "layer||final")
+    for u in range(6):
+        for b in range(5):
+            assert kl[u, b] == pytest.approx(entropy(p[u, -1], p[u, b]), rel=1e-9, abs=1e-12)
+            assert reverse[u, b] == pytest.approx(entropy(p[u, b], p[u, -1]), rel=1e-9, abs=1e-12)
+    assert not np.allclose(kl[:, :-1], reverse[:, :-1])  # the direction matters on these
+    with pytest.raises(ValueError, match="direction"):
+        lens.kl_to_final(logits, "sideways")
+
+
+def test_lens_summary_on_hand_made_distributions():
+    """Two utterances, three boundaries, two classes, with known probabilities at every boundary."""
+    probs = np.array([[[0.5, 0.5], [0.2, 0.8], [0.1, 0.9]],     # settles on class 1 at boundary 1
+                      [[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]]])    # flips at the last boundary
+    summary = lens.summarise(np.log(probs), np.array(["x", "y"]))
+    final_1, final_2 = probs[0, 2], probs[1, 2]
+    by_hand = lambda p, q: float(np.sum(p * np.log(p / q)))  # noqa: E731
+    assert summary.kl_per_utterance[0].tolist() == pytest.approx([by_hand(final_1, probs[0, 0]),
+                                                                  by_hand(final_1, probs[0, 1]), 0.0])
+    assert summary.kl_per_utterance[1, 1] == pytest.approx(by_hand(final_2, probs[1, 1]))
+    assert summary.kl[1] == pytest.approx((by_hand(final_1, probs[0, 1]) + by_hand(final_2, probs[1, 1])) / 2)
+    # top-1: utterance 1 is 0 (a tie: argmax takes the first), 1, 1; utterance 2 is 0, 1, 0
+    assert summary.overlap.tolist() == [0.5, 0.5, 1.0]
+    assert summary.resolution_depth.tolist() == [1, 2]
+    assert summary.by_emotion["y"]["overlap"].tolist() == [1.0, 0.0, 1.0]
+    assert summary.kl_label == "KL(final ‖ layer)" and summary.direction == "final||layer"
+
+
 def test_resolution_depth():
     top = np.array([[0, 1, 1, 1], [1, 1, 1, 1], [1, 0, 1, 0], [2, 2, 0, 2]])
     logits = np.eye(3)[top] * 5
