@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import altair as alt
@@ -12,6 +13,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from app import charts, views
+from app.analysis import contributions as contrib_analysis
+from app.analysis import lens as lens_analysis
 from app.analysis import projections, spectra
 from store.reader import StoreReader
 
@@ -25,25 +28,70 @@ def _last_third(n: int) -> slice:
     return slice(n - max(1, n // 3), n)
 
 
-def _findings(lora_lens, frozen_lens, contrib, diff, ratios, cka_ab, n_layers) -> list[dict]:
-    findings = []
-    depth = float(lora_lens.resolution_depth.mean())
+@dataclass
+class RunAnalysis:
+    """Everything the report says about one LoRA run, computed over one set of utterances."""
+
+    lora: views.RunInfo
+    frozen: views.RunInfo | None
+    rows: list[int]
+    """The utterances every number is computed over: those both the LoRA and the frozen run traced (or the LoRA
+    run alone, without a frozen partner). Lens, contributions, spectra, CKA and silhouettes all use these."""
+    lens: lens_analysis.LensSummary
+    frozen_lens: lens_analysis.LensSummary | None
+    contributions: contrib_analysis.Contributions
+    frozen_contributions: contrib_analysis.Contributions | None
+    spectra: dict[str, dict[str, spectra.Spectrum]]
+    """Quantity -> checkpoint -> spectrum, within each fold model."""
+    cka_ab: dict[str, np.ndarray]
+    """``activation``, ``gradient`` -> CKA(A, B) per module."""
+
+    @property
+    def diff(self) -> contrib_analysis.Contributions | None:
+        """LoRA minus frozen contributions (None without a frozen partner)."""
+        return self.contributions.minus(self.frozen_contributions) if self.frozen_contributions else None
+
+    @property
+    def ratios(self) -> dict[str, float]:
+        """Quantity -> concentration ratio (random / trained effective rank)."""
+        return views.concentration(self.spectra)
+
+
+def analyse(reader: StoreReader, lora: views.RunInfo, frozen: views.RunInfo | None,
+            threshold: float = 0.9) -> RunAnalysis:
+    """The report's numbers for one LoRA run and its frozen partner, over the utterances both traced."""
+    rows = views.common_rows(reader, lora.name, *([frozen.name] if frozen else []))
+    return RunAnalysis(
+        lora, frozen, rows,
+        views.lens_of(reader, lora.name, rows), views.lens_of(reader, frozen.name, rows) if frozen else None,
+        views.contributions_of(reader, lora.name, rows),
+        views.contributions_of(reader, frozen.name, rows) if frozen else None,
+        views.spectra_of(reader, lora.name, threshold, rows=rows), views.cka_a_vs_b(reader, lora.name, rows=rows))
+
+
+def findings(a: RunAnalysis) -> list[dict]:
+    """The paper's four findings, each with whether ``a`` shows it, the numbers, and the criterion applied."""
+    out = []
+    n_layers = a.lora.n_layers
+    lens_, frozen_lens, contrib, diff, ratios, cka_ab = a.lens, a.frozen_lens, a.contributions, a.diff, a.ratios, \
+        a.cka_ab
+    depth = float(lens_.resolution_depth.mean())
     mid = n_layers // 2
-    holds = depth >= n_layers / 2 and lora_lens.overlap[mid] < 0.75
+    holds = depth >= n_layers / 2 and lens_.overlap[mid] < 0.75
     text = (f"mean resolution depth {depth:.2f} of {n_layers} layers; top-1 overlap with the final prediction "
-            f"{lora_lens.overlap[mid]:.2f} at boundary {mid}, KL there {lora_lens.kl[mid]:.3f}")
+            f"{lens_.overlap[mid]:.2f} at boundary {mid}, {lens_.kl_label} there {lens_.kl[mid]:.3f}")
     if frozen_lens is not None:
         frozen_depth = float(frozen_lens.resolution_depth.mean())
         text += f" (frozen: depth {frozen_depth:.2f}, overlap {frozen_lens.overlap[mid]:.2f})"
-    findings.append({"finding": "delayed specialization", "holds": bool(holds), "evidence": text,
-                     "criterion": "the LoRA model's top-1 class settles in the second half of the layers "
-                                  "(mean resolution depth >= L/2) and agrees with the final one for fewer "
-                                  "than 75% of utterances at the middle boundary"})
+    out.append({"finding": "delayed specialization", "holds": bool(holds), "evidence": text,
+                "criterion": "the LoRA model's top-1 class settles in the second half of the layers "
+                             "(mean resolution depth >= L/2) and agrees with the final one for fewer "
+                             "than 75% of utterances at the middle boundary"})
     late = _last_third(n_layers)
     if diff is not None:
         growth = float(diff.block[late].mean())
         cosine = float(contrib.block_cosine[late].mean())
-        findings.append({
+        out.append({
             "finding": "late-layer contribution growth with negative cosine",
             "holds": bool(growth > 0 and cosine < 0),
             "evidence": f"last-third layers: LoRA minus frozen relative contribution {growth:+.3f} "
@@ -54,12 +102,12 @@ def _findings(lora_lens, frozen_lens, contrib, diff, ratios, cka_ab, n_layers) -
             "criterion": "in the last third of layers LoRA writes more into the residual than the frozen "
                          "encoder (||a+m||/||h|| larger) and its update points against the residual (cosine < 0)"})
     if ratios:
-        a, b = ratios.get("lora_a_activation"), ratios.get("lora_b_activation")
-        findings.append({
+        ra, rb = ratios.get("lora_a_activation"), ratios.get("lora_b_activation")
+        out.append({
             "finding": "A compression and B reconstruction",
-            "holds": bool(a is not None and a >= 2 and b is not None and b >= 2),
-            "evidence": f"concentration (random / trained effective rank at 90%): A activations {a:.2f}x "
-                        f"(paper 5.5x), B activations {b:.2f}x (paper 10.4x); A gradients "
+            "holds": bool(ra is not None and ra >= 2 and rb is not None and rb >= 2),
+            "evidence": f"concentration (random / trained effective rank at 90%): A activations {ra:.2f}x "
+                        f"(paper 5.5x), B activations {rb:.2f}x (paper 10.4x); A gradients "
                         f"{ratios.get('lora_a_gradient', float('nan')):.2f}x (paper 1.7x), B gradients "
                         f"{ratios.get('lora_b_gradient', float('nan')):.2f}x (paper: more dispersed)",
             "criterion": "trained A and B outputs need at most half the directions of the random twin's "
@@ -67,12 +115,12 @@ def _findings(lora_lens, frozen_lens, contrib, diff, ratios, cka_ab, n_layers) -
     if cka_ab:
         act = float(np.mean(cka_ab.get("activation", [np.nan])))
         grad = float(np.mean(cka_ab.get("gradient", [np.nan])))
-        findings.append({
+        out.append({
             "finding": "forward alignment and backward differentiation",
             "holds": bool(act > grad),
             "evidence": f"mean linear CKA(A, B) over layers: activations {act:.3f}, gradients {grad:.3f}",
             "criterion": "A and B outputs are more similar in the forward pass than their gradients are"})
-    return findings
+    return out
 
 
 def build(store: str, out: Path, threshold: float = 0.9) -> dict:
@@ -84,54 +132,22 @@ def build(store: str, out: Path, threshold: float = 0.9) -> dict:
     if not pairs:
         raise ValueError(f"{store}: no LoRA run to report on; trace one with loralens trace")
     for lora_run, frozen_run in tqdm(pairs, desc="report", unit="run"):
-        name = lora_run.name
-        rows = views.common_rows(reader, name, frozen_run.name) if frozen_run else views.common_rows(reader, name)
-        n_layers = lora_run.n_layers
-        lora_lens = views.lens_of(reader, name, rows)
-        frozen_lens = views.lens_of(reader, frozen_run.name, rows) if frozen_run else None
-        lens_rows = []
-        for label, s in (("LoRA", lora_lens), ("frozen", frozen_lens)):
-            if s is None:
-                continue
-            for b in range(len(s.kl)):
-                lens_rows += [{"boundary": b, "value": float(s.kl[b]), "measure": "KL to final", "series": label},
-                              {"boundary": b, "value": float(s.overlap[b]), "measure": "top-1 overlap",
-                               "series": label}]
-        charts.save(charts.lens_curves(pd.DataFrame(lens_rows), f"Logit lens: {name}"), out, f"{name}-lens")
-
-        contrib = views.contributions_of(reader, name, rows)
-        frozen_contrib = views.contributions_of(reader, frozen_run.name, rows) if frozen_run else None
-        diff = contrib.minus(frozen_contrib) if frozen_contrib else None
-        crow = [r | {"series": "LoRA"} for r in contrib.as_rows()]
-        if diff is not None:
-            crow += [r | {"series": "frozen"} for r in frozen_contrib.as_rows()]
-            crow += [r | {"series": "LoRA - frozen"} for r in diff.as_rows()]
-        charts.save(charts.contributions(pd.DataFrame(crow), f"Layer contributions: {name}"), out,
-                    f"{name}-contributions")
-
-        spec = views.spectra_of(reader, name, threshold)
-        ratios, srows = {}, []
-        for quantity, by_checkpoint in spec.items():
-            if "random_twin" in by_checkpoint:
-                ratios[quantity] = spectra.concentration_ratio(by_checkpoint["random_twin"], by_checkpoint["trained"])
-            for checkpoint, s in by_checkpoint.items():
-                srows += [{"k": k + 1, "energy": float(e), "quantity": views.QUANTITY_LABELS[quantity],
-                           "checkpoint": checkpoint} for k, e in enumerate(s.mean_curve)]
-        charts.save(charts.spectra(pd.DataFrame(srows), threshold, f"SVD spectra: {name}"), out, f"{name}-svd")
-
-        cka_ab = views.cka_a_vs_b(reader, name)
-        cka_rows = [{"layer": i, "cka": float(v), "series": kind} for kind, values in cka_ab.items()
-                    for i, v in enumerate(values)]
-        charts.save(charts.per_layer(pd.DataFrame(cka_rows), "cka", f"CKA(A, B) per layer: {name}", [0, 1]), out,
-                    f"{name}-cka-ab")
-        heat = {"within": views.residual_cka(reader, name, name)}
+        a = analyse(reader, lora_run, frozen_run, threshold)
+        name, rows, n_layers = lora_run.name, a.rows, lora_run.n_layers
+        lenses = {"LoRA": a.lens} | ({"frozen": a.frozen_lens} if a.frozen_lens else {})
+        charts.save(charts.lens_curves(views.lens_frame(lenses), f"Logit lens: {name}"), out, f"{name}-lens")
+        charts.save(charts.contributions(views.contribution_frame(a.contributions, "LoRA", a.frozen_contributions),
+                                         f"Layer contributions: {name}"), out, f"{name}-contributions")
+        charts.save(charts.spectra(views.spectra_frame(a.spectra), threshold, f"SVD spectra: {name}"), out,
+                    f"{name}-svd")
+        charts.save(charts.per_layer(views.cka_ab_frame(a.cka_ab), "cka", f"CKA(A, B) per layer: {name}", [0, 1]),
+                    out, f"{name}-cka-ab")
+        heat = {"within": views.residual_cka(reader, name, name, rows)}
         if frozen_run:
-            heat["vs_frozen"] = views.residual_cka(reader, name, frozen_run.name)
+            heat["vs_frozen"] = views.residual_cka(reader, name, frozen_run.name, rows)
         for key, matrix in heat.items():
-            df = pd.DataFrame([{"LoRA": i, "other": j, "cka": float(matrix[i, j])}
-                               for i in range(matrix.shape[0]) for j in range(matrix.shape[1])])
-            charts.save(charts.heatmap(df, "other", "LoRA", "cka", f"Residual CKA ({key}): {name}", [0, 1]), out,
-                        f"{name}-cka-{key}")
+            charts.save(charts.heatmap(views.heatmap_frame(matrix), "other", "LoRA", "cka",
+                                       f"Residual CKA ({key}): {name}", [0, 1]), out, f"{name}-cka-{key}")
 
         emotions = reader.utterances()["emotion"][rows]
         sil = {"LoRA": views.silhouettes(reader, name, rows)}
@@ -149,24 +165,26 @@ def build(store: str, out: Path, threshold: float = 0.9) -> dict:
             charts.save(charts.scatter(df, title=f"{projections.NAMES[method]} of the last layer: {name}"), out,
                         f"{name}-{method}")
 
+        diff = a.diff
         summary["runs"][name] = {
             "frozen": frozen_run.name if frozen_run else None, "n_utterances": len(rows), "n_layers": n_layers,
             "metrics": {k: lora_run.metrics.get(k) for k in ("uar", "war")},
             "frozen_metrics": {k: frozen_run.metrics.get(k) for k in ("uar", "war")} if frozen_run else None,
-            "lens": {"kl": lora_lens.kl.tolist(), "overlap": lora_lens.overlap.tolist(),
-                     "resolution_depth_mean": float(lora_lens.resolution_depth.mean()),
-                     "frozen_kl": frozen_lens.kl.tolist() if frozen_lens else None,
-                     "frozen_overlap": frozen_lens.overlap.tolist() if frozen_lens else None},
-            "contributions": {f: getattr(contrib, f).tolist() for f in contrib.__dataclass_fields__},
+            "lens": {"kl_direction": a.lens.direction, "kl_label": a.lens.kl_label,
+                     "kl": a.lens.kl.tolist(), "overlap": a.lens.overlap.tolist(),
+                     "resolution_depth_mean": float(a.lens.resolution_depth.mean()),
+                     "frozen_kl": a.frozen_lens.kl.tolist() if a.frozen_lens else None,
+                     "frozen_overlap": a.frozen_lens.overlap.tolist() if a.frozen_lens else None},
+            "contributions": {f: getattr(a.contributions, f).tolist() for f in a.contributions.__dataclass_fields__},
             "contributions_minus_frozen": ({f: getattr(diff, f).tolist() for f in diff.__dataclass_fields__}
                                            if diff else None),
-            "fold_models": {str(f): len(r) for f, r in views.fold_groups(reader, name).items()},
+            "fold_models": {str(f): len(r) for f, r in views.fold_groups(reader, name, rows).items()},
             "effective_rank": {q: {c: {"per_layer": s.ranks.tolist(), "mean": s.mean_rank}
-                                   for c, s in by.items()} for q, by in spec.items()},
-            "concentration_ratio": ratios,
-            "cka_a_vs_b": {k: v.tolist() for k, v in cka_ab.items()},
+                                   for c, s in by.items()} for q, by in a.spectra.items()},
+            "concentration_ratio": a.ratios,
+            "cka_a_vs_b": {k: v.tolist() for k, v in a.cka_ab.items()},
             "silhouette": {k: v.tolist() for k, v in sil.items()},
-            "findings": _findings(lora_lens, frozen_lens, contrib, diff, ratios, cka_ab, n_layers),
+            "findings": findings(a),
         }
     summary["rank_comparisons"] = _rank_comparisons(reader, out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -191,27 +209,34 @@ def _rank_comparisons(reader: StoreReader, out: Path) -> list[dict]:
         utterances = reader.utterances()
         emotions, ids = utterances["emotion"][rows], utterances["id"][rows]
         module = run.n_layers * len(run.targets) - 1
-        maps, silhouettes = [], {}
+        maps, silhouettes, on_map = [], {}, {}
         for r in series:
             x, _ = views.vectors(reader, r.name, "lora_a", module, rows=rows)
             coordinates = projections.project(x, "tsne").coordinates
-            silhouettes[r.rank] = projections.silhouette(coordinates, emotions)
+            # in the A activation space itself: the 2-D map's value moves with t-SNE's seed and perplexity
+            silhouettes[r.rank] = projections.silhouette(x, emotions)
+            on_map[r.rank] = projections.silhouette(coordinates, emotions)
             df = pd.DataFrame({"x": coordinates[:, 0], "y": coordinates[:, 1], "emotion": emotions, "id": ids})
-            maps.append(charts.scatter(df, title=f"r = {r.rank} · silhouette {silhouettes[r.rank]:.3f}"))
+            maps.append(charts.scatter(df, title=f"r = {r.rank} · silhouette {silhouettes[r.rank]:.3f} "
+                                                 f"(on the map {on_map[r.rank]:.3f})"))
         figure = "ranks-" + "-".join(names)
         charts.save(alt.hconcat(*maps, title=f"t-SNE of LoRA A activations, module {module}, by rank: "
                                              f"{run.model}, {run.window}, {','.join(run.targets)}"), out, figure)
         comparisons.append({"runs": list(names), "model": run.model, "window": run.window, "targets": run.targets,
                             "module": module, "n_utterances": len(rows), "figure": figure,
-                            "silhouette": {str(k): v for k, v in silhouettes.items()}})
+                            "silhouette": {str(k): v for k, v in silhouettes.items()},
+                            "silhouette_on_map": {str(k): v for k, v in on_map.items()}})
     return comparisons
 
 
 def _markdown(summary: dict) -> str:
     lines = [f"# loralens report: {summary['store']}", ""]
     for name, run in summary["runs"].items():
-        lines += [f"## {name}", "", f"{run['n_utterances']} utterances traced in both runs; "
-                  f"{run['n_layers']} layers; compared with {run['frozen'] or 'no frozen run'}.", ""]
+        lines += [f"## {name}", "", f"Every number below is computed over the same {run['n_utterances']} utterances: "
+                  + ("those traced by both the LoRA and the frozen run" if run["frozen"] else "those the run traced")
+                  + f"; {run['n_layers']} layers; compared with {run['frozen'] or 'no frozen run'}. "
+                  f"Logit-lens KL: {run['lens']['kl_label']}, the final prediction's distribution against each "
+                  "layer's.", ""]
         m, f = run["metrics"], run["frozen_metrics"]
         if m.get("uar"):
             lines.append(f"Cross-validated UAR: LoRA {m['uar']['mean']:.3f} ± {m['uar']['std']:.3f}"
@@ -230,7 +255,7 @@ def _markdown(summary: dict) -> str:
         lines += [f"## Ranks: {', '.join(c['runs'])}", "",
                   f"t-SNE of the LoRA A activations at module {c['module']} ({c['model']}, {c['window']}, "
                   f"{','.join(c['targets'])}; {c['n_utterances']} utterances), each rank's map fitted on its own run. "
-                  "Emotion silhouette on each map: "
-                  + ", ".join(f"r = {k}: {v:.3f}" for k, v in c["silhouette"].items())
+                  "Emotion silhouette in each rank's LoRA A activation space (on its 2-D map in brackets): "
+                  + ", ".join(f"r = {k}: {v:.3f} ({c['silhouette_on_map'][k]:.3f})" for k, v in c["silhouette"].items())
                   + f". Figure: `{c['figure']}` (PNG and SVG).", ""]
     return "\n".join(lines)

@@ -102,11 +102,12 @@ def common_rows(reader: StoreReader, *runs: str) -> list[int]:
     return np.flatnonzero(mask).tolist()
 
 
-def lens_of(reader: StoreReader, run: str, rows: list[int] | None = None) -> lens.LensSummary:
+def lens_of(reader: StoreReader, run: str, rows: list[int] | None = None,
+            direction: lens.Direction = "final||layer") -> lens.LensSummary:
     """The logit-lens summary of a run over ``rows`` (default: all it traced)."""
     rows = rows if rows is not None else common_rows(reader, run)
     emotions = reader.utterances()["emotion"][rows]
-    return lens.summarise(reader.read(run, "trained", "lens_logits", rows), emotions)
+    return lens.summarise(reader.read(run, "trained", "lens_logits", rows), emotions, direction)
 
 
 def contributions_of(reader: StoreReader, run: str, rows: list[int] | None = None) -> contributions.Contributions:
@@ -146,7 +147,7 @@ def lora_matrices(reader: StoreReader, run: str, checkpoint: str, quantity: str,
 
 
 def spectra_of(reader: StoreReader, run: str, threshold: float = 0.9, fold: int | None = None,
-               modules: slice = slice(None)) -> dict[str, dict[str, spectra.Spectrum]]:
+               modules: slice = slice(None), rows: list[int] | None = None) -> dict[str, dict[str, spectra.Spectrum]]:
     """Quantity -> checkpoint (trained, random_twin) -> spectrum per module, within each fold model.
 
     Args:
@@ -155,8 +156,9 @@ def spectra_of(reader: StoreReader, run: str, threshold: float = 0.9, fold: int 
         threshold: the effective-rank energy threshold (``Spectrum.at`` changes it without recomputing).
         fold: one fold model only; default: every fold that traced utterances, averaged.
         modules: which LoRA modules (default all).
+        rows: the utterances (default: all the run traced).
     """
-    groups = fold_groups(reader, run, fold=fold)
+    groups = fold_groups(reader, run, rows, fold=fold)
     out = {}
     for quantity in LORA_QUANTITIES:
         if quantity not in reader.group(run, "trained"):
@@ -167,13 +169,15 @@ def spectra_of(reader: StoreReader, run: str, threshold: float = 0.9, fold: int 
 
 
 def cka_a_vs_b(reader: StoreReader, run: str, checkpoint: str = "trained", fold: int | None = None,
-               modules: slice = slice(None)) -> dict[str, np.ndarray]:
+               modules: slice = slice(None), rows: list[int] | None = None) -> dict[str, np.ndarray]:
     """Linear CKA between LoRA A and B outputs per module over real frames, within each fold model, averaged.
+
+    ``rows``: the utterances (default: all the run traced).
 
     Returns:
         ``activation`` and ``gradient`` (where captured) -> ``(n_modules,)``.
     """
-    groups = fold_groups(reader, run, fold=fold)
+    groups = fold_groups(reader, run, rows, fold=fold)
     out = {}
     for kind in ("activation", "gradient"):
         if f"lora_b_{kind}" not in reader.group(run, checkpoint):
@@ -185,9 +189,12 @@ def cka_a_vs_b(reader: StoreReader, run: str, checkpoint: str = "trained", fold:
     return out
 
 
-def residual_cka(reader: StoreReader, run_a: str, run_b: str) -> np.ndarray:
-    """Layer x layer linear CKA of pooled residuals, ``(n_boundaries_a, n_boundaries_b)``, over common rows."""
-    rows = common_rows(reader, run_a, run_b)
+def residual_cka(reader: StoreReader, run_a: str, run_b: str, rows: list[int] | None = None) -> np.ndarray:
+    """Layer x layer linear CKA of pooled residuals, ``(n_boundaries_a, n_boundaries_b)``.
+
+    ``rows``: the utterances (default: those both runs traced).
+    """
+    rows = rows if rows is not None else common_rows(reader, run_a, run_b)
     return cka.layer_heatmap(reader.read(run_a, "trained", "residual_pooled", rows),
                              reader.read(run_b, "trained", "residual_pooled", rows))
 
@@ -220,3 +227,59 @@ def silhouettes(reader: StoreReader, run: str, rows: list[int] | None = None) ->
     rows = rows if rows is not None else common_rows(reader, run)
     labels = reader.utterances()["emotion"][rows]
     return projections.silhouette_per_layer(reader.read(run, "trained", "residual_pooled", rows), labels)
+
+
+# -- tidy frames: what the pages draw and the report saves, built in one place ---------------------------------
+def lens_frame(summaries: dict[str, lens.LensSummary]) -> pd.DataFrame:
+    """Series label -> lens summary, as rows ``boundary, value, measure, series`` (KL named with its direction)."""
+    rows = []
+    for label, s in summaries.items():
+        for b in range(len(s.kl)):
+            rows += [{"boundary": b, "value": float(s.kl[b]), "measure": s.kl_label, "series": label},
+                     {"boundary": b, "value": float(s.overlap[b]), "measure": "top-1 overlap", "series": label}]
+    return pd.DataFrame(rows, columns=["boundary", "value", "measure", "series"])
+
+
+def contribution_frame(mine: contributions.Contributions, label: str,
+                       frozen: contributions.Contributions | None = None) -> pd.DataFrame:
+    """A run's contributions (series ``label``), and with a frozen partner also ``frozen`` and ``LoRA - frozen``."""
+    records = [r | {"series": label} for r in mine.as_rows()]
+    if frozen is not None:
+        records += [r | {"series": "frozen"} for r in frozen.as_rows()]
+        records += [r | {"series": "LoRA - frozen"} for r in mine.minus(frozen).as_rows()]
+    return pd.DataFrame(records)
+
+
+def spectra_frame(spec: dict[str, dict[str, spectra.Spectrum]]) -> pd.DataFrame:
+    """Cumulative-energy curves (averaged over modules) as rows ``k, energy, quantity, checkpoint``."""
+    return pd.DataFrame([{"k": k + 1, "energy": float(e), "quantity": QUANTITY_LABELS[quantity],
+                          "checkpoint": checkpoint}
+                         for quantity, by_checkpoint in spec.items() for checkpoint, s in by_checkpoint.items()
+                         for k, e in enumerate(s.mean_curve)])
+
+
+def concentration(spec: dict[str, dict[str, spectra.Spectrum]]) -> dict[str, float]:
+    """Quantity -> random-twin over trained effective rank (quantities of runs with a random twin)."""
+    return {q: spectra.concentration_ratio(by["random_twin"], by["trained"]) for q, by in spec.items()
+            if "random_twin" in by}
+
+
+def rank_table(spec: dict[str, dict[str, spectra.Spectrum]]) -> pd.DataFrame:
+    """Per quantity: trained and random effective rank (averaged over layers) and their ratio."""
+    ratios = concentration(spec)
+    return pd.DataFrame([{"quantity": QUANTITY_LABELS[q], "trained rank": by["trained"].mean_rank,
+                          "random rank": by.get("random_twin", by["trained"]).mean_rank,
+                          "concentration (random / trained)": ratios.get(q, float("nan"))}
+                         for q, by in spec.items()])
+
+
+def cka_ab_frame(ab: dict[str, np.ndarray]) -> pd.DataFrame:
+    """CKA(A, B) per layer as rows ``layer, cka, series`` (activation, gradient)."""
+    return pd.DataFrame([{"layer": i, "cka": float(v), "series": kind} for kind, values in ab.items()
+                         for i, v in enumerate(values)], columns=["layer", "cka", "series"])
+
+
+def heatmap_frame(matrix: np.ndarray) -> pd.DataFrame:
+    """A layer x layer CKA matrix as rows ``LoRA, other, cka``."""
+    return pd.DataFrame([{"LoRA": i, "other": j, "cka": float(matrix[i, j])} for i in range(matrix.shape[0])
+                         for j in range(matrix.shape[1])])
