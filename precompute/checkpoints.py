@@ -53,6 +53,36 @@ def save_head(model: torch.nn.Module, path: Path) -> None:
     save_file(head_state(model), path)
 
 
+def load_head(model: torch.nn.Module, path: Path) -> None:
+    """Load a head written by ``save_head`` into ``model``; refuse a file that does not hold exactly its weights.
+
+    Raises:
+        RunError: keys missing, extra or of another shape (a head from another model or class set would
+            otherwise leave the freshly initialised, random head in place).
+    """
+    expected = head_state(model)
+    try:
+        saved = load_file(path)
+    except (OSError, SafetensorError) as e:
+        raise RunError(f"{path}: unreadable ({e}); retrain the fold (delete its directory and repeat the same "
+                       "loralens train command)") from e
+    missing, extra = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
+    shapes = [f"{k} {tuple(saved[k].shape)} (the model's: {tuple(v.shape)})" for k, v in expected.items()
+              if k in saved and saved[k].shape != v.shape]
+    if missing or extra or shapes:
+        raise RunError(f"{path} does not fit this run's model ({_difference(missing, extra, shapes)}); it was "
+                       "written for another model or class set: retrain the fold (delete its directory and repeat "
+                       "the same loralens train command) or point --run at the run it belongs to")
+    whisper_of(model).load_state_dict(saved, strict=False)  # the head's keys only: the encoder is the base's
+
+
+def _difference(missing: list[str], extra: list[str], shapes: list[str]) -> str:
+    """What differs between a head file and the model, in a few words."""
+    parts = ([f"missing {missing[:3]}"] if missing else []) + ([f"unexpected {extra[:3]}"] if extra else []) + (
+        [f"shapes {shapes[:2]}"] if shapes else [])
+    return "; ".join(parts)
+
+
 def randomise_lora(model: PeftModel, seed: int) -> None:
     """Redraw every LoRA A and B matrix from N(0, TWIN_STD^2): the untrained baseline for SVD and CKA.
 
@@ -96,7 +126,7 @@ def load_fold_model(run: Path, fold: int, variant: Variant = "trained") -> torch
         raise RunError(f"{fold_dir} is missing or incomplete; finish it with the same loralens train command "
                        f"(completed folds: {completed_folds(run)})")
     model = load_classifier(config.model, list(config.emotions), seed=config.seed + fold)
-    whisper_of(model).load_state_dict(load_file(fold_dir / HEAD_FILE), strict=False)
+    load_head(model, fold_dir / HEAD_FILE)
     if config.method == "frozen":
         if variant != "trained":
             raise RunError(f"{run} is a frozen-encoder run: it has no LoRA and no random twin")

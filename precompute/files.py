@@ -12,10 +12,29 @@ import os
 from pathlib import Path
 
 
+def _proc_umask() -> int | None:
+    """The process's umask as Linux reports it (``/proc/self/status``), read without changing it; None elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+# ``os.umask`` can only be read by setting it, and the umask is the whole process's: while it is changed, files
+# that other threads create (the app serves uploads from threads) get the temporary mask. So it is read through
+# /proc where there is one, and otherwise once, here at import, set for that instant to the most private mask.
+_IMPORT_UMASK = _proc_umask()
+if _IMPORT_UMASK is None:
+    _IMPORT_UMASK = os.umask(0o077)
+    os.umask(_IMPORT_UMASK)
+
+
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    mask = _proc_umask()
+    return _IMPORT_UMASK if mask is None else mask
 
 
 def open_as_umask(*paths: Path) -> None:

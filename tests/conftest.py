@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -58,12 +59,20 @@ def tone_csv(tmp_path) -> Path:
     return write_tone_csv(tmp_path)
 
 
+def require_emodb() -> Path:
+    """The real EmoDB copy beside the project: skips where it is absent, fails in CI (``CI=true``), which has it."""
+    if not (EMODB / "labels.csv").is_file():
+        message = f"EmoDB not found at {EMODB}: integration tests need ../shared/data/emodb"
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"{message}; CI always has it, so a missing copy is a broken checkout, not a skip")
+        pytest.skip(message)
+    return EMODB
+
+
 @pytest.fixture(scope="session")
 def emodb() -> Path:
-    """The real EmoDB copy beside the project (skips where it is absent)."""
-    if not (EMODB / "labels.csv").is_file():
-        pytest.skip(f"EmoDB not found at {EMODB}: integration tests need ../shared/data/emodb")
-    return EMODB
+    """The real EmoDB copy (see ``require_emodb``)."""
+    return require_emodb()
 
 
 @pytest.fixture(scope="session")
