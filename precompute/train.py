@@ -183,27 +183,38 @@ class Trainer:
         if self._pooled is None:
             model = self._probe.to(self.device)
             out = []
-            with torch.no_grad(), W.autocast(self.device, self.config.precision):
+            with torch.no_grad():
                 for chunk in tqdm(batches(self.examples, self.config.batch_size), desc="encoding (frozen)",
                                   unit="batch"):
                     f = batch_features(chunk, self.extractor, self.config.window).to(self.device)
-                    hidden = W.encode(model, f)
+                    with self._autocast():
+                        hidden = W.encode(model, f)
                     out.append(W.masked_mean(hidden.float(), f.pooling_mask()))
             self._pooled = torch.cat(out)  # kept on the device: each batch indexes it there
             self._row = {e.utterance.id: i for i, e in enumerate(self.examples)}
         return self._pooled
 
     def logits(self, model: torch.nn.Module, chunk: list[Example]) -> torch.Tensor:
-        """Logits for a batch, through the whole model (LoRA) or the head on cached outputs (frozen)."""
+        """Logits for a batch, through the whole model (LoRA) or the head on cached outputs (frozen).
+
+        Only the model runs in the run's precision: log-mel extraction (torch ops on the CPU) stays in float32.
+        """
         if self.config.method == "frozen":
-            return W.head_logits(model, self.pooled_encoder_outputs()[[self._row[e.utterance.id] for e in chunk]])
-        return W.classify(model, batch_features(chunk, self.extractor, self.config.window).to(self.device))
+            pooled = self.pooled_encoder_outputs()[[self._row[e.utterance.id] for e in chunk]]
+            with self._autocast():
+                return W.head_logits(model, pooled)
+        features = batch_features(chunk, self.extractor, self.config.window).to(self.device)
+        with self._autocast():
+            return W.classify(model, features)
+
+    def _autocast(self):
+        return W.autocast(self.device, self.config.precision)
 
     def predict(self, model: torch.nn.Module, ids: list[str]) -> np.ndarray:
         """Class probabilities, shape ``(len(ids), n_classes)``."""
         model.eval()
         out = []
-        with torch.no_grad(), W.autocast(self.device, self.config.precision):
+        with torch.no_grad():
             for chunk in batches([self.by_id[i] for i in ids], self.config.batch_size):
                 out.append(self.logits(model, chunk).float().softmax(-1).cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.config.emotions)))
@@ -228,8 +239,7 @@ class Trainer:
              scheduler: torch.optim.lr_scheduler.LRScheduler) -> torch.Tensor:
         """One optimiser step on a batch; returns its mean loss, still on the device (reading it waits for it)."""
         labels = torch.tensor([e.label for e in chunk], device=self.device)
-        with W.autocast(self.device, self.config.precision):
-            loss = torch.nn.functional.cross_entropy(self.logits(model, chunk).float(), labels)
+        loss = torch.nn.functional.cross_entropy(self.logits(model, chunk).float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

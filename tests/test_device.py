@@ -146,7 +146,10 @@ def test_trace_on_a_device(tiny_lora_run, tmp_path, host_boundary):
 
 
 def test_precision_is_fixed_per_run_and_the_trace_follows_it(tiny_lora_run, tmp_path, tiny_model_dir, caplog):
-    """``auto`` is saved resolved (fp32 on the CPU); a bf16 run is traced under bf16 and the agreement recorded."""
+    """``auto`` is saved resolved (fp32 on the CPU); a bf16 run is traced under bf16 and the agreement recorded.
+
+    The full window, whose log-mel is extracted per batch: only the model runs under autocast, not the extractor.
+    """
     import json
 
     from precompute.checkpoints import RunError
@@ -157,7 +160,7 @@ def test_precision_is_fixed_per_run_and_the_trace_follows_it(tiny_lora_run, tmp_
     assert json.loads((run / "fold_00" / "metrics.json").read_text())["precision"] == "fp32"
     bf16 = tmp_path / "bf16"
     train(TrainConfig(model=str(tiny_model_dir), data=f"csv:{manifest}", epochs=1, batch_size=4, rank=4, alpha=8,
-                      device="cpu", precision="bf16"), bf16, only=[0])
+                      window="full", device="cpu", precision="bf16"), bf16, only=[0])
     assert run_precision(bf16) == "bf16"
     store = str(tmp_path / "store.zarr")
     tracer = Tracer(bf16, f"csv:{manifest}", store, selection=Selection(all=True))
