@@ -1,0 +1,154 @@
+"""On CUDA: train, trace, validate and predict with default flags, and a CUDA trace against the CPU trace.
+
+Every test here needs a GPU (``pytest -m gpu`` selects them). Without CUDA they skip, saying so; with
+``LORALENS_REQUIRE_GPU=1`` (``bench/gpu_check.sh`` sets it) a missing GPU fails them instead, so a GPU run can
+never pass by skipping. Where ``LORALENS_GPU_REPORT`` names a file, the measured CUDA-vs-CPU deviations are
+appended to it as JSON lines (``bench/gpu_check.sh`` prints them).
+
+Tolerances of a CUDA trace against the CPU fp32 trace of the same checkpoint, per stored array, as the largest
+absolute difference over the largest absolute CPU value: ``fp32`` 1e-2 (cuDNN's convolutions use TF32 by default,
+and per-frame arrays are stored as float16); ``bf16`` 1e-1 (bfloat16 keeps 8 bits of mantissa).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from precompute.cli import main
+from store.reader import StoreReader
+from store.validate import validate
+from tests.conftest import write_tone_csv
+
+pytestmark = pytest.mark.gpu
+
+TOLERANCE = {"fp32": 1e-2, "bf16": 1e-1}
+"""Largest |CUDA - CPU| over largest |CPU| allowed per stored array, by the CUDA trace's precision."""
+
+
+@pytest.fixture(scope="session")  # session: checked before the session's tiny model is built
+def cuda() -> torch.device:
+    """The GPU; skips without one, or fails where ``LORALENS_REQUIRE_GPU=1``."""
+    if not torch.cuda.is_available():
+        why = (f"CUDA is not available (torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
+               "these tests need a GPU")
+        if os.environ.get("LORALENS_REQUIRE_GPU") == "1":
+            pytest.fail(f"{why}, and LORALENS_REQUIRE_GPU=1 asks for one")
+        pytest.skip(f"{why} (LORALENS_REQUIRE_GPU=1 turns this skip into a failure)")
+    return torch.device("cuda")
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory) -> Path:
+    """A CSV data set of tones (4 speakers x 4 emotions x 2 takes)."""
+    return write_tone_csv(tmp_path_factory.mktemp("tones"))
+
+
+def _train(model_dir: Path, manifest: Path, run: Path, *flags: str) -> None:
+    assert main(["train", "--model", str(model_dir), "--data", f"csv:{manifest}", "--out", str(run), "--epochs", "1",
+                 "--batch-size", "4", "--rank", "4", "--alpha", "8", "--only-folds", "0", *flags]) == 0
+
+
+def _report(**fields) -> None:
+    if path := os.environ.get("LORALENS_GPU_REPORT"):
+        with open(path, "a") as f:
+            f.write(json.dumps(fields) + "\n")
+
+
+@pytest.mark.parametrize("window", ["trim", "full"])
+@pytest.mark.parametrize("method", ["lora", "frozen"])
+def test_train_trace_validate_predict_on_cuda(cuda, tiny_model_dir, tones, tmp_path, method, window, capsys):
+    """The commands of issue #20's table, default flags (``--device`` names the GPU: trace defaults to the CPU)."""
+    run, store = tmp_path / "run", str(tmp_path / "store.zarr")
+    _train(tiny_model_dir, tones, run, "--method", method, "--window", window, "--device", "cuda")
+    config = json.loads((run / "config.json").read_text())
+    metrics = json.loads((run / "fold_00" / "metrics.json").read_text())
+    assert config["precision"] == "bf16" and metrics["device"].startswith("cuda") and metrics["precision"] == "bf16"
+    assert main(["trace", "--run", str(run), "--store", store, "--all", "--device", "cuda"]) == 0
+    report = validate(store)
+    assert report.ok, report.problems
+    reader = StoreReader(store)
+    attrs = reader.attrs("run", "trained")
+    assert attrs["capture"]["precision"] == "bf16"
+    agreement = attrs["prediction_agreement"]
+    assert agreement["n_compared"] == reader.n_utterances and agreement["rate"] is not None
+    # One regime: the stored logits give training's probabilities (predictions.csv) up to bf16's rounding.
+    with open(run / "fold_00" / "predictions.csv") as f:
+        saved = {r["id"]: [float(r[f"p_{e}"]) for e in config["emotions"]] for r in csv.DictReader(f)}
+    ids = [i.split("/", 1)[1] for i in reader.utterances()["id"]]
+    stored = torch.from_numpy(reader.read("run", "trained", "logits")).softmax(-1).numpy()
+    gap = float(np.abs(stored - np.array([saved[i] for i in ids])).max())
+    _report(test="agreement", method=method, window=window, rate=agreement["rate"], max_probability_gap=gap)
+    assert gap < 0.05
+    clip = next((tones.parent / "wav").glob("*.wav"))
+    capsys.readouterr()
+    assert main(["predict", "--run", str(run), "--device", "cuda", "--json", str(clip)]) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(line)["prediction"] in config["emotions"]
+
+
+def test_progress_round_trip_on_cuda(cuda, tiny_model_dir, tones, tmp_path):
+    """An interrupted fold's state (weights, optimizer, the GPU's own random state) comes back onto the GPU."""
+    from precompute.checkpoints import Progress, load_progress, save_progress
+    from precompute.config import TrainConfig
+    from precompute.train import Trainer, lr_schedule, seed_everything
+
+    config = TrainConfig(model=str(tiny_model_dir), data=f"csv:{tones}", epochs=1, batch_size=4, rank=4, alpha=8,
+                         device="cuda")
+    trainer = Trainer(config, tmp_path / "run")
+    trainer.prepare()
+    generator = seed_everything(0)
+    model, optimizer = trainer.build(seed=0)
+    model.train()
+    trainer.step(model, trainer.examples[:4], optimizer, lr_schedule(trainer.config, optimizer, 1, 0))
+    path = tmp_path / "progress.safetensors"
+    save_progress(path, Progress(epochs_done=1), model, optimizer, generator, None)
+    rng = torch.cuda.get_rng_state(cuda)
+    torch.rand(1000, device=cuda)  # moves the GPU's generator on
+    fresh, fresh_optimizer = trainer.build(seed=1)
+    progress, _ = load_progress(path, fresh, fresh_optimizer, seed_everything(1))
+    assert progress.epochs_done == 1 and torch.equal(torch.cuda.get_rng_state(cuda), rng)
+    trained = dict(model.named_parameters())
+    for name, p in fresh.named_parameters():
+        if p.requires_grad:
+            assert p.device.type == "cuda" and torch.equal(p, trained[name])
+    assert all(v.device.type == "cuda" for s in fresh_optimizer.state.values() for k, v in s.items() if k != "step")
+
+
+@pytest.mark.parametrize("window", ["trim", "full"])
+def test_cuda_trace_matches_the_cpu_trace(cuda, tiny_model_dir, tones, tmp_path, window):
+    """The same checkpoint traced on the CPU (fp32) and on CUDA (fp32 and bf16): every array within tolerance."""
+    run = tmp_path / "run"
+    _train(tiny_model_dir, tones, run, "--window", window, "--device", "cpu")
+    stores = {}
+    for device, precision in (("cpu", "fp32"), ("cuda", "fp32"), ("cuda", "bf16")):
+        stores[device, precision] = str(tmp_path / f"{device}-{precision}.zarr")
+        assert main(["trace", "--run", str(run), "--store", stores[device, precision], "--all", "--device", device,
+                     "--precision", precision]) == 0
+    cpu = StoreReader(stores["cpu", "fp32"])
+    for precision in ("fp32", "bf16"):
+        gpu = StoreReader(stores["cuda", precision])
+        for checkpoint in ("trained", "random_twin"):
+            for name in sorted(cpu.group("run", checkpoint).array_keys()):
+                a = cpu.read("run", checkpoint, name).astype(np.float64)
+                b = gpu.read("run", checkpoint, name).astype(np.float64)
+                if name in ("written", "fold", "label"):
+                    assert np.array_equal(a, b), name
+                    continue
+                if name == "prediction":
+                    _report(test="cuda-vs-cpu", window=window, precision=precision, checkpoint=checkpoint,
+                            array=name, agreement=float((a == b).mean()))
+                    continue
+                scale = float(np.abs(a).max()) or 1.0
+                deviation = float(np.abs(a - b).max()) / scale
+                _report(test="cuda-vs-cpu", window=window, precision=precision, checkpoint=checkpoint, array=name,
+                        relative_deviation=deviation)
+                assert deviation <= TOLERANCE[precision], (
+                    f"{checkpoint}/{name}: CUDA {precision} differs from the CPU trace by {deviation:.2e} of its "
+                    f"largest value (tolerance {TOLERANCE[precision]:.0e})")
