@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.special import softmax
 
+from app.analysis import lens  # pure NumPy: the one lens rule, shared with the explorer and the report
 from precompute import window as W
 from precompute.audio import MAX_SECONDS, load_audio, require_sound, windows
 from precompute.capture import CaptureOptions, Capturer
@@ -71,10 +71,9 @@ class Predictor:
                              "window; use predict_windows")
         features = W.extract(self.extractor, [audio], self.config.window).to(self.device)
         (row,) = self.capturer.run(features, torch.zeros(1, dtype=torch.long, device=self.device))
-        probs = softmax(row["lens_logits"].astype(np.float64), axis=-1)
+        probs = lens.trajectory(row["lens_logits"])
         top = probs.argmax(-1)
-        agree = top == top[-1]
-        depth = int(len(agree) - np.cumprod(agree[::-1]).sum())
+        depth = int(lens.resolution_depth(row["lens_logits"][None])[0])
         emotions = list(self.config.emotions)
         return Prediction(name, emotions, probs.round(6).tolist(), emotions[int(top[-1])], depth,
                           round(len(audio) / 16000, 3), row["residual_pooled"].tolist(), round(start, 3))
