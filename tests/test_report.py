@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 
+from app import views
 from precompute.cli import main
 
 
-def test_report_writes_figures_and_findings(tiny_store, tmp_path):
+def test_report_writes_figures_and_findings(tiny_store, tmp_path, monkeypatch):
+    built = []  # the report draws the pages' own tidy frames (its copies had drifted from theirs)
+    for name in ("lens_frame", "contribution_frame", "spectra_frame", "cka_ab_frame", "heatmap_frame"):
+        real = getattr(views, name)
+        monkeypatch.setattr(views, name, lambda *a, _real=real, _name=name, **k: built.append(_name) or _real(*a, **k))
     out = tmp_path / "report"
     assert main(["report", "--store", tiny_store, "--out", str(out)]) == 0
+    assert set(built) == {"lens_frame", "contribution_frame", "spectra_frame", "cka_ab_frame", "heatmap_frame"}
     summary = json.loads((out / "summary.json").read_text())
     (run,) = summary["runs"].values()
     assert run["frozen"] == "tiny-frozen" and run["n_utterances"] == 32
@@ -17,6 +23,7 @@ def test_report_writes_figures_and_findings(tiny_store, tmp_path):
         "delayed specialization", "late-layer contribution growth with negative cosine",
         "A compression and B reconstruction", "forward alignment and backward differentiation"]
     assert run["lens"]["kl"][-1] < 1e-6 and run["lens"]["overlap"][-1] == 1.0
+    assert run["lens"]["kl_label"] == "KL(final ‖ layer)"
     assert set(run["concentration_ratio"]) == {"lora_a_activation", "lora_a_gradient", "lora_b_activation",
                                                "lora_b_gradient"}
     for name in ("lens", "contributions", "svd", "cka-ab", "cka-within", "cka-vs_frozen", "silhouette", "tsne",
@@ -34,7 +41,8 @@ def test_report_compares_the_runs_that_differ_only_in_rank(rank_store, tmp_path)
     # one comparison: ranks 4 and 2 on v_proj; the rank-8 run on q_proj has nothing to compare with
     (comparison,) = summary["rank_comparisons"]
     assert sorted(comparison["runs"]) == ["tiny-lora", "tiny-lora-r2"] and comparison["module"] == 1
-    assert set(comparison["silhouette"]) == {"2", "4"} and comparison["n_utterances"] == 32
+    assert set(comparison["silhouette"]) == set(comparison["silhouette_on_map"]) == {"2", "4"}
+    assert comparison["n_utterances"] == 32
     for ext in ("png", "svg"):
         assert (out / f"{comparison['figure']}.{ext}").stat().st_size > 1000
     assert "## Ranks: " in (out / "summary.md").read_text()
