@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# Issue #20's GPU check, one command on a machine with a GPU and this project installed (a CUDA build of torch):
+# the gpu tests, then the benchmarks, each figure printed as it comes and all again at the end. Sized to take under
+# 8 minutes on one H100 with EmoDB, from issue #20's timings (about 100 s training, 70 s tracing); not yet run there.
+#   1. pytest -m gpu (LORALENS_REQUIRE_GPU=1: a missing GPU fails them instead of skipping), with the measured
+#      CUDA-vs-CPU trace deviations and the store-vs-predictions.csv agreement of the tiny runs;
+#   2. training wall time: EmoDB 4-class LOSO, MODEL, LoRA r=32 on v_proj, 10 epochs, trim, the whole
+#      loralens train command (start-up, audio, model loading included), plus the frozen baseline it is traced with;
+#   3. tracing 100 utterances (LoRA trained + random twin + frozen): loralens trace on DEVICE, then the same on this
+#      machine's CPU in fp32 (CPU_TRACE=0 skips it), and the stores' agreement with training's predictions;
+#   4. capture overhead: one batch of 8 clips captured (every residual, LoRA A/B output and gradient, to NumPy)
+#      against a bare forward + backward of the same loss on the same model, medians of 5;
+#   5. CPU feature time share of a training step: the log-mel batch a step builds (extracted per batch in full,
+#      stacked from per-clip caches in trim) and its copy to DEVICE, against the whole Trainer.step, medians of 10.
+# Usage: bench/gpu_check.sh [EMODB_DIR]          (default ../shared/data/emodb)
+# Environment:
+#   DEVICE     where to train and trace (default cuda)
+#   MODEL      --model SPEC (default bundled:base)
+#   OUT        where runs and stores go (default a new temporary directory, kept and named at the end)
+#   CPU_TRACE  0 skips the CPU trace (the slowest part on a small CPU)
+#   SMALL=1    a plumbing check that runs anywhere (DEVICE=cpu SMALL=1 on a machine without a GPU): the tests' tiny
+#              random Whisper on synthetic tones, 1 epoch, 2 utterances per class; pytest -m gpu only where CUDA is
+set -euo pipefail
+emodb=${1:-}
+[ -z "$emodb" ] || [ "${emodb:0:1}" = / ] || emodb="$PWD/$emodb"  # a relative path is the caller's
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+emodb=${emodb:-../shared/data/emodb}
+device=${DEVICE:-cuda}
+model=${MODEL:-bundled:base}
+out=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")}
+small=${SMALL:-0}
+mkdir -p "$out"
+figures="$out/figures.txt"
+: > "$figures"
+loralens() { python -m precompute.cli "$@"; }  # the checkout's own code, installed or not
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+figure() { echo "== $*" | tee -a "$figures"; }
+started=$(now)
+
+epochs=10 per_class=25 data="emodb:$emodb"
+if [ "$small" = 1 ]; then
+  model="$out/tiny-whisper" epochs=1 per_class=2 data="csv:$out/tones/manifest.csv"
+  python - "$out" <<'PY'
+import sys
+from pathlib import Path
+import torch
+from transformers import WhisperForAudioClassification
+from tests.conftest import tiny_config, write_tone_csv
+out = Path(sys.argv[1])
+torch.manual_seed(0)
+WhisperForAudioClassification(tiny_config()).save_pretrained(out / "tiny-whisper")
+(out / "tones").mkdir(exist_ok=True)
+write_tone_csv(out / "tones")
+PY
+elif [ ! -d "$emodb/wav" ]; then
+  echo "gpu_check: no EmoDB at $emodb (expected $emodb/wav); give its directory: bench/gpu_check.sh DIR" >&2
+  exit 2
+fi
+python - "$device" <<'PY'
+import sys
+import torch
+device = torch.device(sys.argv[1])
+if device.type == "cuda" and not torch.cuda.is_available():
+    sys.exit(f"gpu_check: DEVICE={device} but CUDA is not available to torch {torch.__version__} (built for CUDA "
+             f"{torch.version.cuda}); install a CUDA build of torch, or check the plumbing with DEVICE=cpu SMALL=1")
+name = torch.cuda.get_device_name(device) if device.type == "cuda" else "the CPU"
+print(f"gpu_check: {name}; torch {torch.__version__} (CUDA {torch.version.cuda}), {torch.get_num_threads()} CPU threads")
+PY
+
+# 1. The gpu tests.
+report="$out/gpu-tests.jsonl"
+: > "$report"
+if [ "$small" != 1 ] || python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+  t=$(now)
+  LORALENS_REQUIRE_GPU=1 LORALENS_GPU_REPORT="$report" python -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py
+  figure "pytest -m gpu: passed in $(since "$t") s"
+  python - "$report" <<'PY' | tee -a "$figures"
+import json
+import sys
+from collections import defaultdict
+rows = [json.loads(line) for line in open(sys.argv[1])]
+worst = defaultdict(float)
+for r in rows:
+    if "relative_deviation" in r:
+        key = (r["precision"], r["window"])
+        worst[key] = max(worst[key], r["relative_deviation"])
+for (precision, window), value in sorted(worst.items()):
+    print(f"== CUDA {precision} trace vs CPU fp32 trace ({window}): largest deviation {value:.2e} of an array's largest value")
+for r in rows:
+    if r["test"] == "agreement":
+        print(f"== tiny {r['method']} {r['window']} on CUDA: store vs predictions.csv agreement {r['rate']:.2f}, "
+              f"largest probability gap {r['max_probability_gap']:.1e}")
+PY
+else
+  echo "gpu_check: SMALL=1 without CUDA: pytest -m gpu left out"
+fi
+
+# 2. Training wall time.
+common=(--model "$model" --data "$data" --folds loso --rank 32 --alpha 64 --targets v_proj --window trim
+        --batch-size 8 --device "$device")
+t=$(now)
+loralens train "${common[@]}" --method lora --epochs "$epochs" --out "$out/lora"
+figure "train LoRA r=32, LOSO, $epochs epochs, trim, $model on $device: $(since "$t") s (goal <= 30 s)"
+t=$(now)
+loralens train "${common[@]}" --method frozen --out "$out/frozen"
+figure "train frozen, LOSO, default epochs, trim, $model on $device: $(since "$t") s"
+python - "$out/lora" "$out/frozen" <<'PY' | tee -a "$figures"
+import json
+import sys
+for run in sys.argv[1:]:
+    m = json.loads(open(f"{run}/metrics.json").read())
+    print(f"== {run}: UAR {m['uar']['mean']:.3f} ± {m['uar']['std']:.3f} over {m['n_done']} folds")
+PY
+
+# 3. Tracing 100 utterances: LoRA (trained + random twin) and frozen.
+trace() {  # trace DEVICE STORE [flags]: both runs into STORE; prints the seconds
+  local dev=$1 store=$2 t
+  shift 2
+  t=$(now)
+  loralens trace --run "$out/lora" --store "$store" --per-class "$per_class" --device "$dev" "$@" >&2
+  loralens trace --run "$out/frozen" --store "$store" --per-class "$per_class" --device "$dev" "$@" >&2
+  since "$t"
+}
+n_traced=$((4 * per_class))
+gpu_seconds=$(trace "$device" "$out/trace-device.zarr")
+figure "trace $n_traced utterances (LoRA trained + random twin + frozen) on $device, the runs' precision:" \
+  "$gpu_seconds s (goal <= ~7 s: 10x the 2-core reference CPU's ~63 s)"
+loralens validate "$out/trace-device.zarr"
+if [ "${CPU_TRACE:-1}" != 0 ]; then
+  cpu_seconds=$(trace cpu "$out/trace-cpu-fp32.zarr" --precision fp32)
+  figure "the same trace on this machine's CPU in fp32: $cpu_seconds s; $device is $(awk -v c="$cpu_seconds" \
+    -v g="$gpu_seconds" 'BEGIN { printf "%.1f", c / g }')x faster"
+fi
+python - "$out" <<'PY' | tee -a "$figures"
+import sys
+from pathlib import Path
+from store.reader import StoreReader
+for store in sorted(Path(sys.argv[1]).glob("trace-*.zarr")):
+    reader = StoreReader(str(store))
+    for run in reader.runs():
+        a = reader.attrs(run, "trained")
+        agreement = a.get("prediction_agreement") or {}
+        print(f"== {store.name} {run}: traced in {a['capture']['precision']}, training in "
+              f"{agreement.get('train_precision')}: {agreement.get('n_agree')}/{agreement.get('n_compared')} "
+              "predictions as in predictions.csv")
+PY
+
+# 4. Capture overhead and 5. the CPU feature share of a training step.
+python - "$out" "$device" "$model" "$data" <<'PY' | tee -a "$figures"
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from precompute import window as W
+from precompute.audio import load_audio
+from precompute.capture import CaptureOptions, Capturer
+from precompute.checkpoints import load_fold_model, read_config
+from precompute.config import TrainConfig
+from precompute.data import load_corpus
+from precompute.models import feature_extractor
+from precompute.trace import run_precision
+from precompute.train import Trainer, batch_features, batches, lr_schedule
+
+out, device, model_spec, data = Path(sys.argv[1]), torch.device(sys.argv[2]), sys.argv[3], sys.argv[4]
+
+
+def sync():
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn):
+    sync()
+    started = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - started
+
+
+# 4. Capture against a bare forward + backward, fold 0 of the LoRA run, its precision, 8 clips.
+run = out / "lora"
+precision = run_precision(run)
+model = load_fold_model(run, 0).to(device).eval()
+config = read_config(run)
+corpus = load_corpus(data, tuple(config.emotions))
+chosen = corpus.utterances[:: max(1, len(corpus.utterances) // 8)][:8]
+features = W.extract(feature_extractor(W.whisper_of(model).config), [load_audio(u.path) for u in chosen],
+                     "trim").to(device)
+labels = torch.tensor([config.emotions.index(u.emotion) for u in chosen], device=device)
+capturer = Capturer(model, "trim", CaptureOptions(precision=precision))
+lora = [p for n, p in model.named_parameters() if "lora_" in n]
+
+
+def bare():
+    with W.autocast(device, precision):
+        logits = W.classify(model, features)
+    torch.autograd.grad(torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum"), lora)
+
+
+times = {"bare": [], "capture": []}
+timed(bare)  # warm-up
+timed(lambda: capturer.run(features, labels))
+for _ in range(5):
+    times["bare"].append(timed(bare))
+    times["capture"].append(timed(lambda: capturer.run(features, labels)))
+b, c = statistics.median(times["bare"]), statistics.median(times["capture"])
+print(f"== capture overhead ({precision}, batch 8, trim, {device}): bare forward+backward {b * 1e3:.1f} ms, "
+      f"capture {c * 1e3:.1f} ms, ratio {c / b:.2f} (goal <= 1.5)")
+
+# 5. The CPU's log-mel work in a training step, trim and full.
+for window in ("trim", "full"):
+    trainer = Trainer(TrainConfig(model=model_spec, data=data, window=window, rank=32, alpha=64, batch_size=8,
+                                  device=str(device)), out / f"step-{window}")
+    trainer.prepare()
+    model, optimizer = trainer.build(seed=0)
+    model.train()
+    scheduler = lr_schedule(trainer.config, optimizer, 100, 0)
+    chunks = batches(trainer.examples, 8, torch.Generator().manual_seed(0))[:11]
+    trainer.step(model, chunks[0], optimizer, scheduler)  # warm-up
+    feature, step = [], []
+    for chunk in chunks[1:]:
+        feature.append(timed(lambda: batch_features(chunk, trainer.extractor, window).to(trainer.device)))
+        step.append(timed(lambda: trainer.step(model, chunk, optimizer, scheduler)))
+    f, s = statistics.median(feature), statistics.median(step)
+    print(f"== training step ({trainer.config.precision}, batch 8, {window}, {device}): {s * 1e3:.1f} ms, of which "
+          f"CPU features {f * 1e3:.1f} ms ({100 * f / s:.0f} %, goal < 20 %)")
+PY
+
+echo
+echo "gpu_check: done in $(since "$started") s; runs and stores in $out"
+cat "$figures"
