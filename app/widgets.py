@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import altair as alt
 import pandas as pd
@@ -116,18 +117,26 @@ def _arrow(values: list[dict]) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def chart(figure_: alt.Chart | dict | Figure, data_: pd.DataFrame | str, name: str, key: str) -> None:
-    """Draw a chart with CSV, SVG and PNG exports of it.
+def chart(figure_: alt.Chart | dict | Figure, data_: pd.DataFrame | str, name: str, key: str,
+          select: bool = False) -> Any:
+    """Draw a chart with CSV, SVG and PNG exports of it: every chart of the app is drawn here.
 
     Args:
         figure_: an Altair chart, its Vega-Lite dict, or a (cached) ``Figure``.
         data_: the chart's data, as a frame or as its CSV text.
         name: the export's file name, without extension.
-        key: a widget key prefix unique on the page.
+        key: a widget key prefix unique on the page; the exports are keyed ``KEY-csv``, ``KEY-svg``, ``KEY-png``.
+        select: rerun on a click on the chart's selection parameters (``charts.click()``), the chart keyed ``KEY``.
+
+    Returns:
+        With ``select``, the selection event (``charts.picked_id`` reads it); else None.
     """
     prepared = figure_ if isinstance(figure_, Figure) else figure(figure_)
-    st.vega_lite_chart(dict(prepared.wire), width="stretch")  # a shallow copy: Streamlit pops its datasets
+    wire = dict(prepared.wire)  # a shallow copy: Streamlit pops its datasets
+    event = (st.vega_lite_chart(wire, width="stretch", on_select="rerun", key=key) if select
+             else st.vega_lite_chart(wire, width="stretch"))
     exports(prepared, data_, name, key)
+    return event if select else None
 
 
 def shaded_table(matrix: pd.DataFrame, figure_: alt.Chart, data_: pd.DataFrame, name: str, key: str) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import re
 from pathlib import Path
 
 import pytest
 import soundfile as sf
+from streamlit.runtime.state.common import user_key_from_element_id
 from streamlit.testing.v1 import AppTest
 
 from app import state
@@ -17,6 +19,7 @@ from tests.conftest import tone
 MAIN = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
 PAGES = ["sections/overview.py", "sections/utterance.py", "sections/clusters.py", "sections/dynamics.py",
          "sections/contributions.py", "sections/upload.py"]
+EXPORTS = ("csv", "svg", "png")
 
 
 @pytest.fixture()
@@ -59,14 +62,43 @@ def test_utterance_page_slider_and_choice(app):
     assert str(at.query_params["utt"]).strip("[]'") in other
 
 
+def _unexported_charts(at: AppTest) -> tuple[int, list[str]]:
+    """How many charts the page drew, and each chart not directly followed by its own CSV, SVG and PNG buttons.
+
+    A chart's exports are three download buttons keyed ``KEY-csv``, ``KEY-svg`` and ``KEY-png`` after it.
+    """
+    nodes = [n for n in at.main if n.type in ("vega_lite_chart", "download_button")]
+    n_charts, problems = 0, []
+    for i, node in enumerate(nodes):
+        if node.type != "vega_lite_chart":
+            continue
+        n_charts += 1
+        buttons = list(itertools.takewhile(lambda n: n.type == "download_button", nodes[i + 1:]))
+        keys = sorted(str(user_key_from_element_id(b.proto.id)) for b in buttons)
+        prefix = keys[0].rsplit("-", 1)[0] if keys else ""
+        if keys != sorted(f"{prefix}-{kind}" for kind in EXPORTS):
+            problems.append(f"{json.loads(node.proto.spec).get('title')!r} exports {keys}")
+    return n_charts, problems
+
+
 def test_every_chart_exports_csv_svg_and_png(app):
     at = app.run()
-    at.switch_page("sections/utterance.py").run()
-    _ok(at)
-    n_charts = len(at.get("vega_lite_chart"))
-    keys = [b.proto.id for b in at.get("download_button")]
-    assert n_charts >= 6 and all(sum(k.endswith(f"-{kind}") or f"-{kind}-" in k for k in keys) >= n_charts
-                                 for kind in ("csv", "svg", "png")), keys
+    for page in PAGES:
+        at.switch_page(page).run()
+        _ok(at)
+        if page.endswith("clusters.py"):  # both kinds of map
+            n_charts, problems = _unexported_charts(at)
+            assert n_charts == 1 and not problems, (page, problems)
+            at.radio(key="cl-source").set_value("lora_a").run()
+            _ok(at)
+        if page.endswith("upload.py"):
+            buffer = io.BytesIO()
+            sf.write(buffer, tone(1.2, 16000, 300.0), 16000, format="WAV")
+            at.file_uploader(key="up-file").upload("clip.wav", buffer.getvalue(), "audio/wav").run()
+            _ok(at)
+        n_charts, problems = _unexported_charts(at)
+        assert n_charts >= {"overview": 0, "utterance": 6, "dynamics": 4}.get(Path(page).stem, 1), page
+        assert not problems, (page, problems)
 
 
 def test_exports_render_real_files():
@@ -184,3 +216,4 @@ def test_clusters_compare_the_runs_that_differ_only_in_rank(rank_store, monkeypa
     assert len(titles) == 3 and titles[0].startswith("UMAP · LoRA module "), titles
     assert re.fullmatch(r"r = 2 \(this run\) · silhouette -?[01]\.\d{3}", titles[1]), titles
     assert re.fullmatch(r"r = 4 · silhouette -?[01]\.\d{3}", titles[2]), titles
+    assert not _unexported_charts(at)[1]  # each rank's map exports CSV, SVG and PNG like any chart

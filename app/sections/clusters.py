@@ -33,7 +33,8 @@ frame["correct"] = frame["correct"].map({True: "correct", False: "wrong"})
 sil = projections.silhouette(frame[["x", "y"]].to_numpy(), frame["emotion"].to_numpy())
 st.caption(f"{len(frame)} utterances · emotion silhouette on this map {sil:.3f}")
 figure = charts.scatter(frame, view.colour, f"{projections.NAMES[view.projection]} · {label} {layer}", view.utt)
-event = st.altair_chart(figure.add_params(charts.click()), width="stretch", on_select="rerun", key="cl-map")
+event = widgets.chart(figure.add_params(charts.click()), frame, f"{run.name}-{view.source}-{view.projection}-{layer}",
+                      "cl-map", select=True)
 picked = charts.picked_id(event)
 if picked:
     view.utt = picked
@@ -41,8 +42,6 @@ if view.utt in set(frame["id"]):
     row = int(table.loc[table["id"] == view.utt, "row"].iloc[0])
     st.markdown(f"**{view.utt}** · {table.iloc[row]['emotion']} · predicted {table.iloc[row]['prediction']}")
     st.audio(data.audio_wav(path, row), format="audio/wav")
-st.download_button("Map as CSV", frame.to_csv(index=False), f"{run.name}-{view.projection}-{layer}.csv",
-                   "text/csv", key="cl-csv")
 
 series = views.rank_series(data.runs(path), run) if view.source == "lora_a" else []  # lora_a: LoRA runs only
 if len(series) > 1:
@@ -55,6 +54,7 @@ if len(series) > 1:
                           "emotion": table.iloc[rr]["emotion"].to_numpy(), "id": table.iloc[rr]["id"].to_numpy()})
         title = (f"r = {other.rank}{' (this run)' if other.name == run.name else ''} · silhouette "
                  f"{projections.silhouette(p.coordinates, f['emotion'].to_numpy()):.3f}")
-        col.altair_chart(charts.scatter(f, "emotion", title, legend=False), width="stretch",
-                         key=f"cl-rank-{other.rank}")
+        with col:
+            widgets.chart(charts.scatter(f, "emotion", title, legend=False), f,
+                          f"{other.name}-lora_a-{view.projection}-{layer}", f"cl-rank-{other.rank}")
 widgets.remember(view)
