@@ -74,12 +74,6 @@ def pick_run(view: state.ViewState, method: str | None = None, key: str = "run")
     return runs[names.index(name)]
 
 
-def frozen_partner(run: RunInfo) -> RunInfo | None:
-    """The frozen run of the same model and window, if the store has one."""
-    return next((r for r in data.runs(data.store_path()) if r.method == "frozen" and r.model == run.model
-                 and r.window == run.window and r.name != run.name), None)
-
-
 def synthetic_note(table: pd.DataFrame) -> None:
     """Label synthesised speech wherever it is shown."""
     if (table["dataset"] == "synthetic").any():

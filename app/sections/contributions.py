@@ -9,7 +9,7 @@ view = widgets.view_state()
 widgets.present(view)
 path = data.store_path()
 run = widgets.pick_run(view)
-partner = widgets.frozen_partner(run) if run.method == "lora" else None
+partner = views.frozen_partner(data.runs(path), run) if run.method == "lora" else None
 reader = data.reader(path)
 rows = tuple(views.common_rows(reader, run.name, partner.name) if partner else views.common_rows(reader, run.name))
 mine = data.contributions(path, run.name, rows)

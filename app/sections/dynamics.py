@@ -46,7 +46,7 @@ widgets.chart(charts.per_layer(frame, "cka", "Linear CKA between LoRA A and B ou
               f"{run.name}-cka-ab", "dyn-ab")
 
 st.subheader("Residual stream, layer x layer")
-partner = widgets.frozen_partner(run)
+partner = views.frozen_partner(data.runs(path), run)
 cols = st.columns(2 if partner else 1)
 for col, (other, title) in zip(cols, [(run, "within LoRA"), (partner, "LoRA vs frozen")], strict=False):
     matrix = data.residual_cka(path, run.name, other.name)

@@ -4,14 +4,14 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import charts, data, widgets
+from app import charts, data, views, widgets
 from app.analysis import lens
 
 view = widgets.view_state()
 widgets.present(view)
 path = data.store_path()
 run = widgets.pick_run(view)
-partner = widgets.frozen_partner(run) if run.method == "lora" else None
+partner = views.frozen_partner(data.runs(path), run) if run.method == "lora" else None
 table = data.table(path, run.name)
 traced = table[table["traced"]]
 
