@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import altair as alt
 import pandas as pd
@@ -29,14 +30,27 @@ def view_state() -> state.ViewState:
     path = data.store_path()
     runs = data.runs(path)
     ids = set(data.reader(path).utterances()["id"].tolist())
-    return state.parse(dict(st.query_params), [r.name for r in runs], ids, {r.name: r.n_layers + 1 for r in runs})
+    params = {k: st.query_params.get_all(k) for k in st.query_params}
+    return state.parse(params, [r.name for r in runs], ids, {r.name: r.n_layers + 1 for r in runs})
 
 
 def remember(view: state.ViewState) -> None:
     """Write the state into the URL, so a copied link reopens this view."""
     params = view.to_params()
-    if dict(st.query_params) != params:
+    current = {k: st.query_params.get_all(k) for k in st.query_params}
+    if current != {k: [v] if isinstance(v, str) else v for k, v in params.items()}:
         st.query_params.from_dict(params)
+
+
+def stop(view: state.ViewState) -> NoReturn:
+    """Stop the page here, its state remembered first: a page that stops early still keeps its link."""
+    remember(view)
+    st.stop()
+
+
+def index(options: Sequence[Any], value: Any, default: int = 0) -> int:
+    """Where the URL's ``value`` is among a widget's ``options``; ``default`` where it is not one of them."""
+    return options.index(value) if value in options else default
 
 
 def present(view: state.ViewState) -> None:

@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 from streamlit.runtime.state.common import user_key_from_element_id
 from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1.element_tree import Widget
 
 from app import state
 from tests.conftest import tone
@@ -144,6 +145,77 @@ def test_url_state_reopens_the_view(app, tiny_store):
     assert at.selectbox(key="utt-id").value == "csv/wav/s2_sadness_1"
 
 
+# Per page, widgets set away from their defaults: (kind, key, value); for a selectbox an int picks that index.
+CHANGES = {
+    "overview": [("multiselect", "ov-emotion", ["anger", "sadness"]), ("multiselect", "ov-speaker", ["spk1"]),
+                 ("selectbox", "ov-outcome", "wrong")],
+    "utterance": [("text_input", "utt-search", "s"), ("selectbox", "utt-emotion", "sadness"),
+                  ("selectbox", "utt-speaker", "spk2"), ("selectbox", "utt-id", "csv/wav/s2_sadness_1"),
+                  ("slider", "utt-layer", 1), ("selectbox", "lora-class", "anger"),
+                  ("selectbox", "frozen-class", "anger")],
+    "clusters": [("radio", "cl-colour", "speaker"), ("slider", "cl-layer", 1)],
+    "dynamics": [("selectbox", "dyn-fold", 2), ("slider", "dyn-threshold", 0.75)],
+    "contributions": [("multiselect", "co-series", ["LoRA", "frozen"])],
+    "upload": [("selectbox", "up-fold", 2)],
+}
+SKIPPED = ("button", "download_button", "file_uploader", "audio_input")
+"""Widgets whose value no link can hold (a click, a file)."""
+
+
+def _widget_values(at: AppTest) -> dict[str, object]:
+    return {w.key: w.value for w in [*at.main, *at.sidebar]
+            if isinstance(w, Widget) and w.key and w.type not in SKIPPED}
+
+
+@pytest.mark.parametrize("page", CHANGES)
+def test_a_copied_link_reopens_every_widget(page, app):
+    at = app.run()
+    at.switch_page(f"sections/{page}.py").run()
+    _ok(at)
+    defaults = _widget_values(at)
+    for kind, key, value in CHANGES[page]:
+        widget = getattr(at, kind)(key=key)
+        if kind == "selectbox" and isinstance(value, int):
+            widget.select_index(value)
+        else:
+            widget.set_value(value)
+        at.run()
+        _ok(at)
+    shown = _widget_values(at)
+    assert {k for k in shown if shown[k] != defaults.get(k)} >= {key for _, key, _ in CHANGES[page]}, shown
+
+    reopened = AppTest.from_file(MAIN, default_timeout=300)
+    reopened.query_params.update(at.query_params)
+    reopened.run().switch_page(f"sections/{page}.py").run()
+    _ok(reopened)
+    assert _widget_values(reopened) == shown, dict(at.query_params)
+
+
+def test_url_filters_and_choices_are_checked_by_the_page(app):
+    # Values the store has are taken, the rest ignored; an empty series list shows no series.
+    app.query_params.update({"emotion": ["sadness", "rage"], "outcome": "bogus", "fold": "3", "threshold": "0.6",
+                             "series": "", "lens_class": "happiness", "frozen_lens_class": "rage"})
+    at = app.run()
+    _ok(at)
+    assert at.multiselect(key="ov-emotion").value == ["sadness"]
+    assert at.selectbox(key="ov-outcome").value == "all"
+    at.switch_page("sections/dynamics.py").run()
+    _ok(at)
+    assert (at.selectbox(key="dyn-fold").value, at.slider(key="dyn-threshold").value) == (3, 0.6)
+    at.switch_page("sections/contributions.py").run()
+    _ok(at)
+    assert at.multiselect(key="co-series").value == []
+    assert at.query_params["series"] in ("", [""])
+    at.multiselect(key="co-series").set_value(["LoRA", "LoRA - frozen", "frozen"]).run()
+    assert "series" not in at.query_params  # every series is the default: the link leaves it out
+    at.switch_page("sections/utterance.py").run()
+    _ok(at)
+    # the filter Overview kept (sadness) chooses the utterances here too
+    assert at.selectbox(key="utt-emotion").value == "sadness"
+    assert at.selectbox(key="lora-class").value == "happiness"
+    assert at.selectbox(key="frozen-class").value in at.selectbox(key="frozen-class").options
+
+
 def test_upload_a_wav(app):
     at = app.run()
     at.switch_page("sections/upload.py").run()
@@ -155,6 +227,9 @@ def test_upload_a_wav(app):
     at.file_uploader(key="up-file").upload("my clip (1).wav", buffer.getvalue(), "audio/wav").run()
     _ok(at)
     assert any("predicted" in m.value for m in at.markdown)
+    at.slider(key="up-layer").set_value(0).run()
+    _ok(at)
+    assert at.query_params["layer"] in ("0", ["0"])
 
 
 def test_upload_not_audio_shows_a_message(app):
@@ -176,8 +251,16 @@ def test_url_state_parsing_is_checked():
     view = state.parse({"run": "../../etc/passwd", "utt": "/etc/hosts", "layer": "99", "colour": "x"},
                        ["a", "b"], {"u1"}, {"a": 3, "b": 3})
     assert (view.run, view.utt, view.layer, view.colour) == (None, None, None, "emotion")
-    view = state.parse({"run": "b", "utt": "u1", "layer": "2", "present": "1"}, ["a", "b"], {"u1"}, {"b": 3})
+    view = state.parse({"run": "b", "utt": "u1", "layer": "2", "present": "1", "fold": "1", "threshold": "0.75",
+                        "series": ["LoRA", "frozen"], "emotion": ["anger", "sadness"], "outcome": "wrong",
+                        "search": "03a", "lens_class": "anger"}, ["a", "b"], {"u1"}, {"b": 3})
+    assert (view.fold, view.threshold, view.series, view.emotion) == (1, 0.75, ("LoRA", "frozen"), ("anger", "sadness"))
     assert state.parse(view.to_params(), ["a", "b"], {"u1"}, {"b": 3}) == view
+    for threshold in ("nan", "inf", "2", "0.1", "x", ""):
+        assert state.parse({"threshold": threshold}, [], set(), {}).threshold == 0.9
+    assert state.parse({"fold": "-1"}, [], set(), {}).fold is None
+    assert state.parse({"series": [""]}, [], set(), {}).series == ()  # none shown, not the default (all)
+    assert state.parse(state.ViewState(series=()).to_params(), [], set(), {}).series == ()
 
 
 def test_presentation_mode_round_trip(app):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -67,4 +68,23 @@ def test_layer_slider_redraws_in_chromium(server, tmp_path):
             assert page.get_by_test_id("stException").count() == 0, name
             assert page.get_by_text("Page not found").count() == 0, name
             page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+        browser.close()
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_a_link_reopens_the_view_in_chromium(server):
+    """A copied link with non-default widget values (LoRA dynamics' fold model and threshold) reopens them."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(f"{server}/dynamics?fold=1&threshold=0.75", wait_until="networkidle")
+        page.get_by_role("slider").first.wait_for(timeout=60_000)
+        page.wait_for_selector(".vega-embed", timeout=60_000)
+        assert page.get_by_test_id("stSliderThumbValue").first.inner_text() == "0.75"
+        assert re.fullmatch(r"fold 1 \(\d+ utterances\)", page.get_by_role("combobox", name="Fold model").input_value())
+        assert page.get_by_test_id("stException").count() == 0
+        # the page wrote its view back without losing them: the address bar still reopens it
+        params = page.evaluate("() => Object.fromEntries(new URL(location.href).searchParams)")
+        assert params["fold"] == "1" and params["threshold"] == "0.75", params
         browser.close()

@@ -19,8 +19,10 @@ if partner:
     records += [r | {"series": "frozen"} for r in theirs.as_rows()]
     records += [r | {"series": "LoRA - frozen"} for r in mine.minus(theirs).as_rows()]
 frame = pd.DataFrame(records)
-show = st.multiselect("Series", sorted(frame["series"].unique()), default=sorted(frame["series"].unique()),
-                      key="co-series")
+options = sorted(frame["series"].unique())
+show = st.multiselect("Series", options, key="co-series",
+                      default=options if view.series is None else [s for s in options if s in view.series])
+view.series = None if show == options else tuple(show)
 frame = frame[frame["series"].isin(show)]
 widgets.chart(charts.contributions(frame), frame, f"{run.name}-contributions", "co")
 st.caption(f"Means over {len(rows)} utterances and their frames. Relative contribution: ||output|| / ||layer "

@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from app import charts, data, views, widgets
+from app import charts, data, state, views, widgets
 from app.analysis import spectra as sv
 
 view = widgets.view_state()
@@ -12,12 +12,15 @@ path = data.store_path()
 run = widgets.pick_run(view, method="lora")
 sizes = data.fold_sizes(path, run.name)
 left, right = st.columns([1, 2])
+folds = [None, *sizes]
 fold = left.selectbox(
-    "Fold model", [None, *sizes], key="dyn-fold",
+    "Fold model", folds, index=widgets.index(folds, view.fold), key="dyn-fold",
     format_func=lambda f: f"every fold, averaged ({len(sizes)})" if f is None else f"fold {f} ({sizes[f]} utterances)",
     help="Each utterance was traced by the fold model that held it out; spectra and CKA are computed within one "
          "model (stacking several models' low-rank maps would inflate ranks) and averaged over folds.")
-threshold = right.slider("Energy threshold of the effective rank", 0.5, 0.99, 0.9, 0.01, key="dyn-threshold")
+threshold = right.slider("Energy threshold of the effective rank", *state.THRESHOLD_RANGE, view.threshold, 0.01,
+                         key="dyn-threshold")
+view.fold, view.threshold = fold, round(threshold, 2)
 with st.spinner("SVD of every LoRA module ..."):
     spec = {q: {c: s.at(threshold) for c, s in by.items()} for q, by in data.spectra(path, run.name, fold).items()}
 rows, ranks = [], []

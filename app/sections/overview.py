@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import charts, data, widgets
+from app import charts, data, state, widgets
 
 view = widgets.view_state()
 widgets.present(view)
@@ -47,9 +47,13 @@ st.subheader("Utterances")
 table = data.table(path, run.name)
 widgets.synthetic_note(table)
 c1, c2, c3 = st.columns(3)
-emotions = c1.multiselect("Emotion", sorted(table["emotion"].unique()), key="ov-emotion")
-speakers = c2.multiselect("Speaker", sorted(table["speaker"].unique()), key="ov-speaker")
-outcome = c3.selectbox("Outcome", ["all", "correct", "wrong"], key="ov-outcome")
+emotion_options, speaker_options = sorted(table["emotion"].unique()), sorted(table["speaker"].unique())
+emotions = c1.multiselect("Emotion", emotion_options, [e for e in view.emotion if e in emotion_options],
+                          key="ov-emotion")
+speakers = c2.multiselect("Speaker", speaker_options, [s for s in view.speaker if s in speaker_options],
+                          key="ov-speaker")
+outcome = c3.selectbox("Outcome", state.OUTCOMES, index=widgets.index(state.OUTCOMES, view.outcome), key="ov-outcome")
+view.emotion, view.speaker, view.outcome = tuple(emotions), tuple(speakers), outcome
 shown = table[table["traced"]]
 if emotions:
     shown = shown[shown["emotion"].isin(emotions)]

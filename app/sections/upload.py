@@ -23,7 +23,7 @@ run_dir = attrs.get("run_dir")
 if not run_dir or not (Path(run_dir) / "config.json").is_file():
     st.warning(f"The checkpoints of {run.name} are not on this machine (run directory {run_dir or 'unknown'}); "
                "uploads need them. Re-trace the run here, or open the store where it was traced.")
-    st.stop()
+    widgets.stop(view)
 folds = {f["fold"]: f for f in run.metrics.get("folds", [])}
 
 
@@ -33,7 +33,12 @@ def fold_label(k: int) -> str:
     return f"fold {k} · test speakers {', '.join(f['test_speakers'])} · UAR {f['uar']:.3f}"
 
 
-fold = st.selectbox("Checkpoint (fold)", list(folds), key="up-fold", format_func=fold_label) if folds else None
+fold = None
+if folds:
+    fold = st.selectbox("Checkpoint (fold)", list(folds), index=widgets.index(list(folds), view.fold), key="up-fold",
+                        format_func=fold_label)
+    # The first fold is this page's default: left out of the link, which LoRA dynamics reads as every fold.
+    view.fold = None if fold == next(iter(folds)) else fold
 
 left, right = st.columns(2)
 uploaded = left.file_uploader("An audio file", type=["wav", "flac", "ogg", "mp3"], key="up-file")
@@ -41,7 +46,7 @@ recorded = right.audio_input("Or record", key="up-mic")
 clip = uploaded or recorded
 if clip is None:
     st.info("Upload a clip (WAV, FLAC, OGG or MP3) or record one to see what each layer makes of it.")
-    st.stop()
+    widgets.stop(view)
 # The name is shown, never used as a path: the clip is read from memory.
 name = getattr(clip, "name", None) or "recording.wav"
 limit_mb = st.get_option("server.maxUploadSize")
@@ -49,17 +54,17 @@ size = len(clip.getvalue())
 if size > limit_mb * 2**20:
     st.error(f"{name}: {size / 2**20:.1f} MB is over this app's upload limit of {limit_mb} MB "
              "(server.maxUploadSize in .streamlit/config.toml); cut the clip or export it compressed.")
-    st.stop()
+    widgets.stop(view)
 try:
     audio = load_audio(clip.getvalue(), name=name, long="keep")
 except AudioError as e:
     st.error(f"{e}")
-    st.stop()
+    widgets.stop(view)
 parts = windows(audio)
 if len(parts) > MAX_WINDOWS:
     st.error(f"{name}: {len(audio) / 16000 / 60:.1f} min is more than this page analyses ({MAX_WINDOWS} windows "
              f"of {MAX_SECONDS:.0f} s); cut the part you want to see, or run loralens predict on the whole file.")
-    st.stop()
+    widgets.stop(view)
 if len(parts) > 1:
     total = len(audio) / 16000
     st.info(f"{name} is {total:.1f} s long, more than Whisper's {MAX_SECONDS:.0f} s window: it is "
@@ -72,14 +77,16 @@ try:
     require_sound(audio, name)
 except AudioError as e:
     st.error(f"{e}")
-    st.stop()
+    widgets.stop(view)
 st.audio(audio, sample_rate=16000)
 with st.spinner("Running the clip through every layer ..."):
     result = data.predictor(run_dir, fold).predict(audio, name)
 probs = np.array(result.probabilities)
 st.markdown(f"**{name}**: predicted **{result.prediction}**, settling at boundary **{result.resolution_depth}** "
             f"of {len(probs) - 1} ({result.duration:.1f} s analysed)")
-layer = st.slider("Layer boundary", 0, len(probs) - 1, len(probs) - 1, key="up-layer")
+last = len(probs) - 1
+layer = st.slider("Layer boundary", 0, last, last if view.layer is None else min(view.layer, last), key="up-layer")
+view.layer = layer
 frame = pd.DataFrame([{"boundary": b, "emotion": e, "probability": float(probs[b, i])}
                       for b in range(len(probs)) for i, e in enumerate(result.emotions)])
 trajectory = charts.trajectory(frame, "Class probabilities across layers").to_dict(validate=False)
@@ -104,3 +111,4 @@ mapped = pd.concat([mapped, pd.DataFrame([{"id": f"upload: {name}", "emotion": f
                                            "speaker": "you", "x": point[0], "y": point[1]}])], ignore_index=True)
 widgets.chart(charts.scatter(mapped, "emotion", f"UMAP at boundary {layer}", f"upload: {name}"), mapped,
               f"{name}-map", "up-map")
+widgets.remember(view)

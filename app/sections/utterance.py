@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import charts, data, views, widgets
+from app import charts, data, state, views, widgets
 from app.analysis import lens
 
 view = widgets.view_state()
@@ -17,10 +17,18 @@ traced = table[table["traced"]]
 
 with st.sidebar:
     st.markdown("**Find an utterance**")
-    query = st.text_input("Search id", key="utt-search")
-    emotion = st.selectbox("Emotion", ["all", *sorted(traced["emotion"].unique())], key="utt-emotion")
-    speaker = st.selectbox("Speaker", ["all", *sorted(traced["speaker"].unique())], key="utt-speaker")
-    outcome = st.selectbox("Outcome", ["all", "correct", "wrong"], key="utt-outcome")
+    query = st.text_input("Search id", view.search, max_chars=state.MAX_TEXT, key="utt-search")
+    emotions, speakers = ["all", *sorted(traced["emotion"].unique())], ["all", *sorted(traced["speaker"].unique())]
+    # The URL's filters are lists (Overview picks several); this page picks one.
+    emotion = st.selectbox("Emotion", emotions, index=widgets.index(emotions, next(iter(view.emotion), "all")),
+                           key="utt-emotion")
+    speaker = st.selectbox("Speaker", speakers, index=widgets.index(speakers, next(iter(view.speaker), "all")),
+                           key="utt-speaker")
+    outcome = st.selectbox("Outcome", state.OUTCOMES, index=widgets.index(state.OUTCOMES, view.outcome),
+                           key="utt-outcome")
+view.search, view.outcome = query, outcome
+view.emotion = () if emotion == "all" else (emotion,)
+view.speaker = () if speaker == "all" else (speaker,)
 choices = traced
 if query:
     choices = choices[choices["id"].str.contains(query, case=False, regex=False)]
@@ -32,7 +40,7 @@ if outcome != "all":
     choices = choices[choices["correct"] == (outcome == "correct")]
 if choices.empty:
     st.warning("No traced utterance matches these filters.")
-    st.stop()
+    widgets.stop(view)
 ids = choices["id"].tolist()
 labels = dict(zip(choices["id"], choices["id"] + " · " + choices["emotion"], strict=True))
 utt = st.selectbox("Utterance", ids, index=ids.index(view.utt) if view.utt in ids else 0, key="utt-id",
@@ -86,10 +94,14 @@ def lens_view(path: str, run_name: str, row: int, n: int, target: str | None) ->
     }
 
 
-def column(run_name: str, title: str, key: str) -> None:
-    """One run's view of the utterance: lens metrics, trajectory, layers x time, spectrogram."""
+def column(run_name: str, title: str, key: str, lens_class: str | None) -> str | None:
+    """One run's view of the utterance: lens metrics, trajectory, layers x time, spectrogram.
+
+    ``lens_class`` (the URL's) is the layers x time view's emotion until one is picked here; returns the one
+    shown, or None where it is the default (the final prediction).
+    """
     n = int(info["n_frames"])
-    chosen = st.session_state.get(f"{key}-class")
+    chosen = st.session_state.get(f"{key}-class", lens_class)
     v = lens_view(path, run_name, row, n, chosen)
     emotions, top, kl = v["emotions"], v["top"], v["kl"]
     st.markdown(f"#### {title}")
@@ -99,17 +111,19 @@ def column(run_name: str, title: str, key: str) -> None:
     m3.metric("Resolution depth", v["depth"])
     spec, csv = v["trajectory"]
     widgets.chart(charts.mark_boundary(spec, layer), csv, f"{run_name}-{utt}-trajectory", f"{key}-traj")
-    st.selectbox("Class for the layers x time view", emotions, index=emotions.index(v["target"]), key=f"{key}-class")
+    shown = st.selectbox("Class for the layers x time view", emotions, index=emotions.index(v["target"]),
+                         key=f"{key}-class")
     widgets.chart(*v["frames"], f"{run_name}-{utt}-frames", f"{key}-frames")
     widgets.chart(*v["mel"], f"{utt}-logmel", f"{key}-mel")
+    return None if shown == emotions[int(top[-1])] else shown
 
 
 if partner is not None:
     left, right = st.columns(2)
     with left:
-        column(run.name, f"LoRA · {run.name}", "lora")
+        view.lens_class = column(run.name, f"LoRA · {run.name}", "lora", view.lens_class)
     with right:
-        column(partner.name, f"Frozen · {partner.name}", "frozen")
+        view.frozen_lens_class = column(partner.name, f"Frozen · {partner.name}", "frozen", view.frozen_lens_class)
 else:
-    column(run.name, run.name, "only")
+    view.lens_class = column(run.name, run.name, "only", view.lens_class)
 widgets.remember(view)
