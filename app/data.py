@@ -104,6 +104,14 @@ def projection(path: str, run: str, source: str, layer: int, method: str) -> tup
     return projections.project(x, method), rows
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def silhouette(path: str, run: str, source: str, layer: int) -> float:
+    """Emotion silhouette of the vectors themselves (a 2-D map's value moves with its seed and settings)."""
+    r = reader(path)
+    x, rows = views.vectors(r, run, source, layer)
+    return projections.silhouette(x, r.utterances()["emotion"][rows])
+
+
 @st.cache_resource(show_spinner="Loading the checkpoint ...", max_entries=4)
 def predictor(run_dir: str, fold: int | None):
     """The upload path's model: torch is imported here, lazily, and only here."""

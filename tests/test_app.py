@@ -14,7 +14,9 @@ from streamlit.runtime.state.common import user_key_from_element_id
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.element_tree import Widget
 
-from app import state
+from app import state, views
+from app.analysis import projections
+from store.reader import StoreReader
 from tests.conftest import tone
 
 MAIN = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
@@ -297,6 +299,12 @@ def test_clusters_compare_the_runs_that_differ_only_in_rank(rank_store, monkeypa
     # the page's map, then one map per rank: r = 2 (this run) and r = 4; the q_proj run is not comparable
     titles = [json.loads(c.proto.spec)["title"] for c in at.get("vega_lite_chart")]
     assert len(titles) == 3 and titles[0].startswith("UMAP · LoRA module "), titles
-    assert re.fullmatch(r"r = 2 \(this run\) · silhouette -?[01]\.\d{3}", titles[1]), titles
-    assert re.fullmatch(r"r = 4 · silhouette -?[01]\.\d{3}", titles[2]), titles
+    assert re.fullmatch(r"r = 2 \(this run\) · silhouette -?[01]\.\d{3} \(map -?[01]\.\d{3}\)", titles[1]), titles
+    assert re.fullmatch(r"r = 4 · silhouette -?[01]\.\d{3} \(map -?[01]\.\d{3}\)", titles[2]), titles
+    # the silhouette is measured in the LoRA A activation space, not on the 2-D map (which moves with its seed)
+    reader = StoreReader(rank_store)
+    layer = at.slider(key="cl-layer").value
+    x, rows = views.vectors(reader, "tiny-lora", "lora_a", layer)
+    expected = projections.silhouette(x, reader.utterances()["emotion"][rows])
+    assert titles[2].startswith(f"r = 4 · silhouette {expected:.3f} "), (titles[2], expected)
     assert not _unexported_charts(at)[1]  # each rank's map exports CSV, SVG and PNG like any chart

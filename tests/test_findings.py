@@ -120,7 +120,8 @@ def test_report_uses_one_set_of_utterances(tmp_path):
     assert analysis.rows == list(range(3, 4 * PER_CLASS))
     alone = views.spectra_of(reader, "lora", rows=analysis.rows)
     everything = views.spectra_of(reader, "lora")
-    assert np.allclose(analysis.spectra["lora_a_gradient"]["trained"].curves, alone["lora_a_gradient"]["trained"].curves)
+    assert np.allclose(analysis.spectra["lora_a_gradient"]["trained"].curves,
+                       alone["lora_a_gradient"]["trained"].curves)
     assert not np.allclose(alone["lora_a_gradient"]["trained"].curves,
                            everything["lora_a_gradient"]["trained"].curves)
     ab = views.cka_a_vs_b(reader, "lora", rows=analysis.rows)

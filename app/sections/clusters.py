@@ -31,7 +31,8 @@ frame = table.iloc[rows][["id", "speaker", "emotion", "prediction", "correct"]].
 frame["x"], frame["y"] = proj.coordinates[:, 0], proj.coordinates[:, 1]
 frame["correct"] = frame["correct"].map({True: "correct", False: "wrong"})
 sil = projections.silhouette(frame[["x", "y"]].to_numpy(), frame["emotion"].to_numpy())
-st.caption(f"{len(frame)} utterances · emotion silhouette on this map {sil:.3f}")
+st.caption(f"{len(frame)} utterances · emotion silhouette {data.silhouette(path, run.name, view.source, layer):.3f} "
+           f"in the vectors' own space, {sil:.3f} on this map")
 figure = charts.scatter(frame, view.colour, f"{projections.NAMES[view.projection]} · {label} {layer}", view.utt)
 event = widgets.chart(figure.add_params(charts.click()), frame, f"{run.name}-{view.source}-{view.projection}-{layer}",
                       "cl-map", select=True)
@@ -53,7 +54,8 @@ if len(series) > 1:
         f = pd.DataFrame({"x": p.coordinates[:, 0], "y": p.coordinates[:, 1],
                           "emotion": table.iloc[rr]["emotion"].to_numpy(), "id": table.iloc[rr]["id"].to_numpy()})
         title = (f"r = {other.rank}{' (this run)' if other.name == run.name else ''} · silhouette "
-                 f"{projections.silhouette(p.coordinates, f['emotion'].to_numpy()):.3f}")
+                 f"{data.silhouette(path, other.name, 'lora_a', layer):.3f} "
+                 f"(map {projections.silhouette(p.coordinates, f['emotion'].to_numpy()):.3f})")
         with col:
             widgets.chart(charts.scatter(f, "emotion", title, legend=False), f,
                           f"{other.name}-lora_a-{view.projection}-{layer}", f"cl-rank-{other.rank}")

@@ -1,6 +1,5 @@
 """Contributions: how much attention and MLP write into the residual per layer, LoRA against frozen."""
 
-import pandas as pd
 import streamlit as st
 
 from app import charts, data, views, widgets
@@ -13,12 +12,8 @@ partner = views.frozen_partner(data.runs(path), run) if run.method == "lora" els
 reader = data.reader(path)
 rows = tuple(views.common_rows(reader, run.name, partner.name) if partner else views.common_rows(reader, run.name))
 mine = data.contributions(path, run.name, rows)
-records = [r | {"series": "LoRA" if run.method == "lora" else run.name} for r in mine.as_rows()]
-if partner:
-    theirs = data.contributions(path, partner.name, rows)
-    records += [r | {"series": "frozen"} for r in theirs.as_rows()]
-    records += [r | {"series": "LoRA - frozen"} for r in mine.minus(theirs).as_rows()]
-frame = pd.DataFrame(records)
+frame = views.contribution_frame(mine, "LoRA" if run.method == "lora" else run.name,
+                                 data.contributions(path, partner.name, rows) if partner else None)
 options = sorted(frame["series"].unique())
 show = st.multiselect("Series", options, key="co-series",
                       default=options if view.series is None else [s for s in options if s in view.series])

@@ -1,10 +1,8 @@
 """LoRA dynamics: SVD spectra trained vs random, effective rank, CKA of A vs B, and residual CKA heatmaps."""
 
-import pandas as pd
 import streamlit as st
 
 from app import charts, data, state, views, widgets
-from app.analysis import spectra as sv
 
 view = widgets.view_state()
 widgets.present(view)
@@ -23,28 +21,16 @@ threshold = right.slider("Energy threshold of the effective rank", *state.THRESH
 view.fold, view.threshold = fold, round(threshold, 2)
 with st.spinner("SVD of every LoRA module ..."):
     spec = {q: {c: s.at(threshold) for c, s in by.items()} for q, by in data.spectra(path, run.name, fold).items()}
-rows, ranks = [], []
-for quantity, by_checkpoint in spec.items():
-    for checkpoint, s in by_checkpoint.items():
-        rows += [{"k": k + 1, "energy": float(e), "quantity": views.QUANTITY_LABELS[quantity],
-                  "checkpoint": checkpoint} for k, e in enumerate(s.mean_curve)]
-    ratio = (sv.concentration_ratio(by_checkpoint["random_twin"], by_checkpoint["trained"])
-             if "random_twin" in by_checkpoint else float("nan"))
-    ranks.append({"quantity": views.QUANTITY_LABELS[quantity],
-                  "trained rank": by_checkpoint["trained"].mean_rank,
-                  "random rank": by_checkpoint.get("random_twin", by_checkpoint["trained"]).mean_rank,
-                  "concentration (random / trained)": ratio})
-frame = pd.DataFrame(rows)
+frame = views.spectra_frame(spec)
 widgets.chart(charts.spectra(frame, threshold), frame, f"{run.name}-svd", "dyn-svd")
-st.dataframe(pd.DataFrame(ranks).round(2), hide_index=True, width="stretch")
+st.dataframe(views.rank_table(spec).round(2), hide_index=True, width="stretch")
 st.caption("Effective rank: the fewest singular directions holding the threshold's share of energy, averaged over "
            "layers. The paper reports 5.5x concentration for A activations, 1.7x for A gradients, 10.4x for B "
            "activations, and more dispersed B gradients.")
 
 st.subheader("A versus B")
 ab = data.cka_ab(path, run.name, fold)
-frame = pd.DataFrame([{"layer": i, "cka": float(v), "series": kind} for kind, vals in ab.items()
-                      for i, v in enumerate(vals)])
+frame = views.cka_ab_frame(ab)
 widgets.chart(charts.per_layer(frame, "cka", "Linear CKA between LoRA A and B outputs", [0, 1]), frame,
               f"{run.name}-cka-ab", "dyn-ab")
 
@@ -53,8 +39,7 @@ partner = views.frozen_partner(data.runs(path), run)
 cols = st.columns(2 if partner else 1)
 for col, (other, title) in zip(cols, [(run, "within LoRA"), (partner, "LoRA vs frozen")], strict=False):
     matrix = data.residual_cka(path, run.name, other.name)
-    frame = pd.DataFrame([{"LoRA": i, "other": j, "cka": float(matrix[i, j])} for i in range(matrix.shape[0])
-                          for j in range(matrix.shape[1])])
+    frame = views.heatmap_frame(matrix)
     with col:
         widgets.chart(charts.heatmap(frame, "other", "LoRA", "cka", f"CKA {title}", [0, 1]), frame,
                       f"{run.name}-cka-{title}", f"dyn-heat-{title}")

@@ -106,7 +106,8 @@ def column(run_name: str, title: str, key: str, lens_class: str | None) -> str |
     emotions, top, kl = v["emotions"], v["top"], v["kl"]
     st.markdown(f"#### {title}")
     m1, m2, m3 = st.columns(3)
-    m1.metric("KL to final", f"{kl[layer]:.3f}")
+    m1.metric(lens.KL_LABELS["final||layer"], f"{kl[layer]:.3f}",
+              help="KL(p_L ‖ p_l): the final prediction's distribution against this layer's, as in the paper")
     m2.metric("Top-1 here", emotions[top[layer]], "= final" if top[layer] == top[-1] else "≠ final")
     m3.metric("Resolution depth", v["depth"])
     spec, csv = v["trajectory"]
