@@ -135,7 +135,8 @@ def _add_trace(sub: argparse._SubParsersAction) -> None:
     v = sub.add_parser("validate", help="check a store: schema, shapes, NaN/Inf, completeness")
     v.add_argument("store", help="a directory or fsspec URL")
     v.add_argument("--repair", action="store_true",
-                   help="clear the marks of rows with damaged chunks, so the same loralens trace re-captures them")
+                   help="repair what does not decode: table rows are read again from their source audio, layer-"
+                        "major copies rebuilt, checkpoint rows unmarked so the same loralens trace captures them")
     v.set_defaults(func=_run_validate)
 
 
@@ -182,10 +183,18 @@ def _run_validate(args: argparse.Namespace) -> int:
     print(f"{args.store}: {len(report.problems)} problem(s)")
     for problem in report.problems:
         print(f"  - {problem}")
-    if args.repair and (cleared := repair(report)):
-        runs = sorted({run for run, _ in report.damaged})
-        print(f"cleared the marks of {cleared} damaged row(s) in {', '.join(runs)}: run the same loralens trace "
-              "command again to capture them")
+    if not args.repair:
+        return 1
+    for done in repair(report):
+        print(done)
+    if report.table_rows:
+        from precompute.trace import restore_utterances
+
+        restored, left = restore_utterances(args.store, report.table_rows, report.lost_columns)
+        if restored:
+            print(f"wrote {restored} row(s) of the utterance table again from their source audio files")
+        for problem in left:
+            print(f"  - not repaired: {problem}")
     return 1
 
 

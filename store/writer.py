@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import zarr
 import zarr.errors
+from zarr.core.sync import sync
 
 from store import schema
-from store.reader import StoreError, StoreReader, open_root
+from store.reader import StoreError, StoreReader, is_damage, open_root, read_blocks
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,9 @@ class StoreWriter(StoreReader):
     def __init__(self, path: str, storage_options: dict | None = None):
         try:
             root = open_root(path, "r", storage_options)
-        except StoreError:
+        except StoreError as e:
+            if e.__cause__ is not None and is_damage(e.__cause__):  # an unreadable root zarr.json: never overwrite
+                raise
             root = None
         if root is None:
             root = zarr.open_group(path, mode="a", storage_options=storage_options, zarr_format=3)
@@ -67,64 +70,105 @@ class StoreWriter(StoreReader):
     # -- the utterance table ----------------------------------------------------------------------------
     def add_utterances(self, rows: list[UtteranceRow]) -> list[int]:
         """Add the rows not yet in the table (by id); return every given row's index in the table."""
-        table = self.root.require_group("utterances")
         self._cache.clear()
+        table = self._node("utterances") or self.root.require_group("utterances")  # a damaged one: StoreError
         known = {uid: i for i, uid in enumerate(self._column("id"))}  # committed rows only (see _column)
-        for name in table.array_keys():  # rows past the committed ones were cut off mid-write: drop them
-            if table[name].shape[0] > len(known):
-                table[name].resize((len(known), *table[name].shape[1:]))
+        for name in schema.UTTERANCE_ARRAYS:  # rows past the committed ones were cut off mid-write: drop them
+            array = self._node(f"utterances/{name}")
+            if array is not None and array.shape[0] > len(known):
+                array.resize((len(known), *array.shape[1:]))
         new = [r for r in rows if r.id not in known]
         if new:
             start = len(known)
-            n = start + len(new)
-            max_samples = max(len(r.audio) for r in new)
-            n_mels = new[0].log_mel.shape[0]
-            max_mel = max(r.log_mel.shape[1] for r in new)
-            for name, spec in schema.UTTERANCE_ARRAYS.items():
-                shape = {"audio": (n, max_samples), "log_mel": (n, n_mels, max_mel)}.get(name, (n,))
-                if name in table:
-                    array = table[name]
-                    shape = (n, *[max(a, b) for a, b in zip(array.shape[1:], shape[1:], strict=True)])
-                    array.resize(shape)
-                else:
-                    table.create_array(name, shape=shape, chunks=schema.table_chunks(spec, shape),
-                                       dtype=str if spec.dtype == "str" else spec.dtype,
-                                       dimension_names=spec.dims,
-                                       fill_value="" if spec.dtype == "str" else 0)
-            block = {
-                "dataset": np.array([r.dataset for r in new], dtype=object),
-                "source": np.array([r.source for r in new], dtype=object),
-                "speaker": np.array([r.speaker for r in new], dtype=object),
-                "emotion": np.array([r.emotion for r in new], dtype=object),
-                "duration": np.array([len(r.audio) / 16000 for r in new], dtype=np.float32),
-                "n_samples": np.array([len(r.audio) for r in new], dtype=np.int32),
-                "n_frames": np.array([r.n_frames for r in new], dtype=np.int32),
-            }
-            for name, values in block.items():
-                table[name][start:n] = values
-            audio, log_mel = table["audio"], table["log_mel"]
-            for i, r in enumerate(new):
-                pcm = np.zeros(audio.shape[1], dtype=np.int16)
-                pcm[: len(r.audio)] = np.round(np.clip(r.audio, -1, 1) * 32767).astype(np.int16)
-                audio[start + i] = pcm
-                mel = np.zeros(log_mel.shape[1:], dtype=np.float16)
-                mel[:, : r.log_mel.shape[1]] = r.log_mel
-                log_mel[start + i] = mel
-            table["id"][start:n] = np.array([r.id for r in new], dtype=object)  # the rows' commit mark: last
+            self._size_table(table, start + len(new), new)
+            self._write_rows(table, start, new)
             known |= {r.id: start + i for i, r in enumerate(new)}
         self._cache.clear()
         self._grow_checkpoints(len(known))  # also those a run cut off after the table's commit left short
         return [known[r.id] for r in rows]
+
+    @staticmethod
+    def _size_table(table: zarr.Group, n: int, rows: list[UtteranceRow]) -> None:
+        """Give every column ``n`` rows and room for ``rows``' audio and log-mel, creating missing columns."""
+        max_samples = max(len(r.audio) for r in rows)
+        n_mels = rows[0].log_mel.shape[0]
+        max_mel = max(r.log_mel.shape[1] for r in rows)
+        for name, spec in schema.UTTERANCE_ARRAYS.items():
+            shape = {"audio": (n, max_samples), "log_mel": (n, n_mels, max_mel)}.get(name, (n,))
+            if name in table:
+                array = table[name]
+                shape = (n, *[max(a, b) for a, b in zip(array.shape[1:], shape[1:], strict=True)])
+                if shape != array.shape:
+                    array.resize(shape)
+            else:
+                table.create_array(name, shape=shape, chunks=schema.table_chunks(spec, shape),
+                                   dtype=str if spec.dtype == "str" else spec.dtype,
+                                   dimension_names=spec.dims,
+                                   fill_value="" if spec.dtype == "str" else 0)
+
+    @staticmethod
+    def _write_rows(table: zarr.Group, start: int, rows: list[UtteranceRow]) -> None:
+        """Write consecutive rows from ``start``: every column, audio and log-mel, then the ids (the commit mark)."""
+        n = start + len(rows)
+        block = {
+            "dataset": np.array([r.dataset for r in rows], dtype=object),
+            "source": np.array([r.source for r in rows], dtype=object),
+            "speaker": np.array([r.speaker for r in rows], dtype=object),
+            "emotion": np.array([r.emotion for r in rows], dtype=object),
+            "duration": np.array([len(r.audio) / 16000 for r in rows], dtype=np.float32),
+            "n_samples": np.array([len(r.audio) for r in rows], dtype=np.int32),
+            "n_frames": np.array([r.n_frames for r in rows], dtype=np.int32),
+        }
+        for name, values in block.items():
+            table[name][start:n] = values
+        audio, log_mel = table["audio"], table["log_mel"]
+        for i, r in enumerate(rows):
+            pcm = np.zeros(audio.shape[1], dtype=np.int16)
+            pcm[: len(r.audio)] = np.round(np.clip(r.audio, -1, 1) * 32767).astype(np.int16)
+            audio[start + i] = pcm
+            mel = np.zeros(log_mel.shape[1:], dtype=np.float16)
+            mel[:, : r.log_mel.shape[1]] = r.log_mel
+            log_mel[start + i] = mel
+        table["id"][start:n] = np.array([r.id for r in rows], dtype=object)  # the rows' commit mark: last
+
+    def rewrite_utterances(self, rows: dict[int, UtteranceRow], recreate: tuple[str, ...] = ()) -> None:
+        """Write rows of the table again in place, every column (``loralens validate --repair``).
+
+        Consecutive rows are written together, so a damaged chunk of a scalar column (a block of rows, which
+        cannot be read to change one row in it) is overwritten whole when all its rows are given.
+
+        Args:
+            rows: table row -> its content, read again from its source.
+            recreate: columns to remove and create anew (their zarr.json was unreadable); every row must be given.
+        """
+        table = self.root["utterances"]
+        n = max(array.shape[0] for name in schema.UTTERANCE_ARRAYS if name not in recreate
+                and (array := self._node(f"utterances/{name}")) is not None)
+        if recreate and sorted(rows) != list(range(n)):
+            raise ValueError(f"recreating {list(recreate)} needs all {n} rows of the table, got {len(rows)}")
+        for name in recreate:
+            del table[name]
+        self._size_table(table, n, list(rows.values()))
+        order = sorted(rows)
+        start = 0
+        for i in range(1, len(order) + 1):
+            if i == len(order) or order[i] != order[i - 1] + 1:
+                self._write_rows(table, order[start], [rows[r] for r in order[start:i]])
+                start = i
+        self._cache.clear()
 
     def _grow_checkpoints(self, n_rows: int) -> None:
         """Resize every checkpoint's arrays to the table's rows and frames; a grown checkpoint is incomplete."""
         max_frames = int(np.max(self._column("n_frames"))) if n_rows else 0
         for run, checkpoints in self.runs().items():
             for checkpoint in checkpoints:
-                group = self.root[f"runs/{run}/{checkpoint}"]
+                path = f"runs/{run}/{checkpoint}"
+                group = self._node(path)  # afresh: attributes are written through it
                 resizes = {}
-                for name in group.array_keys():
-                    array = group[name]
+                for name in self._children(path):
+                    array = self._node(f"{path}/{name}")  # a damaged zarr.json: a StoreError that names it
+                    if not isinstance(array, zarr.Array):
+                        continue
                     dims = array.metadata.dimension_names
                     shape = tuple(max(s, n_rows) if d == "utterance" else max(s, max_frames) if d == "frame" else s
                                   for d, s in zip(dims, array.shape, strict=True))
@@ -156,28 +200,32 @@ class StoreWriter(StoreReader):
         path = f"runs/{run}/{checkpoint}"
         n_rows = len(self._column("id"))
         sizes = {**sizes, "utterance": n_rows, "frame": int(np.max(self._column("n_frames")))}
-        if path in self.root and "method" not in self.root[path].attrs:
+        group = self._node(path)
+        if group is not None and "method" not in group.attrs:
             # Created by a run cut off before it wrote the group's attributes (they come last): nothing was
             # written into it (rows are written only after this returns), so it is made again.
             del self.root[path]
-        if path in self.root:
-            group = self.root[path]
+            group = None
+        if group is not None:
             old = dict(group.attrs)
             for key in ("method", "model", "window", "emotions", "modules"):
                 if old.get(key) != attrs.get(key):
                     raise StoreError(f"the store already holds run {run!r} with {key}={old.get(key)!r}, not "
                                      f"{attrs.get(key)!r}; trace into another --store, or give the run "
                                      "another name (--name)")
-            return
-        group = self.root.require_group(path)
+        new = group is None
+        group = self.root.require_group(path) if new else group
         for name, spec in schema.checkpoint_arrays(lora, per_frame_b).items():
+            if not new and self._node(f"{path}/{name}") is not None:
+                continue  # an existing checkpoint lacks only arrays that validate --repair removed
             shape = tuple(sizes[d] for d in spec.dims)
             try:
                 group.create_array(name, shape=shape, chunks=schema.chunks(spec, shape), dtype=spec.dtype,
                                    dimension_names=spec.dims, fill_value=0)
             except zarr.errors.ContainsArrayError:  # another process created it first
                 pass
-        group.attrs.update({**attrs, "run": run, "checkpoint": checkpoint, "complete": False})
+        if new:
+            group.attrs.update({**attrs, "run": run, "checkpoint": checkpoint, "complete": False})
         self._cache.clear()
 
     def write(self, run: str, checkpoint: schema.Checkpoint, row: int, arrays: dict[str, np.ndarray]) -> None:
@@ -185,12 +233,14 @@ class StoreWriter(StoreReader):
 
         Per-frame arrays may be shorter than the store's ``frame`` dimension (they are zero-padded).
         """
-        group = self.root[f"runs/{run}/{checkpoint}"]
-        expected = set(group.array_keys()) - {"written"}
+        path = f"runs/{run}/{checkpoint}"
+        targets = {name: array for name in self._children(path)
+                   if isinstance(array := self._node(f"{path}/{name}"), zarr.Array)}  # a damaged one: StoreError
+        expected = set(targets) - {"written"}
         if missing := expected - set(arrays):
             raise ValueError(f"row {row} of {run}/{checkpoint} lacks {sorted(missing)}")
         for name in sorted(expected):
-            target = group[name]
+            target = targets[name]
             value = np.asarray(arrays[name])
             full_shape = target.shape[1:]
             if value.shape != full_shape:
@@ -198,17 +248,70 @@ class StoreWriter(StoreReader):
                 padded[tuple(slice(0, s) for s in value.shape)] = value
                 value = padded
             target[row] = value.astype(target.dtype, copy=False)
-        group["written"][row] = 1
+        targets["written"][row] = 1
 
     def unmark(self, run: str, checkpoint: schema.Checkpoint, rows: list[int]) -> None:
         """Clear rows' commit marks (damaged rows): the same ``loralens trace`` command captures them again."""
         group = self.root[f"runs/{run}/{checkpoint}"]
         for row in rows:
-            group["written"][int(row)] = 0
+            group["written"][int(row)] = 0  # a whole chunk: written without reading a damaged one
         group.attrs.update({"complete": False, "consolidated": -1})
 
+    # -- repairs (``loralens validate --repair``) ---------------------------------------------------------
+    def rewrite_group(self, key: str) -> None:
+        """Write a group's zarr.json again, keeping its members; only for groups without attributes."""
+        prefix = "/".join(p for p in (self.root.path, key) if p)
+        sync(self.root.store.delete(f"{prefix}/zarr.json"))
+        self.root.require_group(key)
+        self._cache.clear()
+
+    def remove_checkpoint(self, run: str, checkpoint: schema.Checkpoint) -> None:
+        """Remove a checkpoint whose attributes are lost: ``loralens trace`` creates and captures it again."""
+        del self.root[f"runs/{run}/{checkpoint}"]
+        self._cache.clear()
+
+    def remove_array(self, run: str, checkpoint: schema.Checkpoint, name: str) -> int:
+        """Remove an array whose zarr.json is lost and clear every row's mark; return how many were set.
+
+        ``loralens trace`` creates the array again (see ``create_checkpoint``) and captures every row.
+        """
+        group = self.root[f"runs/{run}/{checkpoint}"]
+        del group[name]
+        cleared = 0
+        if name != "written" and self._node(f"runs/{run}/{checkpoint}/written") is not None:
+            written = group["written"]
+            marks, unreadable = read_blocks(written)
+            cleared = sum(1 for m in marks if m) + len(unreadable)
+            written[:] = 0  # whole chunks: written without reading damaged ones
+        group.attrs.update({"complete": False, "consolidated": -1})
+        self._cache.clear()
+        return cleared
+
+    def rebuild_layer_major(self, run: str, checkpoint: schema.Checkpoint) -> bool:
+        """Drop a checkpoint's layer-major copies; write them again from the originals if it is committed.
+
+        Returns:
+            Whether they were written again (else commit writes them once the checkpoint is complete).
+        """
+        group = self.root[f"runs/{run}/{checkpoint}"]
+        attrs = dict(group.attrs)
+        used = attrs.get("complete") and attrs.get("consolidated", -1) == attrs.get("n_written", -2)
+        group.attrs["consolidated"] = -1  # readers use the originals while the copies are written
+        if used:
+            self._consolidate(group)
+            group.attrs["consolidated"] = attrs["n_written"]
+        else:
+            del group[schema.CONSOLIDATED_GROUP]
+        rebuilt = bool(used)
+        self._cache.clear()
+        return rebuilt
+
     def _consolidate(self, group: zarr.Group) -> None:
-        """Write layer-major copies of the small arrays (see ``schema.CONSOLIDATED_GROUP``)."""
+        """Write layer-major copies of the small arrays (see ``schema.CONSOLIDATED_GROUP``).
+
+        The old copies are removed first, damaged ones too; the caller has marked the copies invalid meanwhile.
+        """
+        del group[schema.CONSOLIDATED_GROUP]
         target = group.require_group(schema.CONSOLIDATED_GROUP)
         for name in sorted(group.array_keys()):
             spec = schema.CHECKPOINT_ARRAYS.get(name)
@@ -227,11 +330,13 @@ class StoreWriter(StoreReader):
         """Mark each checkpoint of ``run`` complete when all of ``rows`` are written; return that state."""
         state = {}
         for checkpoint in self.runs().get(run, []):
-            group = self.root[f"runs/{run}/{checkpoint}"]
-            written = group["written"][:]
+            group = self._node(f"runs/{run}/{checkpoint}")  # afresh: attributes are written through it
+            with self._reading(f"runs/{run}/{checkpoint}/written", group["written"]):
+                written = group["written"][:]
             complete = bool(all(written[i] for i in rows))
             n_written = int(written.sum())
             if complete:
+                group.attrs["consolidated"] = -1  # readers use the originals while the copies are written
                 self._consolidate(group)
             group.attrs.update({"complete": complete, "n_written": n_written,
                                 "consolidated": n_written if complete else -1})
