@@ -20,7 +20,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from precompute.config import TrainConfig
+from precompute.config import Precision, TrainConfig, default_precision
 from precompute.models import load_classifier
 from precompute.window import whisper_of
 
@@ -107,6 +107,20 @@ def read_config(run: Path) -> TrainConfig:
 def completed_folds(run: Path) -> list[int]:
     """Indices of the folds whose directory is complete."""
     return sorted(int(p.name[5:]) for p in run.glob("fold_[0-9][0-9]") if (p / "metrics.json").is_file())
+
+
+def run_precision(run: Path) -> Precision:
+    """The numeric regime a run trained under (see ``TrainConfig.precision``).
+
+    Runs from before that setting have ``auto`` in their config.json: they trained under bf16 where a fold ran on
+    CUDA (its metrics.json names the device), else fp32.
+    """
+    config = read_config(run)
+    if config.precision != "auto":
+        return config.precision
+    devices = {json.loads((run / f"fold_{i:02d}" / "metrics.json").read_text()).get("device", "cpu")
+               for i in completed_folds(run)}
+    return "bf16" if any(default_precision(torch.device(d).type) == "bf16" for d in devices) else "fp32"
 
 
 def load_fold_model(run: Path, fold: int, variant: Variant = "trained") -> torch.nn.Module:

@@ -15,7 +15,7 @@ from app.analysis import lens  # pure NumPy: the one lens rule, shared with the 
 from precompute import window as W
 from precompute.audio import MAX_SECONDS, load_audio, require_sound, windows
 from precompute.capture import CaptureOptions, Capturer
-from precompute.checkpoints import completed_folds, load_fold_model, read_config
+from precompute.checkpoints import completed_folds, load_fold_model, read_config, run_precision
 from precompute.models import feature_extractor
 from precompute.train import resolve_device
 
@@ -60,7 +60,10 @@ class Predictor:
         self.fold = folds[0] if fold is None else fold
         self.device = resolve_device(device)
         self.model = load_fold_model(run, self.fold).to(self.device)
-        self.capturer = Capturer(self.model, self.config.window, CaptureOptions(gradients=False))
+        # the run's own numeric regime, as loralens trace uses: predictions then match training's
+        self.precision = run_precision(run)
+        self.capturer = Capturer(self.model, self.config.window,
+                                 CaptureOptions(gradients=False, precision=self.precision))
         self.extractor = feature_extractor(W.whisper_of(self.model).config)
 
     @torch.no_grad()

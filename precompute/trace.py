@@ -22,8 +22,8 @@ from transformers import WhisperConfig, WhisperFeatureExtractor
 from precompute import window as W
 from precompute.audio import AudioError, load_audio
 from precompute.capture import CaptureOptions, Capturer, lora_modules, module_name
-from precompute.checkpoints import RunError, completed_folds, load_fold_model, read_config
-from precompute.config import Precision, default_precision
+from precompute.checkpoints import RunError, completed_folds, load_fold_model, read_config, run_precision
+from precompute.config import Precision
 from precompute.data import DataSpecError, Utterance, load_corpus
 from precompute.models import feature_extractor
 from precompute.train import resolve_device
@@ -88,20 +88,6 @@ def store_id(u: Utterance) -> str:
 def log_mel_input(extractor: WhisperFeatureExtractor, audio: np.ndarray) -> np.ndarray:
     """The log-mel input the utterance table keeps: over the clip's real frames, ``(n_mels, 2 * n_frames)``."""
     return W.extract(extractor, [audio], "trim").input_features[0].numpy().astype(np.float16)
-
-
-def run_precision(run: Path) -> Precision:
-    """The numeric regime a run trained under (see ``TrainConfig.precision``).
-
-    Runs from before that setting have ``auto`` in their config.json: they trained under bf16 where a fold ran on
-    CUDA (its metrics.json names the device), else fp32.
-    """
-    config = read_config(run)
-    if config.precision != "auto":
-        return config.precision
-    devices = {json.loads((run / f"fold_{i:02d}" / "metrics.json").read_text()).get("device", "cpu")
-               for i in completed_folds(run)}
-    return "bf16" if any(default_precision(torch.device(d).type) == "bf16" for d in devices) else "fp32"
 
 
 class Tracer:

@@ -152,8 +152,8 @@ def test_precision_is_fixed_per_run_and_the_trace_follows_it(tiny_lora_run, tmp_
     """
     import json
 
-    from precompute.checkpoints import RunError
-    from precompute.trace import Selection, Tracer, run_precision
+    from precompute.checkpoints import RunError, run_precision
+    from precompute.trace import Selection, Tracer
 
     run, manifest = tiny_lora_run
     assert json.loads((run / "config.json").read_text())["precision"] == "fp32"
@@ -175,6 +175,13 @@ def test_precision_is_fixed_per_run_and_the_trace_follows_it(tiny_lora_run, tmp_
     assert agreement["rate"] == agreement["n_agree"] / len(rows) and "as training's predictions.csv" in caplog.text
     with pytest.raises(RunError, match="traced under bf16, not fp32"):
         Tracer(bf16, f"csv:{manifest}", store, selection=Selection(all=True), precision="fp32").capture(rows)
+    # loralens predict reads a clip in the run's regime too, so its answer is the one training would give
+    from precompute.predict import Predictor
+
+    predictor = Predictor(bf16, 0)
+    assert predictor.precision == "bf16" and predictor.capturer.options.precision == "bf16"
+    assert Predictor(run, 0).capturer.options.precision == "fp32"
+    assert predictor.predict(_clips()[0]).prediction in predictor.config.emotions
 
 
 def test_runs_from_before_the_precision_setting(tiny_lora_run, tmp_path):
@@ -182,7 +189,7 @@ def test_runs_from_before_the_precision_setting(tiny_lora_run, tmp_path):
     import json
     import shutil
 
-    from precompute.trace import run_precision
+    from precompute.checkpoints import run_precision
 
     old = tmp_path / "old"
     shutil.copytree(tiny_lora_run[0], old)
