@@ -73,6 +73,12 @@ class StoreWriter(StoreReader):
         self._cache.clear()
         table = self._node("utterances") or self.root.require_group("utterances")  # a damaged one: StoreError
         known = {uid: i for i, uid in enumerate(self._column("id"))}  # committed rows only (see _column)
+        if traced := self._traced_from(len(known)):
+            # Rows a checkpoint has written were committed once: their ids were lost (a deleted chunk reads as
+            # empty ids), not cut off by an interrupted add. Dropping them would throw away every trace of them.
+            raise StoreError(f"{self.path}: utterances/id reads empty from row {len(known)}, yet {traced} holds "
+                             "traces of later rows: the id column lost data (a deleted chunk file?); nothing was "
+                             f"changed. Restore {self.path}/utterances/id from a backup, or trace into a new store")
         for name in schema.UTTERANCE_ARRAYS:  # rows past the committed ones were cut off mid-write: drop them
             array = self._node(f"utterances/{name}")
             if array is not None and array.shape[0] > len(known):
@@ -86,6 +92,15 @@ class StoreWriter(StoreReader):
         self._cache.clear()
         self._grow_checkpoints(len(known))  # also those a run cut off after the table's commit left short
         return [known[r.id] for r in rows]
+
+    def _traced_from(self, row: int) -> str | None:
+        """The first checkpoint (``run/checkpoint``) with a row at or past ``row`` marked written, if any."""
+        for run, checkpoints in self.runs().items():
+            for checkpoint in checkpoints:
+                written = self._node(f"runs/{run}/{checkpoint}/written")
+                if written is not None and written.shape[0] > row and written[row:].any():
+                    return f"{run}/{checkpoint}"
+        return None
 
     @staticmethod
     def _size_table(table: zarr.Group, n: int, rows: list[UtteranceRow]) -> None:

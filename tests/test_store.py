@@ -181,3 +181,18 @@ def test_validate_finds_nan_and_incomplete(tmp_path):
     report = validate(path)
     assert any("NaN" in p and "residual_pooled" in p for p in report.problems)
     assert any("not committed complete" in p for p in report.problems)
+
+
+def test_lost_ids_of_traced_rows_are_not_dropped(tmp_path):
+    """A deleted id chunk reads as empty ids, like rows an interrupted add cut off; but checkpoints have traced
+    these rows, so growing the table must refuse instead of truncating every column (and losing them)."""
+    import shutil
+
+    path = str(tmp_path / "store.zarr")
+    _fill(path)
+    shutil.rmtree(tmp_path / "store.zarr" / "utterances" / "id" / "c")
+    with pytest.raises(StoreError, match="utterances/id reads empty from row 0, yet r/trained holds traces"):
+        StoreWriter(path).add_utterances(_rows(4)[3:])
+    root = zarr.open_group(path, mode="r")
+    assert root["utterances/audio"].shape[0] == 3 and root["utterances/emotion"].shape[0] == 3
+    assert root["runs/r/trained/written"][:].tolist() == [1, 1, 1]
