@@ -125,6 +125,27 @@ def metadata_problem(path: str, key: str, e: BaseException) -> str:
     return f"{file}{what} is unreadable ({_cause(e)}); {fix}"
 
 
+def _blocks(array: zarr.Array, starts: Iterable[int]) -> Iterator[tuple[int, int, np.ndarray | None,
+                                                                          Exception | None]]:
+    """Decode ``array`` a block of rows (one chunk along ``utterance``) at a time, from each of ``starts``.
+
+    Yields:
+        ``(lo, hi, values, None)`` for a block that decodes, ``(lo, hi, None, error)`` for one that does not.
+
+    Raises:
+        Whatever reading raised that is not damage (see ``is_damage``).
+    """
+    for lo in starts:
+        hi = min(lo + array.chunks[0], array.shape[0])
+        try:
+            values, error = array[lo:hi], None
+        except Exception as e:
+            if not is_damage(e):
+                raise
+            values, error = None, e
+        yield lo, hi, values, error
+
+
 def damaged_blocks(array: zarr.Array, rows: Iterable[int] | None = None) -> list[tuple[list[int], Exception]]:
     """The rows of ``array`` (all, or those given) whose chunks do not decode, a block of rows at a time.
 
@@ -136,16 +157,8 @@ def damaged_blocks(array: zarr.Array, rows: Iterable[int] | None = None) -> list
     """
     n, step = array.shape[0], array.chunks[0]
     wanted = range(n) if rows is None else sorted({int(r) for r in rows if 0 <= int(r) < n})
-    out = []
-    for lo in sorted({r // step * step for r in wanted}):
-        hi = min(lo + step, n)
-        try:
-            array[lo:hi]
-        except Exception as e:
-            if not is_damage(e):
-                raise
-            out.append(([r for r in range(lo, hi) if rows is None or r in wanted], e))
-    return out
+    return [([r for r in range(lo, hi) if rows is None or r in wanted], error)
+            for lo, hi, _, error in _blocks(array, sorted({r // step * step for r in wanted})) if error is not None]
 
 
 def damaged_layers(array: zarr.Array) -> list[tuple[int, Exception]]:
@@ -167,20 +180,16 @@ def layers_text(array: zarr.Array, layers: list[int]) -> str:
     return (f"{dim} {', '.join(map(str, layers))} " if dim else "") + "(every row)"
 
 
-def read_blocks(array: zarr.Array) -> tuple[list, list[int]]:
-    """A 1-d array's values as a list, None where a chunk does not decode, and those rows."""
+def read_blocks(array: zarr.Array) -> tuple[list, list[tuple[list[int], Exception]]]:
+    """A 1-d array's values as a list, None where a chunk does not decode, and those rows with the error."""
     values: list = [None] * array.shape[0]
-    bad: list[int] = []
-    step = array.chunks[0]
-    for lo in range(0, array.shape[0], step):
-        hi = min(lo + step, array.shape[0])
-        try:
-            values[lo:hi] = array[lo:hi].tolist()
-        except Exception as e:
-            if not is_damage(e):
-                raise
-            bad.extend(range(lo, hi))
-    return values, bad
+    damaged = []
+    for lo, hi, block, error in _blocks(array, range(0, array.shape[0], array.chunks[0])):
+        if error is None:
+            values[lo:hi] = block.tolist()
+        else:
+            damaged.append((list(range(lo, hi)), error))
+    return values, damaged
 
 
 def open_root(path: str, mode: str = "r", storage_options: dict | None = None) -> zarr.Group:

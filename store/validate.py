@@ -176,9 +176,10 @@ class _Check:
             self.problem(f"{where}/{name}: not in schema version {schema.SCHEMA_VERSION}")
         if "written" not in arrays:
             return None
-        marks, _ = read_blocks(arrays["written"])
-        bad_marks = self.chunks(f"{where}/written", arrays["written"], None, ids, "rows")
-        rows = [r for r, mark in enumerate(marks[:n]) if mark and r not in bad_marks]
+        marks, damaged = read_blocks(arrays["written"])
+        if damaged:  # rows whose mark does not decode: repair clears the mark, trace captures them again
+            self.damaged(f"{where}/written", [r for block, _ in damaged for r in block], damaged[0][1], ids, "rows")
+        rows = [r for r, mark in enumerate(marks[:n]) if mark]
         for name, spec in expected.items():
             if name not in arrays or name == "written":
                 continue

@@ -295,8 +295,8 @@ class StoreWriter(StoreReader):
         cleared = 0
         if name != "written" and self._node(f"runs/{run}/{checkpoint}/written") is not None:
             written = group["written"]
-            marks, unreadable = read_blocks(written)
-            cleared = sum(1 for m in marks if m) + len(unreadable)
+            marks, damaged = read_blocks(written)
+            cleared = sum(1 for m in marks if m) + sum(len(block) for block, _ in damaged)
             written[:] = 0  # whole chunks: written without reading damaged ones
         group.attrs.update({"complete": False, "consolidated": -1})
         self._cache.clear()
@@ -317,9 +317,8 @@ class StoreWriter(StoreReader):
             group.attrs["consolidated"] = attrs["n_written"]
         else:
             del group[schema.CONSOLIDATED_GROUP]
-        rebuilt = bool(used)
         self._cache.clear()
-        return rebuilt
+        return bool(used)
 
     def _consolidate(self, group: zarr.Group) -> None:
         """Write layer-major copies of the small arrays (see ``schema.CONSOLIDATED_GROUP``).
