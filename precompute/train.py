@@ -144,15 +144,13 @@ class Trainer:
         self.corpus = load_corpus(config.data, emotions, merge_excitement=config.merge_excitement)
         config.emotions = list(self.corpus.emotions)
         previous = read_config(self.run) if (self.run / "config.json").is_file() else None
+        if previous is not None and previous.precision == "auto":  # written before the setting existed: it ran
+            previous.precision = default_precision(self.device.type)  # under this device's default
         if config.precision == "auto":  # fixed when the run starts; a run resumed on another device keeps its own
-            known = previous is not None and previous.precision != "auto"
-            config.precision = previous.precision if known else default_precision(self.device.type)
-        if previous is not None:
-            if previous.precision == "auto":  # written before the setting existed: it ran under this device's default
-                previous.precision = default_precision(self.device.type)
-            if diff := config.differences(previous):
-                raise RunError(f"{self.run} holds a run with a different configuration ({'; '.join(diff)}); "
-                               "use a new --out, or repeat the original command to resume it")
+            config.precision = previous.precision if previous is not None else default_precision(self.device.type)
+        if previous is not None and (diff := config.differences(previous)):
+            raise RunError(f"{self.run} holds a run with a different configuration ({'; '.join(diff)}); "
+                           "use a new --out, or repeat the original command to resume it")
         self.run.mkdir(parents=True, exist_ok=True)
         config.save(self.run / "config.json")
         probe = load_classifier(config.model, config.emotions, seed=config.seed)
