@@ -73,8 +73,8 @@ def findings(a: RunAnalysis) -> list[dict]:
     """The paper's four findings, each with whether ``a`` shows it, the numbers, and the criterion applied."""
     out = []
     n_layers = a.lora.n_layers
-    lens_, frozen_lens, contrib, diff, ratios, cka_ab = a.lens, a.frozen_lens, a.contributions, a.diff, a.ratios, \
-        a.cka_ab
+    lens_, frozen_lens, contrib, diff, ratios, cka_ab = (a.lens, a.frozen_lens, a.contributions, a.diff, a.ratios,
+                                                         a.cka_ab)
     depth = float(lens_.resolution_depth.mean())
     mid = n_layers // 2
     holds = depth >= n_layers / 2 and lens_.overlap[mid] < 0.75
@@ -157,11 +157,12 @@ def build(store: str, out: Path, threshold: float = 0.9) -> dict:
                     for i, v in enumerate(vals)]
         charts.save(charts.per_layer(pd.DataFrame(sil_rows), "silhouette", f"Emotion silhouette: {name}"), out,
                     f"{name}-silhouette")
+        x, _ = views.vectors(reader, name, "residual", n_layers, rows=rows)
+        ids = reader.utterances()["id"][rows]
         for method in ("tsne", "umap"):
-            x, _ = views.vectors(reader, name, "residual", n_layers, rows=rows)
             proj = projections.project(x, method)
             df = pd.DataFrame({"x": proj.coordinates[:, 0], "y": proj.coordinates[:, 1], "emotion": emotions,
-                               "id": reader.utterances()["id"][rows]})
+                               "id": ids})
             charts.save(charts.scatter(df, title=f"{projections.NAMES[method]} of the last layer: {name}"), out,
                         f"{name}-{method}")
 
