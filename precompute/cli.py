@@ -24,7 +24,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     d = TrainConfig(model="", data="")
     p = sub.add_parser("train", help="cross-validate LoRA or frozen-encoder emotion models",
                        description="Train with speaker-independent cross-validation; re-run to resume.")
-    p.add_argument("--model", required=True, help="HF id or dir, ct2:DIR, bundled:tiny.en or bundled:base")
+    p.add_argument("--model", required=True,
+                   help="HF id or dir, ct2:DIR, bundled:tiny.en, bundled:base, or random:NAME[?layers=N] (a real "
+                        "geometry with random weights, e.g. random:large-v3?layers=2)")
     p.add_argument("--data", required=True, help="emodb:DIR, ravdess:DIR, cremad:DIR, iemocap:DIR, csv:FILE, "
                                                  "synthetic:DIR")
     p.add_argument("--out", required=True, type=Path, help="run directory (resumed if it exists)")
@@ -90,7 +92,8 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("model", help="model utilities")
     msub = p.add_subparsers(dest="model_command", required=True)
     e = msub.add_parser("export", help="write SPEC's encoder and a head as a plain Hugging Face directory")
-    e.add_argument("spec", help="HF id or dir, ct2:DIR, bundled:tiny.en or bundled:base")
+    e.add_argument("spec", help="HF id or dir, ct2:DIR, bundled:tiny.en, bundled:base, or random:NAME[?layers=N] (a "
+                                "real geometry with random weights, e.g. random:large-v3?layers=2)")
     e.add_argument("--out", required=True, type=Path)
     e.add_argument("--emotions", default=None, help="comma list of classes (default the four of the paper)")
     e.add_argument("--seed", type=int, default=0, help="seed of the (untrained) head")

@@ -33,7 +33,8 @@ class TrainConfig:
     """One training run: a model, a data set, a method, and the cross-validation protocol."""
 
     model: str
-    """``--model SPEC``: a HF id or directory, ``ct2:DIR``, ``bundled:tiny.en`` or ``bundled:base``."""
+    """``--model SPEC``: a HF id or directory, ``ct2:DIR``, ``bundled:tiny.en``, ``bundled:base`` or ``random:NAME``
+    (see ``precompute.models``)."""
     data: str
     """``--data SPEC``, e.g. ``emodb:../shared/data/emodb``."""
     method: Method = "lora"

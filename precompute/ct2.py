@@ -140,9 +140,13 @@ def encoder_state_dict(arrays: dict[str, np.ndarray], config: WhisperConfig) -> 
 
     def t(name: str) -> torch.Tensor:
         try:
-            return torch.from_numpy(np.ascontiguousarray(arrays[name], dtype=np.float32))
+            value = np.asarray(arrays[name], dtype=np.float32)
         except KeyError as e:
             raise CT2FormatError(f"CTranslate2 Whisper encoder lacks array {name!r}") from e
+        if (scale := arrays.get(f"{name}_scale")) is not None:  # int8 (a scale per row) or int16 (one scale)
+            scale = np.asarray(scale, dtype=np.float32)
+            value = value / scale.reshape(-1, *[1] * (value.ndim - 1)) if scale.ndim else value / scale
+        return torch.from_numpy(np.ascontiguousarray(value))
 
     d = config.d_model
     out = {

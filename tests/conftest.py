@@ -13,6 +13,8 @@ from transformers import WhisperConfig, WhisperForAudioClassification
 
 EMODB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emodb"
 EMOTIONS = ["anger", "happiness", "neutral", "sadness"]
+LARGE_V3 = "random:large-v3?layers=2"
+"""whisper-large-v3's geometry (128 mel bins, width 1280, 20 heads, FFN 5120) with random weights, cut to 2 layers."""
 
 
 def tiny_config(**overrides) -> WhisperConfig:
@@ -39,12 +41,12 @@ def tone(seconds: float, rate: int, freq: float, seed: int = 0) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * freq * t) + 0.02 * rng.standard_normal(len(t))).astype(np.float32)
 
 
-def write_tone_csv(tmp_path: Path) -> Path:
-    """Write a CSV data set of 4 speakers x 4 emotions x 2 takes of tones at 22.05 kHz; return the CSV."""
+def write_tone_csv(tmp_path: Path, takes: int = 2) -> Path:
+    """Write a CSV data set of 4 speakers x 4 emotions x ``takes`` tones at 22.05 kHz; return the CSV."""
     rows = ["path,emotion,speaker"]
     for s in range(4):
         for e, emotion in enumerate(EMOTIONS):
-            for take in range(2):
+            for take in range(takes):
                 rel = f"wav/s{s}_{emotion}_{take}.wav"
                 (tmp_path / "wav").mkdir(exist_ok=True)
                 sf.write(tmp_path / rel, tone(0.6 + 0.1 * take, 22050, 200 * (e + 1), seed=s * 10 + take), 22050)
@@ -126,6 +128,33 @@ def rank_store(tmp_path_factory, tiny_model_dir, tiny_runs) -> str:
         rows = tracer.prepare()
         tracer.capture(rows)
         tracer.commit(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def large_runs(tmp_path_factory) -> dict[str, Path]:
+    """A LoRA run and a frozen run of ``LARGE_V3`` on 16 tones (``loralens train``: one epoch, 2 folds)."""
+    from precompute.cli import main
+
+    root = tmp_path_factory.mktemp("large-runs")
+    manifest = write_tone_csv(root, takes=1)
+    runs = {}
+    for method in ("lora", "frozen"):
+        runs[method] = root / f"large-v3-{method}"
+        assert main(["train", "--model", LARGE_V3, "--data", f"csv:{manifest}", "--method", method, "--folds", "2",
+                     "--epochs", "1", "--batch-size", "4", "--rank", "4", "--alpha", "8",
+                     "--out", str(runs[method])]) == 0
+    return runs
+
+
+@pytest.fixture(scope="session")
+def large_store(tmp_path_factory, large_runs) -> str:
+    """A store holding both ``LARGE_V3`` runs over every utterance (``loralens trace --all``)."""
+    from precompute.cli import main
+
+    path = str(tmp_path_factory.mktemp("large-store") / "large-v3.zarr")
+    for run in large_runs.values():
+        assert main(["trace", "--run", str(run), "--store", path, "--all"]) == 0
     return path
 
 

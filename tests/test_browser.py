@@ -25,16 +25,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture()
-def server(tiny_store):
+def _serve(store: str):
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "precompute.cli", "app", "--store", tiny_store, "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "precompute.cli", "app", "--store", store, "--port",
                              str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     wait_until_serving(proc, url)
     yield url
     proc.terminate()
     proc.wait(timeout=20)
+
+
+@pytest.fixture()
+def server(tiny_store):
+    yield from _serve(tiny_store)
+
+
+@pytest.fixture()
+def large_server(large_store):
+    yield from _serve(large_store)
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
@@ -87,4 +96,30 @@ def test_a_link_reopens_the_view_in_chromium(server):
         # the page wrote its view back without losing them: the address bar still reopens it
         params = page.evaluate("() => Object.fromEntries(new URL(location.href).searchParams)")
         assert params["fold"] == "1" and params["threshold"] == "0.75", params
+        browser.close()
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_a_large_v3_store_opens_in_chromium(large_server, tmp_path):
+    """whisper-large-v3's geometry (128 mel bins, width 1280; 2 random layers): every page draws, none fails."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    shots = Path(os.environ.get("LORALENS_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        for name, path in (("utterance", "utterance"), ("overview", ""), ("clusters", "clusters"),
+                           ("dynamics", "dynamics"), ("contributions", "contributions"), ("upload", "upload")):
+            page.goto(f"{large_server}/{path}", wait_until="networkidle")
+            page.get_by_role("slider" if name in ("utterance", "dynamics") else "main").first.wait_for(
+                timeout=60_000)
+            if name not in ("overview", "upload"):  # tables only; the upload page draws once given a clip
+                # a first UMAP fit compiles numba's code: minutes on a busy CPU
+                page.wait_for_selector(".vega-embed", timeout=180_000 if name == "clusters" else 60_000)
+            page.wait_for_timeout(1500)
+            assert page.get_by_test_id("stException").count() == 0, name
+            assert page.get_by_test_id("stAlertContentError").count() == 0, name
+            page.screenshot(path=str(shots / f"large-v3-{name}.png"), full_page=True)
+            if name == "utterance":  # the log-mel, the trajectory and the heatmaps: at least three charts
+                assert page.locator(".vega-embed").count() >= 3
         browser.close()

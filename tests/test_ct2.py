@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,6 +59,52 @@ def test_bundled_encoder_matches_ctranslate2(name, speech):
     oracle = ctranslate2.models.Whisper(str(models.ct2_directory(source)), device="cpu", compute_type="float32")
     theirs = np.array(oracle.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features)), to_cpu=True))
     assert ours.shape == theirs.shape
+    assert np.abs(ours - theirs).max() / np.abs(theirs).max() <= 1e-4
+
+
+def _quantised_copy(source: Path, out: Path, quantization: str) -> Path:
+    """``source`` (a CTranslate2 Whisper directory) written again by ctranslate2's own quantiser."""
+    import re
+
+    from ctranslate2.specs.whisper_spec import WhisperSpec
+
+    _, arrays = ct2.read_model_bin(source / "model.bin", prefix="")
+    layers = {side: len({k.split("/")[1] for k in arrays if re.match(rf"{side}/layer_\d+/", k)})
+              for side in ("encoder", "decoder")}
+    spec = WhisperSpec(layers["encoder"], int(arrays["encoder/num_heads"]), layers["decoder"],
+                       int(arrays["decoder/num_heads"]))
+    for name, value in arrays.items():
+        if value.ndim:  # scalars (head counts) are the spec's own
+            scope = spec
+            for part in name.split("/")[:-1]:
+                index = re.fullmatch(r"(\w+)_(\d+)", part)
+                scope = getattr(scope, part) if hasattr(scope, part) else getattr(scope, index[1])[int(index[2])]
+            setattr(scope, name.split("/")[-1], value)
+    spec.decoder.projection.weight = arrays["decoder/embeddings/weight"]  # stored as an alias of the embeddings
+    spec.register_vocabulary((source / "vocabulary.txt").read_text().splitlines())
+    spec.validate()
+    spec.optimize(quantization=quantization)
+    out.mkdir()
+    spec.save(str(out))
+    shutil.copy(source / "config.json", out / "config.json")
+    return out
+
+
+@pytest.mark.parametrize("quantization", ["int8", "int16"])
+def test_quantised_encoder_matches_ctranslate2(quantization, speech, tmp_path, monkeypatch):
+    """faster-whisper models are often int8 (``--quantization int8``): their weights are scaled back, not read raw."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    import torch
+
+    monkeypatch.setenv("LORALENS_CACHE", str(tmp_path / "cache"))
+    directory = _quantised_copy(models.ct2_directory(models.parse_model_spec("bundled:tiny.en")),
+                                tmp_path / quantization, quantization)
+    model = models.load_classifier(f"ct2:{directory}", ["anger", "neutral"])
+    features = models.feature_extractor(model.config)(speech, sampling_rate=16000, return_tensors="np").input_features
+    with torch.no_grad():
+        ours = model.encoder(torch.from_numpy(features)).last_hidden_state.numpy()
+    oracle = ctranslate2.models.Whisper(str(directory), device="cpu", compute_type="float32")
+    theirs = np.array(oracle.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features)), to_cpu=True))
     assert np.abs(ours - theirs).max() / np.abs(theirs).max() <= 1e-4
 
 
