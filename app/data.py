@@ -93,23 +93,27 @@ def fold_sizes(path: str, run: str) -> dict[int, int]:
 
 @st.cache_data(show_spinner=False)
 def residual_cka(path: str, run_a: str, run_b: str) -> np.ndarray:
-    """Layer x layer CKA of pooled residuals."""
+    """Layer x layer minibatch CKA of pooled residuals."""
     return views.residual_cka(reader(path), run_a, run_b)
 
 
-@st.cache_resource(show_spinner=False, max_entries=64)
+@st.cache_data(show_spinner=False, max_entries=256)
+def map_of(path: str, run: str, source: str, layer: int, method: str) -> tuple[np.ndarray, list[int], float]:
+    """A 2-D map's coordinates, rows and emotion silhouette (from the run's summary; fitted where it has none)."""
+    return views.map_of(reader(path), run, source, layer, method)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
 def projection(path: str, run: str, source: str, layer: int, method: str) -> tuple[projections.Projection, list[int]]:
-    """A fitted 2-D map (cached after first use; UMAP maps can place uploads)."""
+    """A fitted 2-D map that can place new vectors (UMAP; for uploads): the same map as ``map_of``."""
     x, rows = views.vectors(reader(path), run, source, layer)
     return projections.project(x, method), rows
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
+@st.cache_data(show_spinner=False, max_entries=256)
 def silhouette(path: str, run: str, source: str, layer: int) -> float:
     """Emotion silhouette of the vectors themselves (a 2-D map's value moves with its seed and settings)."""
-    r = reader(path)
-    x, rows = views.vectors(r, run, source, layer)
-    return projections.silhouette(x, r.utterances()["emotion"][rows])
+    return views.silhouette_of(reader(path), run, source, layer)
 
 
 @st.cache_resource(show_spinner="Loading the checkpoint ...", max_entries=4)

@@ -149,7 +149,6 @@ def build(store: str, out: Path, threshold: float = 0.9) -> dict:
             charts.save(charts.heatmap(views.heatmap_frame(matrix), "other", "LoRA", "cka",
                                        f"Residual CKA ({key}): {name}", [0, 1]), out, f"{name}-cka-{key}")
 
-        emotions = reader.utterances()["emotion"][rows]
         sil = {"LoRA": views.silhouettes(reader, name, rows)}
         if frozen_run:
             sil["frozen"] = views.silhouettes(reader, frozen_run.name, rows)
@@ -157,12 +156,11 @@ def build(store: str, out: Path, threshold: float = 0.9) -> dict:
                     for i, v in enumerate(vals)]
         charts.save(charts.per_layer(pd.DataFrame(sil_rows), "silhouette", f"Emotion silhouette: {name}"), out,
                     f"{name}-silhouette")
-        x, _ = views.vectors(reader, name, "residual", n_layers, rows=rows)
-        ids = reader.utterances()["id"][rows]
+        table = reader.utterances()
         for method in ("tsne", "umap"):
-            proj = projections.project(x, method)
-            df = pd.DataFrame({"x": proj.coordinates[:, 0], "y": proj.coordinates[:, 1], "emotion": emotions,
-                               "id": ids})
+            coordinates, map_rows, _ = views.map_of(reader, name, "residual", n_layers, method)
+            df = pd.DataFrame({"x": coordinates[:, 0], "y": coordinates[:, 1],
+                               "emotion": table["emotion"][map_rows], "id": table["id"][map_rows]})
             charts.save(charts.scatter(df, title=f"{projections.NAMES[method]} of the last layer: {name}"), out,
                         f"{name}-{method}")
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from app.analysis import cka, contributions, lens, projections, spectra
-from store.reader import StoreReader
+from store.reader import StoreReader, Summary
 
 LORA_QUANTITIES = ("lora_a_activation", "lora_a_gradient", "lora_b_activation", "lora_b_gradient")
 QUANTITY_LABELS = {"lora_a_activation": "A activation", "lora_a_gradient": "A gradient",
@@ -102,6 +102,14 @@ def common_rows(reader: StoreReader, *runs: str) -> list[int]:
     return np.flatnonzero(mask).tolist()
 
 
+def summary_of(reader: StoreReader, run: str, rows: list[int] | None = None) -> Summary | None:
+    """The run's current summary if it covers exactly ``rows`` (None: all the run traced), else None."""
+    s = reader.summary(run)
+    if s is None or (rows is not None and list(rows) != s["rows"].tolist()):
+        return None
+    return s
+
+
 def lens_of(reader: StoreReader, run: str, rows: list[int] | None = None,
             direction: lens.Direction = "final||layer") -> lens.LensSummary:
     """The logit-lens summary of a run over ``rows`` (default: all it traced)."""
@@ -111,9 +119,14 @@ def lens_of(reader: StoreReader, run: str, rows: list[int] | None = None,
 
 
 def contributions_of(reader: StoreReader, run: str, rows: list[int] | None = None) -> contributions.Contributions:
-    """Per-layer contributions of a run over ``rows`` (default: all it traced)."""
+    """Per-layer contributions of a run over ``rows`` (default: all it traced); from its summary where current."""
     rows = rows if rows is not None else common_rows(reader, run)
     n_frames = reader.utterances()["n_frames"][rows]
+    s = reader.summary(run)
+    if s is not None:
+        index = {r: i for i, r in enumerate(s["rows"].tolist())}
+        if all(r in index for r in rows):
+            return contributions.from_sums(s["contribution_sums"][[index[r] for r in rows]], n_frames)
     read = lambda name: reader.read(run, "trained", name, rows)  # noqa: E731
     return contributions.contributions(*(read(name) for name in contributions.ARRAYS), n_frames)
 
@@ -135,9 +148,20 @@ def fold_groups(reader: StoreReader, run: str, rows: list[int] | None = None,
     return {fold: groups[fold]}
 
 
+def sampled_groups(reader: StoreReader, run: str, checkpoint: str, groups: dict[int, list[int]]
+                   ) -> dict[int, list[int]]:
+    """``groups`` without the rows whose sampled per-frame arrays were not kept, and without folds left empty."""
+    sampled = reader.sampled(run, checkpoint)
+    kept = {fold: [r for r in rows if sampled[r]] for fold, rows in groups.items()}
+    return {fold: rows for fold, rows in kept.items() if rows}
+
+
 def lora_matrices(reader: StoreReader, run: str, checkpoint: str, quantity: str, groups: dict[int, list[int]],
                   modules: slice = slice(None)) -> list[list[np.ndarray]]:
-    """Per LoRA module (of ``modules``), per fold model: every real frame of its utterances, ``(frames, dim)``."""
+    """Per LoRA module (of ``modules``), per fold model: every real frame of its utterances, ``(frames, dim)``.
+
+    ``groups``: fold -> rows, each holding the sampled per-frame arrays (``sampled_groups``).
+    """
     rows = [r for group in groups.values() for r in group]
     values = reader.read(run, checkpoint, quantity, rows, module=modules)  # (n, module, frame, dim)
     n_frames = reader.utterances()["n_frames"][rows]
@@ -146,9 +170,21 @@ def lora_matrices(reader: StoreReader, run: str, checkpoint: str, quantity: str,
     return [[spectra.real_frames(values[ix, m], n_frames[ix]) for ix in index] for m in range(values.shape[1])]
 
 
+def _fold_index(s: Summary, fold: int | None) -> list[int]:
+    folds = s["folds"].tolist()
+    if fold is None:
+        return list(range(len(folds)))
+    if fold not in folds:
+        raise ValueError(f"the run has no traced utterances of fold {fold}; folds traced: {sorted(folds)}")
+    return [folds.index(fold)]
+
+
 def spectra_of(reader: StoreReader, run: str, threshold: float = 0.9, fold: int | None = None,
                modules: slice = slice(None), rows: list[int] | None = None) -> dict[str, dict[str, spectra.Spectrum]]:
     """Quantity -> checkpoint (trained, random_twin) -> spectrum per module, within each fold model.
+
+    Over the real frames of the rows that kept their per-frame arrays; from the run's summary where it is current
+    and covers ``rows``.
 
     Args:
         reader: the store.
@@ -158,13 +194,29 @@ def spectra_of(reader: StoreReader, run: str, threshold: float = 0.9, fold: int 
         modules: which LoRA modules (default all).
         rows: the utterances (default: all the run traced).
     """
-    groups = fold_groups(reader, run, rows, fold=fold)
+    s = summary_of(reader, run, rows)
+    groups = fold_groups(reader, run, rows, fold=fold) if s is None else {}
     out = {}
     for quantity in LORA_QUANTITIES:
         if quantity not in reader.group(run, "trained"):
             continue
-        out[quantity] = {c: spectra.spectrum(lora_matrices(reader, run, c, quantity, groups, modules), threshold)
-                         for c in reader.runs()[run]}
+        by_checkpoint = {}
+        for c in reader.runs()[run]:
+            if s is not None and f"spectra/{c}/{quantity}" in s:
+                values = s[f"spectra/{c}/{quantity}"][modules]
+                frames = s[f"frames/{c}/{quantity.rsplit('_', 1)[1]}"]
+                index = [j for j in _fold_index(s, fold) if frames[j] > 0]
+                singular = tuple(tuple(module[j, : min(int(frames[j]), module.shape[1])] for j in index)
+                                 for module in values)
+            else:
+                kept = sampled_groups(reader, run, c, groups or fold_groups(reader, run, rows, fold=fold))
+                index = list(kept)
+                singular = spectra.spectrum(lora_matrices(reader, run, c, quantity, kept, modules)).singular \
+                    if kept else ()
+            if index:
+                by_checkpoint[c] = spectra.Spectrum(singular, threshold)
+        if by_checkpoint:
+            out[quantity] = by_checkpoint
     return out
 
 
@@ -172,15 +224,25 @@ def cka_a_vs_b(reader: StoreReader, run: str, checkpoint: str = "trained", fold:
                modules: slice = slice(None), rows: list[int] | None = None) -> dict[str, np.ndarray]:
     """Linear CKA between LoRA A and B outputs per module over real frames, within each fold model, averaged.
 
-    ``rows``: the utterances (default: all the run traced).
+    Over the rows that kept their per-frame arrays; from the run's summary where it is current and covers
+    ``rows`` (default: all the run traced).
 
     Returns:
         ``activation`` and ``gradient`` (where captured) -> ``(n_modules,)``.
     """
-    groups = fold_groups(reader, run, rows, fold=fold)
+    s = summary_of(reader, run, rows)
     out = {}
     for kind in ("activation", "gradient"):
         if f"lora_b_{kind}" not in reader.group(run, checkpoint):
+            continue
+        if s is not None and f"cka_ab/{checkpoint}/{kind}" in s:
+            frames = s[f"frames/{checkpoint}/{kind}"]
+            index = [j for j in _fold_index(s, fold) if frames[j] > 0]
+            if index:
+                out[kind] = s[f"cka_ab/{checkpoint}/{kind}"][modules][:, index].mean(1)
+            continue
+        groups = sampled_groups(reader, run, checkpoint, fold_groups(reader, run, rows, fold=fold))
+        if not groups:
             continue
         a = lora_matrices(reader, run, checkpoint, f"lora_a_{kind}", groups, modules)
         b = lora_matrices(reader, run, checkpoint, f"lora_b_{kind}", groups, modules)
@@ -189,14 +251,34 @@ def cka_a_vs_b(reader: StoreReader, run: str, checkpoint: str = "trained", fold:
     return out
 
 
-def residual_cka(reader: StoreReader, run_a: str, run_b: str, rows: list[int] | None = None) -> np.ndarray:
-    """Layer x layer linear CKA of pooled residuals, ``(n_boundaries_a, n_boundaries_b)``.
+def residual_cka(reader: StoreReader, run_a: str, run_b: str, rows: list[int] | None = None,
+                 live: bool = False) -> np.ndarray:
+    """Layer x layer minibatch CKA of pooled residuals, ``(n_boundaries_a, n_boundaries_b)``.
 
-    ``rows``: the utterances (default: those both runs traced).
+    The estimator of ``cka.minibatch_heatmap``.
+    Over ``rows`` (default: those both runs traced), in minibatches of ``cka.MINIBATCH`` utterances (one batch,
+    the full-data unbiased CKA, for fewer than twice that). From either run's summary where current, unless
+    ``live``.
     """
-    rows = rows if rows is not None else common_rows(reader, run_a, run_b)
-    return cka.layer_heatmap(reader.read(run_a, "trained", "residual_pooled", rows),
-                             reader.read(run_b, "trained", "residual_pooled", rows))
+    both = common_rows(reader, run_a, run_b)
+    rows = rows if rows is not None else both
+    if not live and list(rows) == both:
+        for mine, other, flip in ((run_a, run_b, False), (run_b, run_a, True)):
+            s = reader.summary(mine)
+            if s is not None and f"residual_cka/{other}" in s:
+                matrix = s[f"residual_cka/{other}"]
+                return matrix.T if flip else matrix
+    batches = cka.minibatches(len(rows))
+    if not batches:
+        raise ValueError(f"residual CKA needs at least 4 utterances traced by {run_a} and {run_b}, got {len(rows)}")
+
+    def grams(run: str) -> list[list[np.ndarray]]:
+        n = reader.array(run, "trained", "residual_pooled").shape[1]
+        return [cka.minibatch_grams(reader.read(run, "trained", "residual_pooled", rows, boundary=j), batches)
+                for j in range(n)]
+
+    a = grams(run_a)
+    return cka.minibatch_heatmap(a, a if run_b == run_a else grams(run_b))
 
 
 def vectors(reader: StoreReader, run: str, source: str, layer: int, checkpoint: str = "trained",
@@ -222,14 +304,63 @@ def vectors(reader: StoreReader, run: str, source: str, layer: int, checkpoint: 
     raise ValueError(f"source={source!r}; expected 'residual' or 'lora_a'")
 
 
+def map_of(reader: StoreReader, run: str, source: str, layer: int, method: projections.Method
+           ) -> tuple[np.ndarray, list[int], float]:
+    """A 2-D map of ``vectors(reader, run, source, layer)``: coordinates, rows, and emotion silhouette on it.
+
+    ``(n_rows, 2)`` coordinates. From the run's summary where current, else fitted now (seconds to a minute for
+    thousands of utterances).
+    """
+    s = reader.summary(run)
+    if s is not None and f"maps/{source}/{method}" in s:
+        return (s[f"maps/{source}/{method}"][layer], s["rows"].tolist(),
+                float(s[f"map_silhouette/{source}/{method}"][layer]))
+    x, rows = vectors(reader, run, source, layer)
+    coordinates = projections.project(x, method).coordinates
+    return coordinates, rows, projections.silhouette(coordinates, reader.utterances()["emotion"][rows])
+
+
+def silhouette_of(reader: StoreReader, run: str, source: str, layer: int) -> float:
+    """Emotion silhouette of ``vectors(reader, run, source, layer)`` in their own space (summary where current)."""
+    s = reader.summary(run)
+    if s is not None and f"silhouette/{source}" in s:
+        return float(s[f"silhouette/{source}"][layer])
+    x, rows = vectors(reader, run, source, layer)
+    return projections.silhouette(x, reader.utterances()["emotion"][rows])
+
+
 def silhouettes(reader: StoreReader, run: str, rows: list[int] | None = None) -> np.ndarray:
-    """Emotion silhouette of the pooled residual per boundary, ``(n_boundaries,)``."""
+    """Emotion silhouette of the pooled residual per boundary, ``(n_boundaries,)``.
+
+    From the run's summary where it is current and covers ``rows``.
+    """
+    s = summary_of(reader, run, rows)
+    if s is not None and "silhouette/residual" in s:
+        return s["silhouette/residual"]
     rows = rows if rows is not None else common_rows(reader, run)
     labels = reader.utterances()["emotion"][rows]
-    return projections.silhouette_per_layer(reader.read(run, "trained", "residual_pooled", rows), labels)
+    n = reader.array(run, "trained", "residual_pooled").shape[1]
+    return np.array([projections.silhouette(reader.read(run, "trained", "residual_pooled", rows, boundary=j),
+                                            labels) for j in range(n)])
 
 
 # -- tidy frames: what the pages draw and the report saves, built in one place ---------------------------------
+TIME_COLUMNS = 250
+"""The most time columns a layers x time view draws; longer clips are averaged in blocks of frames."""
+
+
+def time_blocks(values: np.ndarray, columns: int = TIME_COLUMNS) -> tuple[np.ndarray, int]:
+    """``(rows, n_frames)`` averaged over blocks of consecutive frames to at most ``columns``; and the block size.
+
+    The last block may be shorter (its mean is over the frames it has).
+    """
+    n = values.shape[1]
+    step = max(1, -(-n // columns))
+    if step == 1:
+        return values, 1
+    starts = np.arange(0, n, step)
+    sums = np.add.reduceat(values.astype(np.float64), starts, axis=1)
+    return sums / np.diff(np.append(starts, n))[None, :], step
 def lens_frame(summaries: dict[str, lens.LensSummary]) -> pd.DataFrame:
     """Series label -> lens summary, as rows ``boundary, value, measure, series`` (KL named with its direction)."""
     rows = []

@@ -6,6 +6,7 @@ Everything up to ``to_numpy`` runs on the model's device; ``to_numpy`` is the on
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ from precompute.config import PRECISIONS, Precision
 from store.schema import CHECKPOINT_ARRAYS
 
 PER_FRAME = {name for name, spec in CHECKPOINT_ARRAYS.items() if spec.per_frame}
+SAMPLED = {name for name, spec in CHECKPOINT_ARRAYS.items() if spec.sampled}
 ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 MLP_TARGETS = ("fc1", "fc2")
 
@@ -30,6 +32,10 @@ class CaptureOptions:
     """Keep LoRA B activations and gradients per frame (frames x d_out each); large for big models."""
     gradients: bool = True
     """Capture gradients of the cross-entropy on the true label w.r.t. LoRA A and B outputs."""
+    per_frame_sample: float = 1.0
+    """Share of utterances whose sampled per-frame arrays (residual and LoRA A/B per frame, ``ArraySpec.sampled``)
+    are kept; pooled arrays cover every utterance. Chosen by a hash of the utterance id, so every run traced
+    with the same share keeps the same utterances, whatever the order, shard or machine."""
     precision: Precision = "fp32"
     """Numeric regime of the traced forward and backward passes: ``fp32``, or ``bf16`` autocast (``loralens trace``
     uses the run's own, so the store predicts what training did); the arrays are reduced in float32 either way."""
@@ -37,6 +43,15 @@ class CaptureOptions:
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r}; expected one of {PRECISIONS}")
+        if not 0 < self.per_frame_sample <= 1:
+            raise ValueError(f"per_frame_sample={self.per_frame_sample}; expected a share in (0, 1]")
+
+    def keeps_frames(self, utterance_id: str) -> bool:
+        """Whether the sampled per-frame arrays of ``utterance_id`` are kept (see ``per_frame_sample``)."""
+        if self.per_frame_sample >= 1:
+            return True
+        digest = hashlib.sha256(utterance_id.encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < self.per_frame_sample
 
     def to_json(self) -> dict:
         """A JSON-able dict."""

@@ -126,6 +126,9 @@ def _add_trace(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--utterances", type=Path, default=None, help="a file of utterance ids, one per line")
     p.add_argument("--no-per-frame-b", action="store_true",
                    help="skip per-frame LoRA B activations and gradients (large for big models)")
+    p.add_argument("--per-frame-sample", type=float, default=1.0, metavar="SHARE",
+                   help="keep per-frame residuals and LoRA A/B for this share of utterances (same ids in every run "
+                        "traced with the same share); pooled arrays cover all (default 1: every utterance)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
@@ -134,6 +137,10 @@ def _add_trace(sub: argparse._SubParsersAction) -> None:
     stage.add_argument("--prepare-only", action="store_true", help="only add utterances and create the run")
     stage.add_argument("--shard", default=None, help="K/N: capture only rows with row %% N == K (after prepare)")
     stage.add_argument("--commit-only", action="store_true", help="only mark the run complete if it is")
+    p.add_argument("--maps", default="umap,tsne",
+                   help="the 2-D maps the summary fits at every layer when the run commits (default umap,tsne)")
+    p.add_argument("--no-summary", action="store_true",
+                   help="commit without computing the summary (run loralens summarise STORE later)")
     p.set_defaults(func=_run_trace)
     v = sub.add_parser("validate", help="check a store: schema, shapes, NaN/Inf, completeness")
     v.add_argument("store", help="a directory or fsspec URL")
@@ -152,7 +159,8 @@ def _run_trace(args: argparse.Namespace) -> int:
         raise ValueError(f"--per-class {args.per_class}: expected a positive number")
     selection = Selection(per_class=args.per_class, all=args.all, utterances=args.utterances)
     tracer = Tracer(args.run, args.data or read_config(args.run).data, args.store, name=args.name,
-                    selection=selection, options=CaptureOptions(per_frame_b=not args.no_per_frame_b),
+                    selection=selection, options=CaptureOptions(per_frame_b=not args.no_per_frame_b,
+                                                           per_frame_sample=args.per_frame_sample),
                     batch_size=args.batch_size, device=args.device, precision=args.precision)
     if args.shard:
         try:
@@ -170,10 +178,19 @@ def _run_trace(args: argparse.Namespace) -> int:
         return 0
     if not args.commit_only:
         tracer.capture(rows)
-    state = tracer.commit(rows)
+    state = tracer.commit(rows, maps=None if args.no_summary else _maps(args.maps))
     log.info("%s: run %s, %d utterances, %s", args.store, tracer.name, len(rows),
              ", ".join(f"{c} {'complete' if ok else 'INCOMPLETE'}" for c, ok in state.items()))
     return 0 if all(state.values()) else 1
+
+
+def _print_sizes(store: str) -> None:
+    from store.validate import sizes
+
+    parts = sizes(store)
+    print(f"stored: {sum(parts.values()) / 2**30:.2f} GiB")
+    for part, n in parts.items():
+        print(f"  {part}: {n / 2**20:,.1f} MiB")
 
 
 def _run_validate(args: argparse.Namespace) -> int:
@@ -182,6 +199,7 @@ def _run_validate(args: argparse.Namespace) -> int:
     report = validate(args.store)
     if report.ok:
         print(report.summary)
+        _print_sizes(args.store)
         return 0
     print(f"{args.store}: {len(report.problems)} problem(s)")
     for problem in report.problems:
@@ -218,6 +236,37 @@ def _run_report(args: argparse.Namespace) -> int:
             log.info("%s: %s: %s (%s)", name, item["finding"], "holds" if item["holds"] else "does not hold",
                      item["evidence"])
     log.info("wrote %s", args.out / "summary.md")
+    return 0
+
+
+def _add_summarise(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("summarise", help="compute what the explorer's pages draw first, once, into the store",
+                       description="Spectra, CKA, contributions and every 2-D map of each committed run, stored "
+                                   "with the store (loralens trace does this when it commits a run).")
+    p.add_argument("store", help="a directory or fsspec URL")
+    p.add_argument("--run", action="append", default=None, help="only this run (repeatable; default: every run)")
+    p.add_argument("--maps", default="umap,tsne", help="the 2-D maps to fit at every layer (default umap,tsne)")
+    p.add_argument("--force", action="store_true", help="recompute current summaries too")
+    p.set_defaults(func=_run_summarise)
+
+
+def _maps(text: str) -> tuple[str, ...]:
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    if unknown := [m for m in methods if m not in ("umap", "tsne")]:
+        raise ValueError(f"--maps {text!r}: unknown {unknown}; expected a comma list of umap, tsne")
+    return methods
+
+
+def _run_summarise(args: argparse.Namespace) -> int:
+    from app.summary import summarise
+
+    done = summarise(args.store, args.run, _maps(args.maps), force=args.force)
+    if not done:
+        log.error("%s: no run%s to summarise", args.store, f" named {args.run}" if args.run else "")
+        return 1
+    for run, seconds in done.items():
+        if seconds is None:
+            log.info("%s: %s is current (or not committed)", args.store, run)
     return 0
 
 
@@ -405,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(sub)
     _add_trace(sub)
     _add_report(sub)
+    _add_summarise(sub)
     _add_predict(sub)
     _add_app(sub)
     _add_data(sub)

@@ -21,7 +21,7 @@ from transformers import WhisperConfig, WhisperFeatureExtractor
 
 from precompute import window as W
 from precompute.audio import AudioError, load_audio
-from precompute.capture import CaptureOptions, Capturer, lora_modules, module_name
+from precompute.capture import SAMPLED, CaptureOptions, Capturer, lora_modules, module_name
 from precompute.checkpoints import RunError, completed_folds, load_fold_model, read_config, run_precision
 from precompute.config import Precision
 from precompute.data import DataSpecError, Utterance, load_corpus
@@ -166,6 +166,7 @@ class Tracer:
         path_of_row = {row: u.path for row, (u, _) in zip(rows, self.items, strict=True)}
         label_of = {e: i for i, e in enumerate(self.config.emotions)}
         emotion = self.writer._column("emotion")
+        ids = self.writer._column("id")
         done = 0
         log.info("%s: tracing on %s under %s (training ran under %s)", self.name, self.device,
                  self.options.precision, self.train_precision)
@@ -194,14 +195,20 @@ class Tracer:
                     for r, arrays in zip(batch, capturer.run(features.to(self.device), labels.to(self.device)),
                                          strict=True):
                         arrays["fold"] = np.int16(fold)
+                        if not self.options.keeps_frames(ids[r]):
+                            arrays = {k: v for k, v in arrays.items() if k not in SAMPLED}
                         self.writer.write(self.name, checkpoint, r, arrays)
                     bar.update(len(batch))
                     done += len(batch)
             bar.close()
         return done
 
-    def commit(self, rows: list[int]) -> dict[str, bool]:
-        """Mark the run's checkpoints complete when every selected row is written; record the agreement."""
+    def commit(self, rows: list[int], maps: tuple[str, ...] | None = ("umap", "tsne")) -> dict[str, bool]:
+        """Mark the run's checkpoints complete when every selected row is written; record the agreement.
+
+        Then summarise it (``app.summary``, fitting ``maps`` at every layer; None: leave that to ``loralens
+        summarise``), and renew the summaries of the runs compared with it.
+        """
         state = self.writer.commit(self.name, rows)
         for checkpoint, complete in state.items():
             if not complete:
@@ -218,6 +225,10 @@ class Tracer:
             else:
                 log.warning("%s: no traced utterance is in the run's predictions.csv files to compare with",
                             self.name)
+        if maps is not None and all(state.values()):
+            from app.summary import summarise  # the analyses live with the app; torch-free
+
+            summarise(self.writer.path, None, maps)  # this run, and the runs whose summaries compared with it
         return state
 
     def agreement(self, rows: list[int]) -> dict:

@@ -56,7 +56,7 @@ def is_damage(e: BaseException) -> bool:
     return in_codec and modules[-1].startswith(_DECODERS)
 
 
-NodeKind = Literal["root", "group", "column", "checkpoint", "array", "layer_major"]
+NodeKind = Literal["root", "group", "column", "checkpoint", "array", "layer_major", "summary"]
 
 
 def node_kind(key: str) -> NodeKind:
@@ -68,6 +68,8 @@ def node_kind(key: str) -> NodeKind:
         return "column" if len(parts) == 2 else "group"
     if len(parts) > 3 and parts[3] == schema.CONSOLIDATED_GROUP:
         return "layer_major"
+    if len(parts) > 2 and parts[0] == "runs" and parts[2] == schema.SUMMARY_GROUP:
+        return "summary"
     return {3: "checkpoint", 4: "array"}.get(len(parts), "group")
 
 
@@ -385,6 +387,12 @@ class StoreReader:
         with self._reading(node, source):
             return source[:].astype(bool)
 
+    def sampled(self, run: str, checkpoint: str = "trained") -> np.ndarray:
+        """Which written rows hold the sampled per-frame arrays (``ArraySpec.sampled``), ``(n_utterances,)`` bool."""
+        source, node = self._source(run, checkpoint, "sampled")
+        with self._reading(node, source):
+            return source[:].astype(bool) & self.written(run, checkpoint)
+
     def _consolidated(self, run: str, checkpoint: str, name: str) -> zarr.Array | None:
         """The layer-major copy of an array, if commit wrote one and it is still valid."""
         attrs = self.group(run, checkpoint).attrs
@@ -439,6 +447,12 @@ class StoreReader:
         if written is not None and (missing := [r for r in selected if not written[r]]):
             raise StoreError(f"{self.path}: {run}/{checkpoint} rows {missing[:5]} are not written (an interrupted "
                              "capture?); finish them with the same loralens trace command")
+        if schema.CHECKPOINT_ARRAYS[name].sampled:
+            sampled = self.sampled(run, checkpoint)
+            if unsampled := [r for r in selected if not sampled[r]]:
+                raise StoreError(f"{self.path}: {run}/{checkpoint} keeps {name} for a sample of its rows "
+                                 f"(--per-frame-sample), not for rows {unsampled[:5]}; read the rows of "
+                                 "StoreReader.sampled, or trace without --per-frame-sample")
         dims = array.metadata.dimension_names
         if unknown := set(index) - set(dims):
             raise StoreError(f"array {name} has dimensions {dims}, not {sorted(unknown)}")
@@ -450,9 +464,62 @@ class StoreReader:
         with self._reading(node, source, selected):
             return _read_rows(source, selected, selection)
 
+    def summary(self, run: str) -> Summary | None:
+        """A run's summary (``schema.SUMMARY_GROUP``), or None where it has none or it is stale.
+
+        A summary is current while its ``basis`` equals what it was computed from: the ``n_written`` of each of
+        the run's committed checkpoints and of each partner run it compared with.
+        """
+        group = self._node(f"runs/{run}/{schema.SUMMARY_GROUP}")
+        if not isinstance(group, zarr.Group):
+            return None
+        attrs = dict(group.attrs)
+        if attrs.get("summary_version") != schema.SUMMARY_VERSION or "basis" not in attrs:
+            return None
+        for name, n in attrs["basis"].items():
+            other, _, checkpoint = name.partition("/")
+            try:
+                current = self.attrs(other, checkpoint or "trained")
+            except StoreError:
+                return None
+            if not current.get("complete") or current.get("n_written") != n:
+                return None
+        key = f"runs/{run}/{schema.SUMMARY_GROUP}"
+        cached = self._cache.get(key)
+        if not isinstance(cached, Summary) or cached.attrs != attrs:
+            self._cache[key] = Summary(self, key, attrs)
+        return self._cache[key]
+
     def dims(self, run: str, checkpoint: str, name: str) -> tuple[str, ...]:
         """An array's dimension names."""
         return tuple(self.array(run, checkpoint, name).metadata.dimension_names)
+
+
+class Summary:
+    """A run's current summary: its attributes and its arrays by name, read on first use."""
+
+    def __init__(self, reader: StoreReader, key: str, attrs: dict[str, Any]):
+        self._reader = reader
+        self._key = key
+        self.attrs = attrs
+        self._values: dict[str, np.ndarray] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return isinstance(self._reader._node(f"{self._key}/{name}"), zarr.Array)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._values:
+            array = self._reader._node(f"{self._key}/{name}")
+            if not isinstance(array, zarr.Array):
+                raise KeyError(f"{self._reader.path}: the summary {self._key} has no {name!r}; renew it with "
+                               f"loralens summarise {self._reader.path}")
+            with self._reader._reading(f"{self._key}/{name}", array):
+                self._values[name] = array[...]
+        return self._values[name]
+
+    def get(self, name: str) -> np.ndarray | None:
+        """The array ``name``, or None where the summary has none."""
+        return self[name] if name in self else None
 
 
 def _read_rows(array: zarr.Array, rows: list[int], selection: tuple) -> np.ndarray:

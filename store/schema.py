@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 FORMAT = "loralens-store"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Bumped on any change a reader of the previous version would misread (2: the block update per frame; 3: LoRA
-gradients in float32, whose values after training lie below float16's normal range)."""
+gradients in float32, whose values after training lie below float16's normal range; 4: the sampled per-frame
+arrays may hold only some rows, see ``sampled``, and runs carry a ``summary`` group)."""
 
 Checkpoint = Literal["trained", "random_twin"]
 CHECKPOINTS: tuple[Checkpoint, ...] = ("trained", "random_twin")
@@ -71,6 +72,8 @@ class ArraySpec:
     """Present only in checkpoints of LoRA runs."""
     optional: bool = False
     """May be left out by the capture options (``per_frame_b``)."""
+    sampled: bool = False
+    """Per-frame and wide: kept only for the rows whose ``sampled`` mark is set (``--per-frame-sample``)."""
 
     @property
     def per_frame(self) -> bool:
@@ -94,12 +97,14 @@ UTTERANCE_ARRAYS: dict[str, ArraySpec] = {
 
 CHECKPOINT_ARRAYS: dict[str, ArraySpec] = {
     "written": ArraySpec(("utterance",), "uint8", "1 once every array of the row is written (the commit mark)"),
+    "sampled": ArraySpec(("utterance",), "uint8",
+                         "1 where the sampled per-frame arrays (``ArraySpec.sampled``) hold the row"),
     "fold": ArraySpec(("utterance",), "int16", "the fold whose model traced it (the one that held it out)"),
     "label": ArraySpec(("utterance",), "int16", "true class index"),
     "prediction": ArraySpec(("utterance",), "int16", "predicted class index"),
     "logits": ArraySpec(("utterance", "class"), "float32", "the model's final logits"),
     "residual": ArraySpec(("utterance", "boundary", "frame", "d_model"), "float16",
-                          "residual stream after the input embeddings (boundary 0) and after each layer"),
+                          "residual stream after the input embeddings (boundary 0) and after each layer", sampled=True),
     "residual_pooled": ArraySpec(("utterance", "boundary", "d_model"), "float32",
                                  "``residual`` mean-pooled over the frames the head pools"),
     "lens_logits": ArraySpec(("utterance", "boundary", "class"), "float32",
@@ -122,32 +127,55 @@ CHECKPOINT_ARRAYS: dict[str, ArraySpec] = {
     "attention_pooled": ArraySpec(("utterance", "layer", "d_model"), "float32", "pooled attention output"),
     "mlp_pooled": ArraySpec(("utterance", "layer", "d_model"), "float32", "pooled MLP output"),
     "lora_a_activation": ArraySpec(("utterance", "module", "frame", "rank"), "float16",
-                                   "LoRA A output (before B) per frame", lora_only=True),
+                                   "LoRA A output (before B) per frame", lora_only=True, sampled=True),
     "lora_a_gradient": ArraySpec(("utterance", "module", "frame", "rank"), "float32",
-                                 "d cross-entropy(true label) / d LoRA A output", lora_only=True),
+                                 "d cross-entropy(true label) / d LoRA A output", lora_only=True,
+                                 sampled=True),
     "lora_a_pooled": ArraySpec(("utterance", "module", "rank"), "float32",
                                "LoRA A output mean-pooled over real frames", lora_only=True),
     "lora_b_activation": ArraySpec(("utterance", "module", "frame", "d_out"), "float16",
                                    "LoRA B output per frame (the update before the alpha / r scaling)",
-                                   lora_only=True, optional=True),
+                                   lora_only=True, optional=True, sampled=True),
     "lora_b_gradient": ArraySpec(("utterance", "module", "frame", "d_out"), "float32",
-                                 "d cross-entropy(true label) / d LoRA B output", lora_only=True, optional=True),
+                                 "d cross-entropy(true label) / d LoRA B output", lora_only=True, optional=True,
+                                 sampled=True),
     "lora_b_pooled": ArraySpec(("utterance", "module", "d_out"), "float32",
                                "LoRA B output mean-pooled over real frames", lora_only=True),
 }
 
 
 CONSOLIDATED_GROUP = "by_layer"
-"""Where commit writes layer-major copies of every array, for reading one layer across all utterances (one
-chunk per layer instead of one per utterance; the analyses read this way). The per-utterance originals serve
-the other pattern, one utterance across all layers. Copies are valid while the checkpoint's ``consolidated``
-attribute equals its ``n_written``; growing the table invalidates them."""
+"""Where commit writes layer-major copies of every array but the sampled ones, for reading one layer across all
+utterances (one chunk per layer instead of one per utterance; the analyses read this way). The per-utterance
+originals serve the other pattern, one utterance across all layers, and hold the sampled per-frame arrays alone
+(a layer-major chunk of those would grow with the store: 20 GB for one large-v2 module's B over IEMOCAP). Copies are
+valid while the checkpoint's ``consolidated`` attribute equals its ``n_written``; growing the table invalidates
+them."""
+
+SUMMARY_GROUP = "summary"
+"""``/runs/<run>/summary``: what the explorer's pages draw first, computed from the run's committed rows (see
+``app.summary``): spectra, CKA, contributions, lens statistics and 2-D maps. Its attributes (``SUMMARY_ATTRS``)
+are written after its arrays; ``basis`` says which committed state it was computed from, and a summary whose
+basis differs from its checkpoints' ``n_written`` is stale (readers ignore it; ``loralens summarise`` renews it)."""
+SUMMARY_VERSION = 1
+"""Bumped on any change to what a summary holds; a summary of another version is recomputed."""
+SUMMARY_ATTRS = (
+    "summary_version",  # SUMMARY_VERSION
+    "basis",            # checkpoint -> n_written when computed; partner run -> its trained n_written
+    "rows",             # the number of utterances it covers
+    "seconds",          # what each part took to compute
+)
 
 
 def consolidated_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
     """All utterances in a chunk, one layer (boundary, module) per chunk."""
     whole = [max(1, n) for n in shape]
     return tuple(whole) if len(shape) <= 2 else (whole[0], 1, *whole[2:])
+
+
+def consolidates(spec: ArraySpec) -> bool:
+    """Whether commit writes a layer-major copy of an array (all but the sampled per-frame ones)."""
+    return not spec.sampled
 
 
 def checkpoint_arrays(lora: bool, per_frame_b: bool) -> dict[str, ArraySpec]:

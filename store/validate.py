@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import zarr
+from zarr.core.sync import sync
 
 from store import schema
 from store.reader import (
@@ -25,7 +26,8 @@ from store.reader import (
 if TYPE_CHECKING:
     from store.writer import StoreWriter
 
-DamageKind = Literal["root", "group", "column", "checkpoint", "array", "layer_major", "rows", "table_rows"]
+DamageKind = Literal["root", "group", "column", "checkpoint", "array", "layer_major", "summary", "rows",
+                     "table_rows"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,8 @@ class Damage:
 
     kind: DamageKind
     """``root``, ``group``, ``column``, ``checkpoint``, ``array``, ``layer_major``: that node's zarr.json (or, for
-    ``layer_major``, also a chunk of a layer-major copy); ``rows``: chunks of a checkpoint's rows;
+    ``layer_major``, also a chunk of a layer-major copy); ``summary``: a node of a run's summary (``repair``
+    removes the summary, ``loralens summarise`` computes it again); ``rows``: chunks of a checkpoint's rows;
     ``table_rows``: chunks of rows of the utterance table."""
     node: str
     """The node's path in the store, e.g. ``utterances/log_mel`` or ``runs/RUN/trained/logits``."""
@@ -180,6 +183,10 @@ class _Check:
         if damaged:  # rows whose mark does not decode: repair clears the mark, trace captures them again
             self.damaged(f"{where}/written", [r for block, _ in damaged for r in block], damaged[0][1], ids, "rows")
         rows = [r for r, mark in enumerate(marks[:n]) if mark]
+        sampled = set(rows)
+        if "sampled" in arrays:
+            sample_marks, _ = read_blocks(arrays["sampled"])  # damaged blocks: found below, as any array's
+            sampled = {r for r in rows if r < len(sample_marks) and sample_marks[r]}
         for name, spec in expected.items():
             if name not in arrays or name == "written":
                 continue
@@ -190,7 +197,7 @@ class _Check:
                 self.problem(f"{where}/{name}: {array.shape[0]} rows, the table has {n}")
                 continue
             bad, error = [], None
-            for r in rows:
+            for r in (r for r in rows if r in sampled or not spec.sampled):
                 try:
                     value = array[r]
                 except Exception as e:
@@ -211,7 +218,8 @@ class _Check:
         if not attrs.get("complete"):
             self.problem(f"{where}: not committed complete ({len(rows)} of the run's rows written); "
                          "finish it with the same loralens trace command")
-        return f"{run}/{checkpoint} {len(rows)} rows"
+        kept = f", per-frame arrays for {len(sampled)}" if len(sampled) < len(rows) else ""
+        return f"{run}/{checkpoint} {len(rows)} rows{kept}"
 
     def layer_major(self, where: str, attrs: dict) -> None:
         """Check the layer-major copies' zarr.json files, and their chunks where readers use them."""
@@ -227,6 +235,38 @@ class _Check:
                 where = layers_text(copy, [j for j, _ in layers])
                 self.problem(chunk_problem(self.path, f"{key}/{name}", where, layers[0][1]))
                 self.report.damage.append(Damage("layer_major", f"{key}/{name}"))
+
+
+    def summary(self, run: str) -> str | None:
+        """Check a run's summary: every zarr.json and chunk decodes, and it is current; return how it stands."""
+        key = f"runs/{run}/{schema.SUMMARY_GROUP}"
+        group = self.open(key)
+        if not isinstance(group, zarr.Group):
+            return None
+        names = []
+        stack = [key]
+        while stack:
+            node = stack.pop()
+            for name in self.store._children(node):
+                child = self.open(f"{node}/{name}")
+                if isinstance(child, zarr.Group):
+                    stack.append(f"{node}/{name}")
+                elif isinstance(child, zarr.Array):
+                    try:
+                        child[...]
+                    except Exception as e:
+                        if not is_damage(e):
+                            raise
+                        self.problem(chunk_problem(self.path, f"{node}/{name}", "", e))
+                        self.report.damage.append(Damage("summary", f"{node}/{name}"))
+                    names.append(name)
+        if any(d.kind == "summary" and d.node.startswith(key) for d in self.report.damage):
+            return None
+        if self.store.summary(run) is None:
+            self.problem(f"{key}: stale (computed before the run's latest rows) or of another version; renew it "
+                         f"with loralens summarise {self.path}")
+            return None
+        return f"{run} summary current"
 
 
 def validate(path: str, storage_options: dict | None = None) -> Report:
@@ -258,10 +298,41 @@ def validate(path: str, storage_options: dict | None = None) -> Report:
             for checkpoint in (c for c in schema.CHECKPOINTS if c in present):
                 if (part := check.checkpoint(run, checkpoint, n, ids, frames)) is not None:
                     parts.append(part)
+            if schema.SUMMARY_GROUP in present:
+                check.summary(run)
     if not parts and not report.damage:
         report.problems.append("no runs: trace one with loralens trace --run RUN_DIR --store " + path)
     report.summary = f"{path}: OK, {n} utterances; " + ", ".join(parts)
     return report
+
+
+def sizes(path: str, storage_options: dict | None = None) -> dict[str, int]:
+    """Bytes stored (compressed) per part of the store.
+
+    The utterance table (audio, log-mel, the rest); per checkpoint its sampled per-frame arrays, its other
+    per-frame arrays, its pooled arrays and its layer-major copies; each run's summary.
+    """
+    store = StoreReader(path, storage_options)
+    out: dict[str, int] = {}
+
+    def add(key: str, node: str) -> None:
+        array = store._node(node)
+        if isinstance(array, zarr.Array):
+            out[key] = out.get(key, 0) + array.nbytes_stored()
+
+    for name in schema.UTTERANCE_ARRAYS:
+        add(f"utterances/{name if name in ('audio', 'log_mel') else 'columns'}", f"utterances/{name}")
+    for run, checkpoints in store.runs().items():
+        for checkpoint in checkpoints:
+            where = f"runs/{run}/{checkpoint}"
+            for name, spec in schema.CHECKPOINT_ARRAYS.items():
+                part = "per-frame, sampled" if spec.sampled else "per-frame" if spec.per_frame else "pooled"
+                add(f"{where}: {part}", f"{where}/{name}")
+                add(f"{where}: layer-major copies", f"{where}/{schema.CONSOLIDATED_GROUP}/{name}")
+        summary = f"runs/{run}/{schema.SUMMARY_GROUP}"
+        if store._node(summary) is not None:
+            out[summary] = sync(store.root.store.getsize_prefix("/".join(p for p in (store.root.path, summary) if p)))
+    return out
 
 
 def repair(report: Report, storage_options: dict | None = None) -> list[str]:
@@ -308,6 +379,10 @@ def repair(report: Report, storage_options: dict | None = None) -> list[str]:
     for (run, checkpoint), n in sorted(cleared.items()):
         done.append(f"cleared the marks of {n} damaged row(s) in runs/{run}/{checkpoint}: "
                     + _retrace(writer, report.path, run, checkpoint) + " to capture them")
+    for run in sorted({d.node.split("/")[1] for d in acts if d.kind == "summary"}):
+        writer.remove_summary(run)
+        done.append(f"removed runs/{run}/{schema.SUMMARY_GROUP} (it did not decode): run loralens summarise "
+                    f"{report.path} to compute it again (the pages compute what they need meanwhile)")
     for run, checkpoint in sorted({tuple(d.node.split("/")[1:3]) for d in acts if d.kind == "layer_major"} - lost):
         if writer.rebuild_layer_major(run, checkpoint):
             done.append(f"rebuilt the layer-major copies of runs/{run}/{checkpoint} from the per-utterance originals")

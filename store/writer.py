@@ -246,12 +246,21 @@ class StoreWriter(StoreReader):
     def write(self, run: str, checkpoint: schema.Checkpoint, row: int, arrays: dict[str, np.ndarray]) -> None:
         """Write one utterance's arrays, then its commit mark.
 
-        Per-frame arrays may be shorter than the store's ``frame`` dimension (they are zero-padded).
+        Per-frame arrays may be shorter than the store's ``frame`` dimension (they are zero-padded). The sampled
+        per-frame arrays (``ArraySpec.sampled``) may be left out all together: the row's ``sampled`` mark says
+        which it is (``--per-frame-sample`` keeps them for a share of the rows).
         """
         path = f"runs/{run}/{checkpoint}"
         targets = {name: array for name in self._children(path)
                    if isinstance(array := self._node(f"{path}/{name}"), zarr.Array)}  # a damaged one: StoreError
-        expected = set(targets) - {"written"}
+        expected = set(targets) - {"written", "sampled"}
+        sampled = {name for name in expected if schema.CHECKPOINT_ARRAYS[name].sampled}
+        given = sampled & set(arrays)
+        if given and given != sampled:
+            raise ValueError(f"row {row} of {run}/{checkpoint} has {sorted(given)} but lacks "
+                             f"{sorted(sampled - given)}: the sampled per-frame arrays go together or not at all")
+        if not given:
+            expected -= sampled
         if missing := expected - set(arrays):
             raise ValueError(f"row {row} of {run}/{checkpoint} lacks {sorted(missing)}")
         for name in sorted(expected):
@@ -263,6 +272,7 @@ class StoreWriter(StoreReader):
                 padded[tuple(slice(0, s) for s in value.shape)] = value
                 value = padded
             target[row] = value.astype(target.dtype, copy=False)
+        targets["sampled"][row] = 1 if given or not sampled else 0
         targets["written"][row] = 1
 
     def unmark(self, run: str, checkpoint: schema.Checkpoint, rows: list[int]) -> None:
@@ -321,7 +331,7 @@ class StoreWriter(StoreReader):
         return bool(used)
 
     def _consolidate(self, group: zarr.Group) -> None:
-        """Write layer-major copies of the small arrays (see ``schema.CONSOLIDATED_GROUP``).
+        """Write layer-major copies of the arrays ``schema.consolidates`` (see ``schema.CONSOLIDATED_GROUP``).
 
         The old copies are removed first, damaged ones too; the caller has marked the copies invalid meanwhile.
         """
@@ -329,7 +339,7 @@ class StoreWriter(StoreReader):
         target = group.require_group(schema.CONSOLIDATED_GROUP)
         for name in sorted(group.array_keys()):
             spec = schema.CHECKPOINT_ARRAYS.get(name)
-            if spec is None:
+            if spec is None or not schema.consolidates(spec):
                 continue
             source = group[name]
             copy = target.create_array(name, shape=source.shape, chunks=schema.consolidated_chunks(source.shape),
@@ -357,3 +367,30 @@ class StoreWriter(StoreReader):
             state[checkpoint] = complete
         self._cache.clear()
         return state
+
+    # -- summaries ------------------------------------------------------------------------------------------
+    def remove_summary(self, run: str) -> None:
+        """Delete a run's summary (readers compute what they need from the arrays until it is written again)."""
+        key = f"runs/{run}/{schema.SUMMARY_GROUP}"
+        if key in self.root:
+            del self.root[key]
+        self._cache.clear()
+
+    def write_summary(self, run: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
+        """Replace a run's summary (``schema.SUMMARY_GROUP``): its arrays first, its attributes last.
+
+        Args:
+            run: the run's name.
+            arrays: name (``/`` nests groups) -> values; small arrays, one chunk each.
+            attrs: ``schema.SUMMARY_ATTRS`` (``summary_version`` is set here).
+        """
+        if missing := [k for k in schema.SUMMARY_ATTRS if k not in attrs and k != "summary_version"]:
+            raise ValueError(f"summary of {run}: attributes {missing} are required by the schema")
+        self.remove_summary(run)
+        group = self.root.require_group(f"runs/{run}/{schema.SUMMARY_GROUP}")
+        for name, value in sorted(arrays.items()):
+            value = np.asarray(value)
+            group.create_array(name, shape=value.shape, chunks=tuple(max(1, n) for n in value.shape),
+                               dtype=value.dtype, fill_value=0, overwrite=True)[...] = value
+        group.attrs.update({**attrs, "summary_version": schema.SUMMARY_VERSION})
+        self._cache.clear()

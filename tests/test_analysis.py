@@ -146,3 +146,18 @@ def test_contributions_average_real_frames_only():
     assert np.allclose(c.block, 2 * (5 * 1.0 + 3 * 0.25) / 8) and np.allclose(c.block_cosine, -1)
     assert np.allclose(c.minus(c).block, 0)
 
+
+
+def test_time_blocks_average_long_clips_and_keep_short_ones():
+    from app.views import time_blocks
+
+    short = np.arange(12.0).reshape(2, 6)
+    same, step = time_blocks(short, columns=6)
+    assert step == 1 and same is short
+    long = np.arange(1500.0)[None].repeat(3, 0)  # a 30 s clip: 1,500 encoder frames
+    pooled, step = time_blocks(long, columns=250)
+    assert step == 6 and pooled.shape == (3, 250)
+    np.testing.assert_allclose(pooled[0, :2], [2.5, 8.5])
+    odd, step = time_blocks(np.arange(7.0)[None], columns=3)  # blocks 0-2, 3-5, then 6 alone
+    assert step == 3
+    np.testing.assert_allclose(odd, [[1.0, 4.0, 6.0]])

@@ -32,7 +32,7 @@ def _arrays(n_frames: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     out = {}
     for name, spec in schema.checkpoint_arrays(lora=True, per_frame_b=True).items():
-        if name == "written":
+        if name in ("written", "sampled"):  # marks: the writer sets them
             continue
         shape = tuple(n_frames if d == "frame" else SIZES[d] for d in spec.dims[1:])
         value = rng.standard_normal(shape) if spec.dtype.startswith("float") else rng.integers(0, 4, shape)

@@ -89,3 +89,47 @@ def test_memory_store(lora_run):
     assert tracer.commit(rows) == {"trained": True, "random_twin": True}
     assert validate("memory://trace-test").ok
 
+
+
+def test_per_frame_sample_keeps_the_large_arrays_for_a_hashed_share(lora_run, tmp_path):
+    from app import views
+    from precompute.capture import SAMPLED, CaptureOptions
+    from store.reader import StoreError
+    from store.validate import sizes
+
+    half, full = str(tmp_path / "half.zarr"), str(tmp_path / "full.zarr")
+    for store, share in ((half, "0.5"), (full, "1")):
+        assert main(["trace", "--run", str(lora_run), "--store", store, "--all", "--per-frame-sample", share,
+                     "--maps", "tsne"]) == 0
+        assert validate(store).ok
+    reader = StoreReader(half)
+    ids = reader.utterances()["id"]
+    kept = np.array([CaptureOptions(per_frame_sample=0.5).keeps_frames(i) for i in ids])
+    assert 0 < kept.sum() < len(ids)
+    for checkpoint in ("trained", "random_twin"):
+        np.testing.assert_array_equal(reader.sampled("tiny-lora", checkpoint), kept)
+    dropped = int(np.flatnonzero(~kept)[0])
+    with pytest.raises(StoreError, match="per-frame-sample"):
+        reader.read("tiny-lora", "trained", "lora_a_activation", [dropped])
+    # Pooled arrays and the lens cover every utterance, equal to the full trace's.
+    other = StoreReader(full)
+    for name in ("residual_pooled", "lens_logits", "lora_b_pooled"):
+        np.testing.assert_array_equal(reader.read("tiny-lora", "trained", name), other.read("tiny-lora", "trained",
+                                                                                           name))
+    for name in SAMPLED:
+        rows = np.flatnonzero(kept).tolist()
+        np.testing.assert_array_equal(reader.read("tiny-lora", "trained", name, rows),
+                                      other.read("tiny-lora", "trained", name, rows))
+    part = "runs/tiny-lora/trained: per-frame, sampled"
+    assert sizes(half)[part] < sizes(full)[part]
+    # Spectra are computed over the kept rows only, by the summary and from the arrays alike.
+    stored = views.spectra_of(reader, "tiny-lora")
+    groups = views.sampled_groups(reader, "tiny-lora", "trained", views.fold_groups(reader, "tiny-lora"))
+    assert sum(len(g) for g in groups.values()) == kept.sum()
+    live = views.lora_matrices(reader, "tiny-lora", "trained", "lora_a_activation", groups)
+    from app.analysis import spectra
+
+    for got, module in zip(stored["lora_a_activation"]["trained"].singular, spectra.spectrum(live).singular,
+                           strict=True):
+        for x, y in zip(got, module, strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-9 * y.max())

@@ -1,4 +1,4 @@
-"""Centered kernel alignment (CKA): linear and RBF, biased and debiased, and layer x layer heatmaps."""
+"""Centered kernel alignment (CKA): linear and RBF, biased and debiased, and minibatch layer x layer heatmaps."""
 
 from __future__ import annotations
 
@@ -31,14 +31,13 @@ def linear_cka(x: np.ndarray, y: np.ndarray, debiased: bool = False) -> float:
     if debiased:
         x, y = _subsample(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64), MAX_SAMPLES)
         return _gram_cka(x @ x.T, y @ y.T, debiased=True)
-    # Feature-space form (no n x n Gram): float32 products of means-removed data, float64 norms.
-    x = np.asarray(x, dtype=np.float32)
-    y = np.asarray(y, dtype=np.float32)
-    x = x - x.mean(0, dtype=np.float64).astype(np.float32)
-    y = y - y.mean(0, dtype=np.float64).astype(np.float32)
-    norm = lambda m: np.linalg.norm(m.astype(np.float64))  # noqa: E731
-    cross = norm(y.T @ x) ** 2
-    denom = norm(x.T @ x) * norm(y.T @ y)
+    # Feature-space form (no n x n Gram) on mean-removed data, in float64 as ``moments.Moments`` accumulates it.
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    x = x - x.mean(0)
+    y = y - y.mean(0)
+    cross = np.linalg.norm(y.T @ x) ** 2
+    denom = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)
     return float(cross / denom) if denom > 0 else 0.0
 
 
@@ -75,16 +74,73 @@ def _gram_cka(k: np.ndarray, l: np.ndarray, debiased: bool) -> float:  # noqa: E
     return _hsic(k, l, debiased) / denom if denom > 0 else 0.0
 
 
-def layer_heatmap(a: np.ndarray, b: np.ndarray, debiased: bool = False) -> np.ndarray:
-    """Linear CKA between every boundary of ``a`` and every boundary of ``b``.
+MINIBATCH = 256
+"""Utterances per minibatch of ``minibatch_heatmap``."""
+
+
+def minibatches(n: int, size: int = MINIBATCH, seed: int = 0) -> list[np.ndarray]:
+    """Sample indices ``0..n-1``, shuffled (seeded) and cut into minibatches of ``size``.
+
+    The last may be larger, never smaller: the unbiased estimator needs at least 4 samples.
+    """
+    order = np.random.default_rng(seed).permutation(n)
+    cuts = list(range(size, n - size + 1, size)) if n >= 2 * size else []
+    return [np.sort(b) for b in np.split(order, cuts)] if n >= 4 else []
+
+
+def minibatch_grams(x: np.ndarray, batches: list[np.ndarray]) -> list[np.ndarray]:
+    """Linear Gram matrices ``x_b x_b^T`` of one representation ``(n, d)`` on each minibatch, in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    return [x[b] @ x[b].T for b in batches]
+
+
+def minibatch_heatmap(grams_a: list[list[np.ndarray]], grams_b: list[list[np.ndarray]]) -> np.ndarray:
+    """Minibatch linear CKA of every layer of ``a`` with every layer of ``b``.
+
+    Nguyen, Raghu and Kornblith, "Do wide and deep networks learn the same things?", ICLR 2021: the unbiased HSIC
+    estimator (Song et al. 2012) averaged over minibatches, then CKA = mean HSIC(K, L) / sqrt(mean HSIC(K, K)
+    mean HSIC(L, L)).
+
+    Memory grows with the minibatch, not with the number of samples: thousands of utterances of a wide model.
 
     Args:
-        a: ``(n_samples, n_boundaries_a, d)``, e.g. pooled residuals of one run.
-        b: ``(n_samples, n_boundaries_b, d)``, the same samples in another (or the same) run.
-        debiased: use the debiased estimator.
+        grams_a: per layer of ``a``, its Gram matrix on each minibatch (``minibatch_grams``).
+        grams_b: the same for ``b``, on the same minibatches.
 
     Returns:
-        ``(n_boundaries_a, n_boundaries_b)``.
+        ``(n_layers_a, n_layers_b)``.
     """
-    return np.array([[linear_cka(a[:, i], b[:, j], debiased) for j in range(b.shape[1])]
-                     for i in range(a.shape[1])])
+    n_batches = len(grams_a[0]) if grams_a else 0
+    if n_batches == 0 or any(len(layer) != n_batches for layer in (*grams_a, *grams_b)):
+        raise ValueError("every layer needs a Gram matrix on each of the same (at least one) minibatches")
+    cross = np.zeros((len(grams_a), len(grams_b)))
+    self_a, self_b = np.zeros(len(grams_a)), np.zeros(len(grams_b))
+    for t in range(n_batches):
+        # Every pair of layers at once: the unbiased HSIC is bilinear in the zero-diagonal Gram matrices.
+        a = _unbiased_terms([layer[t] for layer in grams_a])
+        b = _unbiased_terms([layer[t] for layer in grams_b])
+        cross += _hsic_pairs(a, b)
+        self_a += np.diag(_hsic_pairs(a, a))
+        self_b += np.diag(_hsic_pairs(b, b))
+    denom = np.sqrt(np.clip(np.outer(self_a, self_b), 0, None))  # the minibatch means' 1/n_batches cancel
+    return np.divide(cross, denom, out=np.zeros_like(cross), where=denom > 0)
+
+
+def _hsic_pairs(a: tuple[np.ndarray, np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray, np.ndarray]
+                ) -> np.ndarray:
+    """The unbiased HSIC (as ``_hsic``) of every Gram matrix of ``a`` with every one of ``b`` (``_unbiased_terms``)."""
+    (fa, sa, ra), (fb, sb, rb) = a, b
+    n = ra.shape[1]
+    return (fa @ fb.T + np.outer(sa, sb) / ((n - 1) * (n - 2)) - 2 * ra @ rb.T / (n - 2)) / (n * (n - 3))
+
+
+def _unbiased_terms(grams: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per Gram matrix, with its diagonal set to zero: the flattened matrix, its sum and its row sums."""
+    flat, total, rows = [], [], []
+    for k in grams:
+        k = np.array(k, dtype=np.float64)
+        np.fill_diagonal(k, 0)
+        flat.append(k.ravel())
+        rows.append(k.sum(1))
+        total.append(rows[-1].sum())
+    return np.stack(flat), np.array(total), np.stack(rows)

@@ -43,11 +43,29 @@ class Contributions:
         return rows
 
 
-def _frame_mean(values: np.ndarray, n_frames: np.ndarray) -> np.ndarray:
-    """Mean over utterances and real frames: ``(n_utt, n_layers, n_frames_padded)`` -> ``(n_layers,)``."""
+FIELDS = (0, 2, 4, 1, 3, 5)
+"""``Contributions``' fields in ``ARRAYS`` order: attention, mlp, block ratios, then their cosines."""
+
+
+def frame_sums(values: np.ndarray, n_frames: np.ndarray) -> np.ndarray:
+    """Per utterance and layer, the sum over its real frames, in float64.
+
+    ``(n_utt, n_layers, n_frames_padded)`` -> ``(n_utt, n_layers)``.
+    """
     mask = np.arange(values.shape[-1])[None, None, :] < n_frames[:, None, None]
-    values = np.where(mask, values.astype(np.float64), 0.0)
-    return values.sum((0, 2)) / np.maximum(mask.sum((0, 2)), 1)
+    return np.where(mask, values.astype(np.float64), 0.0).sum(2)
+
+
+def from_sums(sums: np.ndarray, n_frames: np.ndarray) -> Contributions:
+    """Contributions (means over utterances and their real frames) from per-utterance frame sums.
+
+    Args:
+        sums: ``frame_sums`` of each of ``ARRAYS``, ``(n_utt, 6, n_layers)``.
+        n_frames: the utterances' real frames, ``(n_utt,)``.
+    """
+    total = max(int(np.sum(n_frames)), 1)
+    means = sums.sum(0) / total
+    return Contributions(*(means[i] for i in FIELDS))
 
 
 def contributions(attention_ratio: np.ndarray, attention_cosine: np.ndarray, mlp_ratio: np.ndarray,
@@ -64,5 +82,6 @@ def contributions(attention_ratio: np.ndarray, attention_cosine: np.ndarray, mlp
         block_cosine: cos(a + m, h) per frame, same shape.
         n_frames: real frames per utterance, ``(n_utt,)``.
     """
-    return Contributions(*(_frame_mean(v, n_frames) for v in (
-        attention_ratio, mlp_ratio, block_ratio, attention_cosine, mlp_cosine, block_cosine)))
+    arrays = (attention_ratio, attention_cosine, mlp_ratio, mlp_cosine, block_ratio, block_cosine)
+    n_frames = np.minimum(n_frames, attention_ratio.shape[-1])
+    return from_sums(np.stack([frame_sums(v, n_frames) for v in arrays], axis=1), n_frames)

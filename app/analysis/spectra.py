@@ -6,6 +6,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from app.analysis.moments import eigenvalues
+
 
 def real_frames(values: np.ndarray, n_frames: np.ndarray) -> np.ndarray:
     """Stack every utterance's real frames: ``(n_utt, n_frames_padded, dim)`` -> ``(sum(n_frames), dim)``."""
@@ -13,12 +15,14 @@ def real_frames(values: np.ndarray, n_frames: np.ndarray) -> np.ndarray:
 
 
 def singular_values(x: np.ndarray) -> np.ndarray:
-    """Singular values of ``x`` (samples x dim), descending, through the dim x dim Gram matrix (fast for tall x)."""
-    x = np.asarray(x, dtype=np.float32)
+    """Singular values of ``x`` (samples x dim), descending, through the dim x dim Gram matrix (fast for tall x).
+
+    In float64 throughout, as ``moments.Moments`` accumulates it over chunks (the two agree to rounding).
+    """
+    x = np.asarray(x, dtype=np.float64)
     if x.shape[0] < x.shape[1]:
         x = x.T
-    eig = np.linalg.eigvalsh((x.T @ x).astype(np.float64))[::-1]  # float32 product, float64 eigensolver
-    return np.sqrt(np.clip(eig, 0, None))
+    return np.sqrt(np.clip(eigenvalues(x.T @ x), 0, None))
 
 
 def cumulative_energy(s: np.ndarray) -> np.ndarray:

@@ -25,12 +25,11 @@ label = "Layer boundary" if view.source == "residual" else "LoRA module"
 layer = st.slider(label, 0, n_positions - 1, min(view.layer if view.layer is not None else n_positions - 1,
                                                  n_positions - 1), key="cl-layer")
 view.layer = layer
-with st.spinner("Fitting the map (cached after the first time) ..."):
-    proj, rows = data.projection(path, run.name, view.source, layer, view.projection)
+with st.spinner("Fitting the map (the store has no current summary: loralens summarise computes every map once) ..."):
+    coordinates, rows, sil = data.map_of(path, run.name, view.source, layer, view.projection)
 frame = table.iloc[rows][["id", "speaker", "emotion", "prediction", "correct"]].reset_index(drop=True)
-frame["x"], frame["y"] = proj.coordinates[:, 0], proj.coordinates[:, 1]
+frame["x"], frame["y"] = coordinates[:, 0], coordinates[:, 1]
 frame["correct"] = frame["correct"].map({True: "correct", False: "wrong"})
-sil = projections.silhouette(frame[["x", "y"]].to_numpy(), frame["emotion"].to_numpy())
 st.caption(f"{len(frame)} utterances · emotion silhouette {data.silhouette(path, run.name, view.source, layer):.3f} "
            f"in the vectors' own space, {sil:.3f} on this map")
 figure = charts.scatter(frame, view.colour, f"{projections.NAMES[view.projection]} · {label} {layer}", view.utt)
@@ -50,12 +49,12 @@ if len(series) > 1:
     st.caption(f"The same LoRA module in the runs that differ only in rank ({run.model}, {run.window}, "
                f"{','.join(run.targets)}); each map is fitted on its own run, coloured by emotion as above.")
     for col, other in zip(st.columns(len(series)), series, strict=True):
-        p, rr = data.projection(path, other.name, "lora_a", layer, view.projection)
-        f = pd.DataFrame({"x": p.coordinates[:, 0], "y": p.coordinates[:, 1],
+        c, rr, on_map = data.map_of(path, other.name, "lora_a", layer, view.projection)
+        f = pd.DataFrame({"x": c[:, 0], "y": c[:, 1],
                           "emotion": table.iloc[rr]["emotion"].to_numpy(), "id": table.iloc[rr]["id"].to_numpy()})
         title = (f"r = {other.rank}{' (this run)' if other.name == run.name else ''} · silhouette "
                  f"{data.silhouette(path, other.name, 'lora_a', layer):.3f} "
-                 f"(map {projections.silhouette(p.coordinates, f['emotion'].to_numpy()):.3f})")
+                 f"(map {on_map:.3f})")
         with col:
             widgets.chart(charts.scatter(f, "emotion", title, legend=False), f,
                           f"{other.name}-lora_a-{view.projection}-{layer}", f"cl-rank-{other.rank}")

@@ -35,6 +35,9 @@ widgets.chart(charts.per_layer(frame, "cka", "Linear CKA between LoRA A and B ou
               f"{run.name}-cka-ab", "dyn-ab")
 
 st.subheader("Residual stream, layer x layer")
+st.caption("Minibatch linear CKA of the pooled residuals (the unbiased HSIC estimator averaged over minibatches of "
+           "256 utterances; Nguyen, Raghu and Kornblith, ICLR 2021): equal to the full-data unbiased CKA below 512 "
+           "utterances, and computed in memory that does not grow with the store above.")
 partner = views.frozen_partner(data.runs(path), run)
 cols = st.columns(2 if partner else 1)
 for col, (other, title) in zip(cols, [(run, "within LoRA"), (partner, "LoRA vs frozen")], strict=False):

@@ -1,0 +1,247 @@
+"""Summaries: what every page draws first, computed once from a run's committed rows and kept in the store.
+
+``loralens trace`` computes them when it commits a run, ``loralens summarise STORE`` for an existing store. The
+views (``app.views``) read a run's summary where it is current and covers the rows asked for, and compute from
+the raw arrays otherwise; the raw arrays remain for drill-down. Everything here streams: memory grows with the
+width of a layer, not with the number of utterances or frames.
+
+A summary holds, per run (``schema.SUMMARY_GROUP``):
+
+- ``rows``: the utterances it covers (every row of the run's trained checkpoint); ``folds``: its fold models;
+- ``contribution_sums``: per utterance, the sums over its real frames of ``contributions.ARRAYS``, ``(n, 6,
+  n_layers)``, so the contributions of any subset of rows are one division away;
+- ``spectra/<checkpoint>/<quantity>``: singular values per LoRA module and fold model over the sampled rows'
+  real frames, ``(n_modules, n_folds, dim)`` (zero-padded), and ``frames/<checkpoint>/<kind>`` the frames per fold;
+- ``cka_ab/<checkpoint>/<kind>``: linear CKA of LoRA A with B per module and fold model, ``(n_modules, n_folds)``;
+- ``residual_cka/<other run>``: minibatch CKA of the pooled residuals, layer x layer, within the run and with
+  each LoRA/frozen partner (``views.residual_cka``);
+- ``maps/<source>/<method>``: 2-D maps of every boundary (``residual``) and LoRA module (``lora_a``), ``(n_positions,
+  n, 2)``, ``map_silhouette/<source>/<method>`` the emotion silhouette on each map, and ``silhouette/<source>``
+  the emotion silhouette in the vectors' own space, ``(n_positions,)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+import numpy as np
+from joblib import Parallel, delayed
+from tqdm.auto import tqdm
+
+from app import views
+from app.analysis import contributions, projections
+from app.analysis.moments import Moments
+from store.reader import StoreReader
+from store.writer import StoreWriter
+
+log = logging.getLogger(__name__)
+
+KINDS = ("activation", "gradient")
+ROWS_PER_READ = 16
+"""Utterances read at once for the per-frame sums (a batch of one large-v2 module's B gradients: 120 MB)."""
+
+
+def partners(reader: StoreReader, run: str) -> list[str]:
+    """The runs a run's residual CKA is summarised with.
+
+    The run itself, and its frozen partner (a LoRA run) or the LoRA runs it partners (a frozen run).
+    """
+    runs = views.run_info(reader)
+    info = next(r for r in runs if r.name == run)
+    if info.method == "lora":
+        partner = views.frozen_partner(runs, info)
+        return [run] + ([partner.name] if partner else [])
+    return [run] + [r.name for r in runs if r.method == "lora" and (p := views.frozen_partner(runs, r))
+                    and p.name == run]
+
+
+def contribution_sums(reader: StoreReader, run: str, rows: list[int]) -> np.ndarray:
+    """Per utterance, each contribution array summed over its real frames, ``(n_rows, 6, n_layers)``."""
+    n_frames = reader.utterances()["n_frames"][rows]
+    n_layers = int(reader.attrs(run)["n_layers"])
+    out = np.zeros((len(rows), len(contributions.ARRAYS), n_layers))
+    for i, name in enumerate(contributions.ARRAYS):
+        for layer in range(n_layers):
+            values = reader.read(run, "trained", name, rows, layer=layer)  # (n, frame)
+            out[:, i, layer] = contributions.frame_sums(values[:, None], n_frames)[:, 0]
+    return out
+
+
+def fold_moments(reader: StoreReader, run: str, checkpoint: str, kind: str, module: int, rows: list[int]
+                 ) -> Moments:
+    """Moments of one LoRA module's A outputs (and B's, where kept) over the real frames of ``rows``.
+
+    ``kind``: ``activation`` or ``gradient``; ``rows``: one fold model's rows that kept their per-frame arrays.
+    """
+    group = reader.group(run, checkpoint)
+    with_b = f"lora_b_{kind}" in group
+    n_frames = reader.utterances()["n_frames"]
+    m = Moments.empty(int(group[f"lora_a_{kind}"].shape[-1]),
+                      int(group[f"lora_b_{kind}"].shape[-1]) if with_b else None)
+    for start in range(0, len(rows), ROWS_PER_READ):
+        batch = rows[start: start + ROWS_PER_READ]
+        a = reader.read(run, checkpoint, f"lora_a_{kind}", batch, module=module)  # (b, frame, rank)
+        b = reader.read(run, checkpoint, f"lora_b_{kind}", batch, module=module) if with_b else None
+        keep = np.arange(a.shape[1])[None, :] < n_frames[batch][:, None]
+        m.add(a[keep], b[keep] if with_b else None)
+    return m
+
+
+def reduce_moments(m: Moments) -> tuple[np.ndarray, np.ndarray | None, float | None]:
+    """Singular values of A, of B (where kept), and CKA(A, B): what a summary keeps of a module's moments."""
+    if m.xy is None:
+        return m.singular_values(), None, None
+    return m.singular_values(), Moments(m.n, m.sum_y, m.yy).singular_values(), m.linear_cka()
+
+
+def lora_summary(reader: StoreReader, run: str, checkpoint: str, kind: str, groups: dict[int, list[int]],
+                 jobs: int, bar: tqdm | None = None) -> list[list[tuple]]:
+    """Per LoRA module, per fold model of ``groups``: ``reduce_moments`` of its moments.
+
+    ``groups``: fold -> its rows that kept their per-frame arrays. Each module's eigensolves, one per fold, run in
+    ``jobs`` processes.
+    """
+    n_modules = int(reader.group(run, checkpoint)[f"lora_a_{kind}"].shape[1])
+    out = []
+    with Parallel(n_jobs=jobs) as parallel:
+        for module in range(n_modules):
+            moments = []
+            for rows in groups.values():
+                moments.append(fold_moments(reader, run, checkpoint, kind, module, rows))
+                if bar is not None:
+                    bar.update(len(rows))
+            out.append(parallel(delayed(reduce_moments)(m) for m in moments))
+    return out
+
+
+def _padded(values: list[list[np.ndarray]]) -> np.ndarray:
+    width = max((len(v) for module in values for v in module), default=0)
+    out = np.zeros((len(values), len(values[0]) if values else 0, width))
+    for i, module in enumerate(values):
+        for j, v in enumerate(module):
+            out[i, j, : len(v)] = v
+    return out
+
+
+def _map(x: np.ndarray, method: str) -> np.ndarray:
+    return projections.project(x, method).coordinates.astype(np.float32)
+
+
+PARALLEL_ROWS = 1000
+"""From this many utterances maps are fitted, and spectra solved, in worker processes (each pays UMAP's ~10 s
+start once)."""
+
+
+def compute(reader: StoreReader, run: str, methods: Iterable[str] = ("umap", "tsne"), jobs: int | None = None
+            ) -> tuple[dict[str, np.ndarray], dict]:
+    """A run's summary: its arrays (see the module docstring) and its attributes (``schema.SUMMARY_ATTRS``).
+
+    Args:
+        reader: the store (every checkpoint of ``run`` committed).
+        run: the run.
+        methods: the 2-D maps to fit for every position (``projections.Method``).
+        jobs: processes fitting maps and solving spectra at once (joblib's ``n_jobs``; default: every core from
+            ``PARALLEL_ROWS`` utterances, else one).
+    """
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    info = next(r for r in views.run_info(reader) if r.name == run)
+    rows = views.common_rows(reader, run)
+    jobs = jobs if jobs is not None else (-1 if len(rows) >= PARALLEL_ROWS else 1)
+    groups = views.fold_groups(reader, run, rows)
+    out: dict[str, np.ndarray] = {"rows": np.asarray(rows, dtype=np.int64),
+                                  "folds": np.asarray(list(groups), dtype=np.int64)}
+    out["contribution_sums"] = contribution_sums(reader, run, rows)
+    seconds["contributions"] = time.perf_counter() - started
+
+    if info.method == "lora":
+        t = time.perf_counter()
+        for checkpoint in info.checkpoints:
+            sampled = reader.sampled(run, checkpoint)
+            sampled_groups = {f: [r for r in g if sampled[r]] for f, g in groups.items()}
+            n_frames = reader.utterances()["n_frames"]
+            for kind in KINDS:
+                if f"lora_a_{kind}" not in reader.group(run, checkpoint):
+                    continue
+                total = sum(len(g) for g in sampled_groups.values()) * len(info.targets) * info.n_layers
+                with tqdm(total=total, desc=f"{run}/{checkpoint} LoRA {kind}s", unit="utt·module",
+                          leave=False) as bar:
+                    reduced = lora_summary(reader, run, checkpoint, kind, sampled_groups, jobs, bar)
+                out[f"frames/{checkpoint}/{kind}"] = np.array([int(n_frames[g].sum()) for g in sampled_groups.values()])
+                out[f"spectra/{checkpoint}/lora_a_{kind}"] = _padded([[r[0] for r in module] for module in reduced])
+                if reduced and reduced[0][0][1] is not None:
+                    out[f"spectra/{checkpoint}/lora_b_{kind}"] = _padded([[r[1] for r in module]
+                                                                          for module in reduced])
+                    out[f"cka_ab/{checkpoint}/{kind}"] = np.array([[r[2] for r in module] for module in reduced])
+        seconds["spectra and CKA(A, B)"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    basis = {f"{run}/{c}": int(reader.attrs(run, c)["n_written"]) for c in info.checkpoints}
+    for other in partners(reader, run):
+        out[f"residual_cka/{other}"] = views.residual_cka(reader, run, other, live=True)
+        basis[f"{other}/trained"] = int(reader.attrs(other)["n_written"])
+    seconds["residual CKA"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    emotions = reader.utterances()["emotion"][rows]
+    positions = [("residual", b) for b in range(info.n_layers + 1)]
+    if info.method == "lora":
+        positions += [("lora_a", m) for m in range(info.n_layers * len(info.targets))]
+    jobs_list, silhouettes = [], {}
+    for source, position in tqdm(positions, desc=f"{run} silhouettes", unit="position", leave=False):
+        x, _ = views.vectors(reader, run, source, position, rows=rows)
+        silhouettes.setdefault(source, []).append(projections.silhouette(x, emotions))
+        jobs_list += [(source, position, method, x) for method in methods]
+    for source, values in silhouettes.items():
+        out[f"silhouette/{source}"] = np.array(values)
+    if len(rows) >= 5:
+        coords = Parallel(n_jobs=jobs)(delayed(_map)(x, method) for _, _, method, x in
+                                       tqdm(jobs_list, desc=f"{run} maps", unit="map", leave=False))
+        for (source, _, method, _), c in zip(jobs_list, coords, strict=True):
+            out.setdefault(f"maps/{source}/{method}", []).append(c)  # type: ignore[union-attr]
+            out.setdefault(f"map_silhouette/{source}/{method}", []).append(  # type: ignore[union-attr]
+                projections.silhouette(c, emotions))
+        for key in [k for k in out if k.startswith(("maps/", "map_silhouette/"))]:
+            out[key] = np.stack(out[key])
+    seconds["maps and silhouettes"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - started
+    return out, {"basis": basis, "rows": len(rows), "seconds": {k: round(v, 2) for k, v in seconds.items()}}
+
+
+def summarise(path: str, runs: list[str] | None = None, methods: Iterable[str] = ("umap", "tsne"),
+              force: bool = False, storage_options: dict | None = None) -> dict[str, float | None]:
+    """Compute and store the summaries of committed runs that lack a current one.
+
+    ``runs``: only these (default all); ``force``: recompute current summaries too.
+
+    Returns:
+        Run -> seconds it took (None: current already, or not committed).
+    """
+    writer = StoreWriter(path, storage_options)
+    done: dict[str, float | None] = {}
+    for run, checkpoints in writer.runs().items():
+        if runs is not None and run not in runs:
+            continue
+        if not all(writer.attrs(run, c).get("complete") for c in checkpoints):
+            log.warning("%s: run %s is not committed complete; summarise it after its trace finishes", path, run)
+            done[run] = None
+            continue
+        if not force and writer.summary(run) is not None:
+            done[run] = None
+            continue
+        arrays, attrs = compute(writer, run, methods)
+        writer.write_summary(run, arrays, attrs)
+        done[run] = attrs["seconds"]["total"]
+        log.info("%s: summarised run %s over %d utterances in %.1f s (%s)", path, run, attrs["rows"],
+                 attrs["seconds"]["total"], ", ".join(f"{k} {v:.1f} s" for k, v in attrs["seconds"].items()
+                                                      if k != "total"))
+    return done
+
+
+def stale(reader: StoreReader) -> list[str]:
+    """Committed runs without a current summary."""
+    return [run for run, checkpoints in reader.runs().items()
+            if all(reader.attrs(run, c).get("complete") for c in checkpoints) and reader.summary(run) is None]
+

@@ -1,0 +1,174 @@
+"""Summaries: streaming spectra and CKA equal the in-memory ones, staleness, repair, and pages that read them."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app import summary, views
+from app.analysis import cka, spectra
+from app.analysis.moments import Moments
+from store import schema
+from store.reader import StoreReader
+from store.validate import repair, validate
+from store.writer import StoreWriter
+
+
+def test_moments_equal_in_memory_spectra_and_cka():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((5000, 8)) @ rng.standard_normal((8, 32)) + 0.1 * rng.standard_normal((5000, 32))
+    b = a @ rng.standard_normal((32, 96)) + rng.standard_normal((5000, 96))
+    m = Moments.empty(32, 96)
+    for start in range(0, 5000, 333):  # uneven chunks
+        m.add(a[start: start + 333].astype(np.float32), b[start: start + 333].astype(np.float32))
+    a32, b32 = a.astype(np.float32), b.astype(np.float32)
+    np.testing.assert_allclose(m.singular_values(), spectra.singular_values(a32), rtol=1e-6)
+    np.testing.assert_allclose(Moments(m.n, m.sum_y, m.yy).singular_values(), spectra.singular_values(b32), rtol=1e-6)
+    assert m.linear_cka() == pytest.approx(cka.linear_cka(a32, b32), rel=1e-6)
+
+
+def test_moments_of_few_samples_have_as_many_singular_values():
+    x = np.random.default_rng(1).standard_normal((5, 12))
+    m = Moments.empty(12).add(x[:2]).add(x[2:])
+    assert len(m.singular_values()) == 5
+    np.testing.assert_allclose(m.singular_values(), spectra.singular_values(x), rtol=1e-6)
+
+
+def test_minibatch_cka_is_the_unbiased_cka_in_one_batch_and_close_over_many():
+    rng = np.random.default_rng(2)
+    z = rng.standard_normal((1200, 6))
+    x = z @ rng.standard_normal((6, 40)) + 0.5 * rng.standard_normal((1200, 40))
+    y = np.tanh(z @ rng.standard_normal((6, 50))) + 0.5 * rng.standard_normal((1200, 50))
+    one = [np.arange(1200)]
+    single = cka.minibatch_heatmap([cka.minibatch_grams(x, one)], [cka.minibatch_grams(y, one)])[0, 0]
+    full = cka.linear_cka(x, y, debiased=True) if len(x) <= cka.MAX_SAMPLES else None
+    assert single == pytest.approx(full, rel=1e-9)
+    batches = cka.minibatches(1200, 128)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1200))
+    many = cka.minibatch_heatmap([cka.minibatch_grams(x, batches)], [cka.minibatch_grams(y, batches)])[0, 0]
+    assert abs(many - full) < 0.02
+    # A layer with itself: 1.
+    assert cka.minibatch_heatmap([cka.minibatch_grams(x, batches)], [cka.minibatch_grams(x, batches)])[0, 0] \
+        == pytest.approx(1.0)
+
+
+@pytest.fixture()
+def summarised(tiny_store, tmp_path) -> str:
+    """A copy of the tiny store whose runs' summaries are removed, so the test computes everything both ways."""
+    path = str(tmp_path / "store.zarr")
+    shutil.copytree(tiny_store, path)
+    writer = StoreWriter(path)
+    for run in writer.runs():
+        writer.remove_summary(run)
+    return path
+
+
+def _live(reader: StoreReader, lora: str, frozen: str) -> dict:
+    return {"spectra": views.spectra_of(reader, lora), "cka_ab": views.cka_a_vs_b(reader, lora),
+            "fold": views.spectra_of(reader, lora, fold=views.common_rows(reader, lora) and
+                                     int(reader.read(lora, "trained", "fold", 0))),
+            "contributions": views.contributions_of(reader, frozen),
+            "within": views.residual_cka(reader, lora, lora), "vs": views.residual_cka(reader, lora, frozen),
+            "silhouettes": views.silhouettes(reader, lora)}
+
+
+def test_summary_equals_what_the_views_compute_from_the_arrays(summarised):
+    reader = StoreReader(summarised)
+    lora, frozen = (r.name for r in sorted(views.run_info(reader), key=lambda r: r.method != "lora"))
+    assert reader.summary(lora) is None
+    live = _live(reader, lora, frozen)
+    done = summary.summarise(summarised, methods=("tsne",))
+    assert set(done) == {lora, frozen} and all(v is not None for v in done.values())
+    reader = StoreReader(summarised)
+    assert reader.summary(lora) is not None and reader.summary(frozen) is not None
+    stored = _live(reader, lora, frozen)
+    for key in ("spectra", "fold"):
+        for q, by in live[key].items():
+            for c, s in by.items():
+                got = stored[key][q][c]
+                assert len(got.singular) == len(s.singular)
+                for mine, theirs in zip(got.singular, s.singular, strict=True):
+                    for x, y in zip(mine, theirs, strict=True):
+                        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-9 * max(y.max(), 1e-30))
+                np.testing.assert_array_equal(got.ranks, s.ranks)
+    for kind, values in live["cka_ab"].items():
+        np.testing.assert_allclose(stored["cka_ab"][kind], values, rtol=1e-6)
+    for field in live["contributions"].__dataclass_fields__:
+        np.testing.assert_allclose(getattr(stored["contributions"], field), getattr(live["contributions"], field),
+                                   rtol=1e-6)
+    for key in ("within", "vs", "silhouettes"):
+        np.testing.assert_allclose(stored[key], live[key], rtol=1e-6)
+    # Maps for every position of the asked methods only.
+    s = reader.summary(lora)
+    assert s["maps/residual/tsne"].shape[:2] == (int(reader.attrs(lora)["n_layers"]) + 1, len(s["rows"]))
+    assert "maps/residual/umap" not in s and "maps/lora_a/tsne" in s
+
+
+def test_a_summary_goes_stale_when_its_run_grows_and_validate_says_so(summarised, tiny_runs):
+    from precompute.checkpoints import read_config
+    from precompute.trace import Selection, Tracer
+
+    summary.summarise(summarised, methods=())
+    assert validate(summarised).ok
+    reader = StoreReader(summarised)
+    lora = next(r.name for r in views.run_info(reader) if r.method == "lora")
+    assert reader.summary(lora) is not None
+    writer = StoreWriter(summarised)
+    writer.unmark(lora, "trained", [0])  # as validate --repair does for a damaged row
+    writer.commit(lora, views.common_rows(writer, lora) + [0])  # not complete any more
+    assert StoreReader(summarised).summary(lora) is None
+    assert any("stale" in p for p in validate(summarised).problems)
+    # The same trace command captures the row again and commits: the summary is renewed.
+    run = tiny_runs["lora"]
+    tracer = Tracer(run, read_config(run).data, summarised, selection=Selection(all=True))
+    rows = tracer.rows()
+    tracer.capture(rows)
+    tracer.commit(rows, maps=())
+    assert StoreReader(summarised).summary(lora) is not None
+    assert validate(summarised).ok
+
+
+def test_a_damaged_summary_is_named_and_repair_removes_it(summarised):
+    summary.summarise(summarised, methods=())
+    reader = StoreReader(summarised)
+    lora = next(r.name for r in views.run_info(reader) if r.method == "lora")
+    chunk = next(p for p in (Path(summarised) / "runs" / lora / schema.SUMMARY_GROUP / "contribution_sums" / "c"
+                              ).rglob("*") if p.is_file())
+    chunk.write_bytes(b"\x00garbage" * 4)
+    report = validate(summarised)
+    assert any("contribution_sums" in p for p in report.problems)
+    done = repair(report)
+    assert any("loralens summarise" in d for d in done)
+    assert StoreReader(summarised).summary(lora) is None
+    # The views compute from the arrays meanwhile.
+    assert views.contributions_of(StoreReader(summarised), lora).block.shape == (
+        int(reader.attrs(lora)["n_layers"]),)
+
+
+def test_pages_draw_from_the_summary_without_whole_store_computations(tiny_store, monkeypatch):
+    """With current summaries (a trace commits them), no page fits a map or reads every frame of a run."""
+    from streamlit.testing.v1 import AppTest
+
+    from app.analysis import projections
+
+    reader = StoreReader(tiny_store)
+    assert not summary.stale(reader)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a page computed from the raw arrays although the summary holds the result")
+
+    for target, name in ((projections, "project"), (views, "lora_matrices"), (cka, "minibatch_grams"),
+                         (views.contributions, "contributions")):
+        monkeypatch.setattr(target, name, refuse)
+    monkeypatch.setenv("LORALENS_STORE", tiny_store)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app" / "main.py"), default_timeout=300).run()
+    for page in ("sections/clusters.py", "sections/dynamics.py", "sections/contributions.py"):
+        at.switch_page(page).run()
+        assert not at.exception, [e.value for e in at.exception]
+    at.switch_page("sections/clusters.py").run()
+    at.slider(key="cl-layer").set_value(0).run()
+    at.radio(key="cl-projection").set_value("tsne").run()
+    assert not at.exception, [e.value for e in at.exception]
