@@ -13,45 +13,21 @@
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
-from streamlit.testing.v1 import AppTest
-
-MAIN = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
+from pages import app_command, first_render, widget_times
 
 
 def slider(store: str, repeats: int) -> list[float]:
-    os.environ["LORALENS_STORE"] = store
-    at = AppTest.from_file(MAIN, default_timeout=300).run()
-    at.switch_page("sections/utterance.py").run()
-    n = at.slider(key="utt-layer").max + 1
-    at.slider(key="utt-layer").set_value(0).run()  # warm the caches of this utterance
-    times = []
-    for i in range(repeats):
-        started = time.perf_counter()
-        at.slider(key="utt-layer").set_value((i + 1) % n).run()
-        times.append((time.perf_counter() - started) * 1000)
-        assert not at.exception, at.exception
+    times = widget_times(store, "utterance", "utt-layer", repeats, budget=float("inf"))
+    if isinstance(times, str):
+        raise RuntimeError(times)
     return times
-
-
-COMPLETE = """() => {
-    const charts = [...document.querySelectorAll('.vega-embed')];
-    const tables = [...document.querySelectorAll('[data-testid=stDataFrame]')];
-    return charts.length >= %d && charts.every(e => e.querySelector('svg, canvas'))
-        && tables.every(t => t.querySelector('canvas'))
-        && !document.querySelector('[data-testid=stStatusWidget]');
-}"""
 
 
 REFERENCE_PAGE = """
@@ -71,49 +47,9 @@ st.vega_lite_chart({"data": {"values": grid}, "mark": "rect", "encoding": {
 read, started with ``streamlit run`` (the same server flags); timed the same way, beside loralens."""
 
 
-def first_render(command: list[str], page_name: str, charts: int) -> dict[str, float]:
-    """Start a server (``command`` + ``--port N``) and open a page in headless Chromium; seconds from the
-    command's start to: the server's health check, the page's first element, its first chart drawn, and the
-    whole page drawn (``charts`` charts and every table drawn, the script finished)."""
-    from playwright.sync_api import sync_playwright
-
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    times = {}
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
-        tab = browser.new_page(viewport={"width": 1400, "height": 1800})
-        started = time.perf_counter()
-        proc = subprocess.Popen(command + [str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            while True:
-                try:
-                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                        break
-                except OSError:
-                    time.sleep(0.02)
-            times["health"] = time.perf_counter() - started
-            tab.goto(f"{url}/{page_name}")
-            tab.wait_for_selector("[data-testid=stMain] [data-testid=stElementContainer]", timeout=120_000)
-            times["first element"] = time.perf_counter() - started
-            if charts:
-                tab.wait_for_selector(".vega-embed svg, .vega-embed canvas", timeout=120_000)
-                times["first chart"] = time.perf_counter() - started
-            tab.wait_for_function(COMPLETE % charts, timeout=120_000, polling=20)
-            times["whole page"] = time.perf_counter() - started
-        finally:
-            proc.terminate()
-            proc.wait()
-            browser.close()
-    return times
-
-
 def first_renders(store: str, starts: int) -> None:
     """The first page and the Utterance page from ``loralens app``, beside the bare Streamlit page, interleaved."""
-    app = [sys.executable, "-m", "precompute.cli", "app", "--store", store, "--port"]
+    app = app_command(store)
     with tempfile.TemporaryDirectory() as tmp:
         reference = Path(tmp) / "reference.py"
         reference.write_text(REFERENCE_PAGE)
