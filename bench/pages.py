@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,21 +201,25 @@ def first_render(command: list[str], page_name: str, charts: int) -> dict[str, f
     return times
 
 
-def warm_draws(store: str, timeout: float = 600) -> tuple[dict[str, Draw], int]:
+def warm_draws(store: str, timeout: float = 600, each: Callable[[str, Draw], None] | None = None
+               ) -> tuple[dict[str, Draw], int]:
     """Every page's first draw on one running ``loralens app``, in turn, each in a new tab (a new session); and the
-    app's peak memory (bytes, its process tree's RSS) meanwhile."""
+    app's peak memory (bytes, its process tree's RSS) meanwhile. ``each`` is called with every page's draw."""
     out = {}
     with browser() as b, server(app_command(store)) as (url, proc, _), Memory(proc.pid) as memory:
         for title, path in PAGES.items():
             tab = b.new_page(viewport={"width": 1400, "height": 1800})
             out[title] = draw(tab, f"{url}/{path}", timeout)
             tab.close()
+            if each:
+                each(title, out[title])
     return out, memory.peak
 
 
-def fresh_draws(store: str, timeout: float = 600) -> tuple[dict[str, Draw], int]:
+def fresh_draws(store: str, timeout: float = 600, each: Callable[[str, Draw], None] | None = None
+                ) -> tuple[dict[str, Draw], int]:
     """Every page's first draw on a freshly started ``loralens app`` of its own (``from_start`` counts from the
-    command's start); and the highest of the apps' peak memories."""
+    command's start); and the highest of the apps' peak memories. ``each`` is called with every page's draw."""
     out, peak = {}, 0
     with browser() as b:
         for title, path in PAGES.items():
@@ -226,6 +230,8 @@ def fresh_draws(store: str, timeout: float = 600) -> tuple[dict[str, Draw], int]
                 out[title].from_start = out[title].whole + navigating - started
             peak = max(peak, memory.peak)
             tab.close()
+            if each:
+                each(title, out[title])
     return out, peak
 
 

@@ -252,11 +252,27 @@ def _command_figure(result) -> str:
     return f"{result.seconds / 60:.1f} min, peak {result.peak_gib:.2f} GiB{state}"
 
 
+class _Figures(list):
+    """(what, value, target, met) rows, each printed as it comes: a run stopped midway keeps what it measured."""
+
+    def append(self, row: tuple[str, str, str, bool | None]) -> None:
+        what, value, target, met = row
+        print(f"  {what}: {value} (target {target}{'' if met is None else ', met' if met else ', NOT met'})",
+              flush=True)
+        super().append(row)
+
+    def fail(self, what: str, target: str, error: str, errors: list[tuple[str, str]]) -> None:
+        """A figure that could not be measured: its error is printed now and again after the table."""
+        self.append((what, "FAILED (below)", target, False))
+        print(f"    {error}", flush=True)
+        errors.append((what, error))
+
+
 def measure(args: argparse.Namespace) -> int:
     import pages
 
     only = set(args.only.split(",")) if args.only else {"summarise", "pages", "widgets", "report"}
-    figures: list[tuple[str, str, str, bool | None]] = []  # (what, value, target, met)
+    figures = _Figures()
     errors: list[tuple[str, str]] = []  # (what, the whole error), printed after the table
     if "summarise" in only:
         print(f"timing loralens summarise {args.store} ...", flush=True)
@@ -272,24 +288,24 @@ def measure(args: argparse.Namespace) -> int:
                 errors.append(("loralens summarise", result.tail))
     if "pages" in only:
         print("timing every page's first draw in Chromium ...", flush=True)
-        draws, peak = (pages.fresh_draws if args.fresh else pages.warm_draws)(args.store, timeout=args.page_timeout)
-        for title, draw in draws.items():
+
+        def add(title: str, draw) -> None:
             label = f"first draw: {title}" + (" (fresh app, from its start)" if args.fresh else "")
             if draw.error:
-                figures.append((label, "FAILED (below)", "<= 3 s", False))
-                errors.append((label, draw.error))
+                figures.fail(label, "<= 3 s", draw.error, errors)
             else:
                 value = draw.from_start if args.fresh else draw.whole
                 figures.append((label, f"{value:.2f} s (first element {draw.first_element:.2f} s, {draw.charts} "
                                 "charts)", "<= 3 s", value <= 3))
+
+        _, peak = (pages.fresh_draws if args.fresh else pages.warm_draws)(args.store, args.page_timeout, add)
         figures.append(("app peak memory (process tree RSS)", f"{peak / 2**30:.2f} GiB", "<= 2 GiB", peak <= 2 * 2**30))
     if "widgets" in only:
         for what, page, key in pages.WIDGETS:
             print(f"timing {what} with AppTest ...", flush=True)
             times = pages.widget_times(args.store, page, key, args.repeats, budget=args.widget_budget)
             if isinstance(times, str):
-                figures.append((f"{what} ({key})", "FAILED (below)", "p95 <= 150 ms", False))
-                errors.append((f"{what} ({key})", times))
+                figures.fail(f"{what} ({key})", "p95 <= 150 ms", times, errors)
                 continue
             p50, p95 = np.percentile(times, 50), np.percentile(times, 95)
             figures.append((f"{what} ({key}), {len(times)} changes", f"p50 {p50:.0f} ms, p95 {p95:.0f} ms",
