@@ -11,6 +11,10 @@ EMOTION_COLOURS = {"anger": "#d62728", "happiness": "#ff7f0e", "neutral": "#7f7f
                    "boredom": "#8c564b", "disgust": "#2ca02c", "fear": "#9467bd"}
 WIDTH = 420
 HEIGHT = 260
+# The pages bound what they draw themselves (``views.time_blocks``; a map draws every utterance of a store, 5,500
+# for IEMOCAP): Altair's notebook guard of 5,000 rows per chart refused a 3 s clip's spectrogram (40 mel rows x
+# 150 frames) and any store's map of more than 5,000 utterances.
+alt.data_transformers.disable_max_rows()
 
 
 def _emotion_scale(values) -> alt.Scale:

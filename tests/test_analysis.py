@@ -161,3 +161,18 @@ def test_time_blocks_average_long_clips_and_keep_short_ones():
     odd, step = time_blocks(np.arange(7.0)[None], columns=3)  # blocks 0-2, 3-5, then 6 alone
     assert step == 3
     np.testing.assert_allclose(odd, [[1.0, 4.0, 6.0]])
+
+
+def test_charts_of_long_clips_and_large_stores_are_drawn():
+    """Altair refuses more than 5,000 rows by default: a 3 s clip's log-mel view, or a map of IEMOCAP's 5,500."""
+    import pandas as pd
+
+    from app import charts, widgets
+
+    rng = np.random.default_rng(0)
+    scatter = pd.DataFrame({"x": rng.standard_normal(5500), "y": rng.standard_normal(5500),
+                            "emotion": rng.choice(["anger", "sadness"], 5500), "id": [f"u{i}" for i in range(5500)]})
+    assert len(widgets.figure(charts.scatter(scatter)).spec["datasets"]) == 1
+    mel = pd.DataFrame({"time (s)": np.repeat(np.arange(250) * 0.02, 40), "mel": np.tile(np.arange(40), 250),
+                        "log-mel": rng.standard_normal(10000)})
+    widgets.figure(charts.time_heatmap(mel, "mel", "log-mel", scheme="magma", value="log-mel"))
