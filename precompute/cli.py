@@ -184,13 +184,12 @@ def _run_trace(args: argparse.Namespace) -> int:
     return 0 if all(state.values()) else 1
 
 
-def _print_sizes(store: str) -> None:
+def _sizes_text(store: str) -> str:
     from store.validate import sizes
 
     parts = sizes(store)
-    print(f"stored: {sum(parts.values()) / 2**30:.2f} GiB")
-    for part, n in parts.items():
-        print(f"  {part}: {n / 2**20:,.1f} MiB")
+    return "\n".join([f"stored: {sum(parts.values()) / 2**30:.2f} GiB",
+                      *(f"  {part}: {n / 2**20:,.1f} MiB" for part, n in parts.items())])
 
 
 def _run_validate(args: argparse.Namespace) -> int:
@@ -198,8 +197,7 @@ def _run_validate(args: argparse.Namespace) -> int:
 
     report = validate(args.store)
     if report.ok:
-        print(report.summary)
-        _print_sizes(args.store)
+        print(f"{report.summary}\n{_sizes_text(args.store)}")  # one write, once all is known
         return 0
     print(f"{args.store}: {len(report.problems)} problem(s)")
     for problem in report.problems:
