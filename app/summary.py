@@ -158,10 +158,10 @@ def compute(reader: StoreReader, run: str, methods: Iterable[str] = ("umap", "ts
 
     if info.method == "lora":
         t = time.perf_counter()
+        n_frames = reader.utterances()["n_frames"]
         for checkpoint in info.checkpoints:
             sampled = reader.sampled(run, checkpoint)
             sampled_groups = {f: [r for r in g if sampled[r]] for f, g in groups.items()}
-            n_frames = reader.utterances()["n_frames"]
             for kind in KINDS:
                 if f"lora_a_{kind}" not in reader.group(run, checkpoint):
                     continue

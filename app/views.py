@@ -195,7 +195,7 @@ def spectra_of(reader: StoreReader, run: str, threshold: float = 0.9, fold: int 
         rows: the utterances (default: all the run traced).
     """
     s = summary_of(reader, run, rows)
-    groups = fold_groups(reader, run, rows, fold=fold) if s is None else {}
+    groups = None  # read once, where the summary does not hold a quantity
     out = {}
     for quantity in LORA_QUANTITIES:
         if quantity not in reader.group(run, "trained"):
@@ -209,7 +209,8 @@ def spectra_of(reader: StoreReader, run: str, threshold: float = 0.9, fold: int 
                 singular = tuple(tuple(module[j, : min(int(frames[j]), module.shape[1])] for j in index)
                                  for module in values)
             else:
-                kept = sampled_groups(reader, run, c, groups or fold_groups(reader, run, rows, fold=fold))
+                groups = groups if groups is not None else fold_groups(reader, run, rows, fold=fold)
+                kept = sampled_groups(reader, run, c, groups)
                 index = list(kept)
                 singular = spectra.spectrum(lora_matrices(reader, run, c, quantity, kept, modules)).singular \
                     if kept else ()

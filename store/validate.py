@@ -243,7 +243,6 @@ class _Check:
         group = self.open(key)
         if not isinstance(group, zarr.Group):
             return None
-        names = []
         stack = [key]
         while stack:
             node = stack.pop()
@@ -259,7 +258,6 @@ class _Check:
                             raise
                         self.problem(chunk_problem(self.path, f"{node}/{name}", "", e))
                         self.report.damage.append(Damage("summary", f"{node}/{name}"))
-                    names.append(name)
         if any(d.kind == "summary" and d.node.startswith(key) for d in self.report.damage):
             return None
         if self.store.summary(run) is None:
