@@ -72,7 +72,7 @@ class Predictor:
         if len(audio) > MAX_SECONDS * 16000:
             raise ValueError(f"{name}: {len(audio) / 16000:.1f} s is longer than Whisper's {MAX_SECONDS:.0f} s "
                              "window; use predict_windows")
-        features = W.extract(self.extractor, [audio], self.config.window).to(self.device)
+        features = W.extract(self.extractor, [audio], self.config.window, device=self.device)
         (row,) = self.capturer.run(features, torch.zeros(1, dtype=torch.long, device=self.device))
         probs = lens.trajectory(row["lens_logits"])
         top = probs.argmax(-1)

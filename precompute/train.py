@@ -100,11 +100,16 @@ def load_examples(corpus: Corpus, config: TrainConfig, extractor) -> tuple[list[
     return examples, bad
 
 
-def batch_features(examples: list[Example], extractor, window: W.Window) -> W.Features:
-    """The model input for a batch of examples."""
+def batch_features(examples: list[Example], extractor, window: W.Window,
+                   device: torch.device | str = "cpu") -> W.Features:
+    """The model input for a batch of examples, on ``device``.
+
+    ``trim`` stacks the log-mel each clip's example holds (extracted once per clip); ``full`` extracts the batch's
+    30 s log-mel on ``device`` (on a GPU that takes the largest cost of a step off the host).
+    """
     if window == "trim":
-        return W.stack([e.features for e in examples])
-    return W.extract(extractor, [e.audio for e in examples], "full")
+        return W.stack([e.features for e in examples]).to(device)
+    return W.extract(extractor, [e.audio for e in examples], "full", device=device)
 
 
 def batches(items: list, size: int, generator: torch.Generator | None = None) -> list[list]:
@@ -184,7 +189,7 @@ class Trainer:
             with torch.no_grad():
                 for chunk in tqdm(batches(self.examples, self.config.batch_size), desc="encoding (frozen)",
                                   unit="batch"):
-                    f = batch_features(chunk, self.extractor, self.config.window).to(self.device)
+                    f = batch_features(chunk, self.extractor, self.config.window, self.device)
                     with self._autocast():
                         hidden = W.encode(model, f)
                     out.append(W.masked_mean(hidden.float(), f.pooling_mask()))
@@ -201,7 +206,7 @@ class Trainer:
             pooled = self.pooled_encoder_outputs()[[self._row[e.utterance.id] for e in chunk]]
             with self._autocast():
                 return W.head_logits(model, pooled)
-        features = batch_features(chunk, self.extractor, self.config.window).to(self.device)
+        features = batch_features(chunk, self.extractor, self.config.window, self.device)
         with self._autocast():
             return W.classify(model, features)
 

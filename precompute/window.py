@@ -73,23 +73,27 @@ def encoder_frames(n_samples: int) -> int:
 
 
 def extract(extractor: WhisperFeatureExtractor, audios: Sequence[np.ndarray], window: Window,
-            max_positions: int = 1500) -> Features:
-    """Log-mel features for a batch of 16 kHz clips.
+            max_positions: int = 1500, device: torch.device | str = "cpu") -> Features:
+    """Log-mel features for a batch of 16 kHz clips, computed on ``device`` and left there.
 
     In ``trim`` each clip is transformed alone (so its features do not depend on the batch) and the batch is
-    padded with zeros, which is what the encoder's first convolution pads with too.
+    padded with zeros, which is what the encoder's first convolution pads with too. The extractor's STFT runs on
+    ``device`` (a GPU's takes a 30 s ``full`` batch off the host; it agrees with the host's to about 1e-5).
     """
+    device = torch.device(device)
+    on = {"device": str(device)} if device.type != "meta" else {}  # meta: shapes only, computed on the host
     n_frames = torch.tensor([min(encoder_frames(len(a)), max_positions) for a in audios])
     if window == "full":
-        out = extractor(list(audios), sampling_rate=SAMPLE_RATE, return_tensors="pt", padding="max_length")
-        return Features(out.input_features.float(), n_frames, window)
+        out = extractor(list(audios), sampling_rate=SAMPLE_RATE, return_tensors="pt", padding="max_length", **on)
+        return Features(out.input_features.float(), n_frames, window).to(device)
     length = int(n_frames.max()) * 2
     batch = torch.zeros(len(audios), extractor.feature_size, length)
     for i, audio in enumerate(audios):
-        mel = extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding="longest").input_features[0]
+        mel = extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding="longest",
+                        **on).input_features[0]
         mel = mel[:, : int(n_frames[i]) * 2]
         batch[i, :, : mel.shape[-1]] = mel
-    return Features(batch, n_frames, window)
+    return Features(batch, n_frames, window).to(device)
 
 
 def whisper_of(model: torch.nn.Module) -> WhisperForAudioClassification:
