@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -90,6 +92,15 @@ def log_mel_input(extractor: WhisperFeatureExtractor, audio: np.ndarray) -> np.n
     return W.extract(extractor, [audio], "trim").input_features[0].numpy().astype(np.float16)
 
 
+def _settle(write: Future | None, bar: tqdm) -> int:
+    """Wait for a batch's write (raising its error here); count its rows on ``bar``; return how many."""
+    if write is None:
+        return 0
+    n = write.result()
+    bar.update(n)
+    return n
+
+
 class Tracer:
     """Traces one run directory into one store."""
 
@@ -167,7 +178,7 @@ class Tracer:
         label_of = {e: i for i, e in enumerate(self.config.emotions)}
         emotion = self.writer._column("emotion")
         ids = self.writer._column("id")
-        done = 0
+        done, started = 0, time.perf_counter()
         log.info("%s: tracing on %s under %s (training ran under %s)", self.name, self.device,
                  self.options.precision, self.train_precision)
         for checkpoint in self.checkpoints:
@@ -182,26 +193,39 @@ class Tracer:
             if not pending:
                 continue
             bar = tqdm(total=len(pending), desc=f"{self.name}/{checkpoint}", unit="utt")
-            for fold in sorted({fold_of_row[r] for r in pending}):
-                model = load_fold_model(self.run, fold, checkpoint).to(self.device)
-                capturer = Capturer(model, self.config.window, self.options)
-                extractor = feature_extractor(W.whisper_of(model).config)
-                fold_rows = [r for r in pending if fold_of_row[r] == fold]
-                for start in range(0, len(fold_rows), self.batch_size):
-                    batch = fold_rows[start: start + self.batch_size]
-                    audio = [load_audio(path_of_row[r], long=self.config.long) for r in batch]
-                    features = W.extract(extractor, audio, self.config.window)
-                    labels = torch.tensor([label_of[emotion[r]] for r in batch])
-                    for r, arrays in zip(batch, capturer.run(features.to(self.device), labels.to(self.device)),
-                                         strict=True):
-                        arrays["fold"] = np.int16(fold)
-                        if not self.options.keeps_frames(ids[r]):
-                            arrays = {k: v for k, v in arrays.items() if k not in SAMPLED}
-                        self.writer.write(self.name, checkpoint, r, arrays)
-                    bar.update(len(batch))
-                    done += len(batch)
+            # The store writes a batch on its own thread while the device captures the next one; one batch in
+            # flight bounds the memory, and leaving the block waits for it, so an interrupt keeps what was captured.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer") as pool:
+                in_flight: Future | None = None
+                for fold in sorted({fold_of_row[r] for r in pending}):
+                    model = load_fold_model(self.run, fold, checkpoint).to(self.device)
+                    capturer = Capturer(model, self.config.window, self.options)
+                    extractor = feature_extractor(W.whisper_of(model).config)
+                    fold_rows = [r for r in pending if fold_of_row[r] == fold]
+                    for start in range(0, len(fold_rows), self.batch_size):
+                        batch = fold_rows[start: start + self.batch_size]
+                        audio = [load_audio(path_of_row[r], long=self.config.long) for r in batch]
+                        features = W.extract(extractor, audio, self.config.window, device=self.device)
+                        labels = torch.tensor([label_of[emotion[r]] for r in batch], device=self.device)
+                        captured = []
+                        for r, arrays in zip(batch, capturer.run(features, labels), strict=True):
+                            arrays["fold"] = np.int16(fold)
+                            if not self.options.keeps_frames(ids[r]):
+                                arrays = {k: v for k, v in arrays.items() if k not in SAMPLED}
+                            captured.append(arrays)
+                        done += _settle(in_flight, bar)
+                        in_flight = pool.submit(self._write, checkpoint, batch, captured)
+                done += _settle(in_flight, bar)
             bar.close()
+        if done:
+            seconds = time.perf_counter() - started
+            log.info("%s: captured and wrote %d utterance-checkpoints in %.1f s (%.1f a second; models loaded "
+                     "per fold included)", self.name, done, seconds, done / seconds)
         return done
+
+    def _write(self, checkpoint: str, rows: list[int], arrays: list[dict]) -> int:
+        self.writer.write_rows(self.name, checkpoint, rows, arrays)
+        return len(rows)
 
     def commit(self, rows: list[int], maps: tuple[str, ...] | None = ("umap", "tsne")) -> dict[str, bool]:
         """Mark the run's checkpoints complete when every selected row is written; record the agreement.

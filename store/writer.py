@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib.metadata
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,18 @@ def _versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     return out
+
+
+CONSOLIDATE_BYTES = 256 * 2**20
+"""The memory that writing layer-major copies may take: that much of an array is read at once."""
+
+
+def _write_rows(array: zarr.Array, rows: Sequence[int], block: np.ndarray) -> None:
+    """``array[rows[i]] = block[i]`` in one Zarr call; ``rows`` ascending."""
+    if rows == list(range(rows[0], rows[0] + len(rows))):
+        array[rows[0]: rows[0] + len(rows)] = block
+    else:
+        array.oindex[np.asarray(rows)] = block
 
 
 class StoreWriter(StoreReader):
@@ -244,36 +257,53 @@ class StoreWriter(StoreReader):
         self._cache.clear()
 
     def write(self, run: str, checkpoint: schema.Checkpoint, row: int, arrays: dict[str, np.ndarray]) -> None:
-        """Write one utterance's arrays, then its commit mark.
+        """Write one utterance's arrays, then its commit mark (``write_rows`` of one row)."""
+        self.write_rows(run, checkpoint, [row], [arrays])
+
+    def write_rows(self, run: str, checkpoint: schema.Checkpoint, rows: Sequence[int],
+                   arrays: Sequence[dict[str, np.ndarray]]) -> None:
+        """Write utterances' arrays (``arrays[i]`` into row ``rows[i]``), then their commit marks.
+
+        One call per batch: each array is written once for all the rows, so Zarr encodes and stores the batch's
+        chunks concurrently. The marks come after every array, so a write cut short leaves its rows unmarked
+        (``loralens trace`` captures them again). Each row owns its chunks: writers of other rows never meet it.
 
         Per-frame arrays may be shorter than the store's ``frame`` dimension (they are zero-padded). The sampled
         per-frame arrays (``ArraySpec.sampled``) may be left out all together: the row's ``sampled`` mark says
         which it is (``--per-frame-sample`` keeps them for a share of the rows).
         """
+        if len(rows) != len(arrays):
+            raise ValueError(f"{len(rows)} rows but {len(arrays)} sets of arrays")
+        if len(set(rows)) != len(rows):
+            raise ValueError(f"rows {sorted(rows)} repeat a row: each row is written once per call")
         path = f"runs/{run}/{checkpoint}"
         targets = {name: array for name in self._children(path)
                    if isinstance(array := self._node(f"{path}/{name}"), zarr.Array)}  # a damaged one: StoreError
         expected = set(targets) - {"written", "sampled"}
         sampled = {name for name in expected if schema.CHECKPOINT_ARRAYS[name].sampled}
-        given = sampled & set(arrays)
-        if given and given != sampled:
-            raise ValueError(f"row {row} of {run}/{checkpoint} has {sorted(given)} but lacks "
-                             f"{sorted(sampled - given)}: the sampled per-frame arrays go together or not at all")
-        if not given:
-            expected -= sampled
-        if missing := expected - set(arrays):
-            raise ValueError(f"row {row} of {run}/{checkpoint} lacks {sorted(missing)}")
+        keeps = []  # per row: whether it holds the sampled arrays
+        for row, given_arrays in zip(rows, arrays):
+            given = sampled & set(given_arrays)
+            if given and given != sampled:
+                raise ValueError(f"row {row} of {run}/{checkpoint} has {sorted(given)} but lacks "
+                                 f"{sorted(sampled - given)}: the sampled per-frame arrays go together or not at all")
+            if missing := (expected if given else expected - sampled) - set(given_arrays):
+                raise ValueError(f"row {row} of {run}/{checkpoint} lacks {sorted(missing)}")
+            keeps.append(bool(given) or not sampled)
+        order = sorted(range(len(rows)), key=lambda i: rows[i])
         for name in sorted(expected):
+            chosen = [i for i in order if keeps[i] or name not in sampled]
+            if not chosen:
+                continue
             target = targets[name]
-            value = np.asarray(arrays[name])
-            full_shape = target.shape[1:]
-            if value.shape != full_shape:
-                padded = np.zeros(full_shape, dtype=target.dtype)
-                padded[tuple(slice(0, s) for s in value.shape)] = value
-                value = padded
-            target[row] = value.astype(target.dtype, copy=False)
-        targets["sampled"][row] = 1 if given or not sampled else 0
-        targets["written"][row] = 1
+            block = np.zeros((len(chosen), *target.shape[1:]), dtype=target.dtype)
+            for k, i in enumerate(chosen):
+                value = np.asarray(arrays[i][name])
+                block[(k, *(slice(0, n) for n in value.shape))] = value  # zero-padded to the store's shape
+            _write_rows(target, [int(rows[i]) for i in chosen], block)
+        marks = [int(rows[i]) for i in order]
+        _write_rows(targets["sampled"], marks, np.array([keeps[i] for i in order], dtype=np.uint8))
+        _write_rows(targets["written"], marks, np.ones(len(marks), dtype=np.uint8))
 
     def unmark(self, run: str, checkpoint: schema.Checkpoint, rows: list[int]) -> None:
         """Clear rows' commit marks (damaged rows): the same ``loralens trace`` command captures them again."""
@@ -344,9 +374,11 @@ class StoreWriter(StoreReader):
             source = group[name]
             copy = target.create_array(name, shape=source.shape, chunks=schema.consolidated_chunks(source.shape),
                                        dtype=source.dtype, dimension_names=spec.dims, fill_value=0, overwrite=True)
-            if source.ndim > 2:  # a layer at a time keeps memory to one layer of every utterance
-                for j in range(source.shape[1]):
-                    copy[:, j] = source[:, j]
+            if source.ndim > 2:  # as many layers at a time as CONSOLIDATE_BYTES holds for every utterance
+                per_layer = source.nbytes // max(1, source.shape[1])
+                step = max(1, CONSOLIDATE_BYTES // max(1, per_layer))
+                for j in range(0, source.shape[1], step):  # each source chunk decoded once per step
+                    copy[:, j: j + step] = source[:, j: j + step]
             else:
                 copy[...] = source[...]
 

@@ -79,6 +79,28 @@ def test_round_trip(store_path):
     assert reader.read("r", "trained", "residual", 2).shape == (3, 15, 8)
 
 
+def test_a_batch_of_rows_lands_row_by_row(store_path):
+    """write_rows: rows out of order and apart, one without the sampled per-frame arrays, each where it belongs."""
+    writer = StoreWriter(store_path)
+    rows = writer.add_utterances(_rows(6))
+    writer.create_checkpoint("r", "trained", ATTRS, SIZES, lora=True, per_frame_b=True)
+    batch = [rows[5], rows[1], rows[2]]
+    arrays = [_arrays(5 * (r + 1) if r < 3 else 4, seed=r) for r in batch]
+    unsampled = {k: v for k, v in arrays[1].items() if not schema.CHECKPOINT_ARRAYS[k].sampled}
+    writer.write_rows("r", "trained", batch, [arrays[0], unsampled, arrays[2]])
+    reader = StoreReader(store_path)
+    assert reader.written("r", "trained").tolist() == [False, True, True, False, False, True]
+    assert reader.sampled("r", "trained").tolist() == [False, False, True, False, False, True]
+    for row, given in zip(batch, [arrays[0], unsampled, arrays[2]]):
+        for name, value in given.items():
+            got = reader.read("r", "trained", name, row)
+            assert np.array_equal(got[tuple(slice(0, s) for s in np.shape(value))], value), (row, name)
+    with pytest.raises(StoreError):
+        reader.read("r", "trained", "residual", rows[1])  # not sampled: no frames to read
+    with pytest.raises(ValueError, match="repeat"):
+        writer.write_rows("r", "trained", [rows[3], rows[3]], [arrays[0], arrays[0]])
+
+
 def test_unwritten_row_is_invisible(store_path):
     writer = StoreWriter(store_path)
     rows = writer.add_utterances(_rows(2))
