@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
@@ -26,6 +26,8 @@ from precompute.window import whisper_of
 
 Variant = Literal["trained", "random_twin"]
 HEAD_FILE = "head.safetensors"
+ADAPTER_FILE = "adapter_model.safetensors"
+"""What PEFT's ``save_pretrained`` names an adapter's weights inside ``adapter/`` and ``random_twin/``."""
 PROGRESS_FILE = "progress.safetensors"
 TWIN_STD = 0.02
 """Standard deviation of the random twin's LoRA A and B entries."""
@@ -147,6 +149,49 @@ def load_fold_model(run: Path, fold: int, variant: Variant = "trained") -> torch
         return model.eval()
     adapter = fold_dir / ("adapter" if variant == "trained" else "random_twin")
     return PeftModel.from_pretrained(model, adapter).eval()
+
+
+class FoldModels:
+    """A run's fold models, one after another, on one device: built once, then each fold's weights swapped in.
+
+    The base encoder is the same in every fold of a run (LoRA and frozen runs train only the head and the adapter),
+    so rebuilding it per fold (``load_fold_model``) repeats the work of loading it, which took about half of a
+    GPU trace's capture loop on EmoDB. ``load(fold)`` returns the same module each time, holding that fold's head
+    and adapter; a model from an earlier ``load`` changes with it.
+    """
+
+    def __init__(self, run: Path, variant: Variant, device: torch.device | str):
+        self.run, self.variant, self.device = run, variant, torch.device(device)
+        self.model: torch.nn.Module | None = None
+
+    def load(self, fold: int) -> torch.nn.Module:
+        """Fold ``fold``'s model (see ``load_fold_model``), in eval mode on the device."""
+        if self.model is None:
+            self.model = load_fold_model(self.run, fold, self.variant).to(self.device)
+            return self.model
+        fold_dir = self.run / f"fold_{fold:02d}"
+        if not (fold_dir / "metrics.json").is_file():
+            raise RunError(f"{fold_dir} is missing or incomplete; finish it with the same loralens train command "
+                           f"(completed folds: {completed_folds(self.run)})")
+        load_head(self.model, fold_dir / HEAD_FILE)
+        if isinstance(self.model, PeftModel):
+            path = fold_dir / ("adapter" if self.variant == "trained" else "random_twin") / ADAPTER_FILE
+            try:
+                saved = load_file(path, device=str(self.device))
+            except (OSError, SafetensorError) as e:
+                raise RunError(f"{path}: unreadable ({e}); retrain the fold (delete its directory and repeat the "
+                               "same loralens train command)") from e
+            expected = {n for n, _ in self.model.named_parameters() if "lora_" in n}
+            try:
+                result = set_peft_model_state_dict(self.model, saved)
+            except RuntimeError as e:  # tensors of other shapes (another rank or target)
+                raise RunError(f"{path}: does not fit the run's first fold's adapter ({str(e).splitlines()[-1]}); "
+                               "retrain the fold") from e
+            if result.unexpected_keys or (missing := expected & set(result.missing_keys)):
+                raise RunError(f"{path}: does not fit the run's first fold's adapter (unexpected "
+                               f"{sorted(result.unexpected_keys)[:3]}, missing {sorted(missing)[:3]}); retrain "
+                               "the fold")
+        return self.model.eval()
 
 
 def attach_lora(model: torch.nn.Module, config: TrainConfig) -> PeftModel:

@@ -24,7 +24,7 @@ from transformers import WhisperConfig, WhisperFeatureExtractor
 from precompute import window as W
 from precompute.audio import AudioError, load_audio
 from precompute.capture import SAMPLED, CaptureOptions, Capturer, lora_modules, module_name
-from precompute.checkpoints import RunError, completed_folds, load_fold_model, read_config, run_precision
+from precompute.checkpoints import FoldModels, RunError, completed_folds, load_fold_model, read_config, run_precision
 from precompute.config import Precision
 from precompute.data import DataSpecError, Utterance, load_corpus
 from precompute.models import feature_extractor
@@ -197,9 +197,10 @@ class Tracer:
             # flight bounds the memory, and leaving the block waits for it, so an interrupt keeps what was captured.
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer") as pool:
                 in_flight: Future | None = None
+                models, capturer = FoldModels(self.run, checkpoint, self.device), None
                 for fold in sorted({fold_of_row[r] for r in pending}):
-                    model = load_fold_model(self.run, fold, checkpoint).to(self.device)
-                    capturer = Capturer(model, self.config.window, self.options)
+                    model = models.load(fold)  # the same module each fold, that fold's weights swapped in
+                    capturer = capturer or Capturer(model, self.config.window, self.options)
                     extractor = feature_extractor(W.whisper_of(model).config)
                     fold_rows = [r for r in pending if fold_of_row[r] == fold]
                     for start in range(0, len(fold_rows), self.batch_size):

@@ -14,7 +14,7 @@ import torch
 from precompute import train as train_module
 from precompute import window as W
 from precompute.audio import load_audio
-from precompute.checkpoints import PROGRESS_FILE, TWIN_STD, RunError, load_fold_model
+from precompute.checkpoints import PROGRESS_FILE, TWIN_STD, FoldModels, RunError, load_fold_model
 from precompute.cli import main
 from precompute.config import TrainConfig
 from precompute.data import load_corpus
@@ -232,3 +232,33 @@ def test_bad_audio_is_named_or_skipped(tmp_path, tiny_model_dir, tone_csv):
 def test_bad_fold_counts_are_one_clear_error(folds):
     with pytest.raises(ValueError, match=r"expected 'loso', 'split' or an integer K >= 2"):
         TrainConfig(model="x", data="y", folds=folds)
+
+
+@pytest.mark.parametrize("method,variant", [("lora", "trained"), ("lora", "random_twin"), ("frozen", "trained")])
+def test_fold_models_swap_in_exactly_each_folds_weights(tiny_runs, method, variant):
+    """FoldModels (one model, each fold's head and adapter swapped in) equals rebuilding the fold's model."""
+    models = FoldModels(tiny_runs[method], variant, "cpu")
+    first = models.load(0)
+    for fold in (2, 1, 3):
+        swapped = {k: v.clone() for k, v in models.load(fold).state_dict().items()}
+        fresh = load_fold_model(tiny_runs[method], fold, variant).state_dict()
+        assert swapped.keys() == fresh.keys()
+        differs = [k for k in fresh if not torch.equal(swapped[k], fresh[k])]
+        assert not differs, differs[:3]
+    assert models.load(0) is first and not first.training
+
+
+def test_fold_models_refuse_an_adapter_of_another_shape(tmp_path, tiny_runs):
+    """A fold whose adapter does not fit the first fold's (another rank) is refused, not half loaded."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_runs["lora"], run)
+    path = run / "fold_01" / "adapter" / "adapter_model.safetensors"
+    save_file({k: v[:2] if "lora_A" in k else v for k, v in load_file(path).items()}, path)
+    models = FoldModels(run, "trained", "cpu")
+    models.load(0)
+    with pytest.raises(RunError, match="fold_01/adapter/adapter_model.safetensors: does not fit"):
+        models.load(1)
