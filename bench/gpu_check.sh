@@ -12,8 +12,9 @@
 #      (CPU_TRACE=0 skips it), and the stores' agreement with training's predictions;
 #   4. capture overhead: one batch of 8 clips captured (every residual, LoRA A/B output and gradient, to NumPy)
 #      against a bare forward + backward of the same loss on the same model, medians of 5;
-#   5. CPU feature time share of a training step: the log-mel batch a step builds (extracted per batch in full,
-#      stacked from per-clip caches in trim) and its copy to DEVICE, against the whole Trainer.step, medians of 10.
+#   5. a training step: 20 steps queued back to back (as an epoch runs them), the same reading each loss, the same
+#      with fused AdamW, and the log-mel batch a step builds (on DEVICE in full, stacked from per-clip caches in trim)
+#      against the queued step.
 # Usage: bench/gpu_check.sh [EMODB_DIR]          (default ../shared/data/emodb)
 # Environment:
 #   DEVICE     where to train and trace (default cuda)
@@ -21,6 +22,7 @@
 #   OUT        where runs and stores go (default a new temporary directory, kept and named at the end)
 #   CPU_TRACE  0 skips the CPU trace (the slowest part on a small CPU)
 #   SUMMARY    0 skips timing loralens summarise (host work, the same on any device)
+#   FROZEN     0 leaves out the frozen baseline (its training and its trace)
 #   SMALL=1    a plumbing check that runs anywhere (DEVICE=cpu SMALL=1 on a machine without a GPU): the tests' tiny
 #              random Whisper on synthetic tones, 1 epoch, 2 utterances per class; pytest -m gpu only where CUDA is
 set -uo pipefail  # not -e: a failed part is reported and the later parts still run (one GPU call, all figures)
@@ -33,6 +35,7 @@ device=${DEVICE:-cuda}
 model=${MODEL:-bundled:base}
 out=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")}
 small=${SMALL:-0}
+frozen=${FROZEN:-1}
 mkdir -p "$out"
 figures="$out/figures.txt"
 : > "$figures"
@@ -111,9 +114,11 @@ t=$(now)
 loralens train "${common[@]}" --method lora --epochs "$epochs" --out "$out/lora" || fail "train LoRA"
 figure "train LoRA r=32, LOSO, $epochs epochs, trim, $model on $device: $(since "$t") s (goal <= 30 s)"
 t=$(now)
-loralens train "${common[@]}" --method frozen --out "$out/frozen" || fail "train frozen"
-figure "train frozen, LOSO, default epochs, trim, $model on $device: $(since "$t") s"
-python - "$out/lora" "$out/frozen" <<'PY' | tee -a "$figures" || fail "the runs' metrics"
+if [ "$frozen" = 1 ]; then
+  loralens train "${common[@]}" --method frozen --out "$out/frozen" || fail "train frozen"
+  figure "train frozen, LOSO, default epochs, trim, $model on $device: $(since "$t") s"
+fi
+python - "$out/lora" $([ "$frozen" = 1 ] && echo "$out/frozen") <<'PY' | tee -a "$figures" || fail "the runs' metrics"
 import json
 import sys
 for run in sys.argv[1:]:
@@ -128,7 +133,8 @@ trace() {  # trace DEVICE STORE [flags]: both runs into STORE; prints the second
   shift 2
   t=$(now)
   { loralens trace --run "$out/lora" --store "$store" --per-class "$per_class" --device "$dev" --no-summary "$@" &&
-    loralens trace --run "$out/frozen" --store "$store" --per-class "$per_class" --device "$dev" --no-summary "$@"
+    { [ "$frozen" = 0 ] ||
+      loralens trace --run "$out/frozen" --store "$store" --per-class "$per_class" --device "$dev" --no-summary "$@"; }
   } 2> >(tee "$store.log" >&2) && since "$t"
 }
 captured() {  # captured STORE: the capture loops' own seconds (start-up and commit left out), from the trace's log
@@ -136,8 +142,9 @@ captured() {  # captured STORE: the capture loops' own seconds (start-up and com
     awk '{ n += $4; s += $7 } END { printf "%d utterance-checkpoints in %.1f s (%.1f a second)", n, s, n / s }'
 }
 n_traced=$((4 * per_class))
+traced="LoRA trained + random twin$([ "$frozen" = 1 ] && echo " + frozen")"
 if gpu_seconds=$(trace "$device" "$out/trace-device.zarr"); then
-  figure "trace $n_traced utterances (LoRA trained + random twin + frozen) on $device, the runs' precision, capture and" \
+  figure "trace $n_traced utterances ($traced) on $device, the runs' precision, capture and" \
     "store writes: $gpu_seconds s (goal <= ~7 s: 10x the 2-core reference CPU's ~63 s); the capture loops alone:" \
     "$(captured "$out/trace-device.zarr")"
   t=$(now)
@@ -172,7 +179,7 @@ for store in sorted(Path(sys.argv[1]).glob("trace-*.zarr")):
               "predictions as in predictions.csv")
 PY
 
-# 4. Capture overhead and 5. the CPU feature share of a training step.
+# 4. Capture overhead and 5. training steps.
 python - "$out" "$device" "$model" "$data" <<'PY' | tee -a "$figures" || fail "capture overhead and step times"
 import statistics
 import sys
@@ -237,23 +244,37 @@ b, c = statistics.median(times["bare"]), statistics.median(times["capture"])
 print(f"== capture overhead ({precision}, batch 8, trim, {device}): bare forward+backward {b * 1e3:.1f} ms, "
       f"capture {c * 1e3:.1f} ms, ratio {c / b:.2f} (goal <= 1.5)")
 
-# 5. The CPU's log-mel work in a training step, trim and full.
+# 5. A training step, trim and full: its time with the steps queued back to back (as an epoch runs them), the same
+#    reading each step's loss (which waits for the GPU, as training did before), and the log-mel share of a step.
 for window in ("trim", "full"):
     trainer = Trainer(TrainConfig(model=model_spec, data=data, window=window, rank=32, alpha=64, batch_size=8,
                                   device=str(device)), out / f"step-{window}")
     trainer.prepare()
     model, optimizer = trainer.build(seed=0)
     model.train()
-    scheduler = lr_schedule(trainer.config, optimizer, 100, 0)
-    chunks = batches(trainer.examples, 8, torch.Generator().manual_seed(0))[:11]
+    scheduler = lr_schedule(trainer.config, optimizer, 200, 0)
+    chunks = batches(trainer.examples, 8, torch.Generator().manual_seed(0))[:21]
     trainer.step(model, chunks[0], optimizer, scheduler)  # warm-up
-    feature, step = [], []
-    for chunk in chunks[1:]:
-        feature.append(timed(lambda: batch_features(chunk, trainer.extractor, window, trainer.device)))
-        step.append(timed(lambda: trainer.step(model, chunk, optimizer, scheduler)))
-    f, s = statistics.median(feature), statistics.median(step)
-    print(f"== training step ({trainer.config.precision}, batch 8, {window}, {device}): {s * 1e3:.1f} ms, of which "
-          f"CPU features {f * 1e3:.1f} ms ({100 * f / s:.0f} %, goal < 20 %)")
+
+    def steps(read_each: bool, opt=optimizer, sched=scheduler) -> None:
+        for chunk in chunks[1:]:
+            loss = trainer.step(model, chunk, opt, sched)
+            if read_each:
+                loss.item()
+
+    steps(False)  # warm-up of the queued path
+    n = len(chunks) - 1
+    queued, synced = timed(lambda: steps(False)) / n, timed(lambda: steps(True)) / n
+    fused = torch.optim.AdamW([{k: v for k, v in g.items() if k in ("params", "lr", "weight_decay")}
+                               for g in optimizer.param_groups], fused=device.type == "cuda")
+    fused_scheduler = lr_schedule(trainer.config, fused, 200, 0)
+    steps(False, fused, fused_scheduler)  # warm-up
+    fused_step = timed(lambda: steps(False, fused, fused_scheduler)) / n
+    f = statistics.median(timed(lambda: batch_features(c, trainer.extractor, window, trainer.device))
+                          for c in chunks[1:])
+    print(f"== training step ({trainer.config.precision}, batch 8, {window}, {device}): {queued * 1e3:.1f} ms queued "
+          f"back to back, {synced * 1e3:.1f} ms reading each loss; fused AdamW {fused_step * 1e3:.1f} ms; log-mel "
+          f"{f * 1e3:.1f} ms ({100 * f / queued:.0f} % of a step, goal < 20 %)")
 PY
 
 echo
