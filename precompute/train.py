@@ -241,7 +241,7 @@ class Trainer:
     def step(self, model: torch.nn.Module, chunk: list[Example], optimizer: torch.optim.Optimizer,
              scheduler: torch.optim.lr_scheduler.LRScheduler) -> torch.Tensor:
         """One optimiser step on a batch; returns its mean loss, still on the device (reading it waits for it)."""
-        labels = W.to_device(torch.tensor([e.label for e in chunk]), self.device)
+        labels = torch.tensor([e.label for e in chunk], device=self.device)
         loss = torch.nn.functional.cross_entropy(self.logits(model, chunk).float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -266,13 +266,13 @@ class Trainer:
         for epoch in tqdm(range(progress.epochs_done, config.epochs), desc=f"{fold.name} epochs", unit="epoch",
                           initial=progress.epochs_done, total=config.epochs):
             model.train()
-            total, count = torch.zeros((), device=self.device), 0
+            total, count = 0.0, 0
             for chunk in tqdm(batches(train, config.batch_size, generator), desc=f"epoch {epoch + 1}",
                               unit="batch", leave=False):
                 loss = self.step(model, chunk, optimizer, scheduler)
-                total += loss * len(chunk)  # on the device: reading a loss per step would wait for the GPU
+                total += loss.item() * len(chunk)
                 count += len(chunk)
-            progress.losses.append(total.item() / max(count, 1))
+            progress.losses.append(total / max(count, 1))
             if fold.val:
                 probs = self.predict(model, fold.val)
                 uar = scores(self._labels(fold.val), probs.argmax(1), len(config.emotions))["uar"]

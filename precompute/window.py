@@ -60,23 +60,11 @@ class Features:
         if self.window == "full":
             return torch.ones(len(self.n_frames), self.n_positions, device=device)
         positions = torch.arange(self.n_positions, device=device)
-        return (positions[None, :] < to_device(self.n_frames, device)[:, None]).float()
+        return (positions[None, :] < self.n_frames.to(device)[:, None]).float()
 
     def to(self, device: torch.device | str) -> Features:
         """The same batch with its log-mel on ``device`` (its lengths stay on the host)."""
-        return Features(to_device(self.input_features, device), self.n_frames.cpu(), self.window)
-
-
-def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """``tensor`` on ``device``; from the host to a GPU through pinned memory, without waiting for the GPU.
-
-    A copy from ordinary (pageable) host memory holds the host until the GPU has run everything queued before it,
-    so a training loop could not queue its next step while the GPU runs this one.
-    """
-    device = torch.device(device)
-    if device.type == "cuda" and tensor.device.type == "cpu":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
+        return Features(self.input_features.to(device), self.n_frames.cpu(), self.window)
 
 
 def encoder_frames(n_samples: int) -> int:
