@@ -12,7 +12,7 @@ from pathlib import Path
 
 from precompute.config import DEFAULT_EPOCHS, TrainConfig
 from precompute.models import cache_dir
-from precompute.synth import synthesise
+from precompute.synth import CORPUS_VERSION, synthesise
 from precompute.trace import Selection, Tracer
 from precompute.train import train
 from store.schema import SCHEMA_VERSION
@@ -39,6 +39,8 @@ class DemoPlan:
     """The frozen baseline's: as many as a real run's, so the demo does not flatter LoRA (they cost seconds)."""
     per_class: int = 25
     """Utterances traced per emotion."""
+    corpus: int = CORPUS_VERSION
+    """The synthetic corpus's version (part of the key: a new corpus builds a new demo)."""
 
     def key(self) -> str:
         """A directory name that changes whenever the plan does."""

@@ -1,10 +1,22 @@
 """``loralens data synth``: an offline acted corpus synthesised with espeak-ng (through the espeakng-loader wheel).
 
-Emotions are rendered through prosody, following what the literature on vocal affect reports (Scherer 2003;
-Banse & Scherer 1996): anger and happiness higher in pitch, wider in range, faster and louder; sadness lower,
-narrower, slower and softer; neutral in between. Every utterance's parameters are drawn around its emotion's
-centre with seeded noise, and every speaker (a voice variant) has its own pitch and rate offset, so classes
-overlap as in acted speech. The same seed gives the same corpus.
+Emotions differ in three ways, following what the literature on vocal affect reports:
+
+- Prosody (Banse & Scherer 1996, Table 6; Scherer 2003, Table 2): espeak-ng's rate, pitch, pitch range and volume.
+  Hot anger fast and loud, its pitch raised and varied; happiness (elation) the highest and most varied pitch,
+  moderately fast; sadness slow, low, flat and soft; neutral in between. Anger and happiness are close in prosody
+  in those studies too, so prosody alone leaves them confused (a first version of this corpus showed it).
+- Rhythm (Scherer 2003: sadness with more and longer pauses; anger with fewer): espeak-ng's gap between words.
+- Voice quality and spectral tilt (Gobl & Ni Chasaide 2003, "The role of voice quality in communicating emotion,
+  mood and attitude", Speech Communication 40; Banse & Scherer 1996, the energy above 1 kHz): anger tense and
+  harsh, with a flat spectral slope (more energy high up); happiness slightly bright; sadness lax and breathy, a
+  steep slope (little energy high up); neutral modal. Applied to espeak-ng's output with scipy.signal: a
+  first-order pre-emphasis for a flatter slope, a first-order low-pass for a steeper one, a soft saturation for
+  tension, low-passed noise under the speech envelope for breath.
+
+Every utterance's parameters are drawn around its emotion's centre with seeded noise, and every speaker (a voice
+variant) has its own pitch and rate offset, so classes overlap as in acted speech. The same seed gives the same
+corpus.
 """
 
 from __future__ import annotations
@@ -21,19 +33,33 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from scipy import signal
 from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
-# Centre of each emotion's prosody: espeak-ng's rate (words/min), pitch (0-100), range (0-100), volume (0-200).
+CORPUS_VERSION = 2
+"""Changes whenever the same seed would give other audio (2: rhythm and voice quality added), so caches renew."""
+
+# Centre of each emotion's prosody: espeak-ng's rate (words/min), pitch (0-100), range (0-100), volume (0-200) and
+# gap between words (units of 10 ms at the default rate).
 PROSODY = {
-    "neutral": {"rate": 165, "pitch": 48, "range": 45, "volume": 100},
-    "anger": {"rate": 195, "pitch": 58, "range": 75, "volume": 150},
-    "happiness": {"rate": 188, "pitch": 68, "range": 85, "volume": 130},
-    "sadness": {"rate": 128, "pitch": 36, "range": 18, "volume": 72},
+    "neutral": {"rate": 160, "pitch": 45, "range": 40, "volume": 100, "wordgap": 1},
+    "anger": {"rate": 215, "pitch": 52, "range": 65, "volume": 175, "wordgap": 0},
+    "happiness": {"rate": 180, "pitch": 78, "range": 95, "volume": 125, "wordgap": 1},
+    "sadness": {"rate": 118, "pitch": 30, "range": 12, "volume": 65, "wordgap": 7},
 }
-SPREAD = {"rate": 14, "pitch": 6, "range": 10, "volume": 14}
+SPREAD = {"rate": 12, "pitch": 5, "range": 8, "volume": 12, "wordgap": 1}
 """Standard deviation of the per-utterance variation around the emotion's centre."""
+QUALITY = {
+    "neutral": {"tilt": 0.0, "tension": 0.0, "breath": 0.0},
+    "anger": {"tilt": 0.75, "tension": 3.0, "breath": 0.0},
+    "happiness": {"tilt": 0.3, "tension": 0.5, "breath": 0.0},
+    "sadness": {"tilt": -0.8, "tension": 0.0, "breath": 0.05},
+}
+"""Voice quality of each emotion (see ``voice_quality``): spectral tilt (positive flatter, negative steeper),
+tension (drive of the soft saturation) and breath (noise level against the speech's RMS)."""
+QUALITY_SPREAD = {"tilt": 0.1, "tension": 0.3, "breath": 0.01}
 SPEAKERS = {  # id -> espeak-ng voice (language + variant): 4 English, 4 German; female and male variants
     "en_f1": "en-us+f2", "en_m1": "en-us+m1", "en_f2": "en+f4", "en_m2": "en+m3",
     "de_f1": "de+f2", "de_m1": "de+m1", "de_f2": "de+f3", "de_m2": "de+m4",
@@ -50,7 +76,7 @@ SENTENCES = {
            "Sie gehen jetzt nach oben.", "In sieben Stunden wird es vorbei sein.",
            "Das Auto steht hinter dem Haus.", "Er hat den Brief heute Morgen geschrieben."],
 }
-_PARAMETERS = {"rate": 1, "volume": 2, "pitch": 3, "range": 4}  # espeak_PARAMETER
+_PARAMETERS = {"rate": 1, "volume": 2, "pitch": 3, "range": 4, "wordgap": 7}  # espeak_PARAMETER
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _CHARS_UTF8 = 1
 _INITIALIZE_DONT_EXIT = 0x8000
@@ -92,7 +118,7 @@ class Espeak:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
         return 0
 
-    def speak(self, text: str, voice: str, rate: int, pitch: int, range_: int, volume: int,
+    def speak(self, text: str, voice: str, rate: int, pitch: int, range_: int, volume: int, wordgap: int = 0,
               seed: int = 0) -> np.ndarray:
         """Synthesise ``text``; returns float32 samples at ``self.rate`` Hz (the same for the same seed)."""
         with _LOCK:
@@ -100,7 +126,8 @@ class Espeak:
             self.lib.espeak_ng_SetRandSeed(ctypes.c_long(seed))  # espeak-ng's own generator (pitch flutter, noise)
             if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
                 raise SynthError(f"espeak-ng has no voice {voice!r}")
-            for name, value in (("rate", rate), ("pitch", pitch), ("range", range_), ("volume", volume)):
+            for name, value in (("rate", rate), ("pitch", pitch), ("range", range_), ("volume", volume),
+                                ("wordgap", wordgap)):
                 self.lib.espeak_SetParameter(_PARAMETERS[name], int(value), 0)
             self._chunks = []
             data = text.encode("utf-8") + b"\0"
@@ -125,6 +152,45 @@ class SynthUtterance:
     pitch: int
     range: int
     volume: int
+    wordgap: int = 0
+    tilt: float = 0.0
+    tension: float = 0.0
+    breath: float = 0.0
+
+
+def voice_quality(audio: np.ndarray, rate: int, tilt: float, tension: float, breath: float,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Give synthesised speech a voice quality (see the module's notes and ``QUALITY``).
+
+    Args:
+        audio: samples in [-1, 1].
+        rate: their sample rate.
+        tilt: > 0 flattens the spectral slope (a share ``tilt`` of a first-order pre-emphasis, 0.95), < 0 steepens
+            it (a share ``-tilt`` of a first-order low-pass at 900 Hz); the RMS is kept.
+        tension: drive of a tanh saturation (0: none), its output scaled back to the input's peak.
+        breath: low-passed (4 kHz) noise under the speech's envelope, at this share of the speech's RMS.
+        rng: the noise's generator.
+    """
+    if audio.size == 0:
+        return audio
+    rms = float(np.sqrt(np.mean(audio**2))) or 1.0
+    out = audio.astype(np.float64)
+    if tilt > 0:
+        out = (1 - tilt) * out + tilt * signal.lfilter([1.0, -0.95], [1.0], out)
+    elif tilt < 0:
+        b, a = signal.butter(1, 900, fs=rate)
+        out = (1 + tilt) * out + (-tilt) * signal.lfilter(b, a, out)
+    out *= rms / (float(np.sqrt(np.mean(out**2))) or 1.0)
+    if tension > 0:
+        peak = float(np.abs(out).max()) or 1.0
+        out = np.tanh(tension * out / peak) / np.tanh(tension) * peak
+    if breath > 0:
+        b, a = signal.butter(2, 4000, fs=rate)
+        envelope = signal.lfilter(*signal.butter(1, 30, fs=rate), np.abs(out))
+        noise = signal.lfilter(b, a, rng.standard_normal(out.size))
+        noise *= envelope / (float(np.sqrt(np.mean(envelope**2))) or 1.0)
+        out += breath * rms * noise / (float(np.sqrt(np.mean(noise**2))) or 1.0) * 3
+    return out.astype(np.float32)
 
 
 def synthesise(out: Path, seed: int = 0, sentences: int = 10) -> Path:
@@ -169,13 +235,19 @@ def _synthesise_all(out: Path, seed: int, sentences: int) -> list[SynthUtterance
         centre = PROSODY[emotion]
         p = {k: centre[k] + rng.normal(0, SPREAD[k]) + offsets[speaker].get(k, 0.0) for k in centre}
         p = {"rate": int(np.clip(p["rate"], 90, 320)), "pitch": int(np.clip(p["pitch"], 5, 99)),
-             "range": int(np.clip(p["range"], 0, 100)), "volume": int(np.clip(p["volume"], 30, 200))}
+             "range": int(np.clip(p["range"], 0, 100)), "volume": int(np.clip(p["volume"], 30, 200)),
+             "wordgap": int(np.clip(round(p["wordgap"]), 0, 20))}
+        q = {k: float(v + rng.normal(0, QUALITY_SPREAD[k])) if v else 0.0 for k, v in QUALITY[emotion].items()}
+        q = {"tilt": round(float(np.clip(q["tilt"], -0.95, 0.95)), 3), "tension": round(max(q["tension"], 0.0), 3),
+             "breath": round(max(q["breath"], 0.0), 4)}
         text = SENTENCES[speaker[:2]][i]
-        audio = engine.speak(text, voice, p["rate"], p["pitch"], p["range"], p["volume"], seed=seed * 100_003 + n)
+        audio = engine.speak(text, voice, p["rate"], p["pitch"], p["range"], p["volume"], p["wordgap"],
+                             seed=seed * 100_003 + n)
+        audio = voice_quality(audio, engine.rate, q["tilt"], q["tension"], q["breath"],
+                              np.random.default_rng([seed, n]))
         rel = f"wav/{speaker}_{emotion}_{i:02d}.wav"
         sf.write(out / rel, np.clip(audio, -1, 1), engine.rate, subtype="PCM_16")
-        rows.append(SynthUtterance(rel, emotion, speaker, voice, text, p["rate"], p["pitch"], p["range"],
-                                   p["volume"]))
+        rows.append(SynthUtterance(rel, emotion, speaker, voice, text, **p, **q))
     return rows
 
 

@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from transformers import WhisperConfig
 
 from precompute import synth
+from precompute.audio import load_audio
 from precompute.data import load_corpus
 from precompute.demo import DemoPlan, build
 from store.reader import StoreReader
@@ -43,6 +45,43 @@ def test_synthetic_corpus_is_deterministic_and_prosodic(tmp_path):
     assert rate == 22050 and 0.5 < len(audio) / rate < 6 and np.abs(audio).max() > 0.05
     corpus = load_corpus(f"synthetic:{a.parent}")
     assert corpus.synthetic and len(corpus.utterances) == 64
+
+
+def _transcribe(clips: list[Path]) -> list[str]:
+    """Whisper tiny.en's greedy transcripts of ``clips``, through CTranslate2 (the bundled model's own runtime)."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    tokenizers = pytest.importorskip("tokenizers")
+    from precompute import models
+
+    directory = models.ct2_directory(models.parse_model_spec("bundled:tiny.en"))
+    whisper = ctranslate2.models.Whisper(str(directory), device="cpu", compute_type="float32")
+    tokenizer = tokenizers.Tokenizer.from_file(str(directory / "tokenizer.json"))
+    extractor = models.feature_extractor(WhisperConfig(num_mel_bins=80))
+    features = extractor([load_audio(c) for c in clips], sampling_rate=16000, return_tensors="np").input_features
+    results = whisper.generate(ctranslate2.StorageView.from_array(np.ascontiguousarray(features)),
+                               [["<|startoftranscript|>", "<|notimestamps|>"]] * len(clips), beam_size=1)
+    return [tokenizer.decode(r.sequences_ids[0]) for r in results]
+
+
+def test_synthetic_english_is_speech_whisper_understands(tmp_path, capsys):
+    """tiny.en transcribes the English clips of every emotion: the corpus is speech, voice qualities included."""
+    jiwer = pytest.importorskip("jiwer")
+    manifest = synth.synthesise(tmp_path / "c", seed=0, sentences=2)
+    rows = [r for r in csv.DictReader(open(manifest)) if r["speaker"].startswith("en_")]
+    normal = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
+                            jiwer.Strip(), jiwer.ReduceToListOfListOfWords()])
+    heard = _transcribe([manifest.parent / r["path"] for r in rows])
+    by_emotion = {}
+    for r, text in zip(rows, heard):
+        by_emotion.setdefault(r["emotion"], ([], []))
+        by_emotion[r["emotion"]][0].append(r["text"])
+        by_emotion[r["emotion"]][1].append(text)
+    rates = {e: jiwer.wer(refs, hyps, reference_transform=normal, hypothesis_transform=normal)
+             for e, (refs, hyps) in by_emotion.items()}
+    with capsys.disabled():
+        print("\nword error rate of tiny.en on the synthetic English clips: "
+              + ", ".join(f"{e} {w:.2f}" for e, w in sorted(rates.items())))
+    assert set(rates) == set(synth.PROSODY) and max(rates.values()) <= 0.5, rates
 
 
 def test_demo_build_then_reuse(tmp_path, monkeypatch, tiny_model_dir):
