@@ -133,6 +133,9 @@ def _add_trace(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="numeric regime of the trace (default: the run's own, so the store predicts as training did)")
+    p.add_argument("--writers", type=int, default=None, metavar="N",
+                   help="processes that write the captured batches into the store while the next are captured "
+                        "(default: a quarter of the cores, at most 4; 0: a thread of the tracing process)")
     stage = p.add_mutually_exclusive_group()
     stage.add_argument("--prepare-only", action="store_true", help="only add utterances and create the run")
     stage.add_argument("--shard", default=None, help="K/N: capture only rows with row %% N == K (after prepare)")
@@ -161,7 +164,8 @@ def _run_trace(args: argparse.Namespace) -> int:
     tracer = Tracer(args.run, args.data or read_config(args.run).data, args.store, name=args.name,
                     selection=selection, options=CaptureOptions(per_frame_b=not args.no_per_frame_b,
                                                            per_frame_sample=args.per_frame_sample),
-                    batch_size=args.batch_size, device=args.device, precision=args.precision)
+                    batch_size=args.batch_size, device=args.device, precision=args.precision,
+                    writers=args.writers)
     if args.shard:
         try:
             k, n = (int(x) for x in args.shard.split("/"))

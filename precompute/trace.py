@@ -11,8 +11,11 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import multiprocessing
+import os
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,7 +33,7 @@ from precompute.data import DataSpecError, Utterance, load_corpus
 from precompute.models import feature_extractor
 from precompute.train import resolve_device
 from store.reader import read_blocks
-from store.writer import StoreWriter, UtteranceRow
+from store.writer import StoreWriter, UtteranceRow, open_worker, write_in_worker
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +95,20 @@ def log_mel_input(extractor: WhisperFeatureExtractor, audio: np.ndarray) -> np.n
     return W.extract(extractor, [audio], "trim").input_features[0].numpy().astype(np.float16)
 
 
-def _settle(write: Future | None, bar: tqdm) -> int:
-    """Wait for a batch's write (raising its error here); count its rows on ``bar``; return how many."""
-    if write is None:
+def default_writers(store: str) -> int:
+    """Writer processes for a trace into ``store`` by default: a quarter of the cores, at most 4.
+
+    The store's writes (Zarr encodes and stores each chunk in Python, about a millisecond each) took about ten times
+    the GPU's capture on an H100; processes write in parallel where there are cores to spare. None (a thread) on
+    machines of fewer than 4 cores, or for an in-memory store.
+    """
+    if store.startswith("memory://"):
         return 0
+    return min(4, (os.cpu_count() or 1) // 4)
+
+
+def _settle(write: Future, bar: tqdm) -> int:
+    """Wait for a batch's write (raising its error here); count its rows on ``bar``; return how many."""
     n = write.result()
     bar.update(n)
     return n
@@ -107,11 +120,13 @@ class Tracer:
     def __init__(self, run: Path, data: str, store: str, *, name: str | None = None,
                  selection: Selection | None = None, options: CaptureOptions | None = None,
                  batch_size: int = 8, device: str = "cpu", storage_options: dict | None = None,
-                 precision: Precision | None = None):
+                 precision: Precision | None = None, writers: int | None = None):
         """Open the run and the store and select the utterances.
 
         ``precision`` (None: the run's own, so the store predicts what training predicted) sets the capture
-        options' regime.
+        options' regime. ``writers``: processes that write the captured batches into the store (None:
+        ``default_writers``; 0: a thread of this process). Each batch's rows own their chunks, so writers never
+        share one.
         """
         self.run = run
         self.config = read_config(run)
@@ -123,6 +138,12 @@ class Tracer:
         self.batch_size = batch_size
         self.device = resolve_device(device)
         self.writer = StoreWriter(store, storage_options)
+        self.storage_options = storage_options
+        self.writers = default_writers(store) if writers is None else writers
+        if self.writers < 0:
+            raise ValueError(f"writers={self.writers}; expected 0 (a thread) or more processes")
+        if self.writers and store.startswith("memory://"):
+            raise ValueError("an in-memory store (memory://) lives in this process: trace it with writers=0")
         self.items = select(run, data, self.selection)
         self.checkpoints = ["trained", "random_twin"] if self.config.method == "lora" else ["trained"]
 
@@ -193,10 +214,11 @@ class Tracer:
             if not pending:
                 continue
             bar = tqdm(total=len(pending), desc=f"{self.name}/{checkpoint}", unit="utt")
-            # The store writes a batch on its own thread while the device captures the next one; one batch in
-            # flight bounds the memory, and leaving the block waits for it, so an interrupt keeps what was captured.
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer") as pool:
-                in_flight: Future | None = None
+            # The store writes batches on its own thread or processes while the device captures the next ones; a
+            # bounded number in flight bounds the memory, and leaving the block waits for them, so an interrupt
+            # keeps what was captured.
+            with self._writers() as pool:
+                in_flight: deque[Future] = deque()
                 models, capturer = FoldModels(self.run, checkpoint, self.device), None
                 for fold in sorted({fold_of_row[r] for r in pending}):
                     model = models.load(fold)  # the same module each fold, that fold's weights swapped in
@@ -214,15 +236,29 @@ class Tracer:
                             if not self.options.keeps_frames(ids[r]):
                                 arrays = {k: v for k, v in arrays.items() if k not in SAMPLED}
                             captured.append(arrays)
-                        done += _settle(in_flight, bar)
-                        in_flight = pool.submit(self._write, checkpoint, batch, captured)
-                done += _settle(in_flight, bar)
+                        while len(in_flight) >= max(1, self.writers):
+                            done += _settle(in_flight.popleft(), bar)
+                        in_flight.append(self._submit(pool, checkpoint, batch, captured))
+                while in_flight:
+                    done += _settle(in_flight.popleft(), bar)
             bar.close()
         if done:
             seconds = time.perf_counter() - started
             log.info("%s: captured and wrote %d utterance-checkpoints in %.1f s (%.1f a second; models loaded "
                      "per fold included)", self.name, done, seconds, done / seconds)
         return done
+
+    def _writers(self) -> Executor:
+        """Where batches are written: a thread of this process (``writers`` 0), or that many processes."""
+        if self.writers == 0:
+            return ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        return ProcessPoolExecutor(self.writers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=open_worker, initargs=(self.writer.path, self.storage_options))
+
+    def _submit(self, pool: Executor, checkpoint: str, rows: list[int], arrays: list[dict]) -> Future:
+        if self.writers == 0:
+            return pool.submit(self._write, checkpoint, rows, arrays)
+        return pool.submit(write_in_worker, self.name, checkpoint, rows, arrays)
 
     def _write(self, checkpoint: str, rows: list[int], arrays: list[dict]) -> int:
         self.writer.write_rows(self.name, checkpoint, rows, arrays)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib.metadata
 import logging
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -426,3 +427,27 @@ class StoreWriter(StoreReader):
                                dtype=value.dtype, fill_value=0, overwrite=True)[...] = value
         group.attrs.update({**attrs, "summary_version": schema.SUMMARY_VERSION})
         self._cache.clear()
+
+
+# -- writer processes (``loralens trace --writers N``) ------------------------------------------------------
+_WORKER: StoreWriter | None = None
+
+
+def open_worker(path: str, storage_options: dict | None) -> None:
+    """Initialise a writer process: open the store once; leave Ctrl+C to the tracing process.
+
+    The tracing process waits for the batches it handed over when it is interrupted, so a worker finishes its
+    batch (and marks its rows) instead of dying half-way through it.
+    """
+    global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _WORKER = StoreWriter(path, storage_options)
+
+
+def write_in_worker(run: str, checkpoint: schema.Checkpoint, rows: Sequence[int],
+                    arrays: Sequence[dict[str, np.ndarray]]) -> int:
+    """``StoreWriter.write_rows`` in a writer process (see ``open_worker``); return how many rows were written."""
+    if _WORKER is None:
+        raise RuntimeError("write_in_worker runs in a process that open_worker initialised")
+    _WORKER.write_rows(run, checkpoint, rows, arrays)
+    return len(rows)

@@ -74,6 +74,30 @@ def test_shards_in_separate_processes(lora_run, tmp_path):
     assert report.ok, report.problems
 
 
+def test_writer_processes_write_the_same_store_as_one_thread(lora_run, tmp_path):
+    """--writers 2 (batches of 2 written by two processes) gives the store --writers 0 (one thread) gives."""
+    stores = {n: str(tmp_path / f"w{n}.zarr") for n in (0, 2)}
+    for n, store in stores.items():
+        assert main(["trace", "--run", str(lora_run), "--store", store, "--per-class", "3", "--batch-size", "2",
+                     "--writers", str(n), "--no-summary"]) == 0
+        assert validate(store).ok
+    one, two = (StoreReader(stores[n]) for n in (0, 2))
+    for checkpoint in ("trained", "random_twin"):
+        names = sorted(one.group("tiny-lora", checkpoint).array_keys())
+        assert names == sorted(two.group("tiny-lora", checkpoint).array_keys())
+        for name in names:
+            a, b = (r.root[f"runs/tiny-lora/{checkpoint}/{name}"][...] for r in (one, two))
+            assert np.array_equal(a, b), f"{checkpoint}/{name}"
+
+
+def test_writer_processes_are_refused_for_an_in_memory_store(lora_run):
+    from precompute.checkpoints import read_config
+    from precompute.trace import Selection, Tracer
+
+    with pytest.raises(ValueError, match="memory://"):
+        Tracer(lora_run, read_config(lora_run).data, "memory://w", selection=Selection(per_class=1), writers=1)
+
+
 def test_unprepared_shard_says_what_to_do(lora_run, tmp_path, caplog):
     assert main(["trace", "--run", str(lora_run), "--store", str(tmp_path / "s"), "--shard", "0/2"]) == 2
     assert "--prepare-only first" in caplog.text
