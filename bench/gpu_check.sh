@@ -2,7 +2,7 @@
 # Issue #20's GPU check, one command on a machine with a GPU and this project installed (a CUDA build of torch):
 # the gpu tests, then the benchmarks, each figure printed as it comes and all again at the end; a part that fails is
 # reported and the rest still run (the exit status says whether any failed). Sized to take under
-# 8 minutes on one H100 with EmoDB, from issue #20's timings (about 100 s training, 70 s tracing); not yet run there.
+# 7 minutes on one H100 with EmoDB (run there on 2026-11-26: 390 s with CPU_TRACE=0 SUMMARY=0; figures in README.md).
 #   1. pytest -m gpu (LORALENS_REQUIRE_GPU=1: a missing GPU fails them instead of skipping), with the measured
 #      CUDA-vs-CPU trace deviations and the store-vs-predictions.csv agreement of the tiny runs;
 #   2. training wall time: EmoDB 4-class LOSO, MODEL, LoRA r=32 on v_proj, 10 epochs, trim, the whole
