@@ -22,6 +22,8 @@ for run in data.runs(path):
                  "UAR": fmt("uar"), "WAR": fmt("war"), "folds": f"{m.get('n_done', 0)}/{m.get('n_folds', 0)}",
                  "checkpoints": ", ".join(run.checkpoints)})
 st.subheader("Runs")
+st.caption("UAR (unweighted average recall) and WAR (accuracy): mean ± std over the folds, each fold's model scored on "
+           "speakers it never heard (speaker-independent cross-validation).")
 # Small static tables (st.table): they draw with the page, without the interactive grid's scripts.
 st.table(pd.DataFrame(rows), hide_index=True, border="horizontal")
 
