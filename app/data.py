@@ -6,6 +6,7 @@ The only place the app caches store reads and analyses (pages cache only the fig
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import streamlit as st
 from app import views
 from app.analysis import lens, projections
 from precompute.audio import SAMPLE_RATE
-from store.reader import StoreReader
+from store.reader import STORAGE_OPTIONS_ENV, StoreReader
 
 STORE_ENV = "LORALENS_STORE"
 
@@ -29,8 +30,9 @@ def store_path() -> str | None:
 
 @st.cache_resource(show_spinner=False)
 def reader(path: str) -> StoreReader:
-    """One read-only reader per store, shared by sessions."""
-    return StoreReader(path)
+    """One read-only reader per store, shared by sessions (with the storage options ``loralens app`` was given)."""
+    options = os.environ.get(STORAGE_OPTIONS_ENV)
+    return StoreReader(path, json.loads(options) if options else None)
 
 
 @st.cache_data(show_spinner=False)

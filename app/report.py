@@ -123,9 +123,9 @@ def findings(a: RunAnalysis) -> list[dict]:
     return out
 
 
-def build(store: str, out: Path, threshold: float = 0.9) -> dict:
+def build(store: str, out: Path, threshold: float = 0.9, storage_options: dict | None = None) -> dict:
     """Write every figure (PNG and SVG), ``summary.json`` and ``summary.md`` for the store's LoRA runs."""
-    reader = StoreReader(store)
+    reader = StoreReader(store, storage_options)
     out.mkdir(parents=True, exist_ok=True)
     summary: dict = {"store": store, "threshold": threshold, "runs": {}}
     pairs = views.pairs(reader)

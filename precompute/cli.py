@@ -144,13 +144,33 @@ def _add_trace(sub: argparse._SubParsersAction) -> None:
                    help="the 2-D maps the summary fits at every layer when the run commits (default umap,tsne)")
     p.add_argument("--no-summary", action="store_true",
                    help="commit without computing the summary (run loralens summarise STORE later)")
+    _add_storage(p)
     p.set_defaults(func=_run_trace)
     v = sub.add_parser("validate", help="check a store: schema, shapes, NaN/Inf, completeness")
     v.add_argument("store", help="a directory or fsspec URL")
     v.add_argument("--repair", action="store_true",
                    help="repair what does not decode: table rows are read again from their source audio, layer-"
                         "major copies rebuilt, checkpoint rows unmarked so the same loralens trace captures them")
+    _add_storage(v)
     v.set_defaults(func=_run_validate)
+
+
+def _add_storage(p: argparse.ArgumentParser) -> None:
+    """The flags that reach a store on object storage (fsspec storage options; see ``store.reader.storage_options``)."""
+    g = p.add_argument_group("object storage (a store at an s3://, gs://, ... URL)")
+    g.add_argument("--endpoint-url", default=None, metavar="URL",
+                   help="an S3-compatible server, e.g. http://127.0.0.1:9000 (MinIO, Ceph)")
+    g.add_argument("--anonymous", action="store_true", help="read a public bucket without credentials")
+    g.add_argument("--profile", default=None, help="a profile of the AWS credentials file")
+    g.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="passed to fsspec as is (repeatable; a JSON VALUE is parsed: anon=true, "
+                        "client_kwargs='{\"region_name\": \"eu-west-1\"}')")
+
+
+def _storage(args: argparse.Namespace) -> dict | None:
+    from store.reader import storage_options
+
+    return storage_options(args.endpoint_url, args.anonymous, args.profile, args.storage_option)
 
 
 def _run_trace(args: argparse.Namespace) -> int:
@@ -165,7 +185,7 @@ def _run_trace(args: argparse.Namespace) -> int:
                     selection=selection, options=CaptureOptions(per_frame_b=not args.no_per_frame_b,
                                                            per_frame_sample=args.per_frame_sample),
                     batch_size=args.batch_size, device=args.device, precision=args.precision,
-                    writers=args.writers)
+                    writers=args.writers, storage_options=_storage(args))
     if args.shard:
         try:
             k, n = (int(x) for x in args.shard.split("/"))
@@ -188,10 +208,10 @@ def _run_trace(args: argparse.Namespace) -> int:
     return 0 if all(state.values()) else 1
 
 
-def _sizes_text(store: str) -> str:
+def _sizes_text(store: str, storage_options: dict | None = None) -> str:
     from store.validate import sizes
 
-    parts = sizes(store)
+    parts = sizes(store, storage_options)
     return "\n".join([f"stored: {sum(parts.values()) / 2**30:.2f} GiB",
                       *(f"  {part}: {n / 2**20:,.1f} MiB" for part, n in parts.items())])
 
@@ -199,21 +219,22 @@ def _sizes_text(store: str) -> str:
 def _run_validate(args: argparse.Namespace) -> int:
     from store.validate import repair, validate
 
-    report = validate(args.store)
+    options = _storage(args)
+    report = validate(args.store, options)
     if report.ok:
-        print(f"{report.summary}\n{_sizes_text(args.store)}")  # one write, once all is known
+        print(f"{report.summary}\n{_sizes_text(args.store, options)}")  # one write, once all is known
         return 0
     print(f"{args.store}: {len(report.problems)} problem(s)")
     for problem in report.problems:
         print(f"  - {problem}")
     if not args.repair:
         return 1
-    for done in repair(report):
+    for done in repair(report, options):
         print(done)
     if report.table_rows:
         from precompute.trace import restore_utterances
 
-        restored, left = restore_utterances(args.store, report.table_rows, report.lost_columns)
+        restored, left = restore_utterances(args.store, report.table_rows, report.lost_columns, options)
         if restored:
             print(f"wrote {restored} row(s) of the utterance table again from their source audio files")
         for problem in left:
@@ -226,13 +247,14 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", required=True, help="a directory or fsspec URL")
     p.add_argument("--out", required=True, type=Path, help="directory for the figures and summary.{json,md}")
     p.add_argument("--threshold", type=float, default=0.9, help="energy threshold of the effective rank")
+    _add_storage(p)
     p.set_defaults(func=_run_report)
 
 
 def _run_report(args: argparse.Namespace) -> int:
     from app.report import build
 
-    summary = build(args.store, args.out, args.threshold)
+    summary = build(args.store, args.out, args.threshold, _storage(args))
     for name, run in summary["runs"].items():
         for item in run["findings"]:
             log.info("%s: %s: %s (%s)", name, item["finding"], "holds" if item["holds"] else "does not hold",
@@ -249,6 +271,7 @@ def _add_summarise(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", action="append", default=None, help="only this run (repeatable; default: every run)")
     p.add_argument("--maps", default="umap,tsne", help="the 2-D maps to fit at every layer (default umap,tsne)")
     p.add_argument("--force", action="store_true", help="recompute current summaries too")
+    _add_storage(p)
     p.set_defaults(func=_run_summarise)
 
 
@@ -262,7 +285,7 @@ def _maps(text: str) -> tuple[str, ...]:
 def _run_summarise(args: argparse.Namespace) -> int:
     from app.summary import summarise
 
-    done = summarise(args.store, args.run, _maps(args.maps), force=args.force)
+    done = summarise(args.store, args.run, _maps(args.maps), force=args.force, storage_options=_storage(args))
     if not done:
         log.error("%s: no run%s to summarise", args.store, f" named {args.run}" if args.run else "")
         return 1
@@ -315,6 +338,7 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", default=None, help="a directory or fsspec URL (default: $LORALENS_STORE)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default localhost only)")
     p.add_argument("--port", type=int, default=8501)
+    _add_storage(p)
     p.set_defaults(func=_run_app)
 
 
@@ -324,20 +348,23 @@ def _run_app(args: argparse.Namespace) -> int:
     store = args.store or os.environ.get("LORALENS_STORE")
     if not store:
         raise ValueError("no store given: loralens app --store PATH (or set LORALENS_STORE)")
-    return serve(store, args.host, args.port)
+    return serve(store, args.host, args.port, _storage(args))
 
 
-def serve(store: str, host: str, port: int) -> NoReturn:
-    """Run the Streamlit explorer on ``store`` until interrupted."""
+def serve(store: str, host: str, port: int, storage_options: dict | None = None) -> NoReturn:
+    """Run the Streamlit explorer on ``store`` until interrupted (``storage_options``: fsspec's, for a URL)."""
     import os
 
     import app as app_package
     from store.probe import probe
+    from store.reader import STORAGE_OPTIONS_ENV
 
     if not probe(store):  # a bad store fails here, in one line, before a server starts
         from store.reader import StoreReader
 
-        StoreReader(store)
+        StoreReader(store, storage_options)
+    if storage_options:
+        os.environ[STORAGE_OPTIONS_ENV] = json.dumps(storage_options)
     main_script = Path(app_package.__file__).parent / "main.py"
     root = main_script.parents[1]
     log.info("serving %s at http://%s:%d (Ctrl+C stops it)", store, host, port)

@@ -289,7 +289,8 @@ class Tracer:
         if maps is not None and all(state.values()):
             from app.summary import summarise  # the analyses live with the app; torch-free
 
-            summarise(self.writer.path, None, maps)  # this run, and the runs whose summaries compared with it
+            # this run, and the runs whose summaries compared with it
+            summarise(self.writer.path, None, maps, storage_options=self.storage_options)
         return state
 
     def agreement(self, rows: list[int]) -> dict:

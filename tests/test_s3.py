@@ -1,0 +1,98 @@
+"""Stores on object storage, against a real S3 server (moto's, on 127.0.0.1): trace from two processes at once,
+commit, validate, read in the app; and the layout that makes concurrent writers safe."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import uuid
+
+import numpy as np
+import pytest
+
+from precompute.cli import main
+from store import schema
+from store.reader import STORAGE_OPTIONS_ENV, StoreReader, storage_options
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """An S3 server on a free port of 127.0.0.1 with a bucket ``loralens``; yields its endpoint URL."""
+    moto_server = pytest.importorskip("moto.server")
+    s3fs = pytest.importorskip("s3fs")
+    saved = {k: os.environ.get(k) for k in CREDENTIALS}
+    os.environ.update(CREDENTIALS)  # moto accepts any; the shard processes inherit them
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    s3fs.S3FileSystem(endpoint_url=url).mkdir("loralens")
+    yield url
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def test_two_processes_trace_into_one_s3_store(s3, tiny_runs, tmp_path, monkeypatch):
+    """--prepare-only, two --shard processes at once, --commit-only into s3://: what a local disk would hold."""
+    run, store = tiny_runs["lora"], f"s3://loralens/{uuid.uuid4().hex}.zarr"
+    base = ["trace", "--run", str(run), "--store", store, "--per-class", "2", "--endpoint-url", s3, "--no-summary"]
+    assert main([*base, "--prepare-only"]) == 0
+    shards = [subprocess.Popen([sys.executable, "-m", "precompute.cli", *base, "--shard", f"{k}/2"])
+              for k in range(2)]
+    assert [p.wait(timeout=300) for p in shards] == [0, 0]
+    assert main([*base, "--commit-only"]) == 0
+    assert main(["validate", store, "--endpoint-url", s3]) == 0
+    # The same shards one after the other on a local disk: the same batches, so the same bits.
+    local = str(tmp_path / "local.zarr")
+    here_base = ["trace", "--run", str(run), "--store", local, "--per-class", "2", "--no-summary"]
+    for stage in (["--prepare-only"], ["--shard", "0/2"], ["--shard", "1/2"], ["--commit-only"]):
+        assert main([*here_base, *stage]) == 0
+    remote, here = StoreReader(store, {"endpoint_url": s3}), StoreReader(local)
+    assert list(remote.utterances()["id"]) == list(here.utterances()["id"])
+    for checkpoint in ("trained", "random_twin"):
+        assert remote.written("tiny-lora", checkpoint).all()
+        for name in sorted(here.group("tiny-lora", checkpoint).array_keys()):
+            a = remote.root[f"runs/tiny-lora/{checkpoint}/{name}"][...]
+            b = here.root[f"runs/tiny-lora/{checkpoint}/{name}"][...]
+            assert np.array_equal(a, b), f"{checkpoint}/{name}"
+    # The explorer reads it with the options loralens app passes on.
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("LORALENS_STORE", store)
+    monkeypatch.setenv(STORAGE_OPTIONS_ENV, json.dumps({"endpoint_url": s3}))
+    page = AppTest.from_file(str(__import__("app").__path__[0] + "/main.py"), default_timeout=300).run()
+    assert not page.exception, page.exception
+    assert "tiny-lora" in " ".join(str(t.value) for t in page.table)
+
+
+def test_storage_option_flags():
+    assert storage_options() is None
+    assert storage_options("http://127.0.0.1:9000", True, "lab", ["use_ssl=false", "client_kwargs={\"a\": 1}",
+                                                                   "region=eu-west-1"]) == {
+        "endpoint_url": "http://127.0.0.1:9000", "anon": True, "profile": "lab", "use_ssl": False,
+        "client_kwargs": {"a": 1}, "region": "eu-west-1"}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        storage_options(pairs=["no-equals-sign"])
+
+
+def test_concurrent_writers_never_share_a_chunk(tiny_store):
+    """Every array that trace's processes write holds one utterance per chunk (Zarr has no write locks)."""
+    for name, spec in schema.CHECKPOINT_ARRAYS.items():
+        shape = tuple(5000 if d == "utterance" else 7 for d in spec.dims)
+        assert spec.dims[0] == "utterance" and schema.chunks(spec, shape)[0] == 1, name
+    reader = StoreReader(tiny_store)
+    for run, checkpoints in reader.runs().items():
+        for checkpoint in checkpoints:
+            group = reader.group(run, checkpoint)
+            for name in group.array_keys():
+                assert group[name].chunks[0] == 1, f"{run}/{checkpoint}/{name} chunks {group[name].chunks}"
