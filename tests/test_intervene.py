@@ -1,0 +1,110 @@
+"""The causal lens's interventions on a tiny trained run: each condition does what it says, and nothing else."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from precompute import intervene
+from precompute import window as W
+from precompute.audio import load_audio
+from precompute.checkpoints import load_fold_model
+from precompute.data import load_corpus
+from precompute.models import feature_extractor
+
+
+def _batch(run, window="trim"):
+    config = json.loads((run / "config.json").read_text())
+    clips = [load_audio(u.path) for u in load_corpus(config["data"], tuple(config["emotions"])).utterances[:5]]
+    model = load_fold_model(run, 0)
+    return model, W.extract(feature_extractor(W.whisper_of(model).config), clips, window)
+
+
+@pytest.mark.parametrize("window", ["trim", "full"])
+def test_lora_off_everywhere_is_the_frozen_encoder_under_loras_head(tiny_runs, window):
+    model, features = _batch(tiny_runs["lora"], window)
+    with model.disable_adapter(), torch.no_grad():  # PEFT's own switch: the base encoder, the fold's head
+        expected = W.classify(model, features).softmax(-1)
+    with intervene.applied(model, intervene.Condition("lora_off_from", 0)):
+        probabilities, lens = intervene.outcome(model, features)
+    assert torch.equal(probabilities, expected)
+    assert torch.allclose(lens[:, -1].softmax(-1), probabilities, atol=1e-6)  # the last boundary is the output
+    none, _ = intervene.outcome(model, features)
+    assert not torch.equal(none, expected)  # the adapters are back on afterwards
+
+
+def test_lora_only_and_off_partition_the_layers(tiny_runs):
+    """Which layers' adapters each kind switches off; off_from@(last) is off@(last); all restored afterwards."""
+    model, features = _batch(tiny_runs["lora"])
+    n = len(W.whisper_of(model).encoder.layers)
+    with intervene.applied(model, intervene.Condition("lora_off_from", n - 1)):
+        a = intervene.outcome(model, features)
+    with intervene.applied(model, intervene.Condition("lora_off", n - 1)):
+        b = intervene.outcome(model, features)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    layers = intervene._lora_layers(model)
+    for k in range(n):
+        for kind, switched_off in (("lora_only", set(range(n)) - {k}), ("lora_off", {k}),
+                                   ("lora_off_from", set(range(k, n)))):
+            with intervene.applied(model, intervene.Condition(kind, k)):
+                assert {i for i, m in layers.items() if m[0]._disable_adapters} == switched_off, (kind, k)
+        assert not any(m[0]._disable_adapters for m in layers.values())  # restored on leaving
+    with intervene.applied(model, intervene.Condition("lora_only", 1)):
+        assert [i for i, m in layers.items() if not m[0]._disable_adapters] == [1]
+    with intervene.applied(model, intervene.Condition("lora_off", 1)):
+        assert [i for i, m in layers.items() if m[0]._disable_adapters] == [1]
+
+
+@pytest.mark.parametrize("method", ["lora", "frozen"])
+def test_erasing_a_layer_is_skipping_it(tiny_runs, method):
+    model, features = _batch(tiny_runs[method])
+    encoder = W.whisper_of(model).encoder
+    for k in range(len(encoder.layers)):
+        with intervene.applied(model, intervene.Condition("erase", k)):
+            probabilities, lens = intervene.outcome(model, features)
+        kept = encoder.layers[k]
+        encoder.layers[k] = _Identity()
+        try:
+            expected, expected_lens = intervene.outcome(model, features)
+        finally:
+            encoder.layers[k] = kept
+        assert torch.equal(probabilities, expected) and torch.equal(lens, expected_lens)
+        assert torch.equal(lens[:, k + 1], lens[:, k])  # the residual passes layer k unchanged
+    untouched, _ = intervene.outcome(model, features)
+    with torch.no_grad():
+        assert torch.equal(untouched, W.classify(model, features).softmax(-1))
+
+
+def test_outcome_is_what_the_trace_stores(tiny_runs):
+    """No condition: outcome's lens equals the capture's lens_logits, its probabilities the logits'."""
+    from precompute.capture import CaptureOptions, Capturer
+
+    model, features = _batch(tiny_runs["lora"])
+    probabilities, lens = intervene.outcome(model, features)
+    rows = Capturer(model, "trim", CaptureOptions(gradients=False)).run(features, torch.zeros(5, dtype=torch.long))
+    for i, row in enumerate(rows):
+        assert torch.allclose(lens[i], torch.from_numpy(row["lens_logits"]), atol=1e-5)
+        assert torch.allclose(probabilities[i], torch.from_numpy(row["logits"]).softmax(-1), atol=1e-6)
+
+
+def test_conditions_and_names(tiny_runs):
+    lora, frozen = (load_fold_model(tiny_runs[m], 0) for m in ("lora", "frozen"))
+    n = len(W.whisper_of(lora).encoder.layers)
+    assert len(intervene.conditions(lora)) == 4 * n and len(intervene.conditions(frozen)) == n
+    assert {c.kind for c in intervene.conditions(frozen)} == {"erase"}
+    assert intervene.Condition.parse("lora_off@3") == intervene.Condition("lora_off", 3)
+    with pytest.raises(ValueError, match="KIND@LAYER"):
+        intervene.Condition.parse("erase")
+    with pytest.raises(ValueError, match="unknown intervention"):
+        intervene.Condition.parse("mute@1")
+    with pytest.raises(ValueError, match="no LoRA"), intervene.applied(frozen, intervene.Condition("lora_off", 0)):
+        pass
+    with pytest.raises(ValueError, match="layers 0 to"), intervene.applied(lora, intervene.Condition("erase", n)):
+        pass
+
+
+class _Identity(torch.nn.Module):
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
