@@ -9,7 +9,8 @@
 #      loralens train command (start-up, audio, model loading included), plus the frozen baseline it is traced with;
 #   3. tracing 100 utterances (LoRA trained + random twin + frozen): loralens trace on DEVICE (capture and store writes,
 #      --no-summary), then loralens summarise timed on its own, then the same trace on this machine's CPU in fp32
-#      (CPU_TRACE=0 skips it), and the stores' agreement with training's predictions;
+#      (CPU_TRACE=0 skips it), the device trace again with --writers 0 (a writer thread instead of the default
+#      writer processes), and the stores' agreement with training's predictions;
 #   4. capture overhead: one batch of 8 clips captured (every residual, LoRA A/B output and gradient, to NumPy)
 #      against a bare forward + backward of the same loss on the same model, medians of 5;
 #   5. a training step: 20 steps queued back to back (as an epoch runs them), the same reading each loss, the same
@@ -154,6 +155,14 @@ if gpu_seconds=$(trace "$device" "$out/trace-device.zarr"); then
   else fail "loralens summarise"
   fi
   loralens validate "$out/trace-device.zarr" || fail "validate the $device store"
+  # The same trace with the batches written by this process's one writer thread (--writers 0), against the
+  # default (writer processes, a quarter of the cores): what the writer processes buy on this machine.
+  if thread_seconds=$(trace "$device" "$out/trace-thread.zarr" --writers 0); then
+    figure "the same trace with --writers 0 (one writer thread): $thread_seconds s; the capture loops alone:" \
+      "$(captured "$out/trace-thread.zarr") (default here: $(python -c 'from precompute.trace import default_writers
+print(default_writers("x"))') writer processes)"
+  else fail "trace on $device with --writers 0"
+  fi
 else
   fail "trace on $device"
 fi
