@@ -263,6 +263,42 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_intervene(sub: argparse._SubParsersAction) -> None:
+    from precompute.config import INTERVENTION_KINDS
+
+    p = sub.add_parser("intervene", help="the causal lens: the run's traced utterances under interventions",
+                       description="Each traced utterance of the run, through the fold model that held it out, under "
+                                   "every condition: LoRA off at one layer (lora_off@k), on at one layer only "
+                                   "(lora_only@k), off from a layer up (lora_off_from@k), a layer's block erased "
+                                   "(erase@k); class probabilities and lens trajectories into the store. Re-run "
+                                   "to resume.")
+    p.add_argument("--run", required=True, type=Path, help="a run directory traced into --store")
+    p.add_argument("--store", required=True, help="a directory or fsspec URL")
+    p.add_argument("--name", default=None, help="the run's name in the store (default: the run directory's name)")
+    p.add_argument("--kinds", default=",".join(INTERVENTION_KINDS),
+                   help="comma list of lora_off, lora_only, lora_off_from, erase (default all; a frozen run has "
+                        "erase alone)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    _add_storage(p)
+    p.set_defaults(func=_run_intervene)
+
+
+def _run_intervene(args: argparse.Namespace) -> int:
+    from precompute import intervene
+
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    if unknown := [k for k in kinds if k not in intervene.INTERVENTION_KINDS]:
+        raise ValueError(f"--kinds {args.kinds!r}: unknown {unknown}; expected a comma list of "
+                         f"{', '.join(intervene.INTERVENTION_KINDS)}")
+    results = intervene.run(args.run, args.store, name=args.name, kinds=kinds, batch_size=args.batch_size,
+                            device=args.device, storage_options=_storage(args))
+    print(f"{'condition':<18} {'UAR':>6} {'WAR':>6} {'KL':>8} {'flipped':>8}")
+    for condition, m in results.items():
+        print(f"{condition:<18} {m['uar']:6.3f} {m['war']:6.3f} {m['kl']:8.4f} {m['flipped']:8.3f}")
+    return 0
+
+
 def _add_summarise(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("summarise", help="compute what the explorer's pages draw first, once, into the store",
                        description="Spectra, CKA, contributions and every 2-D map of each committed run, stored "
@@ -484,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trace(sub)
     _add_report(sub)
     _add_summarise(sub)
+    _add_intervene(sub)
     _add_predict(sub)
     _add_app(sub)
     _add_data(sub)

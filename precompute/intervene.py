@@ -21,16 +21,26 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
+from tqdm.auto import tqdm
 
 from precompute import window as W
+from precompute.audio import load_audio
+from precompute.checkpoints import FoldModels, RunError, read_config, run_precision
+from precompute.config import INTERVENTION_KINDS
+from precompute.folds import scores
+from precompute.models import feature_extractor
+from precompute.train import resolve_device
+from store.writer import StoreWriter
 
-LORA_KINDS = ("lora_off", "lora_only", "lora_off_from")
-KINDS = (*LORA_KINDS, "erase")
-"""Every kind of condition, in the order ``conditions`` lists them."""
+LORA_KINDS = tuple(k for k in INTERVENTION_KINDS if k.startswith("lora_"))
+KINDS = ("none", *INTERVENTION_KINDS)
+"""Every kind of condition, in the order ``conditions`` lists them; ``none`` is the model as trained."""
 
 
 @dataclass(frozen=True)
@@ -48,12 +58,14 @@ class Condition:
 
     @property
     def name(self) -> str:
-        """``<kind>@<layer>``, the condition's name in the store and the explorer."""
-        return f"{self.kind}@{self.layer}"
+        """``<kind>@<layer>`` (``none`` alone), the condition's name in the store and the explorer."""
+        return "none" if self.kind == "none" else f"{self.kind}@{self.layer}"
 
     @classmethod
     def parse(cls, text: str) -> Condition:
-        """The condition a name (``erase@3``) stands for."""
+        """The condition a name (``erase@3``, ``none``) stands for."""
+        if text == "none":
+            return cls("none", 0)
         kind, sep, layer = text.partition("@")
         if not sep or not layer.isdigit():
             raise ValueError(f"intervention {text!r}: expected KIND@LAYER, e.g. lora_off@3 or erase@0")
@@ -64,7 +76,8 @@ def conditions(model: torch.nn.Module, kinds: tuple[str, ...] = KINDS) -> list[C
     """Every condition of ``kinds`` at every encoder layer of ``model`` (the LoRA kinds only for a PEFT model)."""
     n_layers = len(W.whisper_of(model).encoder.layers)
     lora = isinstance(model, PeftModel)
-    return [Condition(kind, k) for kind in kinds if lora or kind not in LORA_KINDS for k in range(n_layers)]
+    return [Condition(kind, k) for kind in kinds if lora or kind not in LORA_KINDS
+            for k in (range(1) if kind == "none" else range(n_layers))]
 
 
 def _lora_layers(model: torch.nn.Module) -> dict[int, list[LoraLayer]]:
@@ -80,6 +93,9 @@ def applied(model: torch.nn.Module, condition: Condition) -> Iterator[None]:
     """Run the block's forward passes under ``condition``; the model is as it was afterwards, also on errors."""
     encoder = W.whisper_of(model).encoder
     n_layers = len(encoder.layers)
+    if condition.kind == "none":
+        yield
+        return
     if condition.layer >= n_layers:
         raise ValueError(f"{condition.name}: the encoder has layers 0 to {n_layers - 1}")
     if condition.kind == "erase":
@@ -126,3 +142,77 @@ def outcome(model: torch.nn.Module, features: W.Features) -> tuple[torch.Tensor,
     pooled = W.masked_mean(whisper.encoder.layer_norm(h), features.pooling_mask())
     lens = whisper.classifier(whisper.projector(pooled))
     return logits.float().softmax(-1), lens.float()
+
+
+def kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """KL(p || q) over the last axis, in nats (probabilities floored at 1e-12)."""
+    p, q = np.clip(p, 1e-12, 1.0), np.clip(q, 1e-12, 1.0)
+    return (p * np.log(p / q)).sum(-1)
+
+
+def run(run_dir: Path, store: str, *, name: str | None = None, kinds: tuple[str, ...] = KINDS, batch_size: int = 8,
+        device: str = "cpu", storage_options: dict | None = None) -> dict[str, dict]:
+    """Compute every condition of ``kinds`` on the run's traced utterances into the store (``loralens intervene``).
+
+    Each utterance runs through the fold model that held it out (as in the trace), in the run's numeric regime,
+    from its source audio. Conditions already written are kept (an interrupted run resumes); a trace that grew
+    since makes them all again.
+
+    Returns:
+        Per condition name: ``uar`` and ``war`` of its predictions, ``kl`` the mean KL(none || condition) and
+        ``flipped`` the share of utterances whose prediction differs from ``none``'s.
+    """
+    name = name or run_dir.resolve().name
+    writer = StoreWriter(store, storage_options)
+    if name not in writer.runs():
+        raise RunError(f"{store} holds no run {name!r} (it has {sorted(writer.runs())}); trace it first: loralens "
+                       f"trace --run {run_dir} --store {store}")
+    rows = np.flatnonzero(writer.written(name, "trained")).tolist()
+    if not rows:
+        raise RunError(f"{store}: run {name} has no traced utterance; finish its trace first")
+    folds = writer.read(name, "trained", "fold", rows).astype(int)
+    labels = writer.read(name, "trained", "label", rows).astype(int)
+    sources = writer._column("source")[rows]
+    config = read_config(run_dir)
+    precision = run_precision(run_dir)
+    target = resolve_device(device)
+    models = FoldModels(run_dir, "trained", target)
+    model = models.load(int(folds[0]))
+    whisper = W.whisper_of(model)
+    chosen = conditions(model, kinds if "none" in kinds else ("none", *kinds))
+    names = [c.name for c in chosen]
+    n_boundaries, n_classes = len(whisper.encoder.layers) + 1, whisper.config.num_labels
+    writer.create_interventions(name, names, rows, n_boundaries, n_classes,
+                                basis=int(writer.attrs(name, "trained").get("n_written", len(rows))))
+    extractor = feature_extractor(whisper.config)
+    batches = []  # (fold, positions in rows, features), extracted once for every condition
+    for fold in sorted(set(folds.tolist())):
+        positions = np.flatnonzero(folds == fold).tolist()
+        for start in range(0, len(positions), batch_size):
+            part = positions[start: start + batch_size]
+            audio = [load_audio(sources[i], long=config.long) for i in part]
+            batches.append((fold, part, W.extract(extractor, audio, config.window, device=target)))
+    done = writer.interventions(name).done
+    bar = tqdm(total=int((~done).sum()) * len(batches), desc=f"{name} interventions", unit="batch")
+    for index, condition in enumerate(chosen):
+        if done[index]:
+            continue
+        probabilities = np.zeros((len(rows), n_classes), np.float32)
+        lens = np.zeros((len(rows), n_boundaries, n_classes), np.float32)
+        for fold, part, features in batches:
+            model = models.load(fold)
+            with applied(model, condition), W.autocast(target, precision):
+                p, lens_logits = outcome(model, features)
+            probabilities[part], lens[part] = p.cpu().numpy(), lens_logits.cpu().numpy()
+            bar.update(1)
+        writer.write_intervention(name, index, probabilities, lens)
+    bar.close()
+    result = writer.interventions(name)
+    baseline = result.probabilities[0]
+    out = {}
+    for index, condition in enumerate(result.conditions):
+        p = result.probabilities[index]
+        out[condition] = {**{k: v for k, v in scores(labels, p.argmax(-1), n_classes).items() if k != "confusion"},
+                          "kl": float(kl(baseline, p).mean()),
+                          "flipped": float((p.argmax(-1) != baseline.argmax(-1)).mean())}
+    return out

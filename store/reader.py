@@ -7,6 +7,7 @@ import functools
 import json
 import zlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -501,6 +502,20 @@ class StoreReader:
         with self._reading(node, source, selected):
             return _read_rows(source, selected, selection)
 
+    def interventions(self, run: str) -> Interventions | None:
+        """A run's interventions, or None where it has none (``loralens intervene`` computes them)."""
+        key = f"runs/{run}/{schema.INTERVENTIONS_GROUP}"
+        group = self._node(key)
+        if group is None or group.attrs.get("intervention_version") != schema.INTERVENTION_VERSION:
+            return None
+        attrs = dict(group.attrs)
+        read = {}
+        for name in ("done", "probabilities", "lens_logits"):
+            with self._reading(f"{key}/{name}", group[name]):
+                read[name] = group[name][...]
+        return Interventions(list(attrs["conditions"]), np.asarray(attrs["rows"], dtype=np.int64),
+                             read["done"].astype(bool), read["probabilities"], read["lens_logits"])
+
     def summary(self, run: str) -> Summary | None:
         """A run's summary (``schema.SUMMARY_GROUP``), or None where it has none or it is stale.
 
@@ -530,6 +545,22 @@ class StoreReader:
     def dims(self, run: str, checkpoint: str, name: str) -> tuple[str, ...]:
         """An array's dimension names."""
         return tuple(self.array(run, checkpoint, name).metadata.dimension_names)
+
+
+@dataclass
+class Interventions:
+    """A run's causal lens (``schema.INTERVENTIONS_GROUP``): each condition's outcome on the run's traced rows."""
+
+    conditions: list[str]
+    """Condition names (``precompute.intervene``), ``none`` (the model as trained) first."""
+    rows: np.ndarray
+    """Store rows of the utterance axis."""
+    done: np.ndarray
+    """Per condition, whether its results are written, ``(condition,)`` bool."""
+    probabilities: np.ndarray
+    """Class probabilities, ``(condition, utterance, class)`` (zeros where not done)."""
+    lens_logits: np.ndarray
+    """Lens logits per boundary, ``(condition, utterance, boundary, class)``."""
 
 
 class Summary:

@@ -298,6 +298,12 @@ def validate(path: str, storage_options: dict | None = None) -> Report:
                     parts.append(part)
             if schema.SUMMARY_GROUP in present:
                 check.summary(run)
+            if schema.INTERVENTIONS_GROUP in present:
+                try:
+                    store.interventions(run)  # every chunk decodes
+                except StoreError as e:
+                    report.problems.append(f"{e}; loralens intervene --run RUN_DIR --store {path} computes them again "
+                                           "(delete the group first)")
     if not parts and not report.damage:
         report.problems.append("no runs: trace one with loralens trace --run RUN_DIR --store " + path)
     report.summary = f"{path}: OK, {n} utterances; " + ", ".join(parts)

@@ -402,6 +402,40 @@ class StoreWriter(StoreReader):
         return state
 
     # -- summaries ------------------------------------------------------------------------------------------
+    def create_interventions(self, run: str, conditions: list[str], rows: list[int], n_boundaries: int,
+                             n_classes: int, basis: int) -> None:
+        """Create a run's interventions group (``schema.INTERVENTIONS_GROUP``), empty.
+
+        Unless one of the same conditions, rows and basis is there: an interrupted ``loralens intervene`` keeps its
+        finished conditions. A different one is replaced.
+        """
+        key = f"runs/{run}/{schema.INTERVENTIONS_GROUP}"
+        attrs = {"intervention_version": schema.INTERVENTION_VERSION, "conditions": list(conditions),
+                 "rows": [int(r) for r in rows], "basis": int(basis)}
+        group = self._node(key)
+        if group is not None and all(group.attrs.get(k) == v for k, v in attrs.items()):
+            return
+        if group is not None:
+            del self.root[key]
+        group = self.root.require_group(key)
+        n, m = len(conditions), len(rows)
+        group.create_array("probabilities", shape=(n, m, n_classes), chunks=(1, max(1, m), n_classes),
+                           dtype="float32", dimension_names=("condition", "utterance", "class"), fill_value=0)
+        group.create_array("lens_logits", shape=(n, m, n_boundaries, n_classes),
+                           chunks=(1, max(1, m), n_boundaries, n_classes), dtype="float32",
+                           dimension_names=("condition", "utterance", "boundary", "class"), fill_value=0)
+        group.create_array("done", shape=(n,), chunks=(1,), dtype="uint8", dimension_names=("condition",),
+                           fill_value=0)
+        group.attrs.update(attrs)  # last: a group without them is an unfinished creation, made again
+        self._cache.clear()
+
+    def write_intervention(self, run: str, index: int, probabilities: np.ndarray, lens_logits: np.ndarray) -> None:
+        """Write one condition's results (``index`` into the group's ``conditions``), then its mark."""
+        group = self.root[f"runs/{run}/{schema.INTERVENTIONS_GROUP}"]
+        group["probabilities"][index] = probabilities
+        group["lens_logits"][index] = lens_logits
+        group["done"][index] = 1
+
     def remove_summary(self, run: str) -> None:
         """Delete a run's summary (readers compute what they need from the arrays until it is written again)."""
         key = f"runs/{run}/{schema.SUMMARY_GROUP}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ from precompute.audio import load_audio
 from precompute.checkpoints import load_fold_model
 from precompute.data import load_corpus
 from precompute.models import feature_extractor
+from store import schema
 
 
 def _batch(run, window="trim"):
@@ -92,8 +94,9 @@ def test_outcome_is_what_the_trace_stores(tiny_runs):
 def test_conditions_and_names(tiny_runs):
     lora, frozen = (load_fold_model(tiny_runs[m], 0) for m in ("lora", "frozen"))
     n = len(W.whisper_of(lora).encoder.layers)
-    assert len(intervene.conditions(lora)) == 4 * n and len(intervene.conditions(frozen)) == n
-    assert {c.kind for c in intervene.conditions(frozen)} == {"erase"}
+    assert len(intervene.conditions(lora)) == 4 * n + 1 and len(intervene.conditions(frozen)) == n + 1
+    assert {c.kind for c in intervene.conditions(frozen)} == {"none", "erase"}
+    assert intervene.conditions(lora)[0].name == "none" and intervene.Condition.parse("none").kind == "none"
     assert intervene.Condition.parse("lora_off@3") == intervene.Condition("lora_off", 3)
     with pytest.raises(ValueError, match="KIND@LAYER"):
         intervene.Condition.parse("erase")
@@ -108,3 +111,44 @@ def test_conditions_and_names(tiny_runs):
 class _Identity(torch.nn.Module):
     def forward(self, hidden_states, *args, **kwargs):
         return hidden_states
+
+
+def test_intervene_command_into_the_store_and_resume(tiny_runs, tmp_path, capsys):
+    """loralens intervene: every condition of every traced utterance into the store; a rerun redoes what is missing."""
+    from precompute.cli import main
+    from store.reader import StoreReader
+    from store.validate import validate
+
+    run, store = tiny_runs["lora"], str(tmp_path / "s.zarr")
+    assert main(["trace", "--run", str(run), "--store", store, "--per-class", "2", "--no-summary"]) == 0
+    capsys.readouterr()
+    assert main(["intervene", "--run", str(run), "--store", store]) == 0
+    printed = capsys.readouterr().out
+    reader = StoreReader(store)
+    result = reader.interventions("tiny-lora")
+    n = len(W.whisper_of(load_fold_model(run, 0)).encoder.layers)
+    assert result.done.all() and len(result.conditions) == 4 * n + 1 and result.conditions[0] == "none"
+    assert result.rows.tolist() == np.flatnonzero(reader.written("tiny-lora")).tolist()
+    # none is the trace; the last boundary of every lens is that condition's output.
+    logits = reader.read("tiny-lora", "trained", "logits", result.rows.tolist())
+    assert np.allclose(result.probabilities[0], torch.from_numpy(logits).softmax(-1).numpy(), atol=1e-5)
+    assert np.allclose(torch.from_numpy(result.lens_logits[:, :, -1]).softmax(-1).numpy(), result.probabilities,
+                       atol=1e-5)
+    assert "none" in printed and f"erase@{n - 1}" in printed
+    assert validate(store).ok
+    # Resume: a condition whose mark is gone is computed again, alone, to the same values.
+    erase0 = result.conditions.index("erase@0")
+    before = result.probabilities[erase0].copy()
+    group = StoreReader(store, mode="a").root[f"runs/tiny-lora/{schema.INTERVENTIONS_GROUP}"]
+    group["done"][erase0] = 0
+    group["probabilities"][erase0] = 0
+    assert main(["intervene", "--run", str(run), "--store", store]) == 0
+    again = StoreReader(store).interventions("tiny-lora")
+    assert again.done.all() and np.array_equal(again.probabilities[erase0], before)
+
+
+def test_intervene_needs_a_traced_run(tiny_runs, tmp_path):
+    from precompute.checkpoints import RunError
+
+    with pytest.raises(RunError, match="trace it first"):
+        intervene.run(tiny_runs["frozen"], str(tmp_path / "none.zarr"))
