@@ -163,16 +163,22 @@ class FoldModels:
     def __init__(self, run: Path, variant: Variant, device: torch.device | str):
         self.run, self.variant, self.device = run, variant, torch.device(device)
         self.model: torch.nn.Module | None = None
+        self.fold: int | None = None
+        """The fold whose weights the model holds."""
 
     def load(self, fold: int) -> torch.nn.Module:
         """Fold ``fold``'s model (see ``load_fold_model``), in eval mode on the device."""
         if self.model is None:
             self.model = load_fold_model(self.run, fold, self.variant).to(self.device)
+            self.fold = fold
             return self.model
+        if fold == self.fold:
+            return self.model.eval()
         fold_dir = self.run / f"fold_{fold:02d}"
         if not (fold_dir / "metrics.json").is_file():
             raise RunError(f"{fold_dir} is missing or incomplete; finish it with the same loralens train command "
                            f"(completed folds: {completed_folds(self.run)})")
+        self.fold = None  # until the whole swap is done: a failed one leaves no fold's weights
         load_head(self.model, fold_dir / HEAD_FILE)
         if isinstance(self.model, PeftModel):
             path = fold_dir / ("adapter" if self.variant == "trained" else "random_twin") / ADAPTER_FILE
@@ -191,6 +197,7 @@ class FoldModels:
                 raise RunError(f"{path}: does not fit the run's first fold's adapter (unexpected "
                                f"{sorted(result.unexpected_keys)[:3]}, missing {sorted(missing)[:3]}); retrain "
                                "the fold")
+        self.fold = fold
         return self.model.eval()
 
 
