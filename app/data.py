@@ -70,6 +70,12 @@ def lens_summary(path: str, run: str) -> lens.LensSummary:
 
 
 @st.cache_data(show_spinner=False)
+def causal(path: str, run: str):
+    """The run's interventions: metrics per condition and predictions per utterance, or None (``views.causal_of``)."""
+    return views.causal_of(reader(path), run)
+
+
+@st.cache_data(show_spinner=False)
 def contributions(path: str, run: str, rows: tuple[int, ...]):
     """Per-layer contributions over ``rows``."""
     return views.contributions_of(reader(path), run, list(rows))

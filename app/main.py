@@ -45,6 +45,7 @@ navigation = st.navigation([
     st.Page(sections / "clusters.py", title="Clusters", icon=":material/scatter_plot:", url_path="clusters"),
     st.Page(sections / "dynamics.py", title="LoRA dynamics", icon=":material/stacked_line_chart:", url_path="dynamics"),
     st.Page(sections / "contributions.py", title="Contributions", icon=":material/stacks:", url_path="contributions"),
+    st.Page(sections / "causal.py", title="Causal", icon=":material/science:", url_path="causal"),
     st.Page(sections / "upload.py", title="Upload", icon=":material/upload:", url_path="upload"),
 ])
 try:

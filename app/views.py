@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from app.analysis import cka, contributions, lens, projections, spectra
+from app.analysis import causal, cka, contributions, lens, projections, spectra
 from store.reader import StoreReader, Summary
 
 LORA_QUANTITIES = ("lora_a_activation", "lora_a_gradient", "lora_b_activation", "lora_b_gradient")
@@ -94,6 +94,27 @@ def utterance_table(reader: StoreReader, run: str | None = None) -> pd.DataFrame
         fold[rows] = reader.read(run, "trained", "fold", rows.tolist())
         table["fold"] = fold
     return table
+
+
+def causal_of(reader: StoreReader, run: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """A run's interventions (``loralens intervene``), or None where the store has none (or an unfinished set).
+
+    Returns:
+        Per condition its metrics (``causal.metrics``), and per utterance its prediction under each condition
+        (columns ``row``, ``id``, ``emotion``, then one per condition).
+    """
+    result = reader.interventions(run)
+    if result is None or not result.done.all():
+        return None
+    rows = result.rows.tolist()
+    emotions = reader.attrs(run)["emotions"]
+    labels = reader.read(run, "trained", "label", rows).astype(int)
+    table = reader.utterances()
+    predictions = pd.DataFrame({"row": rows, "id": np.asarray(table["id"])[rows],
+                                "emotion": np.asarray(table["emotion"])[rows]})
+    for name, p in zip(result.conditions, result.probabilities, strict=True):
+        predictions[name] = [emotions[i] for i in p.argmax(-1)]
+    return causal.metrics(result.conditions, result.probabilities, labels), predictions
 
 
 def common_rows(reader: StoreReader, *runs: str) -> list[int]:

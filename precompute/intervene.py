@@ -29,11 +29,11 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from tqdm.auto import tqdm
 
+from app.analysis import causal  # the analyses live with the app; torch-free
 from precompute import window as W
 from precompute.audio import load_audio
 from precompute.checkpoints import FoldModels, RunError, read_config, run_precision
 from precompute.config import INTERVENTION_KINDS
-from precompute.folds import scores
 from precompute.models import feature_extractor
 from precompute.train import resolve_device
 from store.writer import StoreWriter
@@ -144,12 +144,6 @@ def outcome(model: torch.nn.Module, features: W.Features) -> tuple[torch.Tensor,
     return logits.float().softmax(-1), lens.float()
 
 
-def kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """KL(p || q) over the last axis, in nats (probabilities floored at 1e-12)."""
-    p, q = np.clip(p, 1e-12, 1.0), np.clip(q, 1e-12, 1.0)
-    return (p * np.log(p / q)).sum(-1)
-
-
 def run(run_dir: Path, store: str, *, name: str | None = None, kinds: tuple[str, ...] = KINDS, batch_size: int = 8,
         device: str = "cpu", storage_options: dict | None = None) -> dict[str, dict]:
     """Compute every condition of ``kinds`` on the run's traced utterances into the store (``loralens intervene``).
@@ -160,7 +154,7 @@ def run(run_dir: Path, store: str, *, name: str | None = None, kinds: tuple[str,
 
     Returns:
         Per condition name: ``uar`` and ``war`` of its predictions, ``kl`` the mean KL(none || condition) and
-        ``flipped`` the share of utterances whose prediction differs from ``none``'s.
+        ``flipped`` the share of utterances whose prediction differs from ``none``'s (``app.analysis.causal``).
     """
     name = name or run_dir.resolve().name
     writer = StoreWriter(store, storage_options)
@@ -208,11 +202,5 @@ def run(run_dir: Path, store: str, *, name: str | None = None, kinds: tuple[str,
         writer.write_intervention(name, index, probabilities, lens)
     bar.close()
     result = writer.interventions(name)
-    baseline = result.probabilities[0]
-    out = {}
-    for index, condition in enumerate(result.conditions):
-        p = result.probabilities[index]
-        out[condition] = {**{k: v for k, v in scores(labels, p.argmax(-1), n_classes).items() if k != "confusion"},
-                          "kl": float(kl(baseline, p).mean()),
-                          "flipped": float((p.argmax(-1) != baseline.argmax(-1)).mean())}
-    return out
+    frame = causal.metrics(result.conditions, result.probabilities, labels)
+    return {r.condition: {k: getattr(r, k) for k in ("uar", "war", "kl", "flipped")} for r in frame.itertuples()}

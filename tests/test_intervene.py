@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,6 +137,27 @@ def test_intervene_command_into_the_store_and_resume(tiny_runs, tmp_path, capsys
                        atol=1e-5)
     assert "none" in printed and f"erase@{n - 1}" in printed
     assert validate(store).ok
+    # The Causal page draws them: the heatmap (exported like every chart) and the utterances a condition flips.
+    from streamlit.testing.v1 import AppTest
+
+    from app.analysis import causal
+
+    page = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app" / "main.py"), default_timeout=300)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LORALENS_STORE", store)
+        at = page.run()
+        at.switch_page("sections/causal.py").run()
+        assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+        keys = [b.proto.id for b in at.get("download_button")]
+        assert all(any(k.endswith(f"ca-{kind}") for k in keys) for kind in ("csv", "svg", "png")), keys
+        metrics = causal.metrics(result.conditions, result.probabilities,
+                                 reader.read("tiny-lora", "trained", "label", result.rows.tolist()).astype(int))
+        worst = metrics.iloc[1:].sort_values("flipped").iloc[-1]
+        at.selectbox(key="ca-condition").set_value(worst["condition"]).run()
+        shown = next(t.value for t in at.table if f"under {worst['condition']}" in t.value.columns)
+        assert len(shown) == round(worst["flipped"] * len(result.rows))
+        at.radio(key="ca-measure").set_value("KL(none || condition)").run()
+        assert not at.exception
     # Resume: a condition whose mark is gone is computed again, alone, to the same values.
     erase0 = result.conditions.index("erase@0")
     before = result.probabilities[erase0].copy()
