@@ -10,6 +10,8 @@ COLOURINGS = ("emotion", "speaker", "correct")
 PROJECTIONS = ("umap", "tsne")
 SOURCES = ("residual", "lora_a")
 OUTCOMES = ("all", "correct", "wrong")
+MEASURES = ("uar_drop", "kl", "flipped")
+"""What the Causal page's heatmap shows: UAR drop, KL(none || condition), the share of predictions flipped."""
 THRESHOLD_RANGE = (0.5, 0.99)
 """The effective rank's energy threshold: the LoRA dynamics slider's range, in steps of 0.01."""
 MAX_TEXT = 100
@@ -62,6 +64,10 @@ class ViewState:
     final prediction."""
     frozen_lens_class: str | None = None
     """The same for the frozen run beside it."""
+    measure: str = "uar_drop"
+    """What the Causal heatmap shows: one of ``MEASURES``."""
+    condition: str | None = None
+    """The intervention whose flipped utterances Causal lists (``erase@3``); None: the first."""
 
     def to_params(self) -> dict[str, str | list[str]]:
         """Query parameters (defaults left out); a tuple is a repeated parameter, an empty one ``key=``."""
@@ -113,6 +119,9 @@ def parse(params: Params, runs: list[str], utterances: set[str], n_boundaries: d
     state.search = (_last(params, "search") or "")[:MAX_TEXT]
     state.lens_class = next(iter(_names([_last(params, "lens_class") or ""])), None)
     state.frozen_lens_class = next(iter(_names([_last(params, "frozen_lens_class") or ""])), None)
+    measure = _last(params, "measure")
+    state.measure = measure if measure in MEASURES else "uar_drop"
+    state.condition = next(iter(_names([_last(params, "condition") or ""])), None)
     return state
 
 

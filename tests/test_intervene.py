@@ -156,8 +156,18 @@ def test_intervene_command_into_the_store_and_resume(tiny_runs, tmp_path, capsys
         at.selectbox(key="ca-condition").set_value(worst["condition"]).run()
         shown = next(t.value for t in at.table if f"under {worst['condition']}" in t.value.columns)
         assert len(shown) == round(worst["flipped"] * len(result.rows))
-        at.radio(key="ca-measure").set_value("KL(none || condition)").run()
+        at.radio(key="ca-measure").set_value("kl").run()
         assert not at.exception
+        # The URL holds the view: a link reopens the same measure and condition.
+        assert at.query_params["measure"] in ("kl", ["kl"])
+        assert at.query_params["condition"] in (worst["condition"], [worst["condition"]])
+        linked = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app" / "main.py"), default_timeout=300)
+        linked.query_params["measure"] = "flipped"
+        linked.query_params["condition"] = worst["condition"]
+        reopened = linked.run()
+        reopened.switch_page("sections/causal.py").run()
+        assert reopened.radio(key="ca-measure").value == "flipped"
+        assert reopened.selectbox(key="ca-condition").value == worst["condition"]
     # Resume: a condition whose mark is gone is computed again, alone, to the same values.
     erase0 = result.conditions.index("erase@0")
     before = result.probabilities[erase0].copy()
