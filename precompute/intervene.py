@@ -139,8 +139,7 @@ def outcome(model: torch.nn.Module, features: W.Features) -> tuple[torch.Tensor,
         for handle in handles:
             handle.remove()
     h = torch.stack([r.float() for r in residual], 1)  # (batch, boundary, frame, d)
-    pooled = W.masked_mean(whisper.encoder.layer_norm(h), features.pooling_mask())
-    lens = whisper.classifier(whisper.projector(pooled))
+    lens = W.head_logits(model, W.masked_mean(whisper.encoder.layer_norm(h), features.pooling_mask()))
     return logits.float().softmax(-1), lens.float()
 
 

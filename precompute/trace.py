@@ -219,11 +219,12 @@ class Tracer:
             # keeps what was captured.
             with self._writers() as pool:
                 in_flight: deque[Future] = deque()
-                models, capturer = FoldModels(self.run, checkpoint, self.device), None
+                models, capturer, extractor = FoldModels(self.run, checkpoint, self.device), None, None
                 for fold in sorted({fold_of_row[r] for r in pending}):
                     model = models.load(fold)  # the same module each fold, that fold's weights swapped in
-                    capturer = capturer or Capturer(model, self.config.window, self.options)
-                    extractor = feature_extractor(W.whisper_of(model).config)
+                    if capturer is None:  # so its capturer and extractor serve every fold
+                        capturer = Capturer(model, self.config.window, self.options)
+                        extractor = feature_extractor(W.whisper_of(model).config)
                     fold_rows = [r for r in pending if fold_of_row[r] == fold]
                     for start in range(0, len(fold_rows), self.batch_size):
                         batch = fold_rows[start: start + self.batch_size]

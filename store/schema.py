@@ -169,15 +169,14 @@ SUMMARY_ATTRS = (
 
 INTERVENTIONS_GROUP = "interventions"
 """``/runs/<run>/interventions``: the causal lens (``loralens intervene``, see ``precompute.intervene``): the run's
-traced utterances under each condition. Arrays ``probabilities`` ``(condition, utterance, class)`` and ``lens_logits``
-``(condition, utterance, boundary, class)``, one chunk per condition (one process writes a condition whole), and
-``done`` ``(condition,)``, a condition's mark, set after its arrays. Attributes (``INTERVENTION_ATTRS``): the
-conditions' names in the arrays' order (``none`` first: the model as trained), the store rows of the utterance
-axis, and the trained checkpoint's ``n_written`` they were computed from (another means the trace grew: the group
-is computed again)."""
+traced utterances under each condition. Arrays ``probabilities`` ``(condition, utterance, class)`` and
+``lens_logits`` ``(condition, utterance, boundary, class)``, one chunk per condition (one process writes a condition
+whole), and ``done`` ``(condition,)``, a condition's mark, set after its arrays. Attributes
+(``intervention_version``, ``conditions``, ``rows``, ``basis``): the conditions' names in the arrays' order (``none``
+first: the model as trained), the store rows of the utterance axis, and the trained checkpoint's ``n_written`` they
+were computed from (another means the trace grew: the group is computed again)."""
 INTERVENTION_VERSION = 1
 """Bumped on any change to what the interventions group holds; a group of another version is computed again."""
-INTERVENTION_ATTRS = ("intervention_version", "conditions", "rows", "basis")
 
 
 def consolidated_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:

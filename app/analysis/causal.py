@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.special import rel_entr
 from sklearn.metrics import balanced_accuracy_score
 
 
 def kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """KL(p || q) over the last axis, in nats (probabilities floored at 1e-12)."""
-    p, q = np.clip(p, 1e-12, 1.0), np.clip(q, 1e-12, 1.0)
-    return (p * np.log(p / q)).sum(-1)
+    return rel_entr(np.clip(p, 1e-12, 1.0), np.clip(q, 1e-12, 1.0)).sum(-1)
 
 
 def metrics(conditions: list[str], probabilities: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
