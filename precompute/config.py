@@ -27,9 +27,10 @@ LIBRARIES = ("loralens", "torch", "transformers", "peft", "nnsight", "zarr", "nu
 # Fields that may change between an interrupted run and its resumption without changing its results.
 RESUMABLE_FIELDS = ("device", "skip_bad")
 
-INTERVENTION_KINDS = ("lora_off", "lora_only", "lora_off_from", "erase")
-"""The causal lens's interventions (``precompute.intervene``): LoRA off at a layer, on at a layer only, off from a
-layer up, a layer's block erased."""
+INTERVENTION_KINDS = ("lora_off", "lora_only", "lora_off_from", "erase", "patch")
+"""The causal lens's interventions inside the model (``precompute.intervene``): LoRA off at a layer, on at a layer
+only, off from a layer up, a layer's block erased, a layer's output patched in from a partner run. The audio
+counterfactuals are ``app.analysis.counterfactuals.AUDIO_KINDS``."""
 
 
 @dataclass

@@ -50,7 +50,8 @@ class Selection:
     """A file of utterance ids (one per line, as in the run's folds.json)."""
 
 
-def _held_out_fold(run: Path) -> dict[str, int]:
+def held_out_fold(run: Path) -> dict[str, int]:
+    """Utterance id (as in the run's ``folds.json``) -> the fold that held it out."""
     folds = json.loads((run / "folds.json").read_text())["folds"]
     return {uid: f["index"] for f in folds for uid in f["test"]}
 
@@ -58,7 +59,7 @@ def _held_out_fold(run: Path) -> dict[str, int]:
 def select(run: Path, data: str, selection: Selection) -> list[tuple[Utterance, int]]:
     """The utterances to trace with the fold each was held out by, in a deterministic order."""
     config = read_config(run)
-    fold_of = _held_out_fold(run)
+    fold_of = held_out_fold(run)
     done = set(completed_folds(run))
     if not done:
         raise RunError(f"{run} has no completed fold; finish training first (loralens train ... --out {run})")

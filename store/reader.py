@@ -509,12 +509,13 @@ class StoreReader:
         if group is None or group.attrs.get("intervention_version") != schema.INTERVENTION_VERSION:
             return None
         attrs = dict(group.attrs)
-        read = {}
+        read, n = {}, len(attrs["conditions"])
         for name in ("done", "probabilities", "lens_logits"):
             with self._reading(f"{key}/{name}", group[name]):
-                read[name] = group[name][...]
+                read[name] = group[name][:n]  # longer where a rerun grew them but died before naming the new ones
         return Interventions(list(attrs["conditions"]), np.asarray(attrs["rows"], dtype=np.int64),
-                             read["done"].astype(bool), read["probabilities"], read["lens_logits"])
+                             read["done"].astype(bool), read["probabilities"], read["lens_logits"],
+                             attrs.get("partner"))
 
     def summary(self, run: str) -> Summary | None:
         """A run's summary (``schema.SUMMARY_GROUP``), or None where it has none or it is stale.
@@ -561,6 +562,8 @@ class Interventions:
     """Class probabilities, ``(condition, utterance, class)`` (zeros where not done)."""
     lens_logits: np.ndarray
     """Lens logits per boundary, ``(condition, utterance, boundary, class)``."""
+    partner: str | None = None
+    """The run whose residuals the ``patch@`` conditions patch in (None: none patched)."""
 
 
 class Summary:

@@ -172,9 +172,12 @@ INTERVENTIONS_GROUP = "interventions"
 traced utterances under each condition. Arrays ``probabilities`` ``(condition, utterance, class)`` and
 ``lens_logits`` ``(condition, utterance, boundary, class)``, one chunk per condition (one process writes a condition
 whole), and ``done`` ``(condition,)``, a condition's mark, set after its arrays. Attributes
-(``intervention_version``, ``conditions``, ``rows``, ``basis``): the conditions' names in the arrays' order (``none``
-first: the model as trained), the store rows of the utterance axis, and the trained checkpoint's ``n_written`` they
-were computed from (another means the trace grew: the group is computed again)."""
+(``intervention_version``, ``conditions``, ``rows``, ``basis``, ``partner``): the conditions' names in the arrays'
+order (``none`` first: the model as trained; a rerun asking for more appends them), the store rows of the utterance
+axis, the trained checkpoint's ``n_written`` they were computed from (another means the trace grew: the group is
+computed again), and the run whose residuals the ``patch@`` conditions patch in (None: no patching)."""
+PATCH_PREFIX = "patch@"
+"""Conditions that read the partner run (``partner``): marked undone when it changes."""
 INTERVENTION_VERSION = 1
 """Bumped on any change to what the interventions group holds; a group of another version is computed again."""
 

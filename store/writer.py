@@ -403,18 +403,35 @@ class StoreWriter(StoreReader):
 
     # -- summaries ------------------------------------------------------------------------------------------
     def create_interventions(self, run: str, conditions: list[str], rows: list[int], n_boundaries: int,
-                             n_classes: int, basis: int) -> None:
-        """Create a run's interventions group (``schema.INTERVENTIONS_GROUP``), empty.
+                             n_classes: int, basis: int, partner: str | None = None) -> list[str]:
+        """Create a run's interventions group (``schema.INTERVENTIONS_GROUP``), or extend the one there.
 
-        Unless one of the same conditions, rows and basis is there: an interrupted ``loralens intervene`` keeps its
-        finished conditions. A different one is replaced.
+        A group of the same rows and basis is kept, finished conditions and all (an interrupted ``loralens
+        intervene`` resumes), and grows by the conditions it lacks; one of other rows or basis (the trace grew) is
+        replaced. Where ``partner`` (the run patched from) changes, the conditions that read it (``patch@``) are
+        marked undone.
+
+        Returns:
+            The group's conditions, in its arrays' order: those it held, then the new ones.
         """
         key = f"runs/{run}/{schema.INTERVENTIONS_GROUP}"
-        attrs = {"intervention_version": schema.INTERVENTION_VERSION, "conditions": list(conditions),
-                 "rows": [int(r) for r in rows], "basis": int(basis)}
+        attrs = {"intervention_version": schema.INTERVENTION_VERSION, "rows": [int(r) for r in rows],
+                 "basis": int(basis)}
         group = self._node(key)
-        if group is not None and all(group.attrs.get(k) == v for k, v in attrs.items()):
-            return
+        if group is not None and "conditions" in group.attrs and all(group.attrs.get(k) == v for k, v in attrs.items()):
+            held = list(group.attrs["conditions"])
+            if partner is not None and group.attrs.get("partner") != partner:
+                for i, name in enumerate(held):
+                    if name.startswith(schema.PATCH_PREFIX):
+                        group["done"][i] = 0
+                group.attrs["partner"] = partner
+            if new := [c for c in conditions if c not in held]:
+                n = len(held) + len(new)
+                for name in ("probabilities", "lens_logits", "done"):
+                    group[name].resize((n, *group[name].shape[1:]))  # new conditions read as zeros, not done
+                group.attrs["conditions"] = held + new  # last: the arrays are already long enough
+            self._cache.clear()
+            return held + new
         if group is not None:
             del self.root[key]
         group = self.root.require_group(key)
@@ -426,8 +443,10 @@ class StoreWriter(StoreReader):
                            dimension_names=("condition", "utterance", "boundary", "class"), fill_value=0)
         group.create_array("done", shape=(n,), chunks=(1,), dtype="uint8", dimension_names=("condition",),
                            fill_value=0)
-        group.attrs.update(attrs)  # last: a group without them is an unfinished creation, made again
+        # Last: a group without them is an unfinished creation, made again.
+        group.attrs.update({**attrs, "partner": partner, "conditions": list(conditions)})
         self._cache.clear()
+        return list(conditions)
 
     def write_intervention(self, run: str, index: int, probabilities: np.ndarray, lens_logits: np.ndarray) -> None:
         """Write one condition's results (``index`` into the group's ``conditions``), then its mark."""

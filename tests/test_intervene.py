@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from app.analysis.counterfactuals import CHANGES
 from precompute import intervene
 from precompute import window as W
 from precompute.audio import load_audio
@@ -80,6 +81,33 @@ def test_erasing_a_layer_is_skipping_it(tiny_runs, method):
         assert torch.equal(untouched, W.classify(model, features).softmax(-1))
 
 
+@pytest.mark.parametrize(("target", "source"), [("lora", "frozen"), ("frozen", "lora")])
+def test_patching_a_layer_carries_the_sources_residual_from_there(tiny_runs, target, source):
+    """patch@k: the lens is the target's up to layer k, the source's residual at k + 1 under the target's head."""
+    model, features = _batch(tiny_runs[target])
+    partner = load_fold_model(tiny_runs[source], 0)
+    donor = intervene.layer_outputs(partner, features)
+    whisper = W.whisper_of(model)
+    mask = features.pooling_mask()
+    _, unpatched = intervene.outcome(model, features)
+    for k in range(len(whisper.encoder.layers)):
+        with intervene.applied(model, intervene.Condition("patch", k), donor):
+            probabilities, lens = intervene.outcome(model, features)
+        assert torch.equal(lens[:, : k + 1], unpatched[:, : k + 1])  # below the patch nothing changes
+        with torch.no_grad():
+            expected = W.head_logits(model, W.masked_mean(whisper.encoder.layer_norm(donor[k]), mask))
+        assert torch.allclose(lens[:, k + 1], expected, atol=1e-5)  # boundary k + 1 is the source's residual
+    # At the last boundary the patched model's final layer is the source's: its decision is the source's
+    # residual read by the target's head.
+    assert torch.allclose(probabilities, expected.softmax(-1), atol=1e-5)
+    with intervene.applied(model, intervene.Condition("patch", 1), intervene.layer_outputs(model, features)):
+        itself = intervene.outcome(model, features)
+    assert torch.equal(itself[1], unpatched)  # patching a model with itself changes nothing
+    with pytest.raises(ValueError, match="partner run's output"), \
+            intervene.applied(model, intervene.Condition("patch", 0)):
+        pass
+
+
 def test_outcome_is_what_the_trace_stores(tiny_runs):
     """No condition: outcome's lens equals the capture's lens_logits, its probabilities the logits'."""
     from precompute.capture import CaptureOptions, Capturer
@@ -95,8 +123,11 @@ def test_outcome_is_what_the_trace_stores(tiny_runs):
 def test_conditions_and_names(tiny_runs):
     lora, frozen = (load_fold_model(tiny_runs[m], 0) for m in ("lora", "frozen"))
     n = len(W.whisper_of(lora).encoder.layers)
-    assert len(intervene.conditions(lora)) == 4 * n + 1 and len(intervene.conditions(frozen)) == n + 1
-    assert {c.kind for c in intervene.conditions(frozen)} == {"none", "erase"}
+    audio = sum(len(c.strengths) for c in CHANGES.values())
+    assert len(intervene.conditions(lora)) == 4 * n + 1 + audio and len(intervene.conditions(frozen)) == n + 1 + audio
+    assert len(intervene.conditions(lora, partner=True)) == 5 * n + 1 + audio
+    assert {c.kind for c in intervene.conditions(frozen, partner=True)} == {"none", "erase", "patch", *CHANGES}
+    assert [c.name for c in intervene.conditions(lora, ("pitch",), {"pitch": (0, 3)})] == ["pitch@0", "pitch@3"]
     assert intervene.conditions(lora)[0].name == "none" and intervene.Condition.parse("none").kind == "none"
     assert intervene.Condition.parse("lora_off@3") == intervene.Condition("lora_off", 3)
     with pytest.raises(ValueError, match="KIND@LAYER"):
@@ -128,7 +159,8 @@ def test_intervene_command_into_the_store_and_resume(tiny_runs, tmp_path, capsys
     reader = StoreReader(store)
     result = reader.interventions("tiny-lora")
     n = len(W.whisper_of(load_fold_model(run, 0)).encoder.layers)
-    assert result.done.all() and len(result.conditions) == 4 * n + 1 and result.conditions[0] == "none"
+    audio = sum(len(c.strengths) for c in CHANGES.values())
+    assert result.done.all() and len(result.conditions) == 4 * n + 1 + audio and result.conditions[0] == "none"
     assert result.rows.tolist() == np.flatnonzero(reader.written("tiny-lora")).tolist()
     # none is the trace; the last boundary of every lens is that condition's output.
     logits = reader.read("tiny-lora", "trained", "logits", result.rows.tolist())
@@ -184,3 +216,39 @@ def test_intervene_needs_a_traced_run(tiny_runs, tmp_path):
 
     with pytest.raises(RunError, match="trace it first"):
         intervene.run(tiny_runs["frozen"], str(tmp_path / "none.zarr"))
+
+
+def test_zero_strength_audio_is_the_original_and_more_kinds_are_appended(tiny_runs, tmp_path):
+    """An audio change at its identity strength reproduces the model as trained; a rerun asking for more conditions
+    (patching from the frozen run) keeps what is there and adds them."""
+    from precompute.checkpoints import RunError
+    from precompute.cli import main
+    from store.reader import StoreReader
+
+    lora, frozen, store = tiny_runs["lora"], tiny_runs["frozen"], str(tmp_path / "s.zarr")
+    assert main(["trace", "--run", str(lora), "--store", store, "--per-class", "2", "--no-summary"]) == 0
+    assert main(["intervene", "--run", str(lora), "--store", store, "--kinds", "pitch,noise,loudness",
+                 "--strength", "pitch=0,3", "--strength", "noise=inf", "--strength", "loudness=0,-30"]) == 0
+    first = StoreReader(store).interventions("tiny-lora")
+    assert first.conditions == ["none", "pitch@0", "pitch@3", "noise@inf", "loudness@0", "loudness@-30"]
+    for same in (1, 3, 4):
+        assert np.array_equal(first.probabilities[same], first.probabilities[0])
+        assert np.array_equal(first.lens_logits[same], first.lens_logits[0])
+    assert not np.array_equal(first.probabilities[2], first.probabilities[0])  # a real change changes something
+    assert first.partner is None
+    with pytest.raises(RunError, match="--partner"):
+        intervene.run(lora, store, kinds=("patch",))
+    assert main(["intervene", "--run", str(lora), "--store", store, "--kinds", "patch",
+                 "--partner", str(frozen)]) == 0
+    second = StoreReader(store).interventions("tiny-lora")
+    n = len(W.whisper_of(load_fold_model(lora, 0)).encoder.layers)
+    assert second.conditions == first.conditions + [f"patch@{k}" for k in range(n)] and second.done.all()
+    assert np.array_equal(second.probabilities[: len(first.conditions)], first.probabilities)
+    assert second.partner == "tiny-frozen"
+    # patch@k leaves the boundaries up to k as trained and changes the decision from there.
+    for k in range(n):
+        patched = second.lens_logits[second.conditions.index(f"patch@{k}")]
+        assert np.allclose(patched[:, : k + 1], second.lens_logits[0][:, : k + 1], atol=1e-6)
+        assert not np.array_equal(patched[:, k + 1], second.lens_logits[0][:, k + 1])  # (one epoch: barely apart)
+
+

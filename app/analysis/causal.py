@@ -7,6 +7,8 @@ import pandas as pd
 from scipy.special import rel_entr
 from sklearn.metrics import balanced_accuracy_score
 
+from app.analysis.counterfactuals import AUDIO_KINDS
+
 
 def kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """KL(p || q) over the last axis, in nats (probabilities floored at 1e-12)."""
@@ -14,7 +16,10 @@ def kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 def metrics(conditions: list[str], probabilities: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
-    """One row per condition: its kind and layer, UAR, WAR, mean KL(none || condition), flipped share, UAR drop.
+    """What each condition did to a run's decisions, one row per condition.
+
+    Columns: ``condition``, ``kind``, ``layer`` (-1: none), ``strength`` (of an audio change, else NaN), ``uar``,
+    ``war``, ``kl`` (mean KL(none || condition)), ``flipped`` (share of predictions changed), ``uar_drop``.
 
     Args:
         conditions: names (``precompute.intervene``), ``none`` first.
@@ -26,9 +31,11 @@ def metrics(conditions: list[str], probabilities: np.ndarray, labels: np.ndarray
     baseline = probabilities[0]
     rows = []
     for name, p in zip(conditions, probabilities, strict=True):
-        kind, _, layer = name.partition("@")
+        kind, _, at = name.partition("@")
+        audio = kind in AUDIO_KINDS
         predicted = p.argmax(-1)
-        rows.append({"condition": name, "kind": kind, "layer": int(layer) if layer else -1,
+        rows.append({"condition": name, "kind": kind, "layer": int(at) if at and not audio else -1,
+                     "strength": float(at) if audio else np.nan,
                      "uar": float(balanced_accuracy_score(labels, predicted)),
                      "war": float(np.mean(labels == predicted)), "kl": float(kl(baseline, p).mean()),
                      "flipped": float(np.mean(predicted != baseline.argmax(-1)))})
