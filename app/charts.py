@@ -148,17 +148,58 @@ def time_heatmap(df: pd.DataFrame, y: str, title: str = "", domain=None, scheme:
     ).properties(width=WIDTH, height=HEIGHT // 1.5, title=title)
 
 
-def click() -> alt.Parameter:
-    """A point selection on the ``id`` field (clicking a point selects that utterance)."""
-    return alt.selection_point(name="pick", fields=["id"], on="click")
+def click(field: str = "id") -> alt.Parameter:
+    """A point selection on ``field`` (clicking a point selects that utterance, a heatmap's cell that condition)."""
+    return alt.selection_point(name="pick", fields=[field], on="click")
 
 
-def picked_id(event) -> str | None:
-    """The utterance id a click on a ``click()`` chart selected, if any."""
+def picked_id(event, field: str = "id") -> str | None:
+    """The ``field`` value (an utterance id, a condition) a click on a ``click(field)`` chart selected, if any."""
     try:
         points = event["selection"]["pick"]
     except (KeyError, TypeError):
         return None
-    if isinstance(points, list) and points and "id" in points[0]:
-        return str(points[0]["id"])
+    if isinstance(points, list) and points and field in points[0]:
+        return str(points[0][field])
     return None
+
+
+def interventions(df: pd.DataFrame, value: str, title: str = "", domain=None) -> alt.Chart:
+    """Columns ``layer``, ``kind``, ``condition``, ``value``: a layer x intervention heatmap.
+
+    A click picks a cell's condition (``click("condition")``).
+    """
+    scale = alt.Scale(scheme="oranges", domain=domain) if domain else alt.Scale(scheme="oranges")
+    return alt.Chart(df).mark_rect(stroke="white").encode(
+        x=alt.X("layer:O"), y=alt.Y("kind:N", title=None),
+        color=alt.Color(f"{value}:Q", scale=scale, title=None),
+        tooltip=["condition", alt.Tooltip(f"{value}:Q", format=".3f")],
+    ).add_params(click("condition")).properties(width=WIDTH - 60, height=HEIGHT * 2 // 3, title=title)
+
+
+def audio_changes(df: pd.DataFrame, value: str, title: str = "") -> alt.Chart:
+    """Columns ``label`` (the audio change), ``strength``, ``run``, ``value``: one panel per change, strength on x.
+
+    Each change's strength has its own unit, so the panels share the y axis but not the x axis.
+    """
+    base = alt.Chart(df).mark_line(point=True).encode(
+        x=alt.X("strength:Q", title=None, scale=alt.Scale(zero=False)),
+        y=alt.Y(f"{value}:Q", title=None), color=alt.Color("run:N", title=None),
+        tooltip=["run", "condition", alt.Tooltip(f"{value}:Q", format=".3f")],
+    ).properties(width=150, height=HEIGHT * 2 // 3)
+    return base.facet(column=alt.Column("label:N", title=None)).resolve_scale(x="independent").properties(
+        title=title)
+
+
+def trajectories(df: pd.DataFrame, title: str = "") -> alt.Chart:
+    """Columns ``boundary``, ``emotion``, ``probability``, ``series``: one utterance's lens, two series.
+
+    As trained solid, under a condition dashed.
+    """
+    return alt.Chart(df).mark_line(point=True).encode(
+        x=alt.X("boundary:O", title="layer boundary"),
+        y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("emotion:N", scale=_emotion_scale(df["emotion"])),
+        strokeDash=alt.StrokeDash("series:N", title=None, scale=alt.Scale(domain=list(dict.fromkeys(df["series"])))),
+        tooltip=["series", "emotion", "boundary", alt.Tooltip("probability:Q", format=".3f")],
+    ).properties(width=WIDTH, height=HEIGHT, title=title)

@@ -16,7 +16,7 @@ import soundfile as sf
 import streamlit as st
 
 from app import views
-from app.analysis import lens, projections
+from app.analysis import counterfactuals, lens, projections
 from precompute.audio import SAMPLE_RATE
 from store.reader import STORAGE_OPTIONS_ENV, StoreReader
 
@@ -69,10 +69,24 @@ def lens_summary(path: str, run: str) -> lens.LensSummary:
     return views.lens_of(reader(path), run)
 
 
-@st.cache_data(show_spinner=False)
-def causal(path: str, run: str):
-    """The run's interventions: metrics per condition and predictions per utterance, or None (``views.causal_of``)."""
+@st.cache_data(show_spinner=False, ttl=30)
+def causal(path: str, run: str) -> views.CausalView | None:
+    """The run's interventions finished so far, or None (``views.causal_of``).
+
+    Refreshed every 30 s while ``loralens intervene`` adds conditions.
+    """
     return views.causal_of(reader(path), run)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def altered_wav(path: str, row: int, kind: str, strength: float) -> bytes:
+    """An utterance's audio changed as an audio counterfactual does (``counterfactuals.alter``), as WAV bytes."""
+    r = reader(path)
+    uid = str(np.asarray(r.utterances()["id"])[row])
+    altered = counterfactuals.alter(r.audio(row), kind, strength, counterfactuals.seed_of(uid))
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(altered, -1, 1), SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
 
 
 @st.cache_data(show_spinner=False)
@@ -130,3 +144,10 @@ def predictor(run_dir: str, fold: int | None):
     from precompute.predict import Predictor
 
     return Predictor(Path(run_dir), fold)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def upload_interventions(run_dir: str, fold: int | None, audio: np.ndarray, name: str,
+                         conditions: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """An uploaded clip's lens under each condition (``Predictor.intervene``), computed once per clip and choice."""
+    return predictor(run_dir, fold).intervene(audio, list(conditions), name)

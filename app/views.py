@@ -96,25 +96,65 @@ def utterance_table(reader: StoreReader, run: str | None = None) -> pd.DataFrame
     return table
 
 
-def causal_of(reader: StoreReader, run: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """A run's interventions (``loralens intervene``), or None where the store has none (or an unfinished set).
+@dataclass
+class CausalView:
+    """A run's interventions as the Causal page shows them (``causal_of``)."""
+
+    metrics: pd.DataFrame
+    """Per condition (``causal.metrics``): kind, layer, strength, UAR, WAR, KL, flipped share, UAR drop."""
+    predictions: pd.DataFrame
+    """Per utterance: ``row``, ``id``, ``emotion``, then its predicted emotion under each condition."""
+    lens_logits: np.ndarray
+    """``(condition, utterance, boundary, class)``, in ``metrics``' order."""
+    emotions: list[str]
+    """The class names."""
+    partner: str | None
+    """The run ``patch@`` conditions patched from."""
+
+    def trajectory(self, row: int, condition: str) -> pd.DataFrame:
+        """One utterance's lens as trained and under ``condition``, as class probabilities per boundary.
+
+        Columns ``boundary``, ``emotion``, ``probability``, ``series`` (``as trained`` or the condition).
+        """
+        i = int(np.flatnonzero(self.predictions["row"].to_numpy() == row)[0])
+        conditions = self.metrics["condition"].tolist()
+        return trajectories({name: lens.trajectory(self.lens_logits[conditions.index(name), i])
+                             for name in dict.fromkeys(("none", condition))}, self.emotions)
+
+
+def trajectories(series: dict[str, np.ndarray], emotions: list[str]) -> pd.DataFrame:
+    """Lens trajectories of one clip as a tidy frame (``charts.trajectories``).
+
+    Args:
+        series: condition name (``none``: as trained) -> class probabilities per boundary, ``(boundary, class)``.
+        emotions: the class names.
 
     Returns:
-        Per condition its metrics (``causal.metrics``), and per utterance its prediction under each condition
-        (columns ``row``, ``id``, ``emotion``, then one per condition).
+        Columns ``boundary``, ``emotion``, ``probability``, ``series`` (``as trained`` for ``none``).
     """
+    frames = [pd.DataFrame({"boundary": np.repeat(np.arange(len(p)), len(emotions)), "emotion": emotions * len(p),
+                            "probability": np.asarray(p).ravel(), "series": "as trained" if name == "none" else name})
+              for name, p in series.items()]
+    return pd.concat(frames, ignore_index=True)
+
+
+def causal_of(reader: StoreReader, run: str) -> CausalView | None:
+    """A run's interventions (``loralens intervene``): the conditions finished so far, or None where there are none."""
     result = reader.interventions(run)
-    if result is None or not result.done.all():
+    if result is None or not result.done[0]:
         return None
+    done = np.flatnonzero(result.done)
+    conditions = [result.conditions[i] for i in done]
     rows = result.rows.tolist()
-    emotions = reader.attrs(run)["emotions"]
+    emotions = list(reader.attrs(run)["emotions"])
     labels = reader.read(run, "trained", "label", rows).astype(int)
     table = reader.utterances()
     predictions = pd.DataFrame({"row": rows, "id": np.asarray(table["id"])[rows],
                                 "emotion": np.asarray(table["emotion"])[rows]})
-    for name, p in zip(result.conditions, result.probabilities, strict=True):
+    for name, p in zip(conditions, result.probabilities[done], strict=True):
         predictions[name] = [emotions[i] for i in p.argmax(-1)]
-    return causal.metrics(result.conditions, result.probabilities, labels), predictions
+    return CausalView(causal.metrics(conditions, result.probabilities[done], labels), predictions,
+                      result.lens_logits[done], emotions, result.partner)
 
 
 def common_rows(reader: StoreReader, *runs: str) -> list[int]:

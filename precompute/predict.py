@@ -81,6 +81,39 @@ class Predictor:
         return Prediction(name, emotions, probs.round(6).tolist(), emotions[int(top[-1])], depth,
                           round(len(audio) / 16000, 3), row["residual_pooled"].tolist(), round(start, 3))
 
+    @torch.no_grad()
+    def intervene(self, audio: np.ndarray, conditions: list[str], name: str = "clip") -> dict[str, np.ndarray]:
+        """The clip's lens under each condition, as ``loralens intervene`` computes it for traced utterances.
+
+        Args:
+            audio: 16 kHz mono, at most 30 s.
+            conditions: names (``precompute.intervene``: ``lora_off@3``, ``erase@0``, ``pitch@-2``, ...); ``patch``
+                needs a partner's residuals on the same clip and is not offered for uploads.
+            name: the clip's name, which seeds its noise (``counterfactuals.seed_of``).
+
+        Returns:
+            Condition name (``none`` first: the model as trained) -> class probabilities per boundary,
+            ``(n_boundaries, n_classes)``.
+        """
+        from app.analysis import counterfactuals
+        from precompute import intervene as I  # noqa: N812
+
+        chosen = [I.Condition.parse(c) for c in dict.fromkeys(["none", *conditions])]
+        if patched := [c.name for c in chosen if c.kind == "patch"]:
+            raise ValueError(f"{patched[0]}: patching needs the partner run's residuals on the clip; not for uploads")
+        features = W.extract(self.extractor, [audio], self.config.window, device=self.device)
+        out = {}
+        for condition in chosen:
+            f = features
+            if condition.audio:
+                seed = counterfactuals.seed_of(name)
+                altered = counterfactuals.alter(audio, condition.kind, condition.strength, seed)
+                f = W.extract(self.extractor, [altered], self.config.window, device=self.device)
+            with I.applied(self.model, condition), W.autocast(self.device, self.precision):
+                _, lens_logits = I.outcome(self.model, f)
+            out[condition.name] = lens.trajectory(lens_logits[0].cpu().numpy())
+        return out
+
     def predict_windows(self, audio: np.ndarray, name: str = "clip") -> list[Prediction]:
         """Per-layer predictions for each consecutive 30 s window of ``audio`` (one for a clip up to 30 s)."""
         parts = windows(audio)

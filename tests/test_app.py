@@ -233,6 +233,18 @@ def test_upload_a_wav(app):
     at.slider(key="up-layer").set_value(0).run()
     _ok(at)
     assert at.query_params["layer"] in ("0", ["0"])
+    # The causal lens on the clip: the chosen conditions, computed when asked, the first row the model as trained.
+    predicted = next(m.value for m in at.markdown if "predicted" in m.value).split("predicted **")[1].split("**")[0]
+    at.multiselect(key="up-conditions").set_value(["erase@0", "pitch@4", "noise@0"]).run()
+    assert not at.table or all("condition" not in t.value.columns for t in at.table)  # nothing until asked
+    at.toggle(key="up-intervene").set_value(True).run()
+    _ok(at)
+    outcomes = next(t.value for t in at.table if "condition" in t.value.columns)
+    assert outcomes["condition"].tolist() == ["as trained", "erase@0", "pitch@4", "noise@0"]
+    assert outcomes["prediction"].iloc[0] == predicted
+    at.selectbox(key="up-condition").set_value("pitch@4").run()
+    _ok(at)
+    assert len(at.get("audio")) == 2  # the clip, and the clip four semitones up
 
 
 def test_upload_not_audio_shows_a_message(app):

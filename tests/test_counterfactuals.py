@@ -30,7 +30,8 @@ def test_identity_strength_changes_nothing(kind):
     assert C.alter(x, kind, C.CHANGES[kind].identity, seed=3) is x
 
 
-@pytest.mark.parametrize(("semitones", "hz"), [(12, 440.0), (-12, 110.0), (-4, 220 * 2 ** (-4 / 12)), (2, 220 * 2 ** (2 / 12))])
+@pytest.mark.parametrize(("semitones", "hz"),
+                         [(12, 440.0), (-12, 110.0), (-4, 220 * 2 ** (-4 / 12)), (2, 220 * 2 ** (2 / 12))])
 def test_pitch_shifts_the_fundamental_and_keeps_the_duration(semitones, hz):
     x = _tone(220)
     shifted = C.alter(x, "pitch", semitones)

@@ -250,5 +250,46 @@ def test_zero_strength_audio_is_the_original_and_more_kinds_are_appended(tiny_ru
         patched = second.lens_logits[second.conditions.index(f"patch@{k}")]
         assert np.allclose(patched[:, : k + 1], second.lens_logits[0][:, : k + 1], atol=1e-6)
         assert not np.array_equal(patched[:, k + 1], second.lens_logits[0][:, k + 1])  # (one epoch: barely apart)
+    # The Causal page: an audio condition plays beside the original, its slider moves the strength, and the
+    # utterance's trajectory under it is drawn over the original.
+    from streamlit.testing.v1 import AppTest
+
+    page = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app" / "main.py"), default_timeout=300)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LORALENS_STORE", store)
+        at = page.run()
+        at.switch_page("sections/causal.py").run()
+        at.selectbox(key="ca-condition").set_value("pitch@3").run()
+        assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+        assert len(at.get("audio")) == 2
+        at.select_slider(key="ca-strength").set_value(0.0).run()
+        assert at.selectbox(key="ca-condition").value == "pitch@0" and not at.exception
+        assert at.query_params["condition"] in ("pitch@0", ["pitch@0"])
+        at.selectbox(key="ca-condition").set_value("patch@0").run()
+        assert len(at.get("audio")) == 0 and not at.exception
+        keys = [b.proto.id for b in at.get("download_button")]
+        assert any(k.endswith("ca-trajectory-csv") for k in keys) and any(k.endswith("ca-audio-csv") for k in keys)
 
 
+def test_an_upload_under_interventions(tiny_runs):
+    """The upload page's conditions: as trained is the clip's prediction, each condition what outcome gives."""
+    from scipy.special import softmax
+
+    from precompute.predict import Predictor
+
+    run = tiny_runs["lora"]
+    config = json.loads((run / "config.json").read_text())
+    audio = load_audio(load_corpus(config["data"], tuple(config["emotions"])).utterances[0].path)
+    predictor = Predictor(run, 0)
+    under = predictor.intervene(audio, ["erase@1", "pitch@0", "lora_off_from@0"], "clip.wav")
+    assert list(under) == ["none", "erase@1", "pitch@0", "lora_off_from@0"]
+    assert np.allclose(under["none"], predictor.predict(audio).probabilities, atol=1e-6)
+    assert np.array_equal(under["pitch@0"], under["none"])
+    features = W.extract(predictor.extractor, [audio], "trim")
+    for name in ("erase@1", "lora_off_from@0"):
+        with intervene.applied(predictor.model, intervene.Condition.parse(name)):
+            _, lens = intervene.outcome(predictor.model, features)
+        assert np.allclose(under[name], softmax(lens[0].numpy().astype(np.float64), -1), atol=1e-6)
+        assert not np.allclose(under[name], under["none"], atol=1e-7)
+    with pytest.raises(ValueError, match="not for uploads"):
+        predictor.intervene(audio, ["patch@0"])

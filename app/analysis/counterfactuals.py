@@ -1,9 +1,9 @@
 """Audio counterfactuals of the causal lens: an utterance changed in one property, to see what the audio drives.
 
-Pitch and tempo through Rubber Band (``pedalboard.time_stretch``: pitch shifted without changing the duration, tempo
-changed without changing the pitch), the telephone band through a Butterworth band-pass (``scipy.signal``), loudness as a
-digital gain (not clipped), noise as white Gaussian noise at a signal-to-noise ratio over the clip's RMS, seeded
-by the utterance's id so that every run and every rerun hears the same noise.
+Pitch and tempo through Rubber Band (``pedalboard.time_stretch``: pitch shifted without changing the duration,
+tempo changed without changing the pitch), the telephone band through a Butterworth band-pass (``scipy.signal``),
+loudness as a digital gain (not clipped), noise as white Gaussian noise at a signal-to-noise ratio over the clip's
+RMS, seeded by the utterance's id so that every run and every rerun hears the same noise.
 
 A change's ``identity`` strength is no change: ``alter`` returns the audio untouched there, so the condition at
 that strength is the model as trained. Shared by ``loralens intervene`` (precompute) and the explorer, which plays

@@ -7,12 +7,14 @@ import pandas as pd
 import streamlit as st
 from scipy.special import softmax
 
-from app import charts, data, widgets
-from app.analysis import projections
+from app import charts, data, views, widgets
+from app.analysis import counterfactuals, projections
 from precompute.audio import MAX_SECONDS, AudioError, load_audio, require_sound, windows
 
 MAX_WINDOWS = 20
 """The most 30 s windows of one upload this page analyses (10 minutes)."""
+MAX_CONDITIONS = 8
+"""The most interventions computed on one upload at once: each is a forward pass of the clip."""
 
 view = widgets.view_state()
 widgets.present(view)
@@ -91,6 +93,33 @@ frame = pd.DataFrame([{"boundary": b, "emotion": e, "probability": float(probs[b
                       for b in range(len(probs)) for i, e in enumerate(result.emotions)])
 trajectory = charts.trajectory(frame, "Class probabilities across layers").to_dict(validate=False)
 widgets.chart(charts.mark_boundary(trajectory, layer), frame, f"{name}-layers", "up")
+
+# The causal lens on the clip: a handful of conditions, computed when asked.
+st.subheader("Interventions on this clip")
+n_layers = len(probs) - 1
+model_kinds = [k for k in ("lora_off", "lora_only", "lora_off_from", "erase") if run.method == "lora" or k == "erase"]
+offered = [f"{k}@{i}" for k in model_kinds for i in range(n_layers)]
+offered += [counterfactuals.name(k, v) for k, c in counterfactuals.CHANGES.items() for v in c.strengths]
+default = [c for c in (f"lora_off_from@{n_layers // 2}", f"erase@{n_layers - 1}", "pitch@4", "noise@10")
+           if c in offered]
+chosen = st.multiselect(f"Conditions (at most {MAX_CONDITIONS})", offered, default=default, key="up-conditions",
+                        max_selections=MAX_CONDITIONS)
+if chosen and st.toggle("Compute them", key="up-intervene"):
+    with st.spinner(f"Running the clip under {len(chosen)} condition(s) ..."):
+        under = data.upload_interventions(run_dir, fold, audio, name, tuple(chosen))
+    outcomes = pd.DataFrame([{"condition": "as trained" if c == "none" else c,
+                              "prediction": result.emotions[int(p[-1].argmax())],
+                              f"P({result.prediction})": float(p[-1][result.emotions.index(result.prediction)])}
+                             for c, p in under.items()])
+    st.table(outcomes, hide_index=True, border="horizontal")
+    shown = st.selectbox("Trajectory under", chosen, key="up-condition")
+    frame = views.trajectories({"none": under["none"], shown: under[shown]}, result.emotions)
+    widgets.chart(charts.trajectories(frame, f"{name}: lens as trained and under {shown}"), frame,
+                  f"{name}-{shown}", "up-intervene")
+    kind, _, at = shown.partition("@")
+    if kind in counterfactuals.CHANGES:
+        st.audio(counterfactuals.alter(audio, kind, float(at), counterfactuals.seed_of(name)), sample_rate=16000)
+        st.caption(f"The clip under {shown} ({counterfactuals.CHANGES[kind].unit}).")
 
 reader = data.reader(path)
 summary = data.lens_summary(path, run.name)
