@@ -13,9 +13,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from app import charts, views
+from app.analysis import causal, projections, spectra
 from app.analysis import contributions as contrib_analysis
 from app.analysis import lens as lens_analysis
-from app.analysis import projections, spectra
+from app.analysis.counterfactuals import AUDIO_KINDS, CHANGES
 from store.reader import StoreReader
 
 log = logging.getLogger(__name__)
@@ -184,11 +185,37 @@ def build(store: str, out: Path, threshold: float = 0.9, storage_options: dict |
             "cka_a_vs_b": {k: v.tolist() for k, v in a.cka_ab.items()},
             "silhouette": {k: v.tolist() for k, v in sil.items()},
             "findings": findings(a),
+            "causal": _causal(reader, lora_run, frozen_run, out),
         }
     summary["rank_comparisons"] = _rank_comparisons(reader, out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(_markdown(summary))
     return summary
+
+
+def _causal(reader: StoreReader, lora: views.RunInfo, frozen: views.RunInfo | None, out: Path) -> dict | None:
+    """The causal lens's section: its findings and figures, where ``loralens intervene`` ran on the LoRA run."""
+    mine = views.causal_of(reader, lora.name)
+    if mine is None:
+        return None
+    theirs = views.causal_of(reader, frozen.name) if frozen else None
+    runs = {lora.name: mine.metrics} | ({frozen.name: theirs.metrics} if theirs is not None else {})
+    figures = []
+    grids = [charts.interventions(m[m["layer"] >= 0], "uar_drop", f"UAR drop: {name}")
+             for name, m in runs.items() if (m["layer"] >= 0).any()]
+    if grids:
+        charts.save(alt.hconcat(*grids).resolve_scale(color="shared"), out, f"{lora.name}-causal")
+        figures.append(f"{lora.name}-causal")
+    audio = pd.concat([m[m["kind"].isin(AUDIO_KINDS)].assign(run=name) for name, m in runs.items()],
+                      ignore_index=True)
+    if len(audio):
+        audio["label"] = [f"{CHANGES[k].label} ({CHANGES[k].unit})" for k in audio["kind"]]
+        charts.save(charts.audio_changes(audio, "uar_drop", f"UAR drop per audio change: {lora.name}"), out,
+                    f"{lora.name}-audio")
+        figures.append(f"{lora.name}-audio")
+    return {"n_utterances": len(mine.predictions), "partner": mine.partner, "figures": figures,
+            "findings": causal.findings(mine.metrics, theirs.metrics if theirs is not None else None, lora.n_layers),
+            "conditions": {name: m.drop(columns=["strength"]).to_dict(orient="records") for name, m in runs.items()}}
 
 
 def _rank_comparisons(reader: StoreReader, out: Path) -> list[dict]:
@@ -250,6 +277,15 @@ def _markdown(summary: dict) -> str:
                   "", f"Figures: `{name}-lens`, `{name}-contributions`, `{name}-svd`, `{name}-cka-ab`, "
                   f"`{name}-cka-within`, `{name}-cka-vs_frozen`, `{name}-silhouette`, `{name}-tsne`, `{name}-umap` "
                   "(PNG and SVG).", ""]
+        if c := run.get("causal"):
+            lines += ["### Causal lens", "", f"Interventions (`loralens intervene`) on the {c['n_utterances']} "
+                      "utterances the LoRA run traced, each through the fold model that held it out"
+                      + (f"; patched from {c['partner']}" if c["partner"] else "") + ". UAR drop is UAR as trained "
+                      "minus UAR under the condition.", "",
+                      "| causal finding | holds here | evidence |", "| --- | --- | --- |"]
+            lines += [f"| {i['finding']} | {'yes' if i['holds'] else 'no'} | {i['evidence']} |" for i in c["findings"]]
+            lines += ["", "Criteria: " + "; ".join(f"*{i['finding']}*: {i['criterion']}" for i in c["findings"]),
+                      "", "Figures: " + ", ".join(f"`{f}`" for f in c["figures"]) + " (PNG and SVG).", ""]
     for c in summary.get("rank_comparisons", []):
         lines += [f"## Ranks: {', '.join(c['runs'])}", "",
                   f"t-SNE of the LoRA A activations at module {c['module']} ({c['model']}, {c['window']}, "

@@ -126,3 +126,34 @@ def test_report_uses_one_set_of_utterances(tmp_path):
                            everything["lora_a_gradient"]["trained"].curves)
     ab = views.cka_a_vs_b(reader, "lora", rows=analysis.rows)
     assert np.allclose(analysis.cka_ab["gradient"], ab["gradient"])
+
+
+def _causal_metrics(off: list[float], patch: list[float], noise_flipped: list[float]) -> "pd.DataFrame":
+    import pandas as pd
+
+    rows = [{"condition": "none", "kind": "none", "layer": -1, "strength": np.nan, "uar_drop": 0.0, "flipped": 0.0}]
+    rows += [{"condition": f"lora_off@{k}", "kind": "lora_off", "layer": k, "strength": np.nan, "uar_drop": v,
+              "flipped": v} for k, v in enumerate(off)]
+    rows += [{"condition": f"patch@{k}", "kind": "patch", "layer": k, "strength": np.nan, "uar_drop": v,
+              "flipped": v} for k, v in enumerate(patch)]
+    rows += [{"condition": f"noise@{s:g}", "kind": "noise", "layer": -1, "strength": s, "uar_drop": f, "flipped": f}
+             for s, f in zip((20.0, 10.0, 0.0), noise_flipped, strict=True)]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("holds", [True, False])
+def test_causal_finding_flags(holds):
+    """Each causal finding holds on interventions built so that it does, and not on its mirror image."""
+    from app.analysis import causal
+
+    late = [0.01, 0.02, 0.05, 0.10, 0.30, 0.20]
+    profile = late if holds else late[::-1]
+    lora = _causal_metrics(profile, profile, [0.05, 0.3, 0.6] if holds else [0.4, 0.5, 0.7])
+    flags = {f["finding"]: f["holds"] for f in causal.findings(lora, None, N_LAYERS)}
+    assert list(flags.values()) == [holds] * 3, flags
+    evidence = causal.findings(lora, None, N_LAYERS)[0]["evidence"]
+    assert f"largest at layer {4 if holds else 1}" in evidence
+    # Without a kind's conditions its finding is left out.
+    assert [f["finding"] for f in causal.findings(lora[lora["kind"] != "patch"], None, N_LAYERS)] == [
+        "delayed specialization, causally: LoRA matters most in late layers",
+        "predictions robust to mild audio changes"]

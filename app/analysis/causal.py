@@ -7,7 +7,7 @@ import pandas as pd
 from scipy.special import rel_entr
 from sklearn.metrics import balanced_accuracy_score
 
-from app.analysis.counterfactuals import AUDIO_KINDS
+from app.analysis.counterfactuals import AUDIO_KINDS, CHANGES
 
 
 def kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -42,3 +42,70 @@ def metrics(conditions: list[str], probabilities: np.ndarray, labels: np.ndarray
     frame = pd.DataFrame(rows)
     frame["uar_drop"] = frame["uar"].iloc[0] - frame["uar"]
     return frame
+
+
+def _profile(frame: pd.DataFrame, kind: str) -> pd.Series:
+    """UAR drop per layer of one kind, indexed by layer (empty where the kind was not computed)."""
+    rows = frame[frame["kind"] == kind].sort_values("layer")
+    return pd.Series(rows["uar_drop"].to_numpy(), index=rows["layer"].to_numpy(), dtype=float)
+
+
+def _numbers(profile: pd.Series) -> str:
+    return ", ".join(f"{v:+.3f}" for v in profile)
+
+
+def findings(lora: pd.DataFrame, frozen: pd.DataFrame | None, n_layers: int) -> list[dict]:
+    """The report's causal findings from a LoRA run's interventions (``metrics``) and its frozen partner's.
+
+    Each: ``finding``, ``holds``, ``evidence`` (the numbers) and ``criterion``, like the report's other findings;
+    a finding whose conditions were not computed is left out.
+    """
+    out = []
+    second_half = n_layers / 2
+    off = _profile(lora, "lora_off")
+    if len(off):
+        worst = int(off.idxmax())
+        off_from = _profile(lora, "lora_off_from")
+        out.append({
+            "finding": "delayed specialization, causally: LoRA matters most in late layers",
+            "holds": bool(worst >= second_half),
+            "evidence": f"UAR drop with one layer's LoRA off, layers 0-{n_layers - 1}: {_numbers(off)}; largest at "
+                        f"layer {worst}" + (f"; LoRA off from layer k up: {_numbers(off_from)}" if len(off_from)
+                                            else ""),
+            "criterion": f"switching off one layer's adapter costs the most UAR in the second half of the layers "
+                         f"(layer >= {second_half:g})"})
+    patch = _profile(lora, "patch")
+    if len(patch):
+        worst = int(patch.idxmax())
+        out.append({
+            "finding": "frozen residuals patched into LoRA destroy its decision late, not early",
+            "holds": bool(worst >= second_half and patch.iloc[-1] > patch.iloc[0]),
+            "evidence": f"UAR drop with layer k's output replaced by the frozen encoder's: {_numbers(patch)}; largest "
+                        f"at layer {worst}" + (f"; frozen with LoRA's residual patched in: "
+                                               f"{_numbers(_profile(frozen, 'patch'))}" if frozen is not None
+                                               and len(_profile(frozen, "patch")) else ""),
+            "criterion": "LoRA's later layers recover from an early frozen residual but not from a late one: the "
+                         f"drop is largest in the second half (layer >= {second_half:g}) and larger at the last layer "
+                         "than at the first"})
+    audio = lora[lora["kind"].isin(AUDIO_KINDS)]
+    if len(audio):
+        parts, mildest = [], {}
+        for kind in AUDIO_KINDS:
+            rows = audio[audio["kind"] == kind]
+            if not len(rows):
+                continue
+            identity = CHANGES[kind].identity
+            rows = rows.assign(distance=(rows["strength"] - identity).abs()
+                               if np.isfinite(identity) else -rows["strength"])
+            mildest[kind] = float(rows.sort_values("distance")["flipped"].iloc[0])
+            theirs = frozen[frozen["condition"].isin(rows["condition"])] if frozen is not None else None
+            parts.append(f"{kind}: " + ", ".join(
+                f"{r.condition.partition('@')[2]} {r.flipped:.0%}" for r in rows.itertuples())
+                + (f" (frozen {', '.join(f'{v:.0%}' for v in theirs['flipped'])})" if theirs is not None
+                   and len(theirs) else ""))
+        out.append({
+            "finding": "predictions robust to mild audio changes",
+            "holds": bool(max(mildest.values()) < 0.25),
+            "evidence": "share of predictions flipped per strength: " + "; ".join(parts),
+            "criterion": "at the mildest strength of every audio change fewer than 25% of the predictions flip"})
+    return out
