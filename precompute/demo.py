@@ -15,7 +15,7 @@ from precompute.models import cache_dir
 from precompute.synth import CORPUS_VERSION, synthesise
 from precompute.trace import Selection, Tracer
 from precompute.train import train
-from store.schema import SCHEMA_VERSION
+from store.schema import INTERVENTION_VERSION, SCHEMA_VERSION
 from store.validate import validate
 
 log = logging.getLogger(__name__)
@@ -63,29 +63,31 @@ def build(plan: DemoPlan, rebuild: bool = False) -> str:
         shutil.rmtree(root)
     if ready.is_file():
         _remove_stale(root, store, ready)
+        _intervene(root, store)  # a demo built before the causal lens gains it (once)
         return str(store)
     started = time.time()
     root.mkdir(parents=True, exist_ok=True)
     data = plan.data
     if data is None:
-        log.info("step 1/4: synthesising the offline corpus (espeak-ng)")
+        log.info("step 1/5: synthesising the offline corpus (espeak-ng)")
         data = f"synthetic:{synthesise(root / 'corpus').parent}"
     common = {"model": plan.model, "data": data, "folds": plan.folds, "batch_size": 8, "alpha_per_rank": 2.0}
     runs = []
     for rank in plan.ranks:
-        log.info("step 2/4: training LoRA r=%d (%s, %s folds, %d epochs)", rank, plan.model, plan.folds,
+        log.info("step 2/5: training LoRA r=%d (%s, %s folds, %d epochs)", rank, plan.model, plan.folds,
                  plan.epochs)
         runs.append(root / "runs" / f"lora-r{rank}")
         train(_config(common, method="lora", rank=rank, epochs=plan.epochs), runs[-1])
-    log.info("step 3/4: training the frozen-encoder baseline (%d epochs)", plan.frozen_epochs)
+    log.info("step 3/5: training the frozen-encoder baseline (%d epochs)", plan.frozen_epochs)
     runs.append(root / "runs" / "frozen")
     train(_config(common, method="frozen", rank=plan.ranks[0], epochs=plan.frozen_epochs), runs[-1])
-    log.info("step 4/4: tracing %d utterances per emotion into %s", plan.per_class, store)
+    log.info("step 4/5: tracing %d utterances per emotion into %s", plan.per_class, store)
     for run in runs:
         tracer = Tracer(run, data, str(store), selection=Selection(per_class=plan.per_class))
         rows = tracer.prepare()
         tracer.capture(rows)
         tracer.commit(rows)
+    _intervene(root, store)
     report = validate(str(store))
     if not report.ok:
         raise RuntimeError(f"the demo store {store} did not validate: {report.problems[:3]}")
@@ -95,10 +97,31 @@ def build(plan: DemoPlan, rebuild: bool = False) -> str:
     return str(store)
 
 
+def intervened(root: Path, store: Path) -> Path:
+    """The mark a demo's interventions are done (for this store and this version of the interventions group)."""
+    return root / f"INTERVENED-v{INTERVENTION_VERSION}-{store.name}"
+
+
+def _intervene(root: Path, store: Path) -> None:
+    """Step 5: the causal lens on every run, LoRA and frozen patched from each other (``loralens intervene``)."""
+    from precompute import intervene  # torch and peft: loaded only here
+
+    mark = intervened(root, store)
+    if mark.is_file():
+        return
+    runs = sorted((root / "runs").iterdir())
+    frozen = root / "runs" / "frozen"
+    lora = [r for r in runs if r != frozen]
+    log.info("step 5/5: interventions (LoRA per layer, erasure, patching, audio changes) on %d runs", len(runs))
+    for run in runs:
+        intervene.run(run, str(store), partner=lora[0] if run == frozen else frozen)
+    mark.write_text(json.dumps({"runs": [r.name for r in runs]}) + "\n")
+
+
 def _remove_stale(root: Path, store: Path, ready: Path) -> None:
     """Delete the stores (and their marks) of earlier schema versions, once this version's is ready."""
-    for stale in [*root.glob("store*.zarr"), *root.glob("READY*")]:
-        if stale not in (store, ready):
+    for stale in [*root.glob("store*.zarr"), *root.glob("READY*"), *root.glob("INTERVENED*")]:
+        if stale not in (store, ready, intervened(root, store)):
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
 

@@ -307,18 +307,18 @@ def run(run_dir: Path, store: str, *, name: str | None = None, kinds: tuple[str,
                                        basis=int(writer.attrs(name, "trained").get("n_written", len(rows))),
                                        partner=partner.resolve().name if partner is not None else None)
     index = {n: i for i, n in enumerate(held)}
+    done = writer.interventions(name).done
+    pending = [c for c in chosen if not done[index[c.name]]]
     extractor = feature_extractor(whisper.config)
     batches = []  # extracted once for every condition of the model
-    for fold, partner_fold in sorted({(int(f), p) for f, p in zip(folds, partner_folds, strict=True)},
-                                     key=lambda fp: (fp[0], -1 if fp[1] is None else fp[1])):
+    for fold, partner_fold in sorted({(int(f), p) for f, p in zip(folds, partner_folds, strict=True)} if pending
+                                     else (), key=lambda fp: (fp[0], -1 if fp[1] is None else fp[1])):
         positions = [i for i in range(len(rows)) if folds[i] == fold and partner_folds[i] == partner_fold]
         for start in range(0, len(positions), batch_size):
             part = positions[start: start + batch_size]
             audio = [load_audio(sources[i], long=config.long) for i in part]
             batches.append(_Batch(fold, partner_fold, part, [ids[i] for i in part], audio,
                                   W.extract(extractor, audio, config.window, device=target)))
-    done = writer.interventions(name).done
-    pending = [c for c in chosen if not done[index[c.name]]]
     bar = tqdm(total=len(pending) * len(batches), desc=f"{name} interventions", unit="batch")
     # Conditions of a kind run together (patch reads the partner once per batch), an audio change alone; each
     # condition is written whole once its kind is done, so an interrupted run loses at most one kind.

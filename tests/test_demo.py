@@ -91,6 +91,11 @@ def test_demo_build_then_reuse(tmp_path, monkeypatch, tiny_model_dir):
     reader = StoreReader(store)
     assert set(reader.runs()) == {"lora-r4", "frozen"}
     assert reader.n_utterances == 12 and set(reader.utterances()["dataset"]) == {"synthetic"}
+    # The causal lens: each run under every condition, LoRA and frozen patched from each other.
+    lora, frozen = reader.interventions("lora-r4"), reader.interventions("frozen")
+    assert lora.done.all() and frozen.done.all() and (lora.partner, frozen.partner) == ("frozen", "lora-r4")
+    assert {"lora_off@0", "patch@1", "pitch@2", "bandlimit@3400"} <= set(lora.conditions)
+    assert {"erase@0", "patch@1", "noise@0"} <= set(frozen.conditions) and "lora_off@0" not in frozen.conditions
     assert build(plan) == store  # the second time it is already there
 
 
@@ -110,7 +115,7 @@ def test_the_app_labels_a_synthetic_store(tmp_path, monkeypatch, tiny_model_dir)
 
 
 def test_a_ready_build_drops_the_stores_of_older_schema_versions(tmp_path, monkeypatch):
-    from precompute.demo import demo_dir
+    from precompute.demo import demo_dir, intervened
     monkeypatch.setenv("LORALENS_CACHE", str(tmp_path / "cache"))
     plan = DemoPlan()
     root = demo_dir(plan)
@@ -118,12 +123,18 @@ def test_a_ready_build_drops_the_stores_of_older_schema_versions(tmp_path, monke
     (root / "READY").write_text("{}")
     (root / f"store-v{SCHEMA_VERSION}.zarr").mkdir()  # as if this version's build had just finished
     (root / f"READY-v{SCHEMA_VERSION}").write_text("{}")
+    (root / "INTERVENED-v0-store.zarr").write_text("{}")
+    current = intervened(root, root / f"store-v{SCHEMA_VERSION}.zarr")
+    current.write_text("{}")
     assert build(plan) == str(root / f"store-v{SCHEMA_VERSION}.zarr")
-    assert sorted(p.name for p in root.iterdir()) == [f"READY-v{SCHEMA_VERSION}", f"store-v{SCHEMA_VERSION}.zarr"]
+    assert sorted(p.name for p in root.iterdir()) == [current.name, f"READY-v{SCHEMA_VERSION}",
+                                                      f"store-v{SCHEMA_VERSION}.zarr"]
 
 
 def test_loralens_demo_serves_its_store(tmp_path, tiny_store):
     """`loralens demo` on a ready demo: the server answers (the build's process must not host it)."""
+    from precompute.demo import intervened
+
     cache = tmp_path / "cache"
     env = {**os.environ, "LORALENS_CACHE": str(cache)}
     root = Path(subprocess.run([sys.executable, "-c", "from precompute.demo import DemoPlan, demo_dir; "
@@ -131,6 +142,7 @@ def test_loralens_demo_serves_its_store(tmp_path, tiny_store):
                                check=True).stdout.strip())
     shutil.copytree(tiny_store, root / f"store-v{SCHEMA_VERSION}.zarr")
     (root / f"READY-v{SCHEMA_VERSION}").write_text("{}")
+    intervened(root, root / f"store-v{SCHEMA_VERSION}.zarr").write_text("{}")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from app import report, views
@@ -128,9 +129,7 @@ def test_report_uses_one_set_of_utterances(tmp_path):
     assert np.allclose(analysis.cka_ab["gradient"], ab["gradient"])
 
 
-def _causal_metrics(off: list[float], patch: list[float], noise_flipped: list[float]) -> "pd.DataFrame":
-    import pandas as pd
-
+def _causal_metrics(off: list[float], patch: list[float], noise_flipped: list[float]) -> pd.DataFrame:
     rows = [{"condition": "none", "kind": "none", "layer": -1, "strength": np.nan, "uar_drop": 0.0, "flipped": 0.0}]
     rows += [{"condition": f"lora_off@{k}", "kind": "lora_off", "layer": k, "strength": np.nan, "uar_drop": v,
               "flipped": v} for k, v in enumerate(off)]
