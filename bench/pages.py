@@ -24,7 +24,7 @@ from pathlib import Path
 
 MAIN = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
 PAGES = {"Overview": "overview", "Utterance": "utterance", "Clusters": "clusters", "LoRA dynamics": "dynamics",
-         "Contributions": "contributions", "Upload": "upload"}
+         "Contributions": "contributions", "Causal": "causal", "Upload": "upload"}
 """Page titles and their URL paths (``app/main.py``); each page's script is ``sections/<path>.py``."""
 
 COMPLETE = """() => {

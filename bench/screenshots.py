@@ -18,7 +18,7 @@ from playwright.sync_api import sync_playwright
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PAGES = {"overview": "", "utterance": "utterance", "clusters": "clusters", "dynamics": "dynamics",
-         "contributions": "contributions", "upload": "upload"}
+         "contributions": "contributions", "causal": "causal", "upload": "upload"}
 """Screenshot name -> URL path (the first page, Overview, is the app's root)."""
 
 

@@ -109,6 +109,24 @@ def tiny_store(tmp_path_factory, tiny_runs) -> str:
 
 
 @pytest.fixture(scope="session")
+def causal_store(tmp_path_factory, tiny_store, tiny_runs) -> str:
+    """The fixture store with the causal lens: both tiny runs under some conditions of every kind, patched from
+    each other (``loralens intervene``)."""
+    import shutil
+
+    from precompute import intervene
+
+    path = str(tmp_path_factory.mktemp("causal") / "causal.zarr")
+    shutil.copytree(tiny_store, path)
+    strengths = {"pitch": (-2.0, 2.0), "noise": (20.0, 0.0)}
+    intervene.run(tiny_runs["lora"], path, kinds=("lora_off", "lora_off_from", "erase", "patch", "pitch", "noise"),
+                  strengths=strengths, partner=tiny_runs["frozen"])
+    intervene.run(tiny_runs["frozen"], path, kinds=("erase", "patch", "noise"), strengths=strengths,
+                  partner=tiny_runs["lora"])
+    return path
+
+
+@pytest.fixture(scope="session")
 def rank_store(tmp_path_factory, tiny_model_dir, tiny_runs) -> str:
     """The tiny LoRA run (rank 4 on v_proj) beside a rank-2 run like it and a rank-8 run on other targets."""
     from precompute.checkpoints import read_config

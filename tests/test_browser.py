@@ -71,7 +71,7 @@ def test_layer_slider_redraws_in_chromium(server, tmp_path):
         assert page.get_by_test_id("stException").count() == 0
         page.screenshot(path=str(shots / "utterance-layer0.png"), full_page=True)
         for name, path in (("overview", ""), ("clusters", "clusters"), ("dynamics", "dynamics"),
-                           ("contributions", "contributions"), ("upload", "upload")):
+                           ("contributions", "contributions"), ("causal-none", "causal"), ("upload", "upload")):
             page.goto(f"{server}/{path}", wait_until="networkidle")
             page.wait_for_timeout(2500)
             assert page.get_by_test_id("stException").count() == 0, name
@@ -122,4 +122,37 @@ def test_a_large_v3_store_opens_in_chromium(large_server, tmp_path):
             page.screenshot(path=str(shots / f"large-v3-{name}.png"), full_page=True)
             if name == "utterance":  # the log-mel, the trajectory and the heatmaps: at least three charts
                 assert page.locator(".vega-embed").count() >= 3
+        browser.close()
+
+
+@pytest.fixture()
+def causal_server(causal_store):
+    yield from _serve(causal_store)
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_the_causal_page_in_chromium(causal_server, tmp_path):
+    """Causal: both runs' heatmaps, the audio changes and a trajectory draw; a click on a cell picks its condition,
+    which the address bar then holds."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    shots = Path(os.environ.get("LORALENS_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(f"{causal_server}/causal", wait_until="networkidle")
+        page.wait_for_function("() => [...document.querySelectorAll('.vega-embed')].filter("
+                               "e => e.querySelector('svg, canvas')).length >= 4", timeout=120_000)
+        assert page.get_by_test_id("stException").count() == 0
+        page.screenshot(path=str(shots / "causal.png"), full_page=True)
+        before = page.get_by_role("combobox", name="Condition").input_value()
+        heatmap = page.locator(".vega-embed").first.bounding_box()
+        # The LoRA run's heatmap: layers 0 and 1 across, its kinds down; its right half is layer 1.
+        page.mouse.click(heatmap["x"] + heatmap["width"] * 0.75, heatmap["y"] + heatmap["height"] * 0.55)
+        page.wait_for_function("b => { const c = new URL(location.href).searchParams.get('condition');"
+                               " return c && c !== b && c.endsWith('@1'); }", arg=before, timeout=30_000)
+        picked = page.evaluate("() => new URL(location.href).searchParams.get('condition')")
+        page.wait_for_function("c => [...document.querySelectorAll('input')].some(i => i.value === c)", arg=picked,
+                               timeout=30_000)
+        assert page.get_by_test_id("stException").count() == 0
         browser.close()

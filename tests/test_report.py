@@ -48,17 +48,9 @@ def test_report_compares_the_runs_that_differ_only_in_rank(rank_store, tmp_path)
     assert "## Ranks: " in (out / "summary.md").read_text()
 
 
-def test_report_has_the_causal_lens_where_interventions_ran(tiny_store, tiny_runs, tmp_path):
-    import shutil
-
-    store = str(tmp_path / "s.zarr")
-    shutil.copytree(tiny_store, store)
-    assert main(["intervene", "--run", str(tiny_runs["lora"]), "--store", store, "--kinds", "lora_off,patch,noise",
-                 "--partner", str(tiny_runs["frozen"]), "--strength", "noise=20,0"]) == 0
-    assert main(["intervene", "--run", str(tiny_runs["frozen"]), "--store", store, "--kinds", "erase,noise",
-                 "--strength", "noise=20,0"]) == 0
+def test_report_has_the_causal_lens_where_interventions_ran(causal_store, tmp_path):
     out = tmp_path / "report"
-    assert main(["report", "--store", store, "--out", str(out)]) == 0
+    assert main(["report", "--store", causal_store, "--out", str(out)]) == 0
     causal = json.loads((out / "summary.json").read_text())["runs"]["tiny-lora"]["causal"]
     assert causal["partner"] == "tiny-frozen" and causal["n_utterances"] == 32
     assert [f["finding"] for f in causal["findings"]] == [
@@ -66,9 +58,10 @@ def test_report_has_the_causal_lens_where_interventions_ran(tiny_store, tiny_run
         "frozen residuals patched into LoRA destroy its decision late, not early",
         "predictions robust to mild audio changes"]
     assert set(causal["conditions"]) == {"tiny-lora", "tiny-frozen"}
-    assert [c["condition"] for c in causal["conditions"]["tiny-frozen"]] == ["none", "erase@0", "erase@1",
-                                                                             "noise@20", "noise@0"]
+    assert [c["condition"] for c in causal["conditions"]["tiny-frozen"]] == [
+        "none", "erase@0", "erase@1", "patch@0", "patch@1", "noise@20", "noise@0"]
     for name in causal["figures"]:
         assert (out / f"{name}.png").stat().st_size > 1000
     assert causal["figures"] == ["tiny-lora-causal", "tiny-lora-audio"]
-    assert "### Causal lens" in (out / "summary.md").read_text()
+    markdown = (out / "summary.md").read_text()
+    assert "### Causal lens" in markdown and "| predictions robust to mild audio changes |" in markdown

@@ -43,8 +43,7 @@ CHANGES = {c.kind: c for c in (
     AudioChange("tempo", "x speed", 1.0, (0.8, 0.9, 1.1, 1.25), "tempo (pitch kept)"),
     AudioChange("loudness", "dB gain", 0.0, (-20.0, -10.0, 10.0), "loudness"),
     AudioChange("noise", "dB SNR", math.inf, (20.0, 10.0, 0.0), "white noise"),
-    AudioChange("bandlimit", "Hz upper edge (300 Hz lower)", SAMPLE_RATE / 2, (3400.0, 2000.0, 1000.0),
-                "band-limited (telephone)"),
+    AudioChange("bandlimit", "Hz, upper edge", SAMPLE_RATE / 2, (3400.0, 2000.0, 1000.0), "telephone band"),
 )}
 AUDIO_KINDS = tuple(CHANGES)
 """The audio counterfactuals, in the order the explorer lists them."""

@@ -41,7 +41,8 @@ if any(len(m) for m in model_kinds.values()):
         with col:
             if len(grid):
                 event = widgets.chart(charts.interventions(grid.assign(kind=grid["kind"].map(KIND_LABELS)), column,
-                                                           f"{name}: {LABELS[column]}", domain),
+                                                           f"{name}: {LABELS[column]}", domain,
+                                                           list(KIND_LABELS.values())),
                                       grid, f"{name}-causal-{column}", "ca" if name == run.name else "ca-partner",
                                       select=name == run.name)
                 picked = charts.picked_id(event, "condition") if name == run.name else picked
