@@ -203,3 +203,19 @@ def test_runs_from_before_the_precision_setting(tiny_lora_run, tmp_path):
     config = TrainConfig.from_json(config)
     assert config.precision == "auto"
     train(config, old, only=[0])  # nothing left to train; a refusal would raise
+
+
+@pytest.mark.parametrize("window", ["trim", "full"])
+def test_interventions_on_a_device(window):
+    """Every kind of condition (loralens intervene, the upload page) with the model and the batch on a device."""
+    from precompute import intervene
+
+    model, partner = _lora_model().to(META), _lora_model().to(META)
+    features = W.extract(models.feature_extractor(model.config), _clips(), window).to(META)
+    source = intervene.layer_outputs(partner, features)
+    assert all(s.device == META for s in source)
+    for name in ("none", "lora_off@0", "lora_only@1", "lora_off_from@1", "erase@0", "patch@1"):
+        with intervene.applied(model, intervene.Condition.parse(name), source):
+            probabilities, lens = intervene.outcome(model, features)
+        assert probabilities.device == META and lens.device == META, name
+        assert probabilities.shape == (3, 4) and lens.shape == (3, 3, 4), name

@@ -86,6 +86,14 @@ def test_train_trace_validate_predict_on_cuda(cuda, tiny_model_dir, tones, tmp_p
     gap = float(np.abs(stored - np.array([saved[i] for i in ids])).max())
     _report(test="agreement", method=method, window=window, rate=agreement["rate"], max_probability_gap=gap)
     assert gap < 0.05
+    # The causal lens on the GPU: none is the trace's prediction, in the same regime.
+    assert main(["intervene", "--run", str(run), "--store", store, "--device", "cuda", "--kinds",
+                 "lora_off,erase,pitch", "--strength", "pitch=2"]) == 0
+    lens = reader.interventions("run")
+    assert lens.done.all() and "erase@0" in lens.conditions and "pitch@2" in lens.conditions
+    traced = np.flatnonzero(reader.written("run")).tolist()
+    assert lens.rows.tolist() == traced
+    assert float(np.abs(lens.probabilities[0] - stored[traced]).max()) < 0.05
     clip = next((tones.parent / "wav").glob("*.wav"))
     capsys.readouterr()
     assert main(["predict", "--run", str(run), "--device", "cuda", "--json", str(clip)]) == 0
