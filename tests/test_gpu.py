@@ -89,7 +89,7 @@ def test_train_trace_validate_predict_on_cuda(cuda, tiny_model_dir, tones, tmp_p
     # The causal lens on the GPU: none is the trace's prediction, in the same regime.
     assert main(["intervene", "--run", str(run), "--store", store, "--device", "cuda", "--kinds",
                  "lora_off,erase,pitch", "--strength", "pitch=2"]) == 0
-    lens = reader.interventions("run")
+    lens = StoreReader(store).interventions("run")
     assert lens.done.all() and "erase@0" in lens.conditions and "pitch@2" in lens.conditions
     traced = np.flatnonzero(reader.written("run")).tolist()
     assert lens.rows.tolist() == traced
