@@ -47,6 +47,17 @@ def table(path: str, run: str) -> pd.DataFrame:
     return views.utterance_table(reader(path), run)
 
 
+def wav_bytes(samples: np.ndarray) -> bytes:
+    """16 kHz samples as float WAV bytes, at their own scale.
+
+    ``st.audio`` would scale an array to its peak, and so play every loudness change alike; float, so that a gain
+    above full scale is not clipped in the file.
+    """
+    buffer = io.BytesIO()
+    sf.write(buffer, np.asarray(samples, dtype=np.float32), SAMPLE_RATE, format="WAV", subtype="FLOAT")
+    return buffer.getvalue()
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def audio_wav(path: str, row: int) -> bytes:
     """An utterance's audio as WAV bytes (encoded once, not on every rerun)."""
@@ -83,10 +94,7 @@ def altered_wav(path: str, row: int, kind: str, strength: float) -> bytes:
     """An utterance's audio changed as an audio counterfactual does (``counterfactuals.alter``), as WAV bytes."""
     r = reader(path)
     uid = str(np.asarray(r.utterances()["id"])[row])
-    altered = counterfactuals.alter(r.audio(row), kind, strength, counterfactuals.seed_of(uid))
-    buffer = io.BytesIO()
-    sf.write(buffer, np.clip(altered, -1, 1), SAMPLE_RATE, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
+    return wav_bytes(counterfactuals.alter(r.audio(row), kind, strength, counterfactuals.seed_of(uid)))
 
 
 @st.cache_data(show_spinner=False)

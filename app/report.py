@@ -199,9 +199,12 @@ def _causal(reader: StoreReader, lora: views.RunInfo, frozen: views.RunInfo | No
     if mine is None:
         return None
     theirs = views.causal_of(reader, frozen.name) if frozen else None
+    if theirs is not None and theirs.partner != lora.name:  # the frozen run's patches came from another LoRA run
+        theirs.metrics = theirs.metrics[theirs.metrics["kind"] != "patch"]
     runs = {lora.name: mine.metrics} | ({frozen.name: theirs.metrics} if theirs is not None else {})
     figures = []
-    grids = [charts.interventions(m[m["layer"] >= 0], "uar_drop", f"UAR drop: {name}")
+    grids = [charts.interventions(m[m["layer"] >= 0].assign(kind=m["kind"].map(causal.KIND_LABELS)), "uar_drop",
+                                  f"UAR drop: {name}", order=list(causal.KIND_LABELS.values()))
              for name, m in runs.items() if (m["layer"] >= 0).any()]
     if grids:
         charts.save(alt.hconcat(*grids).resolve_scale(color="shared"), out, f"{lora.name}-causal")

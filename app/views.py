@@ -143,18 +143,18 @@ def causal_of(reader: StoreReader, run: str) -> CausalView | None:
     result = reader.interventions(run)
     if result is None or not result.done[0]:
         return None
-    done = np.flatnonzero(result.done)
-    conditions = [result.conditions[i] for i in done]
+    result = result.finished()
+    conditions = result.conditions
     rows = result.rows.tolist()
     emotions = list(reader.attrs(run)["emotions"])
     labels = reader.read(run, "trained", "label", rows).astype(int)
     table = reader.utterances()
     predictions = pd.DataFrame({"row": rows, "id": np.asarray(table["id"])[rows],
                                 "emotion": np.asarray(table["emotion"])[rows]})
-    for name, p in zip(conditions, result.probabilities[done], strict=True):
+    for name, p in zip(conditions, result.probabilities, strict=True):
         predictions[name] = [emotions[i] for i in p.argmax(-1)]
-    return CausalView(causal.metrics(conditions, result.probabilities[done], labels), predictions,
-                      result.lens_logits[done], emotions, result.partner)
+    return CausalView(causal.metrics(conditions, result.probabilities, labels), predictions, result.lens_logits,
+                      emotions, result.partner)
 
 
 def common_rows(reader: StoreReader, *runs: str) -> list[int]:

@@ -22,6 +22,7 @@ the frames the head pools, through the trained projector and classifier: the tra
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -249,6 +250,26 @@ def _partner_folds(run_dir: Path, partner: Path, ids: list[str]) -> list[int]:
     return folds
 
 
+def _partner_name(writer: StoreWriter, partner: Path) -> str:
+    """The partner's name in the store where it is traced there (whatever ``--name`` it got), else its directory's."""
+    here = str(partner.resolve())
+    for run, checkpoints in writer.runs().items():
+        if checkpoints and writer.attrs(run, checkpoints[0]).get("run_dir") == here:
+            return run
+    return partner.resolve().name
+
+
+def _fingerprint(partner: Path) -> str:
+    """A fingerprint of a partner run: its directory, its config and every finished fold's metrics.
+
+    What tells it from another run of the same name (another seed's, a retrained one).
+    """
+    digest = hashlib.sha256(str(partner.resolve()).encode())
+    for path in [partner / "config.json", *sorted(partner.glob("fold_*/metrics.json"))]:
+        digest.update(path.read_bytes() if path.is_file() else b"")
+    return digest.hexdigest()[:16]
+
+
 def run(run_dir: Path, store: str, *, name: str | None = None, kinds: tuple[str, ...] | None = None,
         strengths: dict[str, tuple[float, ...]] | None = None, partner: Path | None = None, batch_size: int = 8,
         device: str = "cpu", storage_options: dict | None = None) -> dict[str, dict]:
@@ -297,15 +318,17 @@ def run(run_dir: Path, store: str, *, name: str | None = None, kinds: tuple[str,
     models = FoldModels(run_dir, "trained", target)
     model = models.load(int(folds[0]))
     whisper = W.whisper_of(model)
-    chosen = conditions(model, kinds if "none" in kinds else ("none", *kinds), strengths, partner is not None)
+    chosen = conditions(model, ("none", *(k for k in kinds if k != "none")), strengths, partner is not None)
     if partner is not None and not any(c.kind == "patch" for c in chosen):
         partner = None
     partner_folds = _partner_folds(run_dir, partner, ids) if partner is not None else [None] * len(rows)
     partners = FoldModels(partner, "trained", target) if partner is not None else None
+    partner_precision = run_precision(partner) if partner is not None else precision
     n_boundaries, n_classes = len(whisper.encoder.layers) + 1, whisper.config.num_labels
     held = writer.create_interventions(name, [c.name for c in chosen], rows, n_boundaries, n_classes,
                                        basis=int(writer.attrs(name, "trained").get("n_written", len(rows))),
-                                       partner=partner.resolve().name if partner is not None else None)
+                                       partner=_partner_name(writer, partner) if partner is not None else None,
+                                       partner_key=_fingerprint(partner) if partner is not None else None)
     index = {n: i for i, n in enumerate(held)}
     done = writer.interventions(name).done
     pending = [c for c in chosen if not done[index[c.name]]]
@@ -329,7 +352,7 @@ def run(run_dir: Path, store: str, *, name: str | None = None, kinds: tuple[str,
         for batch in batches:
             source = None
             if group[0].kind == "patch":
-                with W.autocast(target, precision):
+                with W.autocast(target, partner_precision):  # the partner's residual as it computes it
                     source = layer_outputs(partners.load(batch.partner_fold), batch.features)
             model = models.load(batch.fold)
             for j, condition in enumerate(group):
@@ -346,6 +369,6 @@ def run(run_dir: Path, store: str, *, name: str | None = None, kinds: tuple[str,
         for j, condition in enumerate(group):
             writer.write_intervention(name, index[condition.name], probabilities[j], lens[j])
     bar.close()
-    result = writer.interventions(name)
+    result = writer.interventions(name).finished()
     frame = causal.metrics(result.conditions, result.probabilities, labels)
     return {r.condition: {k: getattr(r, k) for k in ("uar", "war", "kl", "flipped")} for r in frame.itertuples()}

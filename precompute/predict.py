@@ -5,6 +5,7 @@ This is the app's one entry point into torch; the app imports it lazily, only wh
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -65,6 +66,9 @@ class Predictor:
         self.capturer = Capturer(self.model, self.config.window,
                                  CaptureOptions(gradients=False, precision=self.precision))
         self.extractor = feature_extractor(W.whisper_of(self.model).config)
+        # The app shares one Predictor between its sessions (threads); an intervention switches adapters or hooks
+        # a layer for the length of its forward pass, so no other pass may run meanwhile.
+        self._lock = threading.Lock()
 
     @torch.no_grad()
     def predict(self, audio: np.ndarray, name: str = "clip", start: float = 0.0) -> Prediction:
@@ -73,7 +77,8 @@ class Predictor:
             raise ValueError(f"{name}: {len(audio) / 16000:.1f} s is longer than Whisper's {MAX_SECONDS:.0f} s "
                              "window; use predict_windows")
         features = W.extract(self.extractor, [audio], self.config.window, device=self.device)
-        (row,) = self.capturer.run(features, torch.zeros(1, dtype=torch.long, device=self.device))
+        with self._lock:
+            (row,) = self.capturer.run(features, torch.zeros(1, dtype=torch.long, device=self.device))
         probs = lens.trajectory(row["lens_logits"])
         top = probs.argmax(-1)
         depth = int(lens.resolution_depth(row["lens_logits"][None])[0])
@@ -109,7 +114,7 @@ class Predictor:
                 seed = counterfactuals.seed_of(name)
                 altered = counterfactuals.alter(audio, condition.kind, condition.strength, seed)
                 f = W.extract(self.extractor, [altered], self.config.window, device=self.device)
-            with I.applied(self.model, condition), W.autocast(self.device, self.precision):
+            with self._lock, I.applied(self.model, condition), W.autocast(self.device, self.precision):
                 _, lens_logits = I.outcome(self.model, f)
             out[condition.name] = lens.trajectory(lens_logits[0].cpu().numpy())
         return out

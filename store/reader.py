@@ -565,6 +565,12 @@ class Interventions:
     partner: str | None = None
     """The run whose residuals the ``patch@`` conditions patch in (None: none patched)."""
 
+    def finished(self) -> Interventions:
+        """The conditions done so far alone (an interrupted or growing ``loralens intervene`` leaves others)."""
+        done = np.flatnonzero(self.done)
+        return Interventions([self.conditions[i] for i in done], self.rows, self.done[done],
+                             self.probabilities[done], self.lens_logits[done], self.partner)
+
 
 class Summary:
     """A run's current summary: its attributes and its arrays by name, read on first use."""

@@ -175,11 +175,13 @@ whole), and ``done`` ``(condition,)``, a condition's mark, set after its arrays.
 (``intervention_version``, ``conditions``, ``rows``, ``basis``, ``partner``): the conditions' names in the arrays'
 order (``none`` first: the model as trained; a rerun asking for more appends them), the store rows of the utterance
 axis, the trained checkpoint's ``n_written`` they were computed from (another means the trace grew: the group is
-computed again), and the run whose residuals the ``patch@`` conditions patch in (None: no patching)."""
+computed again), and the run whose residuals the ``patch@`` conditions patch in (``partner``, its name in the store,
+None: no patching; ``partner_key``, a fingerprint telling it from another run of that name)."""
 PATCH_PREFIX = "patch@"
 """Conditions that read the partner run (``partner``): marked undone when it changes."""
 INTERVENTION_VERSION = 1
-"""Bumped on any change to what the interventions group holds; a group of another version is computed again."""
+"""Bumped on any change to the interventions group that a reader or writer of the previous version could not read
+(adding attributes that default to None is not one); a group of another version is computed again."""
 
 
 def consolidated_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:

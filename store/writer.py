@@ -403,13 +403,14 @@ class StoreWriter(StoreReader):
 
     # -- summaries ------------------------------------------------------------------------------------------
     def create_interventions(self, run: str, conditions: list[str], rows: list[int], n_boundaries: int,
-                             n_classes: int, basis: int, partner: str | None = None) -> list[str]:
+                             n_classes: int, basis: int, partner: str | None = None,
+                             partner_key: str | None = None) -> list[str]:
         """Create a run's interventions group (``schema.INTERVENTIONS_GROUP``), or extend the one there.
 
         A group of the same rows and basis is kept, finished conditions and all (an interrupted ``loralens
         intervene`` resumes), and grows by the conditions it lacks; one of other rows or basis (the trace grew) is
-        replaced. Where ``partner`` (the run patched from) changes, the conditions that read it (``patch@``) are
-        marked undone.
+        replaced. Where the run patched from changes (``partner_key``, a fingerprint of it; ``partner`` is its
+        name), the conditions that read it (``patch@``) are marked undone.
 
         Returns:
             The group's conditions, in its arrays' order: those it held, then the new ones.
@@ -420,11 +421,11 @@ class StoreWriter(StoreReader):
         group = self._node(key)
         if group is not None and "conditions" in group.attrs and all(group.attrs.get(k) == v for k, v in attrs.items()):
             held = list(group.attrs["conditions"])
-            if partner is not None and group.attrs.get("partner") != partner:
+            if partner_key is not None and group.attrs.get("partner_key") != partner_key:
                 for i, name in enumerate(held):
                     if name.startswith(schema.PATCH_PREFIX):
                         group["done"][i] = 0
-                group.attrs["partner"] = partner
+                group.attrs.update({"partner": partner, "partner_key": partner_key})
             if new := [c for c in conditions if c not in held]:
                 n = len(held) + len(new)
                 for name in ("probabilities", "lens_logits", "done"):
@@ -444,7 +445,7 @@ class StoreWriter(StoreReader):
         group.create_array("done", shape=(n,), chunks=(1,), dtype="uint8", dimension_names=("condition",),
                            fill_value=0)
         # Last: a group without them is an unfinished creation, made again.
-        group.attrs.update({**attrs, "partner": partner, "conditions": list(conditions)})
+        group.attrs.update({**attrs, "partner": partner, "partner_key": partner_key, "conditions": list(conditions)})
         self._cache.clear()
         return list(conditions)
 

@@ -156,3 +156,14 @@ def test_causal_finding_flags(holds):
     assert [f["finding"] for f in causal.findings(lora[lora["kind"] != "patch"], None, N_LAYERS)] == [
         "delayed specialization, causally: LoRA matters most in late layers",
         "predictions robust to mild audio changes"]
+
+
+def test_the_mildest_audio_change_counts_both_directions():
+    """pitch -2 and +2 are equally mild: either flipping a quarter of the predictions breaks robustness."""
+    from app.analysis import causal
+
+    rows = [{"condition": "none", "kind": "none", "layer": -1, "strength": np.nan, "uar_drop": 0.0, "flipped": 0.0}]
+    rows += [{"condition": f"pitch@{s:g}", "kind": "pitch", "layer": -1, "strength": s, "uar_drop": f, "flipped": f}
+             for s, f in ((-4.0, 0.1), (-2.0, 0.05), (2.0, 0.4), (4.0, 0.5))]
+    (robust,) = causal.findings(pd.DataFrame(rows), None, N_LAYERS)
+    assert robust["finding"] == "predictions robust to mild audio changes" and not robust["holds"]

@@ -227,7 +227,7 @@ def test_zero_strength_audio_is_the_original_and_more_kinds_are_appended(tiny_ru
 
     lora, frozen, store = tiny_runs["lora"], tiny_runs["frozen"], str(tmp_path / "s.zarr")
     assert main(["trace", "--run", str(lora), "--store", store, "--per-class", "2", "--no-summary"]) == 0
-    assert main(["intervene", "--run", str(lora), "--store", store, "--kinds", "pitch,noise,loudness",
+    assert main(["intervene", "--run", str(lora), "--store", store, "--kinds", "pitch,none,noise,loudness",
                  "--strength", "pitch=0,3", "--strength", "noise=inf", "--strength", "loudness=0,-30"]) == 0
     first = StoreReader(store).interventions("tiny-lora")
     assert first.conditions == ["none", "pitch@0", "pitch@3", "noise@inf", "loudness@0", "loudness@-30"]
@@ -245,6 +245,21 @@ def test_zero_strength_audio_is_the_original_and_more_kinds_are_appended(tiny_ru
     assert second.conditions == first.conditions + [f"patch@{k}" for k in range(n)] and second.done.all()
     assert np.array_equal(second.probabilities[: len(first.conditions)], first.probabilities)
     assert second.partner == "tiny-frozen"
+    # Another partner of the same name (another seed's run, say): the patches are computed again from it.
+    import shutil
+
+    other = tmp_path / "elsewhere" / frozen.name
+    shutil.copytree(frozen, other)
+    key = StoreReader(store).root[f"runs/tiny-lora/{schema.INTERVENTIONS_GROUP}"].attrs["partner_key"]
+    computed = []
+    real_outcome = intervene.outcome
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(intervene, "outcome", lambda *a: computed.append(1) or real_outcome(*a))
+        intervene.run(lora, store, kinds=("patch",), partner=other)
+    assert computed and StoreReader(store).root[f"runs/tiny-lora/{schema.INTERVENTIONS_GROUP}"].attrs[
+        "partner_key"] != key
+    third = StoreReader(store).interventions("tiny-lora")
+    assert third.done.all() and np.allclose(third.probabilities, second.probabilities, atol=1e-6)  # same weights
     # patch@k leaves the boundaries up to k as trained and changes the decision from there.
     for k in range(n):
         patched = second.lens_logits[second.conditions.index(f"patch@{k}")]
@@ -269,6 +284,15 @@ def test_zero_strength_audio_is_the_original_and_more_kinds_are_appended(tiny_ru
         assert len(at.get("audio")) == 0 and not at.exception
         keys = [b.proto.id for b in at.get("download_button")]
         assert any(k.endswith("ca-trajectory-csv") for k in keys) and any(k.endswith("ca-audio-csv") for k in keys)
+        # While only the model as trained is done, the page says so and waits.
+        group = StoreReader(store, mode="a").root[f"runs/tiny-lora/{schema.INTERVENTIONS_GROUP}"]
+        group["done"][1:] = 0
+        import streamlit
+
+        streamlit.cache_data.clear()  # the page's reads are cached in this process (30 s) from the runs above
+        partial = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app" / "main.py"), default_timeout=300)
+        partial.run().switch_page("sections/causal.py").run()
+        assert not partial.exception and any("Only the model as trained" in i.value for i in partial.info)
 
 
 def test_an_upload_under_interventions(tiny_runs):

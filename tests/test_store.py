@@ -223,21 +223,22 @@ def test_lost_ids_of_traced_rows_are_not_dropped(tmp_path):
 def test_interventions_grow_keep_what_is_done_and_redo_a_changed_partner(store_path):
     writer, _ = _fill(store_path)
     rows = [0, 1, 2]
-    assert writer.create_interventions("r", ["none", "erase@0", "patch@0"], rows, 3, 4, basis=3,
-                                       partner="frozen") == ["none", "erase@0", "patch@0"]
+    assert writer.create_interventions("r", ["none", "erase@0", "patch@0"], rows, 3, 4, basis=3, partner="frozen",
+                                       partner_key="a1") == ["none", "erase@0", "patch@0"]
     values = {i: np.full((3, 4), i + 1, np.float32) for i in range(3)}
     for i in range(3):
         writer.write_intervention("r", i, values[i], np.zeros((3, 3, 4), np.float32))
     # More conditions: appended, the finished ones kept.
-    held = writer.create_interventions("r", ["none", "pitch@2", "erase@0"], rows, 3, 4, basis=3, partner="frozen")
+    held = writer.create_interventions("r", ["none", "pitch@2", "erase@0"], rows, 3, 4, basis=3, partner="frozen",
+                                       partner_key="a1")
     assert held == ["none", "erase@0", "patch@0", "pitch@2"]
     got = StoreReader(store_path).interventions("r")
     assert got.done.tolist() == [True, True, True, False] and got.partner == "frozen"
     assert all(np.array_equal(got.probabilities[i], values[i]) for i in range(3))
-    # Another partner: what was patched from the old one is to be done again, the rest stays.
-    writer.create_interventions("r", ["none", "patch@0"], rows, 3, 4, basis=3, partner="other")
+    # Another partner, even of the same name: what was patched from the old one is to be done again, the rest stays.
+    writer.create_interventions("r", ["none", "patch@0"], rows, 3, 4, basis=3, partner="frozen", partner_key="b2")
     got = StoreReader(store_path).interventions("r")
-    assert got.done.tolist() == [True, True, False, False] and got.partner == "other"
+    assert got.done.tolist() == [True, True, False, False] and got.partner == "frozen"
     # Arrays grown by a rerun that died before naming its conditions: read as the named ones.
     group = StoreReader(store_path, mode="a").root[f"runs/r/{schema.INTERVENTIONS_GROUP}"]
     group["done"].resize((6,))

@@ -9,6 +9,20 @@ from sklearn.metrics import balanced_accuracy_score
 
 from app.analysis.counterfactuals import AUDIO_KINDS, CHANGES
 
+KIND_LABELS = {"lora_off": "LoRA off at k", "lora_only": "LoRA only at k", "lora_off_from": "LoRA off from k up",
+               "erase": "block k erased", "patch": "layer k patched in"}
+"""The interventions inside the model, in the order the heatmaps list them, as they are labelled there."""
+
+
+def parse(name: str) -> tuple[str, int, float]:
+    """A condition's name (``erase@3``, ``pitch@-2``, ``none``) as its kind, layer and audio strength.
+
+    Layer -1 and strength NaN where the condition has none; ``precompute.intervene.Condition`` checks the name.
+    """
+    kind, _, at = name.partition("@")
+    audio = kind in AUDIO_KINDS
+    return kind, int(at) if at and not audio else -1, float(at) if audio else np.nan
+
 
 def kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """KL(p || q) over the last axis, in nats (probabilities floored at 1e-12)."""
@@ -31,11 +45,9 @@ def metrics(conditions: list[str], probabilities: np.ndarray, labels: np.ndarray
     baseline = probabilities[0]
     rows = []
     for name, p in zip(conditions, probabilities, strict=True):
-        kind, _, at = name.partition("@")
-        audio = kind in AUDIO_KINDS
+        kind, layer, strength = parse(name)
         predicted = p.argmax(-1)
-        rows.append({"condition": name, "kind": kind, "layer": int(at) if at and not audio else -1,
-                     "strength": float(at) if audio else np.nan,
+        rows.append({"condition": name, "kind": kind, "layer": layer, "strength": strength,
                      "uar": float(balanced_accuracy_score(labels, predicted)),
                      "war": float(np.mean(labels == predicted)), "kl": float(kl(baseline, p).mean()),
                      "flipped": float(np.mean(predicted != baseline.argmax(-1)))})
@@ -95,9 +107,8 @@ def findings(lora: pd.DataFrame, frozen: pd.DataFrame | None, n_layers: int) -> 
             if not len(rows):
                 continue
             identity = CHANGES[kind].identity
-            rows = rows.assign(distance=(rows["strength"] - identity).abs()
-                               if np.isfinite(identity) else -rows["strength"])
-            mildest[kind] = float(rows.sort_values("distance")["flipped"].iloc[0])
+            distance = (rows["strength"] - identity).abs() if np.isfinite(identity) else -rows["strength"]
+            mildest[kind] = float(rows.loc[distance == distance.min(), "flipped"].max())  # +-2 semitones: both
             theirs = frozen[frozen["condition"].isin(rows["condition"])] if frozen is not None else None
             parts.append(f"{kind}: " + ", ".join(
                 f"{r.condition.partition('@')[2]} {r.flipped:.0%}" for r in rows.itertuples())

@@ -64,6 +64,8 @@ def check(kind: str, strength: float) -> None:
                          f"{SAMPLE_RATE // 2} Hz (no limit)")
     if kind == "noise" and math.isnan(strength):
         raise ValueError("noise@nan: a signal-to-noise ratio in dB (inf: no noise)")
+    if kind != "noise" and not math.isfinite(strength):
+        raise ValueError(f"{kind}@{strength}: a finite strength ({CHANGES[kind].unit})")
 
 
 def seed_of(utterance_id: str) -> int:
@@ -77,11 +79,12 @@ def alter(audio: np.ndarray, kind: str, strength: float, seed: int = 0) -> np.nd
     Args:
         audio: 16 kHz mono samples, ``(n_samples,)``.
         kind: one of ``AUDIO_KINDS``.
-        strength: in the kind's ``unit``; its ``identity`` returns ``audio`` itself.
+        strength: in the kind's ``unit``.
         seed: the noise's seed (``seed_of`` the utterance's id).
 
     Returns:
-        float32 samples, ``(n_samples',)``: as many as given but for tempo (``n_samples / strength``).
+        float32 samples, ``(n_samples',)``: as many as given but for tempo (``n_samples / strength``); at the
+        kind's ``identity``, ``audio`` itself, untouched.
     """
     check(kind, strength)
     if strength == CHANGES[kind].identity:

@@ -4,11 +4,10 @@ import pandas as pd
 import streamlit as st
 
 from app import charts, data, state, widgets
+from app.analysis.causal import KIND_LABELS, parse
 from app.analysis.counterfactuals import AUDIO_KINDS, CHANGES
 
 LABELS = {"uar_drop": "UAR drop", "kl": "KL(none || condition)", "flipped": "share flipped"}
-KIND_LABELS = {"lora_off": "LoRA off at k", "lora_only": "LoRA only at k", "lora_off_from": "LoRA off from k up",
-               "erase": "block k erased", "patch": "layer k patched in"}
 
 view = widgets.view_state()
 widgets.present(view)
@@ -24,8 +23,14 @@ if causal is None:
 column = st.radio("Measure", state.MEASURES, index=widgets.index(state.MEASURES, view.measure), horizontal=True,
                   format_func=LABELS.get, key="ca-measure")
 view.measure = column
+if len(causal.metrics) == 1:
+    st.info(f"Only the model as trained is done for {run.name} so far; the interventions appear here as "
+            "loralens intervene finishes them (this page refreshes what it reads every 30 s).")
+    widgets.stop(view)
 none = causal.metrics.iloc[0]
 partner = data.causal(path, causal.partner) if causal.partner else None
+if partner is not None and partner.partner != run.name:  # its patches came from another run: not shown beside
+    partner.metrics = partner.metrics[partner.metrics["kind"] != "patch"]
 runs = {run.name: causal} | ({causal.partner: partner} if partner is not None else {})
 st.caption(f"As trained: UAR {none['uar']:.3f}, WAR {none['war']:.3f} over {len(causal.predictions)} utterances, "
            "each through the fold model that held it out. Click a cell to list the utterances it flips.")
@@ -60,8 +65,10 @@ if len(audio):
                   f"{run.name}-audio-{column}", "ca-audio")
 
 options = list(causal.metrics["condition"].iloc[1:])
-if picked in options and picked != st.session_state.get("ca-picked"):  # a new click (the chart keeps its last)
-    st.session_state["ca-picked"] = st.session_state["ca-condition"] = picked
+if picked != st.session_state.get("ca-picked"):  # a new click (the chart keeps its last selection across reruns)
+    st.session_state["ca-picked"] = picked
+    if picked in options:
+        st.session_state["ca-condition"] = picked
 if st.session_state.get("ca-condition") not in options:  # first draw (from the link) or a run without it
     st.session_state["ca-condition"] = options[widgets.index(options, view.condition)]
 condition = st.selectbox("Condition", options, key="ca-condition")
@@ -80,10 +87,10 @@ if st.session_state.get("ca-utt") not in ids:
 uid = st.selectbox("Utterance", ids, key="ca-utt")
 view.utt = uid
 row = int(predictions.loc[predictions["id"] == uid, "row"].iloc[0])
-kind, _, at = condition.partition("@")
+kind, _, at = parse(condition)
 if kind in AUDIO_KINDS:
     strengths = sorted(float(s) for s in causal.metrics.loc[causal.metrics["kind"] == kind, "strength"])
-    st.session_state["ca-strength"] = float(at)  # the condition rules; the slider moves it
+    st.session_state["ca-strength"] = at  # the condition rules; the slider moves it
 
     def _to_strength(kind: str = kind) -> None:
         st.session_state["ca-condition"] = f"{kind}@{st.session_state['ca-strength']:g}"
@@ -93,8 +100,9 @@ if kind in AUDIO_KINDS:
     left, right = st.columns(2)
     left.caption("Original")
     left.audio(data.audio_wav(path, row), format="audio/wav")
-    right.caption(condition)
-    right.audio(data.altered_wav(path, row, kind, float(at)), format="audio/wav")
+    right.caption(condition + (" (plays clipped where louder than full scale)" if kind == "loudness" and at > 0
+                               else ""))
+    right.audio(data.altered_wav(path, row, kind, at), format="audio/wav")
 trajectory = causal.trajectory(row, condition)
 widgets.chart(charts.trajectories(trajectory, f"{uid}: lens as trained and under {condition}"), trajectory,
               f"{run.name}-{uid}-{condition}", "ca-trajectory")

@@ -8,7 +8,7 @@ import streamlit as st
 from scipy.special import softmax
 
 from app import charts, data, views, widgets
-from app.analysis import counterfactuals, projections
+from app.analysis import causal, counterfactuals, projections
 from precompute.audio import MAX_SECONDS, AudioError, load_audio, require_sound, windows
 
 MAX_WINDOWS = 20
@@ -97,7 +97,7 @@ widgets.chart(charts.mark_boundary(trajectory, layer), frame, f"{name}-layers", 
 # The causal lens on the clip: a handful of conditions, computed when asked.
 st.subheader("Interventions on this clip")
 n_layers = len(probs) - 1
-model_kinds = [k for k in ("lora_off", "lora_only", "lora_off_from", "erase") if run.method == "lora" or k == "erase"]
+model_kinds = [k for k in causal.KIND_LABELS if k != "patch" and (run.method == "lora" or not k.startswith("lora_"))]
 offered = [f"{k}@{i}" for k in model_kinds for i in range(n_layers)]
 offered += [counterfactuals.name(k, v) for k, c in counterfactuals.CHANGES.items() for v in c.strengths]
 default = [c for c in (f"lora_off_from@{n_layers // 2}", f"erase@{n_layers - 1}", "pitch@4", "noise@10")
@@ -116,9 +116,10 @@ if chosen and st.toggle("Compute them", key="up-intervene"):
     frame = views.trajectories({"none": under["none"], shown: under[shown]}, result.emotions)
     widgets.chart(charts.trajectories(frame, f"{name}: lens as trained and under {shown}"), frame,
                   f"{name}-{shown}", "up-intervene")
-    kind, _, at = shown.partition("@")
+    kind, _, at = causal.parse(shown)
     if kind in counterfactuals.CHANGES:
-        st.audio(counterfactuals.alter(audio, kind, float(at), counterfactuals.seed_of(name)), sample_rate=16000)
+        st.audio(data.wav_bytes(counterfactuals.alter(audio, kind, at, counterfactuals.seed_of(name))),
+                 format="audio/wav")
         st.caption(f"The clip under {shown} ({counterfactuals.CHANGES[kind].unit}).")
 
 reader = data.reader(path)
