@@ -113,7 +113,10 @@ class RayExecutor:
             raise RuntimeError("Ray is not installed: pip install -e \".[cluster]\" (or pip install 'ray[default]'), "
                                "or run without --ray") from e
         if not ray.is_initialized():
-            ray.init(address=self.address or os.environ.get("RAY_ADDRESS"), logging_level=logging.WARNING)
+            address = self.address or os.environ.get("RAY_ADDRESS")
+            # A local Ray lives as long as this command: its dashboard would only take cores from the jobs.
+            local = {} if address else {"include_dashboard": False}
+            ray.init(address=address, logging_level=logging.WARNING, **local)
         return ray
 
     def gpus_per_task(self) -> float:
