@@ -275,6 +275,7 @@ def _trace_shards(args: argparse.Namespace, tracer) -> int:
     from dataclasses import replace
 
     from precompute.data import absolute_spec
+    from precompute.executors import describe
     from precompute.trace import ShardJob, capture_shard
 
     executor = _executor(args)
@@ -287,7 +288,7 @@ def _trace_shards(args: argparse.Namespace, tracer) -> int:
                      str(Path(args.store).resolve()) if local else args.store, tracer.name, selection, tracer.options,
                      args.batch_size, args.device or ("auto" if args.ray else "cpu"), (k, n), args.writers,
                      tracer.storage_options) for k in range(n)]
-    failed = [str(o.job) for o in executor.map(capture_shard, jobs, desc="trace") if not o.ok]
+    failed = [f"{o.job} ({describe(o.error)})" for o in executor.map(capture_shard, jobs, desc="trace") if not o.ok]
     if failed:
         log.error("failed: %s; run the same command again to capture what they left (written rows are kept)",
                   ", ".join(failed))

@@ -59,7 +59,7 @@ class LocalExecutor:
             try:
                 yield Outcome(job, result=fn(job))
             except Exception as e:  # reported with the job; the caller names it and what to do
-                log.error("%s: %s: %s", job, type(e).__name__, e)
+                log.error("%s: %s", job, describe(e))
                 yield Outcome(job, error=e)
 
 
@@ -136,6 +136,8 @@ class RayExecutor:
 
     def map(self, fn: Callable[[J], R], jobs: Sequence[J], desc: str) -> Iterator[Outcome[J, R]]:
         """Submit every job as a task, then yield outcomes as ``ray.wait`` returns them; Ctrl+C cancels the rest."""
+        if not jobs:  # (a finished grid run again: no cluster to join)
+            return
         ray = self._connect()
         gpus = self.gpus_per_task()
         # max_calls=0 reuses a worker for task after task, GPU tasks too (Ray's default for those is a new process
@@ -156,7 +158,7 @@ class RayExecutor:
                     try:
                         outcome = Outcome(job, result=ray.get(ref))
                     except ray.exceptions.RayError as e:  # the task raised, or its worker or node died
-                        log.error("%s: %s", job, _cause(e))
+                        log.error("%s: %s", job, describe(e))
                         outcome = Outcome(job, error=e)
                         failed += 1
                         bar.set_postfix(failed=failed)
@@ -172,9 +174,10 @@ def _resources(resources: dict) -> str:
     return ", ".join(f"{resources.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
 
 
-def _cause(error: BaseException) -> str:
-    """One line for a Ray error: a task's own exception, or what happened to its worker."""
+def describe(error: BaseException) -> str:
+    """One line for a job's error: a task's own exception (not Ray's wrapper), or what happened to its worker."""
     cause = getattr(error, "cause", None)
     if isinstance(cause, BaseException):
-        return f"{type(cause).__name__}: {cause}"
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        error = cause
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__

@@ -20,7 +20,7 @@ from typing import Any
 from precompute.checkpoints import RunError, completed_folds, read_config
 from precompute.config import WINDOWS, Method, TrainConfig, Window, library_versions
 from precompute.data import absolute_spec
-from precompute.executors import Executor, Outcome
+from precompute.executors import Executor, Outcome, describe
 from precompute.files import write_atomic
 
 try:
@@ -294,7 +294,7 @@ def run_grid(spec: GridSpec, out: Path, executor: Executor, spec_path: Path | No
             log.info("%s: UAR %.3f, WAR %.3f in %.0f s (%s, pid %d)", outcome.job, outcome.result["uar"],
                      outcome.result["war"], outcome.result["seconds"], outcome.result["host"], outcome.result["pid"])
         else:
-            result.failed.append(f"{outcome.job}: {type(outcome.error).__name__}")
+            result.failed.append(f"{outcome.job}: {describe(outcome.error)}")
     for run in sorted({job.run for job in jobs}):
         if (run / "folds.json").is_file():  # every run's metrics.json holds all its folds, whichever job ended last
             write_run_metrics(run)
