@@ -96,6 +96,8 @@ def _add_grid(sub: argparse._SubParsersAction) -> None:
     p.add_argument("spec", type=Path, help="the grid spec: models, data, methods, ranks, seeds, folds, windows, "
                                            "alpha_per_rank, [train] settings")
     p.add_argument("--out", required=True, type=Path, help="directory of the run directories (resumed if it exists)")
+    p.add_argument("--only-folds", default=None, help="comma list of fold indices to train now in every run (default "
+                                                      "all; the same command without it trains the rest later)")
     _add_cluster(p, "fold")
     p.set_defaults(func=_run_grid)
 
@@ -125,7 +127,8 @@ def _executor(args: argparse.Namespace):
 def _run_grid(args: argparse.Namespace) -> int:
     from precompute.grid import load_spec, run_grid
 
-    result = run_grid(load_spec(args.spec), args.out, _executor(args), spec_path=args.spec)
+    only = [int(i) for i in args.only_folds.split(",")] if args.only_folds else None
+    result = run_grid(load_spec(args.spec), args.out, _executor(args), spec_path=args.spec, only=only)
     log.info("%s: %d folds: %d trained now, %d complete before, %d failed", args.out, result.n_folds,
              len(result.trained), len(result.skipped), len(result.failed))
     if result.failed:

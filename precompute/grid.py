@@ -208,11 +208,15 @@ def _absolute_model(spec: str) -> str:
     return os.path.abspath(spec) if Path(spec).exists() else spec
 
 
-def plan(spec: GridSpec, out: Path, spec_path: Path | None = None) -> tuple[list[FoldJob], list[str]]:
+def plan(spec: GridSpec, out: Path, spec_path: Path | None = None,
+         only: list[int] | None = None) -> tuple[list[FoldJob], list[str]]:
     """The grid's fold jobs still to train, and the folds already complete; creates the run directories.
 
+    ``only``: fold indices to train now (None: all), as ``loralens train --only-folds``; the others are left out of
+    both lists.
+
     Raises:
-        RunError: a run directory holds a run of another configuration.
+        RunError: a run directory holds a run of another configuration, or a fold of ``only`` it does not have.
     """
     from precompute.data import load_corpus
     from precompute.folds import make_folds
@@ -232,10 +236,13 @@ def plan(spec: GridSpec, out: Path, spec_path: Path | None = None) -> tuple[list
                 corpora[key] = load_corpus(config.data, key[1], merge_excitement=config.merge_excitement)
             n_folds = len(make_folds(corpora[key], config.folds, inner_validation=config.epoch_selection == "inner",
                                      seed=config.seed))
+        if only is not None and (unknown := sorted(set(only) - set(range(n_folds)))):
+            raise RunError(f"--only-folds {unknown}: {run.name} has folds 0..{n_folds - 1}")
         path.mkdir(exist_ok=True)  # before any job: no job of a run removes the directory another one works in
+        wanted = [k for k in range(n_folds) if only is None or k in only]
         finished = set(completed_folds(path))
-        done += [f"{run.name}/fold_{k:02d}" for k in sorted(finished)]
-        jobs += [FoldJob(path, run.config, k) for k in range(n_folds) if k not in finished]
+        done += [f"{run.name}/fold_{k:02d}" for k in wanted if k in finished]
+        jobs += [FoldJob(path, run.config, k) for k in wanted if k not in finished]
     return jobs, done
 
 
@@ -272,7 +279,8 @@ def train_fold(job: FoldJob) -> dict:
             "host": socket.gethostname(), "pid": os.getpid()}
 
 
-def run_grid(spec: GridSpec, out: Path, executor: Executor, spec_path: Path | None = None) -> GridResult:
+def run_grid(spec: GridSpec, out: Path, executor: Executor, spec_path: Path | None = None,
+             only: list[int] | None = None) -> GridResult:
     """Train every fold of ``spec`` not yet complete under ``out`` through ``executor``; collect each run's metrics.
 
     Args:
@@ -280,10 +288,11 @@ def run_grid(spec: GridSpec, out: Path, executor: Executor, spec_path: Path | No
         out: the directory of its run directories (and ``grid.json``).
         executor: where the folds train (``LocalExecutor``, ``RayExecutor``).
         spec_path: the spec's file, named in errors.
+        only: fold indices to train now (None: all); the same command without it trains the rest later.
     """
     from precompute.train import write_run_metrics
 
-    jobs, done = plan(spec, out, spec_path)
+    jobs, done = plan(spec, out, spec_path, only)
     result = GridResult(n_folds=len(jobs) + len(done), skipped=done)
     if done:
         log.info("%s: %d of %d folds already complete", out, len(done), result.n_folds)
