@@ -204,6 +204,17 @@ def test_a_run_of_another_configuration_is_refused_before_any_job(spec_file, seq
         run_grid(load_spec(other), sequential, LocalExecutor(), other)
 
 
+def test_only_folds_plans_those_folds_of_every_run(spec_file, tmp_path):
+    from precompute.checkpoints import RunError
+    from precompute.grid import plan
+
+    jobs, done = plan(load_spec(spec_file), tmp_path / "g", spec_file, only=[1])
+    assert [str(j) for j in jobs] == [f"tiny-whisper0-lora-trim-r{r}-seed0/fold_01" for r in (2, 4)]
+    assert done == [] and all(j.run.is_absolute() for j in jobs)
+    with pytest.raises(RunError, match=r"--only-folds \[5\]: .* has folds 0..1"):
+        plan(load_spec(spec_file), tmp_path / "g", spec_file, only=[1, 5])
+
+
 def test_the_package_works_without_ray():
     code = ("import sys; sys.modules['ray'] = None\n"
             "import precompute.cli, precompute.grid, precompute.trace\n"
