@@ -64,7 +64,9 @@ def test_grid_on_ray_trains_what_the_local_loop_trains_and_resumes(ray_local, sp
     assert len({r["pid"] for r in result.trained}) == 2  # both workers took folds
     expected = fold_state(sequential)
     assert sorted(expected) == [f"tiny-whisper0-lora-trim-r{r}-seed0/fold_0{k}" for r in (2, 4) for k in (0, 1)]
-    assert fold_state(out) == expected  # bit for bit, each fold completed once
+    # Bit for bit, each fold completed once. (1-core tasks run torch on one thread, this process on all cores: the
+    # tiny model's products are too small to be split over threads; tiny.en's are, see bench/grid.sh.)
+    assert fold_state(out) == expected
     assert json.loads((out / "grid.json").read_text())["ranks"] == [2, 4]
     # Run again: nothing is submitted, nothing is touched.
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("fold_*/*")}
