@@ -88,6 +88,56 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_grid(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("grid", help="train every model x method x rank x seed x window of a spec file",
+                       description="One job per fold of every run of the spec (TOML or JSON; see precompute.grid."
+                                   "GridSpec), here or on Ray (--ray); the run directories loralens train writes. "
+                                   "Re-run to resume: finished folds are kept.")
+    p.add_argument("spec", type=Path, help="the grid spec: models, data, methods, ranks, seeds, folds, windows, "
+                                           "alpha_per_rank, [train] settings")
+    p.add_argument("--out", required=True, type=Path, help="directory of the run directories (resumed if it exists)")
+    p.add_argument("--only-folds", default=None, help="comma list of fold indices to train now in every run (default "
+                                                      "all; the same command without it trains the rest later)")
+    _add_cluster(p, "fold")
+    p.set_defaults(func=_run_grid)
+
+
+def _add_cluster(p: argparse.ArgumentParser, unit: str) -> None:
+    """The flags that run a command's jobs on Ray (see ``precompute.executors.RayExecutor``)."""
+    g = p.add_argument_group("Ray (the cluster extra: pip install -e \".[cluster]\")")
+    g.add_argument("--ray", action="store_true", help=f"run each {unit} as a Ray task (default: one after the other "
+                                                      "in this process)")
+    g.add_argument("--address", default=None, help="the Ray cluster (auto, HOST:6379, ray://HOST:10001; default "
+                                                   "$RAY_ADDRESS, else a local one on this machine)")
+    g.add_argument("--cpus", type=float, default=1, metavar="N", help=f"CPU cores each {unit}'s task holds (default 1)")
+    g.add_argument("--gpus", type=float, default=None, metavar="N",
+                   help=f"GPUs each {unit}'s task holds (default 1 where the cluster has GPUs, else 0)")
+    g.add_argument("--retries", type=int, default=1,
+                   help="times Ray reruns a task whose worker or node died (default 1; finished work is kept)")
+
+
+def _executor(args: argparse.Namespace):
+    from precompute.executors import LocalExecutor, RayExecutor
+
+    if not args.ray:
+        return LocalExecutor()
+    return RayExecutor(address=args.address, num_cpus=args.cpus, num_gpus=args.gpus, max_retries=args.retries)
+
+
+def _run_grid(args: argparse.Namespace) -> int:
+    from precompute.grid import load_spec, run_grid
+
+    only = [int(i) for i in args.only_folds.split(",")] if args.only_folds else None
+    result = run_grid(load_spec(args.spec), args.out, _executor(args), spec_path=args.spec, only=only)
+    log.info("%s: %d folds: %d trained now, %d complete before, %d failed", args.out, result.n_folds,
+             len(result.trained), len(result.skipped), len(result.failed))
+    if result.failed:
+        log.error("failed: %s; run the same command again to resume them (finished folds are kept)",
+                  ", ".join(result.failed))
+        return 1
+    return 0
+
+
 def _add_model(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("model", help="model utilities")
     msub = p.add_subparsers(dest="model_command", required=True)
@@ -130,7 +180,8 @@ def _add_trace(sub: argparse._SubParsersAction) -> None:
                    help="keep per-frame residuals and LoRA A/B for this share of utterances (same ids in every run "
                         "traced with the same share); pooled arrays cover all (default 1: every utterance)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:N or auto (default cpu; with --ray, auto: the GPU Ray gives each worker)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="numeric regime of the trace (default: the run's own, so the store predicts as training did)")
     p.add_argument("--writers", type=int, default=None, metavar="N",
@@ -138,13 +189,19 @@ def _add_trace(sub: argparse._SubParsersAction) -> None:
                         "(default: a quarter of the cores, at most 4; 0: a thread of the tracing process)")
     stage = p.add_mutually_exclusive_group()
     stage.add_argument("--prepare-only", action="store_true", help="only add utterances and create the run")
-    stage.add_argument("--shard", default=None, help="K/N: capture only rows with row %% N == K (after prepare)")
+    stage.add_argument("--shard", default=None,
+                       help="K/N: capture only batches K, K+N, K+2N, ... (after prepare; N shards store the bits one "
+                            "process would)")
     stage.add_argument("--commit-only", action="store_true", help="only mark the run complete if it is")
     p.add_argument("--maps", default="umap,tsne",
                    help="the 2-D maps the summary fits at every layer when the run commits (default umap,tsne)")
     p.add_argument("--no-summary", action="store_true",
                    help="commit without computing the summary (run loralens summarise STORE later)")
+    p.add_argument("--shards", type=int, default=None, metavar="N",
+                   help="prepare, capture N shards (one job each: Ray tasks with --ray, else one after the other "
+                        "here), commit (default with --ray: as many as the cluster runs at once)")
     _add_storage(p)
+    _add_cluster(p, "shard")
     p.set_defaults(func=_run_trace)
     v = sub.add_parser("validate", help="check a store: schema, shapes, NaN/Inf, completeness")
     v.add_argument("store", help="a directory or fsspec URL")
@@ -180,12 +237,20 @@ def _run_trace(args: argparse.Namespace) -> int:
 
     if args.per_class < 1:
         raise ValueError(f"--per-class {args.per_class}: expected a positive number")
+    sharded = args.ray or args.shards is not None
+    if sharded and (args.shard or args.prepare_only or args.commit_only):
+        raise ValueError("--ray and --shards prepare, capture and commit in one command; leave out --shard, "
+                         "--prepare-only and --commit-only (or use those without --ray and --shards)")
+    if args.shards is not None and args.shards < 1:
+        raise ValueError(f"--shards {args.shards}: expected a positive number")
     selection = Selection(per_class=args.per_class, all=args.all, utterances=args.utterances)
     tracer = Tracer(args.run, args.data or read_config(args.run).data, args.store, name=args.name,
                     selection=selection, options=CaptureOptions(per_frame_b=not args.no_per_frame_b,
                                                            per_frame_sample=args.per_frame_sample),
-                    batch_size=args.batch_size, device=args.device, precision=args.precision,
-                    writers=args.writers, storage_options=_storage(args))
+                    batch_size=args.batch_size, device="cpu" if sharded else args.device or "cpu",
+                    precision=args.precision, writers=args.writers, storage_options=_storage(args))
+    if sharded:  # this process prepares and commits (on the CPU: it never touches a GPU); the shards capture
+        return _trace_shards(args, tracer)
     if args.shard:
         try:
             k, n = (int(x) for x in args.shard.split("/"))
@@ -204,6 +269,35 @@ def _run_trace(args: argparse.Namespace) -> int:
         tracer.capture(rows)
     state = tracer.commit(rows, maps=None if args.no_summary else _maps(args.maps))
     log.info("%s: run %s, %d utterances, %s", args.store, tracer.name, len(rows),
+             ", ".join(f"{c} {'complete' if ok else 'INCOMPLETE'}" for c, ok in state.items()))
+    return 0 if all(state.values()) else 1
+
+
+def _trace_shards(args: argparse.Namespace, tracer) -> int:
+    """``loralens trace --shards N`` / ``--ray``: prepare, one ``capture_shard`` job per shard, commit."""
+    from dataclasses import replace
+
+    from precompute.data import absolute_spec
+    from precompute.executors import describe
+    from precompute.trace import ShardJob, capture_shard
+
+    executor = _executor(args)
+    rows = tracer.prepare()
+    n = args.shards or (executor.capacity() if args.ray else 1)
+    local = "://" not in args.store  # paths travel absolute: a worker's current directory is not this one's
+    listed = tracer.selection.utterances
+    selection = replace(tracer.selection, utterances=listed.resolve() if listed else None)
+    jobs = [ShardJob(args.run.resolve(), absolute_spec(tracer.data),
+                     str(Path(args.store).resolve()) if local else args.store, tracer.name, selection, tracer.options,
+                     args.batch_size, args.device or ("auto" if args.ray else "cpu"), (k, n), args.writers,
+                     tracer.storage_options) for k in range(n)]
+    failed = [f"{o.job} ({describe(o.error)})" for o in executor.map(capture_shard, jobs, desc="trace") if not o.ok]
+    if failed:
+        log.error("failed: %s; run the same command again to capture what they left (written rows are kept)",
+                  ", ".join(failed))
+        return 1
+    state = tracer.commit(rows, maps=None if args.no_summary else _maps(args.maps))
+    log.info("%s: run %s, %d utterances in %d shards, %s", args.store, tracer.name, len(rows), n,
              ", ".join(f"{c} {'complete' if ok else 'INCOMPLETE'}" for c, ok in state.items()))
     return 0 if all(state.values()) else 1
 
@@ -544,6 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_grid(sub)
     _add_model(sub)
     _add_trace(sub)
     _add_report(sub)

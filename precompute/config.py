@@ -131,8 +131,10 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def save(self, path: Path) -> None:
-        """Write ``config.json`` (sorted keys)."""
-        path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
+        """Write ``config.json`` (sorted keys), in one step: a grid's folds of one run write it at once."""
+        from precompute.files import write_atomic
+
+        write_atomic(path, json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
 
     def differences(self, other: TrainConfig) -> list[str]:
         """Fields that differ from ``other`` and would change a run's results."""

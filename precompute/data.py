@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -224,6 +225,15 @@ def parse_emotions(text: str | None) -> tuple[str, ...] | None:
     if len(emotions) < 2:
         raise DataSpecError(f"--emotions {text!r}: need at least two classes, e.g. anger,happiness,neutral,sadness")
     return emotions
+
+
+def absolute_spec(spec: str) -> str:
+    """``spec`` with its path made absolute from the current directory: ``emodb:../x`` -> ``emodb:/abs/x``.
+
+    For a process whose current directory differs (a Ray worker); the utterance ids, relative to the root, stay.
+    """
+    scheme, sep, location = spec.partition(":")
+    return f"{scheme}:{os.path.abspath(location)}" if sep and location else spec
 
 
 def load_corpus(spec: str, emotions: tuple[str, ...] | None = DEFAULT_EMOTIONS, *,

@@ -1,4 +1,4 @@
-"""File modes of what precompute writes.
+"""How precompute writes files: their modes, and replacing a file in one step.
 
 safetensors (0.8) writes every file through a temporary file created 0600, and ``tempfile`` directories are
 0700, so checkpoints and the encoder cache would be readable by their writer alone: another user of a shared
@@ -9,6 +9,7 @@ modes a plain ``open``/``mkdir`` would have.
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 
@@ -44,3 +45,17 @@ def open_as_umask(*paths: Path) -> None:
         for path in [root, *root.rglob("*")] if root.is_dir() else [root]:
             if not path.is_symlink():
                 path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step: a reader sees the old file or the new one, never a part.
+
+    The temporary file's name is unique to the writer, so processes (a grid's folds of one run, on one node or
+    several) writing the same file at once never write into one another's.
+    """
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

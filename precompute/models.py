@@ -238,7 +238,7 @@ def ct2_directory(source: ModelSource) -> Path:
         return out
     parts = bundled_parts(source.location)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "model.bin.tmp"
+    tmp = out / f"model.bin.{os.getpid()}.tmp"  # one per process: a grid's first jobs may join the parts at once
     with open(tmp, "wb") as dst:
         for part in parts:
             with open(part, "rb") as src:

@@ -192,7 +192,10 @@ class Tracer:
         return [index[store_id(u)] for u, _ in self.items]
 
     def capture(self, rows: list[int], shard: tuple[int, int] = (0, 1)) -> int:
-        """Capture every unwritten row of this shard; return how many rows were written."""
+        """Capture every unwritten row of this shard; return how many rows were written.
+
+        ``shard`` ``(k, n)`` takes the batches k, k + n, ... of ``batches(rows)``.
+        """
         k, n = shard
         fold_of_row = {row: fold for row, (_, fold) in zip(rows, self.items, strict=True)}
         # Trace the source audio, not the store's 16-bit copy, so predictions match the run's exactly.
@@ -211,24 +214,26 @@ class Tracer:
                                f"{self.options.precision}; repeat it with --precision {recorded}, or trace into "
                                "another --store (or --name)")
             written = self.writer.written(self.name, checkpoint)
-            pending = [r for r in rows if not written[r] and r % n == k]
-            if not pending:
+            # The batches one process forms over every row; a shard takes every n-th of them, less what is written.
+            # So each utterance is captured in the batch one process would put it in, and the store holds the same
+            # bits however many shards wrote it (batched matrix products differ in the last bits with the batch).
+            mine = [[r for r in batch if not written[r]] for i, batch in enumerate(self.batches(rows)) if i % n == k]
+            mine = [batch for batch in mine if batch]
+            if not mine:
                 continue
-            bar = tqdm(total=len(pending), desc=f"{self.name}/{checkpoint}", unit="utt")
+            bar = tqdm(total=sum(map(len, mine)), desc=f"{self.name}/{checkpoint}", unit="utt")
             # The store writes batches on its own thread or processes while the device captures the next ones; a
             # bounded number in flight bounds the memory, and leaving the block waits for them, so an interrupt
             # keeps what was captured.
             with self._writers() as pool:
                 in_flight: deque[Future] = deque()
                 models, capturer, extractor = FoldModels(self.run, checkpoint, self.device), None, None
-                for fold in sorted({fold_of_row[r] for r in pending}):
+                for fold in sorted({fold_of_row[batch[0]] for batch in mine}):
                     model = models.load(fold)  # the same module each fold, that fold's weights swapped in
                     if capturer is None:  # so its capturer and extractor serve every fold
                         capturer = Capturer(model, self.config.window, self.options)
                         extractor = feature_extractor(W.whisper_of(model).config)
-                    fold_rows = [r for r in pending if fold_of_row[r] == fold]
-                    for start in range(0, len(fold_rows), self.batch_size):
-                        batch = fold_rows[start: start + self.batch_size]
+                    for batch in (batch for batch in mine if fold_of_row[batch[0]] == fold):
                         audio = [load_audio(path_of_row[r], long=self.config.long) for r in batch]
                         features = W.extract(extractor, audio, self.config.window, device=self.device)
                         labels = torch.tensor([label_of[emotion[r]] for r in batch], device=self.device)
@@ -249,6 +254,18 @@ class Tracer:
             log.info("%s: captured and wrote %d utterance-checkpoints in %.1f s (%.1f a second; models loaded "
                      "per fold included)", self.name, done, seconds, done / seconds)
         return done
+
+    def batches(self, rows: list[int]) -> list[list[int]]:
+        """``rows`` (the selected utterances' table rows) in capture batches: by fold, in order, ``batch_size`` each.
+
+        Shard ``k`` of ``n`` captures the batches ``k, k + n, ...`` of this list.
+        """
+        fold_of_row = {row: fold for row, (_, fold) in zip(rows, self.items, strict=True)}
+        out = []
+        for fold in sorted(set(fold_of_row.values())):
+            fold_rows = [r for r in rows if fold_of_row[r] == fold]
+            out += [fold_rows[i: i + self.batch_size] for i in range(0, len(fold_rows), self.batch_size)]
+        return out
 
     def _writers(self) -> Executor:
         """Where batches are written: a thread of this process (``writers`` 0), or that many processes."""
@@ -320,6 +337,52 @@ class Tracer:
         return {"rate": agree / compared if compared else None, "n_agree": agree, "n_compared": compared,
                 "differing": differing, "trace_precision": self.options.precision,
                 "train_precision": self.train_precision}
+
+
+@dataclass
+class ShardJob:
+    """One shard of a trace: the unit of work of ``loralens trace --ray`` (picklable, to travel to a Ray worker).
+
+    Every field is a ``Tracer`` argument but ``shard``.
+    """
+
+    run: Path
+    """The run directory (absolute: a worker's current directory is not the driver's)."""
+    data: str
+    """The ``--data`` SPEC the run is traced from."""
+    store: str
+    """The store's path or URL."""
+    name: str
+    """The run's name in the store."""
+    selection: Selection
+    """Which utterances (the same in every shard: the shard picks rows among them)."""
+    options: CaptureOptions
+    """What to capture, in which numeric regime."""
+    batch_size: int
+    """Utterances per captured batch."""
+    device: str
+    """Where the worker captures (``auto``: the GPU Ray gave the task, if any)."""
+    shard: tuple[int, int]
+    """``(k, n)``: this job captures the unwritten rows of batches k, k + n, ... (see ``Tracer.batches``)."""
+    writers: int | None = None
+    """Writer processes of the worker (see ``Tracer``)."""
+    storage_options: dict | None = None
+    """fsspec options of ``store``."""
+
+    def __str__(self) -> str:
+        return f"{self.name} shard {self.shard[0]}/{self.shard[1]}"
+
+
+def capture_shard(job: ShardJob) -> int:
+    """Capture one shard of a prepared store (``loralens trace --shard K/N``); return the rows it wrote.
+
+    A row already marked written is skipped, so a shard run again after its worker died writes only what is
+    missing, and no two shards share a row.
+    """
+    tracer = Tracer(job.run, job.data, job.store, name=job.name, selection=job.selection, options=job.options,
+                    batch_size=job.batch_size, device=job.device, storage_options=job.storage_options,
+                    precision=job.options.precision, writers=job.writers)
+    return tracer.capture(tracer.rows(), job.shard)
 
 
 # -- loralens validate --repair: rows of the utterance table ------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -174,6 +175,45 @@ def large_store(tmp_path_factory, large_runs) -> str:
     for run in large_runs.values():
         assert main(["trace", "--run", str(run), "--store", path, "--all"]) == 0
     return path
+
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """An S3 server on a free port of 127.0.0.1 with a bucket ``loralens``; yields its endpoint URL."""
+    moto_server = pytest.importorskip("moto.server")
+    s3fs = pytest.importorskip("s3fs")
+    saved = {k: os.environ.get(k) for k in CREDENTIALS}
+    os.environ.update(CREDENTIALS)  # moto accepts any; the shard processes inherit them
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    s3fs.S3FileSystem(endpoint_url=url).mkdir("loralens")
+    yield url
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray of 2 CPUs and no GPU, started once per session (a few seconds) and shut down after it.
+
+    Its workers are fresh processes: ``precompute`` reaches them installed (``pip install -e``), and what they need
+    from the environment travels in the jobs (paths are absolute, storage options explicit).
+    """
+    ray = pytest.importorskip("ray", reason="Ray comes with the test and cluster extras")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, logging_level=logging.WARNING)
+    yield ray
+    ray.shutdown()
 
 
 def wait_until_serving(proc, url: str, seconds: float = 60) -> None:

@@ -4,8 +4,6 @@ commit, validate, read in the app; and the layout that makes concurrent writers 
 from __future__ import annotations
 
 import json
-import logging
-import os
 import subprocess
 import sys
 import uuid
@@ -16,30 +14,6 @@ import pytest
 from precompute.cli import main
 from store import schema
 from store.reader import STORAGE_OPTIONS_ENV, StoreReader, storage_options
-
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """An S3 server on a free port of 127.0.0.1 with a bucket ``loralens``; yields its endpoint URL."""
-    moto_server = pytest.importorskip("moto.server")
-    s3fs = pytest.importorskip("s3fs")
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    os.environ.update(CREDENTIALS)  # moto accepts any; the shard processes inherit them
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    s3fs.S3FileSystem(endpoint_url=url).mkdir("loralens")
-    yield url
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def test_two_processes_trace_into_one_s3_store(s3, tiny_runs, tmp_path, monkeypatch):
