@@ -97,6 +97,13 @@ def build(plan: DemoPlan, rebuild: bool = False) -> str:
     return str(store)
 
 
+DEMO_STRENGTHS = {"pitch": (-4.0, 4.0), "tempo": (0.8, 1.25), "loudness": (-20.0, 10.0), "noise": (20.0, 0.0),
+                  "bandlimit": (3400.0, 1000.0)}
+"""The demo's audio changes at two strengths each (pitch and tempo one down and one up, the others a mild and a strong
+one): the full grids (three or four each) took 485 s on 2 cores, over the demo's budget; ``loralens intervene``
+adds the rest to the store when asked."""
+
+
 def intervened(root: Path, store: Path) -> Path:
     """The mark a demo's interventions are done (for this store and this version of the interventions group)."""
     return root / f"INTERVENED-v{INTERVENTION_VERSION}-{store.name}"
@@ -114,7 +121,7 @@ def _intervene(root: Path, store: Path) -> None:
     lora = [r for r in runs if r != frozen]
     log.info("step 5/5: interventions (LoRA per layer, erasure, patching, audio changes) on %d runs", len(runs))
     for run in runs:
-        intervene.run(run, str(store), partner=lora[0] if run == frozen else frozen)
+        intervene.run(run, str(store), partner=lora[0] if run == frozen else frozen, strengths=DEMO_STRENGTHS)
     mark.write_text(json.dumps({"runs": [r.name for r in runs]}) + "\n")
 
 

@@ -25,10 +25,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(store: str):
+def _serve(store: str, *flags: str):
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "precompute.cli", "app", "--store", store, "--port",
-                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             str(port), *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     wait_until_serving(proc, url)
     yield url
@@ -156,3 +156,27 @@ def test_the_causal_page_in_chromium(causal_server, tmp_path):
                                timeout=30_000)
         assert page.get_by_test_id("stException").count() == 0
         browser.close()
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_a_store_on_s3_in_chromium(s3, tiny_store):
+    """The explorer on an s3:// store (a real S3 server, moto's), its endpoint given as a flag: pages draw."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    s3fs = pytest.importorskip("s3fs")
+    s3fs.S3FileSystem(endpoint_url=s3).put(tiny_store, "loralens/browser.zarr", recursive=True)
+    served = _serve("s3://loralens/browser.zarr", "--endpoint-url", s3)
+    url = next(served)
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            for path in ("", "utterance"):
+                page.goto(f"{url}/{path}", wait_until="networkidle")
+                page.wait_for_selector(".vega-embed svg, .vega-embed canvas, [data-testid=stTable]", timeout=120_000)
+                page.wait_for_timeout(1000)
+                assert page.get_by_test_id("stException").count() == 0, path
+                assert page.get_by_test_id("stAlertContentError").count() == 0, path
+            assert page.locator(".vega-embed").count() >= 3  # the Utterance page: log-mel, trajectory, heatmaps
+            browser.close()
+    finally:
+        next(served, None)

@@ -94,7 +94,7 @@ def test_demo_build_then_reuse(tmp_path, monkeypatch, tiny_model_dir):
     # The causal lens: each run under every condition, LoRA and frozen patched from each other.
     lora, frozen = reader.interventions("lora-r4"), reader.interventions("frozen")
     assert lora.done.all() and frozen.done.all() and (lora.partner, frozen.partner) == ("frozen", "lora-r4")
-    assert {"lora_off@0", "patch@1", "pitch@2", "bandlimit@3400"} <= set(lora.conditions)
+    assert {"lora_off@0", "patch@1", "pitch@4", "bandlimit@3400"} <= set(lora.conditions)
     assert {"erase@0", "patch@1", "noise@0"} <= set(frozen.conditions) and "lora_off@0" not in frozen.conditions
     assert build(plan) == store  # the second time it is already there
 
