@@ -37,6 +37,24 @@ def _serve(store: str, *flags: str):
 
 
 @pytest.fixture()
+def page():
+    """A tab of headless Chromium (Debian's, driven by Playwright), 1400 x 1800."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield browser.new_page(viewport={"width": 1400, "height": 1800})
+        browser.close()
+
+
+@pytest.fixture()
+def shots(tmp_path) -> Path:
+    """Where the tests' screenshots go: ``LORALENS_SCREENSHOTS`` if set (to keep them), else a temporary folder."""
+    out = Path(os.environ.get("LORALENS_SCREENSHOTS", tmp_path))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@pytest.fixture()
 def server(tiny_store):
     yield from _serve(tiny_store)
 
@@ -47,82 +65,63 @@ def large_server(large_store):
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_layer_slider_redraws_in_chromium(server, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api")
-    shots = Path(os.environ.get("LORALENS_SCREENSHOTS", tmp_path))
-    shots.mkdir(parents=True, exist_ok=True)
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1800})
-        page.goto(f"{server}/utterance", wait_until="networkidle")
-        slider = page.get_by_role("slider").first
-        slider.wait_for(timeout=60_000)
-        page.wait_for_selector(".vega-embed", timeout=60_000)
-        page.wait_for_timeout(1500)
-        page.screenshot(path=str(shots / "utterance.png"), full_page=True)
-        chart_before = page.locator(".vega-embed").first.inner_html()
-        slider.focus()
-        page.keyboard.press("Home")
-        page.wait_for_function("() => new URL(location.href).searchParams.get('layer') === '0'", timeout=30_000)
-        page.wait_for_timeout(1500)
-        # The trajectory chart's layer marker moved: the chart redrew with the new layer.
-        assert page.locator(".vega-embed").first.inner_html() != chart_before
-        assert page.locator(".vega-embed").count() >= 3
-        assert page.get_by_test_id("stException").count() == 0
-        page.screenshot(path=str(shots / "utterance-layer0.png"), full_page=True)
-        for name, path in (("overview", ""), ("clusters", "clusters"), ("dynamics", "dynamics"),
-                           ("contributions", "contributions"), ("causal-none", "causal"), ("upload", "upload")):
-            page.goto(f"{server}/{path}", wait_until="networkidle")
-            page.wait_for_timeout(2500)
-            assert page.get_by_test_id("stException").count() == 0, name
-            assert page.get_by_text("Page not found").count() == 0, name
-            page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
-        browser.close()
+def test_layer_slider_redraws_in_chromium(server, page, shots):
+    page.goto(f"{server}/utterance", wait_until="networkidle")
+    slider = page.get_by_role("slider").first
+    slider.wait_for(timeout=60_000)
+    page.wait_for_selector(".vega-embed", timeout=60_000)
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(shots / "utterance.png"), full_page=True)
+    chart_before = page.locator(".vega-embed").first.inner_html()
+    slider.focus()
+    page.keyboard.press("Home")
+    page.wait_for_function("() => new URL(location.href).searchParams.get('layer') === '0'", timeout=30_000)
+    page.wait_for_timeout(1500)
+    # The trajectory chart's layer marker moved: the chart redrew with the new layer.
+    assert page.locator(".vega-embed").first.inner_html() != chart_before
+    assert page.locator(".vega-embed").count() >= 3
+    assert page.get_by_test_id("stException").count() == 0
+    page.screenshot(path=str(shots / "utterance-layer0.png"), full_page=True)
+    for name, path in (("overview", ""), ("clusters", "clusters"), ("dynamics", "dynamics"),
+                       ("contributions", "contributions"), ("causal-none", "causal"), ("upload", "upload")):
+        page.goto(f"{server}/{path}", wait_until="networkidle")
+        page.wait_for_timeout(2500)
+        assert page.get_by_test_id("stException").count() == 0, name
+        assert page.get_by_text("Page not found").count() == 0, name
+        page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_a_link_reopens_the_view_in_chromium(server):
+def test_a_link_reopens_the_view_in_chromium(server, page):
     """A copied link with non-default widget values (LoRA dynamics' fold model and threshold) reopens them."""
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1800})
-        page.goto(f"{server}/dynamics?fold=1&threshold=0.75", wait_until="networkidle")
-        page.get_by_role("slider").first.wait_for(timeout=60_000)
-        page.wait_for_selector(".vega-embed", timeout=60_000)
-        assert page.get_by_test_id("stSliderThumbValue").first.inner_text() == "0.75"
-        assert re.fullmatch(r"fold 1 \(\d+ utterances\)", page.get_by_role("combobox", name="Fold model").input_value())
-        assert page.get_by_test_id("stException").count() == 0
-        # the page wrote its view back without losing them: the address bar still reopens it
-        params = page.evaluate("() => Object.fromEntries(new URL(location.href).searchParams)")
-        assert params["fold"] == "1" and params["threshold"] == "0.75", params
-        browser.close()
+    page.goto(f"{server}/dynamics?fold=1&threshold=0.75", wait_until="networkidle")
+    page.get_by_role("slider").first.wait_for(timeout=60_000)
+    page.wait_for_selector(".vega-embed", timeout=60_000)
+    assert page.get_by_test_id("stSliderThumbValue").first.inner_text() == "0.75"
+    assert re.fullmatch(r"fold 1 \(\d+ utterances\)", page.get_by_role("combobox", name="Fold model").input_value())
+    assert page.get_by_test_id("stException").count() == 0
+    # the page wrote its view back without losing them: the address bar still reopens it
+    params = page.evaluate("() => Object.fromEntries(new URL(location.href).searchParams)")
+    assert params["fold"] == "1" and params["threshold"] == "0.75", params
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_a_large_v3_store_opens_in_chromium(large_server, tmp_path):
+def test_a_large_v3_store_opens_in_chromium(large_server, page, shots):
     """whisper-large-v3's geometry (128 mel bins, width 1280; 2 random layers): every page draws, none fails."""
-    playwright = pytest.importorskip("playwright.sync_api")
-    shots = Path(os.environ.get("LORALENS_SCREENSHOTS", tmp_path))
-    shots.mkdir(parents=True, exist_ok=True)
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1800})
-        for name, path in (("utterance", "utterance"), ("overview", ""), ("clusters", "clusters"),
-                           ("dynamics", "dynamics"), ("contributions", "contributions"), ("upload", "upload")):
-            page.goto(f"{large_server}/{path}", wait_until="networkidle")
-            page.get_by_role("slider" if name in ("utterance", "dynamics") else "main").first.wait_for(
-                timeout=60_000)
-            if name not in ("overview", "upload"):  # tables only; the upload page draws once given a clip
-                # a first UMAP fit compiles numba's code: minutes on a busy CPU
-                page.wait_for_selector(".vega-embed", timeout=180_000 if name == "clusters" else 60_000)
-            page.wait_for_timeout(1500)
-            assert page.get_by_test_id("stException").count() == 0, name
-            assert page.get_by_test_id("stAlertContentError").count() == 0, name
-            page.screenshot(path=str(shots / f"large-v3-{name}.png"), full_page=True)
-            if name == "utterance":  # the log-mel, the trajectory and the heatmaps: at least three charts
-                assert page.locator(".vega-embed").count() >= 3
-        browser.close()
+    for name, path in (("utterance", "utterance"), ("overview", ""), ("clusters", "clusters"),
+                       ("dynamics", "dynamics"), ("contributions", "contributions"), ("upload", "upload")):
+        page.goto(f"{large_server}/{path}", wait_until="networkidle")
+        page.get_by_role("slider" if name in ("utterance", "dynamics") else "main").first.wait_for(
+            timeout=60_000)
+        if name not in ("overview", "upload"):  # tables only; the upload page draws once given a clip
+            # a first UMAP fit compiles numba's code: minutes on a busy CPU
+            page.wait_for_selector(".vega-embed", timeout=180_000 if name == "clusters" else 60_000)
+        page.wait_for_timeout(1500)
+        assert page.get_by_test_id("stException").count() == 0, name
+        assert page.get_by_test_id("stAlertContentError").count() == 0, name
+        page.screenshot(path=str(shots / f"large-v3-{name}.png"), full_page=True)
+        if name == "utterance":  # the log-mel, the trajectory and the heatmaps: at least three charts
+            assert page.locator(".vega-embed").count() >= 3
 
 
 @pytest.fixture()
@@ -131,52 +130,40 @@ def causal_server(causal_store):
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_the_causal_page_in_chromium(causal_server, tmp_path):
+def test_the_causal_page_in_chromium(causal_server, page, shots):
     """Causal: both runs' heatmaps, the audio changes and a trajectory draw; a click on a cell picks its condition,
     which the address bar then holds."""
-    playwright = pytest.importorskip("playwright.sync_api")
-    shots = Path(os.environ.get("LORALENS_SCREENSHOTS", tmp_path))
-    shots.mkdir(parents=True, exist_ok=True)
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1800})
-        page.goto(f"{causal_server}/causal", wait_until="networkidle")
-        page.wait_for_function("() => [...document.querySelectorAll('.vega-embed')].filter("
-                               "e => e.querySelector('svg, canvas')).length >= 4", timeout=120_000)
-        assert page.get_by_test_id("stException").count() == 0
-        page.screenshot(path=str(shots / "causal.png"), full_page=True)
-        before = page.get_by_role("combobox", name="Condition").input_value()
-        heatmap = page.locator(".vega-embed").first.bounding_box()
-        # The LoRA run's heatmap: layers 0 and 1 across, its kinds down; its right half is layer 1.
-        page.mouse.click(heatmap["x"] + heatmap["width"] * 0.75, heatmap["y"] + heatmap["height"] * 0.55)
-        page.wait_for_function("b => { const c = new URL(location.href).searchParams.get('condition');"
-                               " return c && c !== b && c.endsWith('@1'); }", arg=before, timeout=30_000)
-        picked = page.evaluate("() => new URL(location.href).searchParams.get('condition')")
-        page.wait_for_function("c => [...document.querySelectorAll('input')].some(i => i.value === c)", arg=picked,
-                               timeout=30_000)
-        assert page.get_by_test_id("stException").count() == 0
-        browser.close()
+    page.goto(f"{causal_server}/causal", wait_until="networkidle")
+    page.wait_for_function("() => [...document.querySelectorAll('.vega-embed')].filter("
+                           "e => e.querySelector('svg, canvas')).length >= 4", timeout=120_000)
+    assert page.get_by_test_id("stException").count() == 0
+    page.screenshot(path=str(shots / "causal.png"), full_page=True)
+    before = page.get_by_role("combobox", name="Condition").input_value()
+    heatmap = page.locator(".vega-embed").first.bounding_box()
+    # The LoRA run's heatmap: layers 0 and 1 across, its kinds down; its right half is layer 1.
+    page.mouse.click(heatmap["x"] + heatmap["width"] * 0.75, heatmap["y"] + heatmap["height"] * 0.55)
+    page.wait_for_function("b => { const c = new URL(location.href).searchParams.get('condition');"
+                           " return c && c !== b && c.endsWith('@1'); }", arg=before, timeout=30_000)
+    picked = page.evaluate("() => new URL(location.href).searchParams.get('condition')")
+    page.wait_for_function("c => [...document.querySelectorAll('input')].some(i => i.value === c)", arg=picked,
+                           timeout=30_000)
+    assert page.get_by_test_id("stException").count() == 0
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_a_store_on_s3_in_chromium(s3, tiny_store):
+def test_a_store_on_s3_in_chromium(s3, tiny_store, page):
     """The explorer on an s3:// store (a real S3 server, moto's), its endpoint given as a flag: pages draw."""
-    playwright = pytest.importorskip("playwright.sync_api")
     s3fs = pytest.importorskip("s3fs")
     s3fs.S3FileSystem(endpoint_url=s3).put(tiny_store, "loralens/browser.zarr", recursive=True)
     served = _serve("s3://loralens/browser.zarr", "--endpoint-url", s3)
     url = next(served)
     try:
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1800})
-            for path in ("", "utterance"):
-                page.goto(f"{url}/{path}", wait_until="networkidle")
-                page.wait_for_selector(".vega-embed svg, .vega-embed canvas, [data-testid=stTable]", timeout=120_000)
-                page.wait_for_timeout(1000)
-                assert page.get_by_test_id("stException").count() == 0, path
-                assert page.get_by_test_id("stAlertContentError").count() == 0, path
-            assert page.locator(".vega-embed").count() >= 3  # the Utterance page: log-mel, trajectory, heatmaps
-            browser.close()
+        for path in ("", "utterance"):
+            page.goto(f"{url}/{path}", wait_until="networkidle")
+            page.wait_for_selector(".vega-embed svg, .vega-embed canvas, [data-testid=stTable]", timeout=120_000)
+            page.wait_for_timeout(1000)
+            assert page.get_by_test_id("stException").count() == 0, path
+            assert page.get_by_test_id("stAlertContentError").count() == 0, path
+        assert page.locator(".vega-embed").count() >= 3  # the Utterance page: log-mel, trajectory, heatmaps
     finally:
         next(served, None)
