@@ -230,3 +230,15 @@ def wait_until_serving(proc, url: str, seconds: float = 60) -> None:
             time.sleep(0.5)
     proc.kill()
     pytest.fail(f"the app did not answer on {url}: {proc.stdout.read().decode()[-3000:]}")
+
+
+def assert_same_run(remote, here, run: str) -> None:
+    """Every checkpoint array of ``run`` in two stores (``StoreReader``s) equal bit for bit, every row written."""
+    import numpy as np
+
+    for checkpoint in ("trained", "random_twin"):
+        assert remote.written(run, checkpoint).all()
+        for name in sorted(here.group(run, checkpoint).array_keys()):
+            a = remote.root[f"runs/{run}/{checkpoint}/{name}"][...]
+            b = here.root[f"runs/{run}/{checkpoint}/{name}"][...]
+            assert np.array_equal(a, b), f"{checkpoint}/{name}"

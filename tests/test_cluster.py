@@ -11,7 +11,6 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pytest
 
@@ -19,6 +18,7 @@ from precompute.cli import main
 from precompute.executors import LocalExecutor, RayExecutor
 from precompute.grid import GridSpec, load_spec, run_grid
 from store.reader import StoreReader
+from tests.conftest import assert_same_run
 
 EPOCHS = 12  # a fold lasts long enough (~1 s) for a worker to be killed in its middle
 
@@ -133,12 +133,7 @@ def test_trace_on_ray_into_s3_equals_one_process(ray_local, s3, tiny_runs, tmp_p
     assert sum(written) == 16 and min(written) > 0  # both workers wrote, no row twice
     assert main(["validate", store, *options]) == 0
     remote, here = StoreReader(store, {"endpoint_url": s3, "key": "testing", "secret": "testing"}), StoreReader(local)
-    for checkpoint in ("trained", "random_twin"):
-        assert remote.written("tiny-lora", checkpoint).all()
-        for name in sorted(here.group("tiny-lora", checkpoint).array_keys()):
-            a = remote.root[f"runs/tiny-lora/{checkpoint}/{name}"][...]
-            b = here.root[f"runs/tiny-lora/{checkpoint}/{name}"][...]
-            assert np.array_equal(a, b), f"{checkpoint}/{name}"
+    assert_same_run(remote, here, "tiny-lora")
     # Run again: every row is written, so no shard writes one.
     written.clear()
     assert main(["trace", "--store", store, *common, *options, "--ray", "--shards", "2"]) == 0

@@ -8,12 +8,12 @@ import subprocess
 import sys
 import uuid
 
-import numpy as np
 import pytest
 
 from precompute.cli import main
 from store import schema
 from store.reader import STORAGE_OPTIONS_ENV, StoreReader, storage_options
+from tests.conftest import assert_same_run
 
 
 def test_two_processes_trace_into_one_s3_store(s3, tiny_runs, tmp_path, monkeypatch):
@@ -33,12 +33,7 @@ def test_two_processes_trace_into_one_s3_store(s3, tiny_runs, tmp_path, monkeypa
         assert main([*here_base, *stage]) == 0
     remote, here = StoreReader(store, {"endpoint_url": s3}), StoreReader(local)
     assert list(remote.utterances()["id"]) == list(here.utterances()["id"])
-    for checkpoint in ("trained", "random_twin"):
-        assert remote.written("tiny-lora", checkpoint).all()
-        for name in sorted(here.group("tiny-lora", checkpoint).array_keys()):
-            a = remote.root[f"runs/tiny-lora/{checkpoint}/{name}"][...]
-            b = here.root[f"runs/tiny-lora/{checkpoint}/{name}"][...]
-            assert np.array_equal(a, b), f"{checkpoint}/{name}"
+    assert_same_run(remote, here, "tiny-lora")
     # The explorer reads it with the options loralens app passes on.
     from streamlit.testing.v1 import AppTest
 
