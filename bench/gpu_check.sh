@@ -6,7 +6,8 @@
 #   1. pytest -m gpu (LORALENS_REQUIRE_GPU=1: a missing GPU fails them instead of skipping), with the measured
 #      CUDA-vs-CPU trace deviations and the store-vs-predictions.csv agreement of the tiny runs;
 #   2. training wall time: EmoDB 4-class LOSO, MODEL, LoRA r=32 on v_proj, 10 epochs, trim, the whole
-#      loralens train command (start-up, audio, model loading included), plus the frozen baseline it is traced with;
+#      loralens train command (start-up, audio, model loading included), JOBS folds at once, against two folds one
+#      after the other; plus the frozen baseline it is traced with;
 #   3. tracing 100 utterances (LoRA trained + random twin + frozen): loralens trace on DEVICE (capture and store writes,
 #      --no-summary), then loralens summarise timed on its own, then the same trace on this machine's CPU in fp32
 #      (CPU_TRACE=0 skips it), the device trace again with --writers 0 (a writer thread instead of the default
@@ -24,6 +25,11 @@
 #   CPU_TRACE  0 skips the CPU trace (the slowest part on a small CPU)
 #   SUMMARY    0 skips timing loralens summarise (host work, the same on any device)
 #   FROZEN     0 leaves out the frozen baseline (its training and its trace)
+#   JOBS       folds trained at once (loralens train --jobs; default 10: EmoDB's LOSO folds all at once)
+#   SEQUENTIAL 0 skips the reference of folds 0-1 trained one after the other
+#   PROFILE    0 skips the LoRA run's trace under cProfile (its top functions by cumulative and by own time)
+#   THREAD_TRACE 0 skips the trace again with --writers 0
+#   GPU_TESTS  a pytest -k expression: only those gpu tests (default all)
 #   SMALL=1    a plumbing check that runs anywhere (DEVICE=cpu SMALL=1 on a machine without a GPU): the tests' tiny
 #              random Whisper on synthetic tones, 1 epoch, 2 utterances per class; pytest -m gpu only where CUDA is
 set -uo pipefail  # not -e: a failed part is reported and the later parts still run (one GPU call, all figures)
@@ -83,7 +89,8 @@ report="$out/gpu-tests.jsonl"
 : > "$report"
 if [ "$small" != 1 ] || python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
   t=$(now)
-  if LORALENS_REQUIRE_GPU=1 LORALENS_GPU_REPORT="$report" python -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py
+  if LORALENS_REQUIRE_GPU=1 LORALENS_GPU_REPORT="$report" python -m pytest -m gpu -q -p no:cacheprovider \
+      ${GPU_TESTS:+-k "$GPU_TESTS"} tests/test_gpu.py
   then figure "pytest -m gpu: passed in $(since "$t") s"
   else fail "pytest -m gpu (after $(since "$t") s)"
   fi
@@ -108,16 +115,29 @@ else
   echo "gpu_check: SMALL=1 without CUDA: pytest -m gpu left out"
 fi
 
-# 2. Training wall time.
+# 2. Training wall time: the folds JOBS at once (loralens train --jobs), against folds 0-1 one after the other in one
+#    process (the default, --jobs 1): its seconds per fold times the fold count is what the whole run would take so.
 common=(--model "$model" --data "$data" --folds loso --rank 32 --alpha 64 --targets v_proj --window trim
         --batch-size 8 --device "$device")
+jobs=${JOBS:-10}
 t=$(now)
-loralens train "${common[@]}" --method lora --epochs "$epochs" --out "$out/lora" || fail "train LoRA"
-figure "train LoRA r=32, LOSO, $epochs epochs, trim, $model on $device: $(since "$t") s (goal <= 30 s)"
+loralens train "${common[@]}" --method lora --epochs "$epochs" --out "$out/lora" --jobs "$jobs" || fail "train LoRA"
+parallel=$(since "$t")
+figure "train LoRA r=32, LOSO, $epochs epochs, trim, $model on $device, --jobs $jobs: $parallel s (goal <= 30 s)"
+if [ "${SEQUENTIAL:-1}" != 0 ]; then
+  t=$(now)
+  loralens train "${common[@]}" --method lora --epochs "$epochs" --out "$out/lora-sequential" --only-folds 0,1 ||
+    fail "train LoRA folds 0-1 one after the other"
+  two=$(since "$t")
+  figure "the same, folds 0-1 one after the other in one process (--jobs 1): $two s; all $(python -c "import json
+print(len(json.load(open('$out/lora/folds.json'))['folds']))") folds so: about $(python -c "import json
+n = len(json.load(open('$out/lora/folds.json'))['folds']); print(round($two / 2 * n))") s, $(python -c "import json
+n = len(json.load(open('$out/lora/folds.json'))['folds']); print(round($two / 2 * n / $parallel, 1))")x the --jobs $jobs run"
+fi
 t=$(now)
 if [ "$frozen" = 1 ]; then
-  loralens train "${common[@]}" --method frozen --out "$out/frozen" || fail "train frozen"
-  figure "train frozen, LOSO, default epochs, trim, $model on $device: $(since "$t") s"
+  loralens train "${common[@]}" --method frozen --out "$out/frozen" --jobs "$jobs" || fail "train frozen"
+  figure "train frozen, LOSO, default epochs, trim, $model on $device, --jobs $jobs: $(since "$t") s"
 fi
 python - "$out/lora" $([ "$frozen" = 1 ] && echo "$out/frozen") <<'PY' | tee -a "$figures" || fail "the runs' metrics"
 import json
@@ -145,6 +165,20 @@ captured() {  # captured STORE: the capture loops' own seconds (start-up and com
 n_traced=$((4 * per_class))
 traced="LoRA trained + random twin$([ "$frozen" = 1 ] && echo " + frozen")"
 if gpu_seconds=$(trace "$device" "$out/trace-device.zarr"); then
+  # Where the LoRA run's trace spends its time: the same command under cProfile, into a store of its own.
+  if [ "${PROFILE:-1}" != 0 ]; then
+    python -m cProfile -o "$out/trace.prof" -m precompute.cli trace --run "$out/lora" --store "$out/trace-profiled.zarr" \
+      --per-class "$per_class" --device "$device" --no-summary 2>/dev/null
+    python - "$out/trace.prof" <<'PY' | tee "$out/trace-profile.txt" | head -40
+import pstats
+import sys
+stats = pstats.Stats(sys.argv[1])
+print(f"== profile of the LoRA run's trace on the device: {stats.total_tt:.1f} s in all; by cumulative time:")
+stats.sort_stats("cumulative").print_stats(30)
+print("== the same profile by own time:")
+stats.sort_stats("tottime").print_stats(20)
+PY
+  fi
   figure "trace $n_traced utterances ($traced) on $device, the runs' precision, capture and" \
     "store writes: $gpu_seconds s (goal <= ~7 s: 10x the 2-core reference CPU's ~63 s); the capture loops alone:" \
     "$(captured "$out/trace-device.zarr")"
@@ -157,7 +191,8 @@ if gpu_seconds=$(trace "$device" "$out/trace-device.zarr"); then
   loralens validate "$out/trace-device.zarr" || fail "validate the $device store"
   # The same trace with the batches written by this process's one writer thread (--writers 0), against the
   # default (writer processes, a quarter of the cores): what the writer processes buy on this machine.
-  if thread_seconds=$(trace "$device" "$out/trace-thread.zarr" --writers 0); then
+  if [ "${THREAD_TRACE:-1}" = 0 ]; then :
+  elif thread_seconds=$(trace "$device" "$out/trace-thread.zarr" --writers 0); then
     figure "the same trace with --writers 0 (one writer thread): $thread_seconds s; the capture loops alone:" \
       "$(captured "$out/trace-thread.zarr") (default here: $(python -c 'from precompute.trace import default_writers
 print(default_writers("x"))') writer processes)"

@@ -20,7 +20,14 @@ from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dic
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from precompute.config import Precision, TrainConfig, default_precision
+from precompute.config import (  # noqa: F401 (RunError, completed_folds, read_config: importable from here too)
+    Precision,
+    RunError,
+    TrainConfig,
+    completed_folds,
+    default_precision,
+    read_config,
+)
 from precompute.models import load_classifier
 from precompute.window import whisper_of
 
@@ -31,10 +38,6 @@ ADAPTER_FILE = "adapter_model.safetensors"
 PROGRESS_FILE = "progress.safetensors"
 TWIN_STD = 0.02
 """Standard deviation of the random twin's LoRA A and B entries."""
-
-
-class RunError(ValueError):
-    """A run directory that cannot be used as asked."""
 
 
 def lora_config(config: TrainConfig) -> LoraConfig:
@@ -96,19 +99,6 @@ def randomise_lora(model: PeftModel, seed: int) -> None:
         for name, param in sorted(model.named_parameters()):
             if "lora_A" in name or "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * TWIN_STD)
-
-
-def read_config(run: Path) -> TrainConfig:
-    """The ``config.json`` of a run directory."""
-    path = run / "config.json"
-    if not path.is_file():
-        raise RunError(f"{run} is not a loralens run directory (no config.json); create one with loralens train")
-    return TrainConfig.from_json(json.loads(path.read_text()))
-
-
-def completed_folds(run: Path) -> list[int]:
-    """Indices of the folds whose directory is complete."""
-    return sorted(int(p.name[5:]) for p in run.glob("fold_[0-9][0-9]") if (p / "metrics.json").is_file())
 
 
 def run_precision(run: Path) -> Precision:

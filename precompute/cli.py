@@ -60,13 +60,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["auto", *PRECISIONS], default=d.precision,
                    help="numeric regime of training and its predictions (auto: bf16 on CUDA, fp32 elsewhere)")
     p.add_argument("--only-folds", default=None, help="comma list of fold indices to train now (default all)")
+    _add_jobs(p)
     p.set_defaults(func=_run_train)
+
+
+def _add_jobs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="folds trained at once, each in its own process on --device (default 1: one after the other "
+                        "in this process); on a GPU, a small model's LoRA folds keep it busier together (each process "
+                        "holds its own model in GPU memory; frozen runs gain little, as each process encodes every "
+                        "utterance)")
 
 
 def _run_train(args: argparse.Namespace) -> int:
     from precompute.config import TrainConfig
     from precompute.data import parse_emotions
-    from precompute.train import train
 
     emotions = parse_emotions(args.emotions)
     config = TrainConfig(
@@ -80,7 +88,25 @@ def _run_train(args: argparse.Namespace) -> int:
         skip_bad=args.skip_bad, merge_excitement=not args.keep_excitement, device=args.device,
         precision=args.precision)
     only = [int(i) for i in args.only_folds.split(",")] if args.only_folds else None
-    summary = train(config, args.out, only)
+    if args.jobs < 1:
+        raise ValueError(f"--jobs {args.jobs}: expected a positive number")
+    if args.jobs == 1:
+        from precompute.train import train
+
+        summary = train(config, args.out, only)
+    else:  # the grid's loop over one run: one job per fold, in --jobs processes (this one imports no torch before)
+        from precompute.executors import ProcessExecutor
+        from precompute.grid import fold_jobs, run_jobs
+
+        jobs, done = fold_jobs(args.out, config, only)
+        result = run_jobs(jobs, done, ProcessExecutor(args.jobs), args.out)
+        if result.failed:
+            log.error("failed: %s; run the same command again to resume them (finished folds are kept)",
+                      ", ".join(result.failed))
+            return 1
+        from precompute.folds import write_run_metrics
+
+        summary = write_run_metrics(args.out)
     if summary.get("n_done"):
         log.info("%s: %d/%d folds, UAR %.3f ± %.3f, WAR %.3f ± %.3f", args.out, summary["n_done"],
                  summary["n_folds"], summary["uar"]["mean"], summary["uar"]["std"], summary["war"]["mean"],
@@ -98,6 +124,7 @@ def _add_grid(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="directory of the run directories (resumed if it exists)")
     p.add_argument("--only-folds", default=None, help="comma list of fold indices to train now in every run (default "
                                                       "all; the same command without it trains the rest later)")
+    _add_jobs(p)
     _add_cluster(p, "fold")
     p.set_defaults(func=_run_grid)
 
@@ -117,10 +144,15 @@ def _add_cluster(p: argparse.ArgumentParser, unit: str) -> None:
 
 
 def _executor(args: argparse.Namespace):
-    from precompute.executors import LocalExecutor, RayExecutor
+    from precompute.executors import LocalExecutor, ProcessExecutor, RayExecutor
 
+    jobs = getattr(args, "jobs", 1)
+    if jobs < 1:
+        raise ValueError(f"--jobs {jobs}: expected a positive number")
+    if args.ray and jobs > 1:
+        raise ValueError("--jobs runs folds in processes of this machine, --ray on a Ray cluster; choose one")
     if not args.ray:
-        return LocalExecutor()
+        return LocalExecutor() if jobs == 1 else ProcessExecutor(jobs)
     return RayExecutor(address=args.address, num_cpus=args.cpus, num_gpus=args.gpus, max_retries=args.retries)
 
 

@@ -157,3 +157,20 @@ def library_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+class RunError(ValueError):
+    """A run directory that cannot be used as asked."""
+
+
+def read_config(run: Path) -> TrainConfig:
+    """The ``config.json`` of a run directory."""
+    path = run / "config.json"
+    if not path.is_file():
+        raise RunError(f"{run} is not a loralens run directory (no config.json); create one with loralens train")
+    return TrainConfig.from_json(json.loads(path.read_text()))
+
+
+def completed_folds(run: Path) -> list[int]:
+    """Indices of the folds whose directory is complete."""
+    return sorted(int(p.name[5:]) for p in run.glob("fold_[0-9][0-9]") if (p / "metrics.json").is_file())

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 from sklearn.model_selection import StratifiedGroupKFold
 
+from precompute.config import completed_folds
 from precompute.data import Corpus
+from precompute.files import write_atomic
 
 
 @dataclass
@@ -109,3 +113,19 @@ def summarise(fold_metrics: list[dict]) -> dict:
         out[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=0)),
                     "per_fold": [float(v) for v in values]}
     return out
+
+
+def write_run_metrics(run: Path, n_folds: int | None = None) -> dict:
+    """Collect a run's completed folds' metrics into ``RUN/metrics.json`` (replaced in one step); return them.
+
+    ``n_folds``: the run's fold count (None: from its ``folds.json``).
+    """
+    if n_folds is None:
+        n_folds = len(json.loads((run / "folds.json").read_text())["folds"])
+    per_fold = [json.loads((run / f"fold_{i:02d}" / "metrics.json").read_text()) for i in completed_folds(run)]
+    summary = {"complete": len(per_fold) == n_folds, "n_folds": n_folds,
+               "n_done": len(per_fold), **(summarise(per_fold) if per_fold else {}),
+               "folds": [{k: m[k] for k in ("fold", "test_speakers", "uar", "war", "confusion", "epoch")}
+                         for m in per_fold]}
+    write_atomic(run / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    return summary

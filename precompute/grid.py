@@ -17,8 +17,16 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from precompute.checkpoints import RunError, completed_folds, read_config
-from precompute.config import WINDOWS, Method, TrainConfig, Window, library_versions
+from precompute.config import (
+    WINDOWS,
+    Method,
+    RunError,
+    TrainConfig,
+    Window,
+    completed_folds,
+    library_versions,
+    read_config,
+)
 from precompute.data import absolute_spec
 from precompute.executors import Executor, Outcome, describe
 from precompute.files import write_atomic
@@ -218,32 +226,46 @@ def plan(spec: GridSpec, out: Path, spec_path: Path | None = None,
     Raises:
         RunError: a run directory holds a run of another configuration, or a fold of ``only`` it does not have.
     """
-    from precompute.data import load_corpus
-    from precompute.folds import make_folds
-
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "grid.json", json.dumps(spec.to_json(), indent=2, sort_keys=True) + "\n")
     corpora: dict[tuple, Any] = {}
     jobs, done = [], []
     for run in spec.runs():
-        path = out / run.name
-        n_folds = _existing_folds(path, run.config, spec_path)
-        if n_folds is None:
-            config = run.config
-            key = (config.data, tuple(config.emotions) if config.emotions else None, config.merge_excitement)
-            if key not in corpora:
-                corpora[key] = load_corpus(config.data, key[1], merge_excitement=config.merge_excitement)
-            n_folds = len(make_folds(corpora[key], config.folds, inner_validation=config.epoch_selection == "inner",
-                                     seed=config.seed))
-        if only is not None and (unknown := sorted(set(only) - set(range(n_folds)))):
-            raise RunError(f"--only-folds {unknown}: {run.name} has folds 0..{n_folds - 1}")
-        path.mkdir(exist_ok=True)  # before any job: no job of a run removes the directory another one works in
-        wanted = [k for k in range(n_folds) if only is None or k in only]
-        finished = set(completed_folds(path))
-        done += [f"{run.name}/fold_{k:02d}" for k in wanted if k in finished]
-        jobs += [FoldJob(path, run.config, k) for k in wanted if k not in finished]
+        run_jobs, run_done = fold_jobs(out / run.name, run.config, only, spec_path, corpora)
+        jobs += run_jobs
+        done += run_done
     return jobs, done
+
+
+def fold_jobs(path: Path, config: TrainConfig, only: list[int] | None = None, spec_path: Path | None = None,
+              corpora: dict[tuple, Any] | None = None) -> tuple[list[FoldJob], list[str]]:
+    """One run's fold jobs still to train, and its folds already complete; creates the run directory.
+
+    ``corpora``: corpora read so far, by data spec and classes (filled here), so a grid reads each once.
+
+    Raises:
+        RunError: ``path`` holds a run of another configuration, or has no fold of ``only``.
+    """
+    from precompute.data import load_corpus
+    from precompute.folds import make_folds
+
+    path = path.resolve()
+    corpora = {} if corpora is None else corpora
+    n_folds = _existing_folds(path, config, spec_path)
+    if n_folds is None:
+        key = (config.data, tuple(config.emotions) if config.emotions else None, config.merge_excitement)
+        if key not in corpora:
+            corpora[key] = load_corpus(config.data, key[1], merge_excitement=config.merge_excitement)
+        n_folds = len(make_folds(corpora[key], config.folds, inner_validation=config.epoch_selection == "inner",
+                                 seed=config.seed))
+    if only is not None and (unknown := sorted(set(only) - set(range(n_folds)))):
+        raise RunError(f"--only-folds {unknown}: {path.name} has folds 0..{n_folds - 1}")
+    path.mkdir(parents=True, exist_ok=True)  # before any job: no job of a run removes the directory another works in
+    wanted = [k for k in range(n_folds) if only is None or k in only]
+    finished = set(completed_folds(path))
+    return ([FoldJob(path, config, k) for k in wanted if k not in finished],
+            [f"{path.name}/fold_{k:02d}" for k in wanted if k in finished])
 
 
 def _existing_folds(path: Path, config: TrainConfig, spec_path: Path | None) -> int | None:
@@ -290,20 +312,28 @@ def run_grid(spec: GridSpec, out: Path, executor: Executor, spec_path: Path | No
         spec_path: the spec's file, named in errors.
         only: fold indices to train now (None: all); the same command without it trains the rest later.
     """
-    from precompute.train import write_run_metrics
-
     jobs, done = plan(spec, out, spec_path, only)
+    return run_jobs(jobs, done, executor, out)
+
+
+def run_jobs(jobs: list[FoldJob], done: list[str], executor: Executor, out: Path) -> GridResult:
+    """Train ``jobs`` through ``executor`` (``done``: the folds complete before); collect each run's metrics.
+
+    The loop of ``loralens grid`` and of ``loralens train --jobs N``; ``out`` names where in the log.
+    """
     result = GridResult(n_folds=len(jobs) + len(done), skipped=done)
     if done:
         log.info("%s: %d of %d folds already complete", out, len(done), result.n_folds)
     outcome: Outcome
-    for outcome in executor.map(train_fold, jobs, desc="grid"):
+    for outcome in executor.map(train_fold, jobs, desc="folds"):
         if outcome.ok:
             result.trained.append(outcome.result)
             log.info("%s: UAR %.3f, WAR %.3f in %.0f s (%s, pid %d)", outcome.job, outcome.result["uar"],
                      outcome.result["war"], outcome.result["seconds"], outcome.result["host"], outcome.result["pid"])
         else:
             result.failed.append(f"{outcome.job}: {describe(outcome.error)}")
+    from precompute.folds import write_run_metrics
+
     for run in sorted({job.run for job in jobs}):
         if (run / "folds.json").is_file():  # every run's metrics.json holds all its folds, whichever job ended last
             write_run_metrics(run)

@@ -42,7 +42,7 @@ from precompute.checkpoints import (
 from precompute.config import TrainConfig, default_precision
 from precompute.data import Corpus, Utterance, load_corpus
 from precompute.files import open_as_umask, write_atomic
-from precompute.folds import Fold, make_folds, scores, summarise
+from precompute.folds import Fold, make_folds, scores, write_run_metrics
 from precompute.models import feature_extractor, load_classifier, parse_model_spec
 
 log = logging.getLogger(__name__)
@@ -391,22 +391,6 @@ class Trainer:
     def write_metrics(self) -> dict:
         """Collect the completed folds' metrics into ``RUN/metrics.json``."""
         return write_run_metrics(self.run, len(self.folds))
-
-
-def write_run_metrics(run: Path, n_folds: int | None = None) -> dict:
-    """Collect a run's completed folds' metrics into ``RUN/metrics.json`` (replaced in one step); return them.
-
-    ``n_folds``: the run's fold count (None: from its ``folds.json``).
-    """
-    if n_folds is None:
-        n_folds = len(json.loads((run / "folds.json").read_text())["folds"])
-    per_fold = [json.loads((run / f"fold_{i:02d}" / "metrics.json").read_text()) for i in completed_folds(run)]
-    summary = {"complete": len(per_fold) == n_folds, "n_folds": n_folds,
-               "n_done": len(per_fold), **(summarise(per_fold) if per_fold else {}),
-               "folds": [{k: m[k] for k in ("fold", "test_speakers", "uar", "war", "confusion", "epoch")}
-                         for m in per_fold]}
-    write_atomic(run / "metrics.json", json.dumps(summary, indent=2) + "\n")
-    return summary
 
 
 def train(config: TrainConfig, run: Path, only: list[int] | None = None) -> dict:

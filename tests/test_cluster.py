@@ -1,9 +1,12 @@
 """Beyond one machine: ``loralens grid`` and ``loralens trace --ray`` on a real local Ray (2 CPUs), against the same
-work done one job after the other in this process; a Ray worker killed mid-grid; the grid spec's checks."""
+work done one job after the other in this process; a Ray worker killed mid-grid; the grid spec's checks. And folds
+at once in processes of this machine (``ProcessExecutor``: ``loralens train --jobs``, ``loralens grid --jobs``)."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import subprocess
 import sys
 import threading
@@ -15,7 +18,7 @@ import psutil
 import pytest
 
 from precompute.cli import main
-from precompute.executors import LocalExecutor, RayExecutor
+from precompute.executors import LocalExecutor, ProcessExecutor, RayExecutor
 from precompute.grid import GridSpec, load_spec, run_grid
 from store.reader import StoreReader
 from tests.conftest import assert_same_run
@@ -47,13 +50,20 @@ def fold_state(out: Path) -> dict[str, object]:
     """Every fold's predictions, weights and metrics (less its seconds), and how often it was completed."""
     state = {}
     for run in sorted(p for p in out.iterdir() if p.is_dir()):
-        log = (run / "train.log").read_text()
-        for fold in sorted(run.glob("fold_[0-9][0-9]")):
-            metrics = json.loads((fold / "metrics.json").read_text())
-            metrics.pop("seconds")
-            files = {str(p.relative_to(fold)): p.read_bytes() for p in sorted(fold.rglob("*"))
-                     if p.is_file() and p.name != "metrics.json"}
-            state[f"{run.name}/{fold.name}"] = (metrics, files, log.count(f"{fold.name} (test "))
+        state.update({f"{run.name}/{k}": v for k, v in run_state(run).items()})
+    return state
+
+
+def run_state(run: Path) -> dict[str, object]:
+    """``fold_state`` of one run directory, by fold name."""
+    state = {}
+    log = (run / "train.log").read_text()
+    for fold in sorted(run.glob("fold_[0-9][0-9]")):
+        metrics = json.loads((fold / "metrics.json").read_text())
+        metrics.pop("seconds")
+        files = {str(p.relative_to(fold)): p.read_bytes() for p in sorted(fold.rglob("*"))
+                 if p.is_file() and p.name != "metrics.json"}
+        state[fold.name] = (metrics, files, log.count(f"{fold.name} (test "))
     return state
 
 
@@ -107,6 +117,57 @@ def test_a_ray_worker_killed_mid_grid_and_the_command_rerun(ray_local, spec_file
     assert {r["fold"] for r in second.trained} == {f.split(":")[0] for f in first.failed}  # none twice, none left
     assert not list(out.glob("*/*.partial"))
     assert fold_state(out) == fold_state(sequential)  # the resumed fold ends as if never interrupted
+
+
+def test_grid_in_processes_trains_what_the_local_loop_trains(spec_file, sequential, tmp_path):
+    out = tmp_path / "processes"
+    result = run_grid(load_spec(spec_file), out, ProcessExecutor(2), spec_file)
+    assert result.complete and len(result.trained) == 4, result.failed
+    assert len({r["pid"] for r in result.trained}) == 2  # both processes took folds
+    assert fold_state(out) == fold_state(sequential)  # bit for bit, each fold once (one thread each, as on Ray)
+    metrics = json.loads((out / "tiny-whisper0-lora-trim-r2-seed0" / "metrics.json").read_text())
+    assert metrics["complete"] and metrics["n_done"] == 2
+
+
+def test_train_jobs_trains_what_train_trains(tiny_runs, tmp_path, caplog):
+    """``loralens train --jobs 2``: the folds of one run in two processes, the same files as one after the other."""
+    from precompute.checkpoints import read_config
+
+    config = read_config(tiny_runs["lora"])
+    out = tmp_path / "tiny-lora"
+    argv = ["train", "--model", config.model, "--data", config.data, "--method", "lora", "--epochs", "1",
+            "--batch-size", "4", "--rank", "4", "--alpha", "8", "--out", str(out), "--jobs", "2"]
+    caplog.set_level(logging.INFO, logger="precompute.grid")
+    assert main(argv) == 0
+    pids = {m.split("pid ")[1] for m in caplog.messages if ", pid " in m}
+    assert len(pids) == 2, pids  # both processes took folds
+    sequential = tmp_path / "sequential"
+    assert main([*argv[:-4], "--out", str(sequential)]) == 0
+    expected = run_state(sequential)
+    assert len(expected) >= 2 and run_state(out) == expected
+    assert json.loads((out / "metrics.json").read_text()) == json.loads((sequential / "metrics.json").read_text())
+    assert main([*argv[:-1], "0"]) == 2
+    assert "--jobs 0: expected a positive number" in caplog.messages[-1]
+
+
+def _fail_on_odd(job: int) -> int:
+    """A unit of work for the executor tests: job 3 raises, job 5 kills its worker process, the others return."""
+    if job == 3:
+        raise RuntimeError("job 3 is broken")
+    if job == 5:
+        os._exit(9)
+    return job * job
+
+
+def test_process_executor_reports_each_failed_job_and_finishes_the_others():
+    outcomes = {o.job: o for o in ProcessExecutor(2).map(_fail_on_odd, [0, 1, 2, 3], desc="test")}
+    assert {j: o.result for j, o in outcomes.items() if o.ok} == {0: 0, 1: 1, 2: 4}
+    assert "job 3 is broken" in str(outcomes[3].error)
+    # A worker that dies breaks the pool: its job and those queued behind fail (rerunning resumes them), none hangs.
+    outcomes = list(ProcessExecutor(1).map(_fail_on_odd, [5, 6], desc="test"))
+    assert [o.ok for o in outcomes] == [False, False]
+    with pytest.raises(ValueError, match="workers=0"):
+        ProcessExecutor(0)
 
 
 def test_trace_on_ray_into_s3_equals_one_process(ray_local, s3, tiny_runs, tmp_path, monkeypatch):

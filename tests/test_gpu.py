@@ -88,9 +88,9 @@ def test_train_trace_validate_predict_on_cuda(cuda, tiny_model_dir, tones, tmp_p
     assert gap < 0.05
     # The causal lens on the GPU: none is the trace's prediction, in the same regime.
     assert main(["intervene", "--run", str(run), "--store", store, "--device", "cuda", "--kinds",
-                 "lora_off,erase,pitch", "--strength", "pitch=2"]) == 0
+                 "lora_off,erase,noise", "--strength", "noise=10"]) == 0
     lens = StoreReader(store).interventions("run")
-    assert lens.done.all() and "erase@0" in lens.conditions and "pitch@2" in lens.conditions
+    assert lens.done.all() and "erase@0" in lens.conditions and "noise@10" in lens.conditions
     traced = np.flatnonzero(reader.written("run")).tolist()
     assert lens.rows.tolist() == traced
     assert float(np.abs(lens.probabilities[0] - stored[traced]).max()) < 0.05
@@ -160,3 +160,16 @@ def test_cuda_trace_matches_the_cpu_trace(cuda, tiny_model_dir, tones, tmp_path,
                 assert deviation <= TOLERANCE[precision], (
                     f"{checkpoint}/{name}: CUDA {precision} differs from the CPU trace by {deviation:.2e} of its "
                     f"largest value (tolerance {TOLERANCE[precision]:.0e})")
+
+
+def test_folds_at_once_share_the_gpu(cuda, tiny_model_dir, tones, tmp_path):
+    """``loralens train --jobs 2 --device cuda``: two spawned fold processes, each on the GPU, one complete run."""
+    run = tmp_path / "run"
+    assert main(["train", "--model", str(tiny_model_dir), "--data", f"csv:{tones}", "--out", str(run), "--epochs", "1",
+                 "--batch-size", "4", "--rank", "4", "--alpha", "8", "--folds", "2", "--device", "cuda",
+                 "--jobs", "2"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["complete"] and metrics["n_done"] == 2
+    for k in range(2):
+        fold = json.loads((run / f"fold_{k:02d}" / "metrics.json").read_text())
+        assert fold["device"].startswith("cuda") and fold["precision"] == "bf16"
