@@ -151,10 +151,15 @@ def test_the_causal_page_in_chromium(causal_server, page, shots):
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_a_store_on_s3_in_chromium(s3, tiny_store, page):
-    """The explorer on an s3:// store (a real S3 server, moto's), its endpoint given as a flag: pages draw."""
-    s3fs = pytest.importorskip("s3fs")
-    s3fs.S3FileSystem(endpoint_url=s3).put(tiny_store, "loralens/browser.zarr", recursive=True)
+def test_a_store_on_s3_in_chromium(ray_local, s3, tiny_runs, page):
+    """The explorer on an s3:// store (a real S3 server, moto's) that two Ray workers traced (``loralens trace --ray
+    --shards 2``, both tiny runs), its endpoint given as a flag: pages draw."""
+    from precompute.cli import main
+
+    for run in tiny_runs.values():
+        assert main(["trace", "--run", str(run), "--store", "s3://loralens/browser.zarr", "--per-class", "2",
+                     "--batch-size", "2", "--endpoint-url", s3, "--storage-option", "key=testing",
+                     "--storage-option", "secret=testing", "--ray", "--shards", "2"]) == 0
     served = _serve("s3://loralens/browser.zarr", "--endpoint-url", s3)
     url = next(served)
     try:
