@@ -443,12 +443,24 @@ def contribution_frame(mine: contributions.Contributions, label: str,
     return pd.DataFrame(records)
 
 
+CURVE_POINTS = 256
+"""Points drawn per cumulative-energy curve at most: log-spaced in k, as the chart's axis is (a width-1280 B curve
+drawn at every k would send 1280 points per curve on every slider move, none of them visible apart)."""
+
+
 def spectra_frame(spec: dict[str, dict[str, spectra.Spectrum]]) -> pd.DataFrame:
-    """Cumulative-energy curves (averaged over modules) as rows ``k, energy, quantity, checkpoint``."""
-    return pd.DataFrame([{"k": k + 1, "energy": float(e), "quantity": QUANTITY_LABELS[quantity],
-                          "checkpoint": checkpoint}
-                         for quantity, by_checkpoint in spec.items() for checkpoint, s in by_checkpoint.items()
-                         for k, e in enumerate(s.mean_curve)])
+    """Cumulative-energy curves (averaged over modules) as rows ``k, energy, quantity, checkpoint``.
+
+    Each curve at ``CURVE_POINTS`` log-spaced k at most: the curve's own values there, its first and last k included.
+    """
+    rows = []
+    for quantity, by_checkpoint in spec.items():
+        for checkpoint, s in by_checkpoint.items():
+            curve = s.mean_curve
+            ks = np.unique(np.round(np.geomspace(1, len(curve), min(len(curve), CURVE_POINTS))).astype(int))
+            rows += [{"k": int(k), "energy": float(curve[k - 1]), "quantity": QUANTITY_LABELS[quantity],
+                      "checkpoint": checkpoint} for k in ks]
+    return pd.DataFrame(rows)
 
 
 def concentration(spec: dict[str, dict[str, spectra.Spectrum]]) -> dict[str, float]:

@@ -64,6 +64,23 @@ def test_spectrum_stays_within_each_fold_model():
     assert uneven.at(0.5).threshold == 0.5 and uneven.at(0.5).ranks.tolist() == [1.0]
 
 
+def test_a_threshold_move_recomputes_no_curve_and_draws_a_bounded_curve():
+    """The LoRA dynamics slider: ``at`` keeps the cumulative-energy curves (ranks read them); the chart's frame draws
+    a width-1280 curve at log-spaced k (its own values there, both ends kept), not at all 1280."""
+    from app import views
+
+    rng = np.random.default_rng(0)
+    wide = spectra.spectrum([[rng.standard_normal((1500, 1280)) * np.geomspace(1, 1e-3, 1280)] for _ in range(2)])
+    moved = wide.at(0.8)
+    assert moved.energy is wide.energy
+    assert moved.ranks.tolist() == [spectra.effective_rank(s, 0.8) for (s,) in wide.singular]
+    frame = views.spectra_frame({"lora_b_activation": {"trained": wide, "random_twin": moved}})
+    curve = frame[frame.checkpoint == "trained"]
+    assert len(curve) <= views.CURVE_POINTS and curve.k.min() == 1 and curve.k.max() == 1280
+    assert np.allclose(curve.energy, wide.mean_curve[curve.k.to_numpy() - 1])
+    assert curve.k.is_monotonic_increasing and curve.k.is_unique
+
+
 def test_lens_kl_zero_and_overlap_one_at_last_layer():
     logits = np.random.default_rng(0).standard_normal((20, 7, 4))
     summary = lens.summarise(logits, np.array(["a", "b"] * 10))

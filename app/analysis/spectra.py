@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -34,9 +34,13 @@ def cumulative_energy(s: np.ndarray) -> np.ndarray:
 
 def effective_rank(s: np.ndarray, threshold: float = 0.9) -> int:
     """The fewest singular directions holding ``threshold`` of the energy."""
+    return _rank_at(cumulative_energy(s), threshold)
+
+
+def _rank_at(curve: np.ndarray, threshold: float) -> int:
+    """``effective_rank`` from the cumulative-energy curve."""
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold={threshold}; expected a fraction in (0, 1]")
-    curve = cumulative_energy(s)
     if not curve.any():
         return 0
     return int(np.searchsorted(curve, threshold - 1e-12) + 1)
@@ -54,6 +58,14 @@ class Spectrum:
     singular: tuple[tuple[np.ndarray, ...], ...]
     """Singular values per module, per model (fold), descending."""
     threshold: float = 0.9
+    energy: tuple[tuple[np.ndarray, ...], ...] = field(default=(), compare=False, repr=False)
+    """``cumulative_energy`` of every singular-value vector, computed once (``at`` keeps them: a slider moving the
+    threshold recomputes no curve)."""
+
+    def __post_init__(self):
+        if not self.energy:
+            object.__setattr__(self, "energy", tuple(tuple(cumulative_energy(s) for s in module)
+                                                     for module in self.singular))
 
     def at(self, threshold: float) -> Spectrum:
         """The same spectrum with another effective-rank threshold (no recomputation)."""
@@ -68,12 +80,12 @@ class Spectrum:
     def curves(self) -> np.ndarray:
         """Cumulative energy per module, averaged over models, ``(n_modules, k)``."""
         k = self.k
-        return np.stack([np.mean([cumulative_energy(s)[:k] for s in module], 0) for module in self.singular])
+        return np.stack([np.mean([curve[:k] for curve in module], 0) for module in self.energy])
 
     @property
     def ranks(self) -> np.ndarray:
         """Effective rank per module at ``threshold``, averaged over models (may be fractional)."""
-        return np.array([np.mean([effective_rank(s, self.threshold) for s in module]) for module in self.singular])
+        return np.array([np.mean([_rank_at(curve, self.threshold) for curve in module]) for module in self.energy])
 
     @property
     def mean_rank(self) -> float:
