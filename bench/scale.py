@@ -13,9 +13,9 @@ first and refuses when the disk lacks room; it resumes an interrupted store (wri
 
 ``measure`` works on any store: it runs ``loralens summarise STORE`` (timed; skipped with a note where the command
 does not exist), starts ``loralens app`` once and opens every page in headless Chromium, timing its first full draw
-(``--fresh``: a new app process per page, timed from the command's start), samples the app's memory meanwhile, times
-the layer and threshold sliders with AppTest, and times ``loralens report``; then prints every figure beside its
-target.
+(``--fresh``: a new app process per page, each timed from the page's opening and from the command's start), samples
+the app's memory meanwhile, times the layer and threshold sliders with AppTest, and times ``loralens report``; then
+prints every figure beside its target.
 """
 
 from __future__ import annotations
@@ -290,13 +290,15 @@ def measure(args: argparse.Namespace) -> int:
         print("timing every page's first draw in Chromium ...", flush=True)
 
         def add(title: str, draw) -> None:
-            label = f"first draw: {title}" + (" (fresh app, from its start)" if args.fresh else "")
+            # Counted from the page's opening (the issue's "after it is first opened"); on a fresh app the time
+            # from the command's start (the server's start-up included) is shown beside it.
+            label = f"first draw: {title}" + (" (fresh app)" if args.fresh else "")
             if draw.error:
                 figures.fail(label, "<= 3 s", draw.error, errors)
             else:
-                value = draw.from_start if args.fresh else draw.whole
-                figures.append((label, f"{value:.2f} s (first element {draw.first_element:.2f} s, {draw.charts} "
-                                "charts)", "<= 3 s", value <= 3))
+                since_start = f", {draw.from_start:.2f} s from the app's start" if args.fresh else ""
+                figures.append((label, f"{draw.whole:.2f} s (first element {draw.first_element:.2f} s, {draw.charts} "
+                                f"charts{since_start})", "<= 3 s", draw.whole <= 3))
 
         _, peak = (pages.fresh_draws if args.fresh else pages.warm_draws)(args.store, args.page_timeout, add)
         figures.append(("app peak memory (process tree RSS)", f"{peak / 2**30:.2f} GiB", "<= 2 GiB", peak <= 2 * 2**30))
@@ -343,7 +345,8 @@ def main() -> int:
     w.add_argument("--workers", type=int, default=1, help="processes writing disjoint rows")
     m = sub.add_parser("measure", help="time the explorer, summarise and report on a store")
     m.add_argument("store")
-    m.add_argument("--fresh", action="store_true", help="a freshly started app per page, timed from its start")
+    m.add_argument("--fresh", action="store_true",
+                   help="a freshly started app per page (timed from the page's opening, and from the app's start)")
     m.add_argument("--repeats", type=int, default=20, help="changes per widget")
     m.add_argument("--widget-budget", type=float, default=300, help="seconds per widget before it stops changing it")
     m.add_argument("--page-timeout", type=float, default=600, help="seconds a page may take to draw")
