@@ -150,6 +150,12 @@ def test_train_jobs_trains_what_train_trains(tiny_runs, tmp_path, caplog):
     assert "--jobs 0: expected a positive number" in caplog.messages[-1]
 
 
+def test_grid_takes_jobs_or_ray_not_both(spec_file, tmp_path, caplog):
+    assert main(["grid", str(spec_file), "--out", str(tmp_path / "g"), "--ray", "--jobs", "2"]) == 2
+    assert "--jobs runs folds in processes of this machine, --ray on a Ray cluster; choose one" in caplog.messages[-1]
+    assert not (tmp_path / "g").exists()  # refused before any directory was made
+
+
 def _fail_on_odd(job: int) -> int:
     """A unit of work for the executor tests: job 3 raises, job 5 kills its worker process, the others return."""
     if job == 3:
