@@ -2,7 +2,8 @@
 # Issue #20's GPU check, one command on a machine with a GPU and this project installed (a CUDA build of torch):
 # the gpu tests, then the benchmarks, each figure printed as it comes and all again at the end; a part that fails is
 # reported and the rest still run (the exit status says whether any failed). Sized to take under
-# 7 minutes on one H100 with EmoDB (run there on 2026-11-26: 390 s with CPU_TRACE=0 SUMMARY=0; figures in README.md).
+# 7 minutes on one H100 with EmoDB (run there on 2026-11-26: 390 s with CPU_TRACE=0 SUMMARY=0; on 2026-11-27 its parts
+# 1-2 with GPU_TESTS=folds_at_once took 190 s, the trace part was cut by the caller's limit; figures in README.md).
 #   1. pytest -m gpu (LORALENS_REQUIRE_GPU=1: a missing GPU fails them instead of skipping), with the measured
 #      CUDA-vs-CPU trace deviations and the store-vs-predictions.csv agreement of the tiny runs;
 #   2. training wall time: EmoDB 4-class LOSO, MODEL, LoRA r=32 on v_proj, 10 epochs, trim, the whole
@@ -129,10 +130,20 @@ if [ "${SEQUENTIAL:-1}" != 0 ]; then
   loralens train "${common[@]}" --method lora --epochs "$epochs" --out "$out/lora-sequential" --only-folds 0,1 ||
     fail "train LoRA folds 0-1 one after the other"
   two=$(since "$t")
-  figure "the same, folds 0-1 one after the other in one process (--jobs 1): $two s; all $(python -c "import json
-print(len(json.load(open('$out/lora/folds.json'))['folds']))") folds so: about $(python -c "import json
-n = len(json.load(open('$out/lora/folds.json'))['folds']); print(round($two / 2 * n))") s, $(python -c "import json
-n = len(json.load(open('$out/lora/folds.json'))['folds']); print(round($two / 2 * n / $parallel, 1))")x the --jobs $jobs run"
+  # One process pays its start-up (imports, audio, features, model) once: all folds so would take that start-up
+  # plus each fold's own seconds (folds 0-1's mean, from their metrics.json) times the fold count.
+  figure "the same, folds 0-1 one after the other in one process (--jobs 1): $two s; $(python - "$out" "$two" \
+    "$parallel" <<'PY'
+import json
+import sys
+out, two, parallel = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+n = len(json.load(open(f"{out}/lora/folds.json"))["folds"])
+folds = [json.load(open(f"{out}/lora-sequential/fold_0{k}/metrics.json"))["seconds"] for k in (0, 1)]
+whole = two - sum(folds) + sum(folds) / 2 * n
+print(f"start-up {two - sum(folds):.0f} s + {sum(folds) / 2:.1f} s a fold: all {n} folds so about {whole:.0f} s, "
+      f"{whole / parallel:.1f}x the --jobs run")
+PY
+)"
 fi
 t=$(now)
 if [ "$frozen" = 1 ]; then

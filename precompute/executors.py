@@ -6,7 +6,7 @@ and an executor maps it over the jobs, yielding each job's outcome as it finishe
 executor run the very same function, so the two paths cannot drift; another scheduler (SLURM arrays, say) would be
 one more class with a ``map``. ``ProcessExecutor`` runs jobs at once in processes of this machine, sharing its cores
 and its GPU: a training step of a small model is bound by the host's Python, so several folds at once keep one GPU
-busy (EmoDB's 10 LOSO folds of base, 10 epochs, on one H100: 54 s in 10 processes, about 160 s one after the other).
+busy (EmoDB's 10 LOSO folds of base, 10 epochs, on one H100: 54 s in 10 processes, about 100 s in one).
 
 Ray is imported only by ``RayExecutor`` (the ``cluster`` extra); the package imports without it.
 """
@@ -96,25 +96,19 @@ class ProcessExecutor:
         env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TQDM_DISABLE": "1"}
         log.info("%s: %d job(s) in %d processes, %s threads each", desc, len(jobs), workers, threads)
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        bar = tqdm(total=len(jobs), desc=desc, unit="job")
-        failed = 0
+        progress = _Progress(len(jobs), desc)
         try:
             with _environment(env):
                 pending = {pool.submit(in_worker, fn, job): job for job in jobs}
             for future in as_completed(pending):
-                job = pending[future]
                 try:
-                    outcome = Outcome(job, result=future.result())
+                    outcome = progress.ok(pending[future], future.result())
                 except Exception as e:  # the job raised, or its worker died (BrokenProcessPool)
-                    log.error("%s: %s", job, describe(e))
-                    outcome = Outcome(job, error=e)
-                    failed += 1
-                    bar.set_postfix(failed=failed)
-                bar.update()
+                    outcome = progress.failed(pending[future], e)
                 yield outcome
         finally:  # Ctrl+C, or a consumer that stopped early: queued jobs never start, running ones are waited for
             pool.shutdown(wait=True, cancel_futures=True)
-            bar.close()
+            progress.close()
 
 
 @contextlib.contextmanager
@@ -218,26 +212,45 @@ class RayExecutor:
         log.info("%s: %d job(s) on Ray (%s CPU, %s GPU each; cluster: %s)", desc, len(jobs), self.num_cpus, gpus,
                  _resources(ray.cluster_resources()))
         pending = {remote.remote(fn, job): job for job in jobs}
-        bar = tqdm(total=len(jobs), desc=desc, unit="job")
-        failed = 0
+        progress = _Progress(len(jobs), desc)
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
                     job = pending.pop(ref)
                     try:
-                        outcome = Outcome(job, result=ray.get(ref))
+                        outcome = progress.ok(job, ray.get(ref))
                     except ray.exceptions.RayError as e:  # the task raised, or its worker or node died
-                        log.error("%s: %s", job, describe(e))
-                        outcome = Outcome(job, error=e)
-                        failed += 1
-                        bar.set_postfix(failed=failed)
-                    bar.update()
+                        outcome = progress.failed(job, e)
                     yield outcome
         finally:
             for ref in pending:  # Ctrl+C, or a consumer that stopped early: leave no task running for nothing
                 ray.cancel(ref, force=True)
-            bar.close()
+            progress.close()
+
+
+class _Progress:
+    """A map's progress bar over its jobs: each outcome counted, each failure logged and counted beside it."""
+
+    def __init__(self, total: int, desc: str):
+        self.bar = tqdm(total=total, desc=desc, unit="job")
+        self.n_failed = 0
+
+    def ok(self, job: J, result: R) -> Outcome[J, R]:
+        """A job that finished, with its result."""
+        self.bar.update()
+        return Outcome(job, result=result)
+
+    def failed(self, job: J, error: BaseException) -> Outcome[J, R]:
+        """A job that failed (its own exception, or its worker's death): logged with what to know of it."""
+        log.error("%s: %s", job, describe(error))
+        self.n_failed += 1
+        self.bar.set_postfix(failed=self.n_failed)
+        self.bar.update()
+        return Outcome(job, error=error)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _resources(resources: dict) -> str:
