@@ -246,8 +246,8 @@ import torch
 from precompute import window as W
 from precompute.audio import load_audio
 from precompute.capture import CaptureOptions, Capturer
-from precompute.checkpoints import load_fold_model, read_config
-from precompute.config import TrainConfig
+from precompute.checkpoints import load_fold_model
+from precompute.config import TrainConfig, read_config
 from precompute.data import load_corpus
 from precompute.models import feature_extractor
 from precompute.trace import run_precision

@@ -20,7 +20,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dic
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from precompute.config import (  # noqa: F401 (RunError, completed_folds, read_config: importable from here too)
+from precompute.config import (
     Precision,
     RunError,
     TrainConfig,

@@ -264,7 +264,7 @@ def _storage(args: argparse.Namespace) -> dict | None:
 
 def _run_trace(args: argparse.Namespace) -> int:
     from precompute.capture import CaptureOptions
-    from precompute.checkpoints import read_config
+    from precompute.config import read_config
     from precompute.trace import Selection, Tracer
 
     if args.per_class < 1:

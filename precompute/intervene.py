@@ -39,8 +39,8 @@ from app.analysis import causal, counterfactuals  # torch-free; shared with the 
 from app.analysis.counterfactuals import AUDIO_KINDS, CHANGES
 from precompute import window as W
 from precompute.audio import load_audio
-from precompute.checkpoints import FoldModels, RunError, read_config, run_precision
-from precompute.config import INTERVENTION_KINDS
+from precompute.checkpoints import FoldModels, run_precision
+from precompute.config import INTERVENTION_KINDS, RunError, completed_folds, read_config
 from precompute.models import feature_extractor
 from precompute.trace import held_out_fold
 from precompute.train import resolve_device
@@ -189,6 +189,20 @@ def applied(model: torch.nn.Module, condition: Condition, source: list[torch.Ten
             m._disable_adapters = value
 
 
+def condition_features(condition: Condition, audio: list[np.ndarray], ids: list[str], features: W.Features,
+                       extractor, window: W.Window, device: torch.device) -> W.Features:
+    """A batch's model input under ``condition``.
+
+    ``features`` as they are; for an audio change, the audio altered (each clip's noise seeded by its id,
+    ``counterfactuals.seed_of``) and its features extracted again.
+    """
+    if not condition.audio:
+        return features
+    altered = [counterfactuals.alter(a, condition.kind, condition.strength, counterfactuals.seed_of(i))
+               for a, i in zip(audio, ids, strict=True)]
+    return W.extract(extractor, altered, window, device=device)
+
+
 @torch.no_grad()
 def layer_outputs(model: torch.nn.Module, features: W.Features) -> list[torch.Tensor]:
     """Each encoder layer's output on one batch, ``n_layers`` x ``(batch, frame, d_model)``: what ``patch`` reads."""
@@ -242,7 +256,7 @@ def _partner_folds(run_dir: Path, partner: Path, ids: list[str]) -> list[int]:
         raise RunError(f"--partner {partner}: window {theirs.window} (long: {theirs.long}), the run's "
                        f"{mine.window} ({mine.long}); patch between runs of one window")
     fold_of = held_out_fold(partner)
-    done = {int(p.name[5:]) for p in partner.glob("fold_*") if (p / "metrics.json").is_file()}
+    done = set(completed_folds(partner))
     folds = [fold_of.get(uid.partition("/")[2], -1) for uid in ids]
     if missing := [uid for uid, f in zip(ids, folds, strict=True) if f not in done]:
         raise RunError(f"--partner {partner}: {len(missing)} traced utterance(s) are not held out by a completed "
@@ -356,11 +370,8 @@ def run(run_dir: Path, store: str, *, name: str | None = None, kinds: tuple[str,
                     source = layer_outputs(partners.load(batch.partner_fold), batch.features)
             model = models.load(batch.fold)
             for j, condition in enumerate(group):
-                features = batch.features
-                if condition.audio:
-                    altered = [counterfactuals.alter(a, condition.kind, condition.strength, counterfactuals.seed_of(i))
-                               for a, i in zip(batch.audio, batch.ids, strict=True)]
-                    features = W.extract(extractor, altered, config.window, device=target)
+                features = condition_features(condition, batch.audio, batch.ids, batch.features, extractor,
+                                              config.window, target)
                 with applied(model, condition, source), W.autocast(target, precision):
                     p, lens_logits = outcome(model, features)
                 probabilities[j, batch.positions] = p.cpu().numpy()

@@ -16,7 +16,8 @@ from app.analysis import lens  # pure NumPy: the one lens rule, shared with the 
 from precompute import window as W
 from precompute.audio import MAX_SECONDS, load_audio, require_sound, windows
 from precompute.capture import CaptureOptions, Capturer
-from precompute.checkpoints import completed_folds, load_fold_model, read_config, run_precision
+from precompute.checkpoints import load_fold_model, run_precision
+from precompute.config import completed_folds, read_config
 from precompute.models import feature_extractor
 from precompute.train import resolve_device
 
@@ -100,7 +101,6 @@ class Predictor:
             Condition name (``none`` first: the model as trained) -> class probabilities per boundary,
             ``(n_boundaries, n_classes)``.
         """
-        from app.analysis import counterfactuals
         from precompute import intervene as I  # noqa: N812
 
         chosen = [I.Condition.parse(c) for c in dict.fromkeys(["none", *conditions])]
@@ -109,11 +109,8 @@ class Predictor:
         features = W.extract(self.extractor, [audio], self.config.window, device=self.device)
         out = {}
         for condition in chosen:
-            f = features
-            if condition.audio:
-                seed = counterfactuals.seed_of(name)
-                altered = counterfactuals.alter(audio, condition.kind, condition.strength, seed)
-                f = W.extract(self.extractor, [altered], self.config.window, device=self.device)
+            f = I.condition_features(condition, [audio], [name], features, self.extractor, self.config.window,
+                                     self.device)
             with self._lock, I.applied(self.model, condition), W.autocast(self.device, self.precision):
                 _, lens_logits = I.outcome(self.model, f)
             out[condition.name] = lens.trajectory(lens_logits[0].cpu().numpy())

@@ -27,8 +27,8 @@ from transformers import WhisperConfig, WhisperFeatureExtractor
 from precompute import window as W
 from precompute.audio import AudioError, load_audio
 from precompute.capture import SAMPLED, CaptureOptions, Capturer, lora_modules, module_name
-from precompute.checkpoints import FoldModels, RunError, completed_folds, load_fold_model, read_config, run_precision
-from precompute.config import Precision
+from precompute.checkpoints import FoldModels, load_fold_model, run_precision
+from precompute.config import Precision, RunError, completed_folds, read_config
 from precompute.data import DataSpecError, Utterance, load_corpus
 from precompute.models import feature_extractor
 from precompute.train import resolve_device

@@ -30,16 +30,13 @@ from precompute.checkpoints import (
     HEAD_FILE,
     PROGRESS_FILE,
     Progress,
-    RunError,
     attach_lora,
-    completed_folds,
     load_progress,
     randomise_lora,
-    read_config,
     save_head,
     save_progress,
 )
-from precompute.config import TrainConfig, default_precision
+from precompute.config import RunError, TrainConfig, completed_folds, default_precision, read_config
 from precompute.data import Corpus, Utterance, load_corpus
 from precompute.files import open_as_umask, write_atomic
 from precompute.folds import Fold, make_folds, scores, write_run_metrics

@@ -97,7 +97,7 @@ def tiny_runs(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory, tiny_runs) -> str:
     """A store holding both tiny runs over every utterance (the fixture store of the app tests)."""
-    from precompute.checkpoints import read_config
+    from precompute.config import read_config
     from precompute.trace import Selection, Tracer
 
     path = str(tmp_path_factory.mktemp("store") / "tiny.zarr")
@@ -130,8 +130,7 @@ def causal_store(tmp_path_factory, tiny_store, tiny_runs) -> str:
 @pytest.fixture(scope="session")
 def rank_store(tmp_path_factory, tiny_model_dir, tiny_runs) -> str:
     """The tiny LoRA run (rank 4 on v_proj) beside a rank-2 run like it and a rank-8 run on other targets."""
-    from precompute.checkpoints import read_config
-    from precompute.config import TrainConfig
+    from precompute.config import TrainConfig, read_config
     from precompute.trace import Selection, Tracer
     from precompute.train import train
 

@@ -29,7 +29,7 @@ EPOCHS = 12  # a fold lasts long enough (~1 s) for a worker to be killed in its 
 @pytest.fixture(scope="module")
 def spec_file(tmp_path_factory, tiny_model_dir, tiny_runs) -> Path:
     """A grid of the tiny random Whisper: ranks 2 and 4, 2 folds, on the tone data set of ``tiny_runs``."""
-    from precompute.checkpoints import read_config
+    from precompute.config import read_config
 
     path = tmp_path_factory.mktemp("grid") / "grid.toml"
     path.write_text(f'models = ["{tiny_model_dir}"]\ndata = "{read_config(tiny_runs["lora"]).data}"\n'
@@ -131,7 +131,7 @@ def test_grid_in_processes_trains_what_the_local_loop_trains(spec_file, sequenti
 
 def test_train_jobs_trains_what_train_trains(tiny_runs, tmp_path, caplog):
     """``loralens train --jobs 2``: the folds of one run in two processes, the same files as one after the other."""
-    from precompute.checkpoints import read_config
+    from precompute.config import read_config
 
     config = read_config(tiny_runs["lora"])
     out = tmp_path / "tiny-lora"
@@ -208,7 +208,7 @@ def test_trace_on_ray_into_s3_equals_one_process(ray_local, s3, tiny_runs, tmp_p
 
 
 def test_shards_take_every_nth_batch_of_one_process(tiny_runs, tmp_path):
-    from precompute.checkpoints import read_config
+    from precompute.config import read_config
     from precompute.trace import Selection, Tracer
 
     run = tiny_runs["lora"]
@@ -269,7 +269,7 @@ def test_a_run_of_another_configuration_is_refused_before_any_job(spec_file, seq
 
 
 def test_only_folds_plans_those_folds_of_every_run(spec_file, tmp_path):
-    from precompute.checkpoints import RunError
+    from precompute.config import RunError
     from precompute.grid import plan
 
     jobs, done = plan(load_spec(spec_file), tmp_path / "g", spec_file, only=[1])

@@ -152,7 +152,8 @@ def test_precision_is_fixed_per_run_and_the_trace_follows_it(tiny_lora_run, tmp_
     """
     import json
 
-    from precompute.checkpoints import RunError, run_precision
+    from precompute.checkpoints import run_precision
+    from precompute.config import RunError
     from precompute.trace import Selection, Tracer
 
     run, manifest = tiny_lora_run

@@ -212,7 +212,7 @@ def test_intervene_command_into_the_store_and_resume(tiny_runs, tmp_path, capsys
 
 
 def test_intervene_needs_a_traced_run(tiny_runs, tmp_path):
-    from precompute.checkpoints import RunError
+    from precompute.config import RunError
 
     with pytest.raises(RunError, match="trace it first"):
         intervene.run(tiny_runs["frozen"], str(tmp_path / "none.zarr"))
@@ -221,8 +221,8 @@ def test_intervene_needs_a_traced_run(tiny_runs, tmp_path):
 def test_zero_strength_audio_is_the_original_and_more_kinds_are_appended(tiny_runs, tmp_path):
     """An audio change at its identity strength reproduces the model as trained; a rerun asking for more conditions
     (patching from the frozen run) keeps what is there and adds them."""
-    from precompute.checkpoints import RunError
     from precompute.cli import main
+    from precompute.config import RunError
     from store.reader import StoreReader
 
     lora, frozen, store = tiny_runs["lora"], tiny_runs["frozen"], str(tmp_path / "s.zarr")

@@ -10,7 +10,8 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from precompute import files
-from precompute.checkpoints import HEAD_FILE, RunError, load_fold_model
+from precompute.checkpoints import HEAD_FILE, load_fold_model
+from precompute.config import RunError
 from tests import conftest
 
 

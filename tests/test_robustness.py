@@ -310,7 +310,7 @@ def test_killed_trace_resumes_to_the_same_store(tiny_runs, tmp_path):
 
 # -- concurrency --------------------------------------------------------------------------------------------
 def test_reading_while_trace_writes_never_shows_partial_rows(tiny_runs, tmp_path):
-    from precompute.checkpoints import read_config
+    from precompute.config import read_config
     from precompute.trace import Selection, Tracer
 
     store = str(tmp_path / "s.zarr")

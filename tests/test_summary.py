@@ -108,7 +108,7 @@ def test_summary_equals_what_the_views_compute_from_the_arrays(summarised):
 
 
 def test_a_summary_goes_stale_when_its_run_grows_and_validate_says_so(summarised, tiny_runs):
-    from precompute.checkpoints import read_config
+    from precompute.config import read_config
     from precompute.trace import Selection, Tracer
 
     summary.summarise(summarised, methods=())

@@ -91,7 +91,7 @@ def test_writer_processes_write_the_same_store_as_one_thread(lora_run, tmp_path)
 
 
 def test_writer_processes_are_refused_for_an_in_memory_store(lora_run):
-    from precompute.checkpoints import read_config
+    from precompute.config import read_config
     from precompute.trace import Selection, Tracer
 
     with pytest.raises(ValueError, match="memory://"):
@@ -104,7 +104,7 @@ def test_unprepared_shard_says_what_to_do(lora_run, tmp_path, caplog):
 
 
 def test_memory_store(lora_run):
-    from precompute.checkpoints import read_config
+    from precompute.config import read_config
     from precompute.trace import Selection, Tracer
 
     tracer = Tracer(lora_run, read_config(lora_run).data, "memory://trace-test", selection=Selection(per_class=1))

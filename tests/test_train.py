@@ -14,9 +14,9 @@ import torch
 from precompute import train as train_module
 from precompute import window as W
 from precompute.audio import load_audio
-from precompute.checkpoints import PROGRESS_FILE, TWIN_STD, FoldModels, RunError, load_fold_model
+from precompute.checkpoints import PROGRESS_FILE, TWIN_STD, FoldModels, load_fold_model
 from precompute.cli import main
-from precompute.config import TrainConfig
+from precompute.config import RunError, TrainConfig
 from precompute.data import load_corpus
 from precompute.models import feature_extractor
 from precompute.train import train
