@@ -93,8 +93,20 @@ def causal(path: str, run: str) -> views.CausalView | None:
 def altered_wav(path: str, row: int, kind: str, strength: float) -> bytes:
     """An utterance's audio changed as an audio counterfactual does (``counterfactuals.alter``), as WAV bytes."""
     r = reader(path)
-    uid = str(np.asarray(r.utterances()["id"])[row])
-    return wav_bytes(counterfactuals.alter(r.audio(row), kind, strength, counterfactuals.seed_of(uid)))
+    return _altered(r.audio(row), str(np.asarray(r.utterances()["id"])[row]), kind, strength)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def altered_clip_wav(audio: np.ndarray, name: str, kind: str, strength: float) -> bytes:
+    """An uploaded clip changed as ``altered_wav`` changes an utterance (its noise seeded by its name), as WAV bytes.
+
+    Made once, not on every rerun of the page (Rubber Band on up to 30 s of audio).
+    """
+    return _altered(audio, name, kind, strength)
+
+
+def _altered(audio: np.ndarray, uid: str, kind: str, strength: float) -> bytes:
+    return wav_bytes(counterfactuals.alter(audio, kind, strength, counterfactuals.seed_of(uid)))
 
 
 @st.cache_data(show_spinner=False)

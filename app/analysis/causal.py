@@ -89,13 +89,13 @@ def findings(lora: pd.DataFrame, frozen: pd.DataFrame | None, n_layers: int) -> 
     patch = _profile(lora, "patch")
     if len(patch):
         worst = int(patch.idxmax())
+        reverse = _profile(frozen, "patch") if frozen is not None else ()
         out.append({
             "finding": "frozen residuals patched into LoRA destroy its decision late, not early",
             "holds": bool(worst >= second_half and patch.iloc[-1] > patch.iloc[0]),
             "evidence": f"UAR drop with layer k's output replaced by the frozen encoder's: {_numbers(patch)}; largest "
-                        f"at layer {worst}" + (f"; frozen with LoRA's residual patched in: "
-                                               f"{_numbers(_profile(frozen, 'patch'))}" if frozen is not None
-                                               and len(_profile(frozen, "patch")) else ""),
+                        f"at layer {worst}" + (f"; frozen with LoRA's residual patched in: {_numbers(reverse)}"
+                                               if len(reverse) else ""),
             "criterion": "LoRA's later layers recover from an early frozen residual but not from a late one: the "
                          f"drop is largest in the second half (layer >= {second_half:g}) and larger at the last layer "
                          "than at the first"})

@@ -118,8 +118,7 @@ if chosen and st.toggle("Compute them", key="up-intervene"):
                   f"{name}-{shown}", "up-intervene")
     kind, _, at = causal.parse(shown)
     if kind in counterfactuals.CHANGES:
-        st.audio(data.wav_bytes(counterfactuals.alter(audio, kind, at, counterfactuals.seed_of(name))),
-                 format="audio/wav")
+        st.audio(data.altered_clip_wav(audio, name, kind, at), format="audio/wav")
         st.caption(f"The clip under {shown} ({counterfactuals.CHANGES[kind].unit}).")
 
 reader = data.reader(path)
