@@ -6,9 +6,10 @@ the explorer, ``loralens summarise`` and ``loralens report`` timed on it (issue 
     python bench/scale.py measure STORE [--fresh] [--repeats 20] [--only summarise,pages,widgets,report]
 
 ``write`` draws every array (see ``bench/simulate.py`` for how they are structured) and writes them as ``loralens
-trace`` would: ``StoreWriter.add_utterances``, ``create_checkpoint``, ``write`` per row (the sampled per-frame arrays
-only for the rows ``CaptureOptions(per_frame_sample=...).keeps_frames`` keeps), ``commit``. It estimates the size
-first and refuses when the disk lacks room; it resumes an interrupted store (written rows are skipped). With
+trace`` would: ``StoreWriter.add_utterances``, ``create_checkpoint``, ``write_rows`` per batch of 8 rows (the
+sampled per-frame arrays only for the rows ``CaptureOptions(per_frame_sample=...).keeps_frames`` keeps),
+``commit``. It estimates the size first and refuses when the disk lacks room; it resumes an interrupted store
+(written rows are skipped). With
 ``--workers 2`` rows are written by two processes, on disjoint rows (the schema lets them).
 
 ``measure`` works on any store: it runs ``loralens summarise STORE`` (timed; skipped with a note where the command
@@ -44,6 +45,8 @@ RUNS = {"iemocap-large-v2-lora": "lora", "iemocap-large-v2-frozen": "frozen"}
 CHECKPOINTS = {"lora": ("trained", "random_twin"), "frozen": ("trained",)}
 PRECISION = "bf16"
 """What a GPU trace of large-v2 would record in the capture options."""
+BATCH = 8
+"""Rows per write: ``loralens trace``'s default batch (``Tracer.batch_size``), each a ``write_rows`` call."""
 
 
 # -- write ------------------------------------------------------------------------------------------------------
@@ -127,21 +130,25 @@ def write_rows(store: str, utterances: list[sim.Utterance], rows: list[int], kee
     k, n = part
     writer = StoreWriter(store)
     simulator = sim.Simulator(seed)
-    todo = []
+    todo: dict[tuple[str, str, str], list[int]] = {}
     for run, method in RUNS.items():
         for checkpoint in CHECKPOINTS[method]:
             written = writer.written(run, checkpoint)
-            todo += [(i, run, method, checkpoint) for i in range(len(utterances))
-                     if i % n == k and not written[rows[i]]]
-    todo.sort()  # row by row, as a trace batch does every checkpoint in turn
+            todo[run, method, checkpoint] = [i for i in range(len(utterances)) if i % n == k and not written[rows[i]]]
+    batches = [(mine[j: j + BATCH], run, method, checkpoint) for (run, method, checkpoint), mine in todo.items()
+               for j in range(0, len(mine), BATCH)]
+    batches.sort(key=lambda b: b[0][0])  # batch by batch, as a trace batch does every checkpoint in turn
     started, parent = time.perf_counter(), os.getppid()
-    for i, run, method, checkpoint in tqdm(todo, desc=f"rows, part {k + 1}/{n}", unit="row", position=k,
-                                           mininterval=5):
-        if n > 1 and os.getppid() != parent:  # the writing command was stopped: stop with it
-            break
-        arrays = simulator.arrays(utterances[i], sim.PROFILES[(method, checkpoint)], keeps[i])
-        writer.write(run, checkpoint, rows[i], arrays)
-    return len(todo), time.perf_counter() - started
+    with tqdm(total=sum(len(b[0]) for b in batches), desc=f"rows, part {k + 1}/{n}", unit="row", position=k,
+              mininterval=5) as bar:
+        for batch, run, method, checkpoint in batches:
+            if n > 1 and os.getppid() != parent:  # the writing command was stopped: stop with it
+                break
+            profile = sim.PROFILES[(method, checkpoint)]
+            writer.write_rows(run, checkpoint, [rows[i] for i in batch],
+                              [simulator.arrays(utterances[i], profile, keeps[i]) for i in batch])
+            bar.update(len(batch))
+    return sum(len(v) for v in todo.values()), time.perf_counter() - started
 
 
 def _write_part(args: tuple) -> tuple[int, float]:
