@@ -146,10 +146,9 @@ def map_of(path: str, run: str, source: str, layer: int, method: str) -> tuple[n
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def projection(path: str, run: str, source: str, layer: int, method: str) -> tuple[projections.Projection, list[int]]:
-    """A fitted 2-D map that can place new vectors (UMAP; for uploads): the same map as ``map_of``."""
-    x, rows = views.vectors(reader(path), run, source, layer)
-    return projections.project(x, method), rows
+def placing_map(path: str, run: str, source: str, layer: int) -> tuple[projections.Projection, list[int]]:
+    """A UMAP map that places new vectors (uploads), and its rows: ``views.placing_map``."""
+    return views.placing_map(reader(path), run, source, layer)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

@@ -96,23 +96,36 @@ def reduce_moments(m: Moments) -> tuple[np.ndarray, np.ndarray | None, float | N
     return m.singular_values(), Moments(m.n, m.sum_y, m.yy).singular_values(), m.linear_cka()
 
 
+def module_summary(reader: StoreReader, run: str, checkpoint: str, kind: str, module: int,
+                   groups: dict[int, list[int]]) -> list[tuple]:
+    """One LoRA module's ``reduce_moments`` per fold model of ``groups`` (fold -> rows that kept their frames)."""
+    return [reduce_moments(fold_moments(reader, run, checkpoint, kind, module, rows)) for rows in groups.values()]
+
+
+def _module_summary_in_worker(path: str, storage_options: dict | None, *args) -> list[tuple]:
+    return module_summary(StoreReader(path, storage_options), *args)
+
+
 def lora_summary(reader: StoreReader, run: str, checkpoint: str, kind: str, groups: dict[int, list[int]],
                  jobs: int, bar: tqdm | None = None) -> list[list[tuple]]:
     """Per LoRA module, per fold model of ``groups``: ``reduce_moments`` of its moments.
 
-    ``groups``: fold -> its rows that kept their per-frame arrays. Each module's eigensolves, one per fold, run in
-    ``jobs`` processes.
+    ``groups``: fold -> its rows that kept their per-frame arrays. Modules are summarised in ``jobs`` processes,
+    each reading its module's frames itself: the reading, the d x d sums and the eigensolves all run at once (with
+    the reading in this process and only the solves in workers, each waited on the other).
     """
     n_modules = int(reader.group(run, checkpoint)[f"lora_a_{kind}"].shape[1])
+    if jobs == 1:
+        results = (module_summary(reader, run, checkpoint, kind, m, groups) for m in range(n_modules))
+    else:
+        results = Parallel(n_jobs=jobs, return_as="generator")(
+            delayed(_module_summary_in_worker)(reader.path, reader.storage_options, run, checkpoint, kind, m, groups)
+            for m in range(n_modules))
     out = []
-    with Parallel(n_jobs=jobs) as parallel:
-        for module in range(n_modules):
-            moments = []
-            for rows in groups.values():
-                moments.append(fold_moments(reader, run, checkpoint, kind, module, rows))
-                if bar is not None:
-                    bar.update(len(rows))
-            out.append(parallel(delayed(reduce_moments)(m) for m in moments))
+    for module in results:
+        out.append(module)
+        if bar is not None:
+            bar.update(sum(len(rows) for rows in groups.values()))
     return out
 
 
@@ -130,8 +143,8 @@ def _map(x: np.ndarray, method: str) -> np.ndarray:
 
 
 PARALLEL_ROWS = 1000
-"""From this many utterances maps are fitted, and spectra solved, in worker processes (each pays UMAP's ~10 s
-start once)."""
+"""From this many utterances maps are fitted, and LoRA modules summarised, in worker processes (each pays UMAP's
+~10 s start once)."""
 
 
 def compute(reader: StoreReader, run: str, methods: Iterable[str] = ("umap", "tsne"), jobs: int | None = None
@@ -142,8 +155,8 @@ def compute(reader: StoreReader, run: str, methods: Iterable[str] = ("umap", "ts
         reader: the store (every checkpoint of ``run`` committed).
         run: the run.
         methods: the 2-D maps to fit for every position (``projections.Method``).
-        jobs: processes fitting maps and solving spectra at once (joblib's ``n_jobs``; default: every core from
-            ``PARALLEL_ROWS`` utterances, else one).
+        jobs: processes fitting maps and summarising LoRA modules at once (joblib's ``n_jobs``; default: every
+            core from ``PARALLEL_ROWS`` utterances, else one).
     """
     seconds: dict[str, float] = {}
     started = time.perf_counter()

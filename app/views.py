@@ -366,6 +366,20 @@ def vectors(reader: StoreReader, run: str, source: str, layer: int, checkpoint: 
     raise ValueError(f"source={source!r}; expected 'residual' or 'lora_a'")
 
 
+def placing_map(reader: StoreReader, run: str, source: str, layer: int) -> tuple[projections.Projection, list[int]]:
+    """A UMAP map of ``vectors(reader, run, source, layer)`` that places new vectors (an upload), and its rows.
+
+    From ``projections.EXACT_NEIGHBOURS`` utterances it maps a seeded sample of one fewer: placing on a map of
+    more costs pynndescent's compilation (over a minute) in the app's process, on the click of an upload.
+    """
+    rows = common_rows(reader, run)
+    if len(rows) >= projections.EXACT_NEIGHBOURS:
+        keep = np.random.default_rng(0).choice(len(rows), projections.EXACT_NEIGHBOURS - 1, replace=False)
+        rows = [rows[i] for i in sorted(keep)]
+    x, rows = vectors(reader, run, source, layer, rows=rows)
+    return projections.project(x, "umap", placeable=True), rows
+
+
 def map_of(reader: StoreReader, run: str, source: str, layer: int, method: projections.Method
            ) -> tuple[np.ndarray, list[int], float]:
     """A 2-D map of ``vectors(reader, run, source, layer)``: coordinates, rows, and emotion silhouette on it.

@@ -256,6 +256,8 @@ class StoreReader:
 
     def __init__(self, path: str, storage_options: dict | None = None, mode: str = "r"):
         self.path = path
+        self.storage_options = storage_options
+        """How it was opened (another process opens the same store with them)."""
         self.root = open_root(path, mode, storage_options)
         self._cache: dict[str, Any] = {}
 

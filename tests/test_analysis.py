@@ -144,12 +144,33 @@ def test_umap_places_new_points_near_their_cluster():
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((3, 8)) * 6
     x = np.concatenate([c + rng.standard_normal((30, 8)) for c in centres])
-    proj = projections.project(x, "umap")
+    proj = projections.project(x, "umap", placeable=True)
     new = proj.place(centres[1] + 0.1 * rng.standard_normal((1, 8)))
     cluster_mean = proj.coordinates[30:60].mean(0)
     others = [proj.coordinates[:30].mean(0), proj.coordinates[60:].mean(0)]
     assert np.linalg.norm(new - cluster_mean) < min(np.linalg.norm(new - o) for o in others)
     assert projections.project(x, "tsne").coordinates.shape == (90, 2)
+    with pytest.raises(ValueError, match="placeable=True"):
+        projections.project(x, "umap").place(centres[1])  # a map fitted for its coordinates only
+
+
+def test_a_large_map_finds_exact_neighbours_without_pynndescent(monkeypatch):
+    """From EXACT_NEIGHBOURS vectors UMAP's own neighbours come from pynndescent, whose compilation cost a
+    summary over a minute in each worker; a map that places nothing takes exact ones and never starts it."""
+    import pynndescent
+    import umap.umap_
+
+    class Refused(pynndescent.NNDescent):
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("pynndescent was asked for neighbours")
+
+    monkeypatch.setattr(umap.umap_, "NNDescent", Refused)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, projections.EXACT_NEIGHBOURS + 10)
+    x = rng.standard_normal((len(labels), 8)) + 4 * np.eye(8)[labels]
+    proj = projections.project(x, "umap")
+    assert proj.coordinates.shape == (len(x), 2) and proj.model is None
+    assert projections.silhouette(proj.coordinates, labels) > 0.5  # the three clusters stay apart
 
 
 def test_contributions_average_real_frames_only():
@@ -193,3 +214,32 @@ def test_charts_of_long_clips_and_large_stores_are_drawn():
     mel = pd.DataFrame({"time (s)": np.repeat(np.arange(250) * 0.02, 40), "mel": np.tile(np.arange(40), 250),
                         "log-mel": rng.standard_normal(10000)})
     widgets.figure(charts.time_heatmap(mel, "mel", "log-mel", scheme="magma", value="log-mel"))
+
+
+def test_a_spectrogram_is_one_image_coloured_as_its_legend():
+    """The log-mel is one image mark (a rect per cell cost the Utterance page about a second of drawing), its top row
+    the highest mel bin, its colours those of its legend's scale at the same values."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from app import charts
+
+    values = np.zeros((80, 150))
+    values[-1, :] = 4.0  # the highest bin at the maximum
+    values[0, 0] = -2.0  # one cell of the lowest bin at the minimum
+    spec = charts.time_image(values, 0.02, "mel", "log-mel", value="log-mel").to_dict(validate=False)
+    image, legend = spec["layer"]
+    data = spec["datasets"][image["data"]["name"]][0]
+    assert image["mark"]["type"] == "image" and (data["end"], data["top"]) == (pytest.approx(3.0), 80.0)
+    png = Image.open(io.BytesIO(base64.b64decode(data["url"].split(",", 1)[1])))
+    pixels = np.asarray(png.convert("RGB"))
+    assert pixels.shape == (80, 150, 3)
+    scale = legend["encoding"]["color"]["scale"]
+    assert scale["domain"] == [-2.0, 4.0] and scale["interpolate"] == "rgb"
+    hex_of = "#{:02x}{:02x}{:02x}".format
+    assert hex_of(*pixels[0, 5]) == scale["range"][-1]  # top row: the highest bin, at the maximum
+    assert hex_of(*pixels[-1, 0]) == scale["range"][0]  # bottom-left: the minimum
+    middle = pixels[-1, 1]  # zero, a third of the way: between the scale's 6th and 7th colours of 17
+    assert hex_of(*middle) not in scale["range"] and 0 < middle.sum() < 3 * 255

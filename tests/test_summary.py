@@ -107,6 +107,22 @@ def test_summary_equals_what_the_views_compute_from_the_arrays(summarised):
     assert "maps/residual/umap" not in s and "maps/lora_a/tsne" in s
 
 
+def test_lora_modules_summarised_in_worker_processes_equal_those_summarised_here(tiny_store):
+    """From PARALLEL_ROWS utterances each worker reads its own modules' frames (a store of IEMOCAP's size): the
+    tiny store, below that, takes the same path with jobs=2."""
+    reader = StoreReader(tiny_store)
+    lora = next(r.name for r in views.run_info(reader) if r.method == "lora")
+    groups = views.fold_groups(reader, lora, views.common_rows(reader, lora))
+    here = summary.lora_summary(reader, lora, "trained", "gradient", groups, jobs=1)
+    there = summary.lora_summary(reader, lora, "trained", "gradient", groups, jobs=2)
+    assert len(there) == len(here) == int(reader.attrs(lora)["n_layers"]) and len(there[0]) == len(groups)
+    for mine, theirs in zip(there, here, strict=True):
+        for (a, b, cka_ab), (a2, b2, cka_ab2) in zip(mine, theirs, strict=True):
+            np.testing.assert_array_equal(a, a2)
+            np.testing.assert_array_equal(b, b2)
+            assert cka_ab == cka_ab2 and 0 < cka_ab <= 1
+
+
 def test_a_summary_goes_stale_when_its_run_grows_and_validate_says_so(summarised, tiny_runs):
     from precompute.config import read_config
     from precompute.trace import Selection, Tracer
@@ -172,3 +188,21 @@ def test_pages_draw_from_the_summary_without_whole_store_computations(tiny_store
     at.slider(key="cl-layer").set_value(0).run()
     at.radio(key="cl-projection").set_value("tsne").run()
     assert not at.exception, [e.value for e in at.exception]
+
+
+def test_the_upload_map_of_a_large_run_holds_a_sample_that_places_without_pynndescent(tiny_store, monkeypatch):
+    """Placing an upload on a UMAP of EXACT_NEIGHBOURS utterances or more compiles pynndescent (over a minute, in the
+    app's process): the Upload page's map holds a fixed sample of one fewer, and places on it."""
+    from app.analysis import projections
+
+    reader = StoreReader(tiny_store)
+    run = next(r for r in views.run_info(reader) if r.method == "lora").name
+    everyone = views.common_rows(reader, run)
+    monkeypatch.setattr(projections, "EXACT_NEIGHBOURS", len(everyone) - 4)
+    proj, rows = views.placing_map(reader, run, "residual", 1)
+    assert len(rows) == len(everyone) - 5 and set(rows) < set(everyone) and rows == sorted(rows)
+    assert proj.coordinates.shape == (len(rows), 2)
+    again = views.placing_map(reader, run, "residual", 1)[1]
+    assert again == rows  # a fixed sample: the map does not move between reruns
+    x, _ = views.vectors(reader, run, "residual", 1, rows=[everyone[0]])
+    assert proj.place(x).shape == (1, 2)

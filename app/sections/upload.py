@@ -131,7 +131,7 @@ c2.metric("Confidence percentile", f"{projections.percentile_of(probs[-1].max(),
 st.caption("Percentiles among the store's utterances of this run: how late the clip's prediction settles, and "
            "how confident the final prediction is.")
 
-proj, rows = data.projection(path, run.name, "residual", layer, "umap")
+proj, rows = data.placing_map(path, run.name, "residual", layer)
 point = proj.place(np.array(result.residual_pooled[layer]))[0]
 table = data.table(path, run.name)
 mapped = table.iloc[rows][["id", "emotion", "speaker"]].reset_index(drop=True)
@@ -140,4 +140,7 @@ mapped = pd.concat([mapped, pd.DataFrame([{"id": f"upload: {name}", "emotion": f
                                            "speaker": "you", "x": point[0], "y": point[1]}])], ignore_index=True)
 widgets.chart(charts.scatter(mapped, "emotion", f"UMAP at boundary {layer}", f"upload: {name}"), mapped,
               f"{name}-map", "up-map")
+if (traced := len(views.common_rows(reader, run.name))) > len(rows):
+    st.caption(f"The map holds a fixed sample of {len(rows):,} of the run's {traced:,} utterances: placing a clip on "
+               "a map of more would first compile an approximate neighbour search (over a minute).")
 widgets.remember(view)
