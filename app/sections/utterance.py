@@ -73,19 +73,18 @@ def lens_view(path: str, run_name: str, row: int, n: int, target: str | None) ->
     target = target if target in emotions else emotions[int(top[-1])]
     frame = pd.DataFrame([{"boundary": b, "emotion": e, "probability": float(probs[b, i])}
                           for b in range(len(probs)) for i, e in enumerate(emotions)])
-    # Two mel frames per encoder frame: average them so the spectrogram shares the heatmap's time axis; long clips
-    # are drawn in blocks of frames (a 30 s clip of a 32-layer model is 50,000 cells per chart).
+    # Two mel frames per encoder frame: average them so the spectrogram shares the heatmap's time axis. The heatmap
+    # of a long clip is drawn in blocks of frames (a 30 s clip of a 32-layer model is 50,000 cells).
     heat, step = views.time_blocks(lens.frame_probabilities(frames, n, emotions.index(target)))
-    mel, _ = views.time_blocks(mel[:, : 2 * n].reshape(mel.shape[0], n, 2).mean(-1)[::2])
+    mel = mel[:, : 2 * n].reshape(mel.shape[0], n, 2).mean(-1)  # an image: every mel bin, every frame
     columns = heat.shape[1]
     times = np.round(np.arange(columns) * step * 0.02, 2)
     hframe = pd.DataFrame({"time (s)": np.repeat(times[None], len(heat), 0).ravel(),
                            "boundary": np.repeat(np.arange(len(heat)), columns), "probability": heat.ravel()})
-    mframe = pd.DataFrame({"time (s)": np.repeat(times[None], mel.shape[0], 0).ravel(),
-                           "mel": np.repeat(np.arange(0, 2 * mel.shape[0], 2), columns), "log-mel": mel.ravel()})
+    mframe = pd.DataFrame({"time (s)": np.repeat(np.round(np.arange(n) * 0.02, 2)[None], len(mel), 0).ravel(),
+                           "mel": np.repeat(np.arange(len(mel)), n), "log-mel": mel.ravel()})
     heat_chart = charts.time_heatmap(hframe, "boundary", f"P({target}) per layer and frame", [0, 1])
-    mel_chart = charts.time_heatmap(mframe, "mel", "Log-mel spectrogram (the model's input)", scheme="magma",
-                                    value="log-mel")
+    mel_chart = charts.time_image(mel, 0.02, "mel", "Log-mel spectrogram (the model's input)", value="log-mel")
     return {
         "emotions": emotions, "target": target, "top": top, "kl": lens.kl_to_final(pooled[None])[0],
         "depth": int(lens.resolution_depth(pooled[None])[0]),
