@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import base64
 import io
+from pathlib import Path
 
 import altair as alt
 import numpy as np
