@@ -16,7 +16,8 @@ A summary holds, per run (``schema.SUMMARY_GROUP``):
 - ``residual_cka/<other run>``: minibatch CKA of the pooled residuals, layer x layer, within the run and with
   each LoRA/frozen partner (``views.residual_cka``);
 - ``maps/<source>/<method>``: 2-D maps of every boundary (``residual``) and LoRA module (``lora_a``), ``(n_positions,
-  n, 2)``, ``map_silhouette/<source>/<method>`` the emotion silhouette on each map, and ``silhouette/<source>``
+  n_mapped, 2)``, over the rows ``map_rows/<method>`` picks of ``rows`` (``projections.map_rows``: all, or t-SNE's
+  sample); ``map_silhouette/<source>/<method>`` the emotion silhouette on each map, and ``silhouette/<source>``
   the emotion silhouette in the vectors' own space, ``(n_positions,)``.
 """
 
@@ -138,8 +139,11 @@ def _padded(values: list[list[np.ndarray]]) -> np.ndarray:
     return out
 
 
-def _map(x: np.ndarray, method: str) -> np.ndarray:
-    return projections.project(x, method).coordinates.astype(np.float32)
+def _position(x: np.ndarray, emotions: np.ndarray, mapped: dict[str, np.ndarray]
+              ) -> tuple[float, dict[str, np.ndarray]]:
+    """One position's vectors: their emotion silhouette, and a 2-D map per method of the rows it maps."""
+    return projections.silhouette(x, emotions), {
+        method: projections.project(x[keep], method).coordinates.astype(np.float32) for method, keep in mapped.items()}
 
 
 PARALLEL_ROWS = 1000
@@ -147,8 +151,8 @@ PARALLEL_ROWS = 1000
 ~10 s start once)."""
 
 
-def compute(reader: StoreReader, run: str, methods: Iterable[str] = ("umap", "tsne"), jobs: int | None = None
-            ) -> tuple[dict[str, np.ndarray], dict]:
+def compute(reader: StoreReader, run: str, methods: Iterable[str] = ("umap", "tsne"), jobs: int | None = None,
+            reuse: dict[str, dict[str, np.ndarray]] | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """A run's summary: its arrays (see the module docstring) and its attributes (``schema.SUMMARY_ATTRS``).
 
     Args:
@@ -157,6 +161,8 @@ def compute(reader: StoreReader, run: str, methods: Iterable[str] = ("umap", "ts
         methods: the 2-D maps to fit for every position (``projections.Method``).
         jobs: processes fitting maps and summarising LoRA modules at once (joblib's ``n_jobs``; default: every
             core from ``PARALLEL_ROWS`` utterances, else one).
+        reuse: run -> the summary arrays computed for it from the same committed state (by the same ``summarise``):
+            its residual CKA with this run is taken, transposed, instead of computed again.
     """
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -192,9 +198,13 @@ def compute(reader: StoreReader, run: str, methods: Iterable[str] = ("umap", "ts
 
     t = time.perf_counter()
     basis = {f"{run}/{c}": int(reader.attrs(run, c)["n_written"]) for c in info.checkpoints}
+    grams: dict = {}  # this run's Gram matrices serve its CKA with itself and with its partner
     for other in partners(reader, run):
-        out[f"residual_cka/{other}"] = views.residual_cka(reader, run, other, live=True)
+        given = (reuse or {}).get(other, {}).get(f"residual_cka/{run}")
+        out[f"residual_cka/{other}"] = (given.T if given is not None else
+                                        views.residual_cka(reader, run, other, live=True, grams_cache=grams))
         basis[f"{other}/trained"] = int(reader.attrs(other)["n_written"])
+    del grams
     seconds["residual CKA"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -202,22 +212,23 @@ def compute(reader: StoreReader, run: str, methods: Iterable[str] = ("umap", "ts
     positions = [("residual", b) for b in range(info.n_layers + 1)]
     if info.method == "lora":
         positions += [("lora_a", m) for m in range(info.n_layers * len(info.targets))]
-    jobs_list, silhouettes = [], {}
-    for source, position in tqdm(positions, desc=f"{run} silhouettes", unit="position", leave=False):
-        x, _ = views.vectors(reader, run, source, position, rows=rows)
-        silhouettes.setdefault(source, []).append(projections.silhouette(x, emotions))
-        jobs_list += [(source, position, method, x) for method in methods]
-    for source, values in silhouettes.items():
-        out[f"silhouette/{source}"] = np.array(values)
-    if len(rows) >= 5:
-        coords = Parallel(n_jobs=jobs)(delayed(_map)(x, method) for _, _, method, x in
-                                       tqdm(jobs_list, desc=f"{run} maps", unit="map", leave=False))
-        for (source, _, method, _), c in zip(jobs_list, coords, strict=True):
+    mapped = {method: projections.map_rows(len(rows), method) for method in methods} if len(rows) >= 5 else {}
+    # One task a position, read as the workers take them (a large-v2 run's 65 positions of 5,500 x 1280 floats
+    # would be 1.8 GB at once): the silhouette and the maps of its vectors.
+    tasks = (delayed(_position)(views.vectors(reader, run, source, position, rows=rows)[0], emotions, mapped)
+             for source, position in positions)
+    results = Parallel(n_jobs=jobs, return_as="generator")(tasks)
+    for (source, _), (own, coords) in zip(positions, tqdm(results, total=len(positions), desc=f"{run} maps",
+                                                          unit="position", leave=False), strict=True):
+        out.setdefault(f"silhouette/{source}", []).append(own)  # type: ignore[union-attr]
+        for method, c in coords.items():
             out.setdefault(f"maps/{source}/{method}", []).append(c)  # type: ignore[union-attr]
             out.setdefault(f"map_silhouette/{source}/{method}", []).append(  # type: ignore[union-attr]
-                projections.silhouette(c, emotions))
-        for key in [k for k in out if k.startswith(("maps/", "map_silhouette/"))]:
-            out[key] = np.stack(out[key])
+                projections.silhouette(c, emotions[mapped[method]]))
+    for method, keep in mapped.items():
+        out[f"map_rows/{method}"] = keep.astype(np.int64)
+    for key in [k for k in out if k.startswith(("silhouette/", "maps/", "map_silhouette/"))]:
+        out[key] = np.array(out[key]) if key.startswith("silhouette/") else np.stack(out[key])
     seconds["maps and silhouettes"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - started
     return out, {"basis": basis, "rows": len(rows), "seconds": {k: round(v, 2) for k, v in seconds.items()}}
@@ -234,6 +245,7 @@ def summarise(path: str, runs: list[str] | None = None, methods: Iterable[str] =
     """
     writer = StoreWriter(path, storage_options)
     done: dict[str, float | None] = {}
+    fresh: dict[str, dict[str, np.ndarray]] = {}  # runs summarised by this call: their residual CKA serves partners
     for run, checkpoints in writer.runs().items():
         if runs is not None and run not in runs:
             continue
@@ -244,8 +256,9 @@ def summarise(path: str, runs: list[str] | None = None, methods: Iterable[str] =
         if not force and writer.summary(run) is not None:
             done[run] = None
             continue
-        arrays, attrs = compute(writer, run, methods)
+        arrays, attrs = compute(writer, run, methods, reuse=fresh)
         writer.write_summary(run, arrays, attrs)
+        fresh[run] = {k: v for k, v in arrays.items() if k.startswith("residual_cka/")}
         done[run] = attrs["seconds"]["total"]
         log.info("%s: summarised run %s over %d utterances in %.1f s (%s)", path, run, attrs["rows"],
                  attrs["seconds"]["total"], ", ".join(f"{k} {v:.1f} s" for k, v in attrs["seconds"].items()

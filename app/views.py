@@ -314,13 +314,14 @@ def cka_a_vs_b(reader: StoreReader, run: str, checkpoint: str = "trained", fold:
 
 
 def residual_cka(reader: StoreReader, run_a: str, run_b: str, rows: list[int] | None = None,
-                 live: bool = False) -> np.ndarray:
+                 live: bool = False, grams_cache: dict | None = None) -> np.ndarray:
     """Layer x layer minibatch CKA of pooled residuals, ``(n_boundaries_a, n_boundaries_b)``.
 
     The estimator of ``cka.minibatch_heatmap``.
     Over ``rows`` (default: those both runs traced), in minibatches of ``cka.MINIBATCH`` utterances (one batch,
     the full-data unbiased CKA, for fewer than twice that). From either run's summary where current, unless
-    ``live``.
+    ``live``. ``grams_cache``: a dict kept between calls, so a run's minibatch Gram matrices over the same rows are
+    computed once (a summary compares a run with itself and with its partner).
     """
     both = common_rows(reader, run_a, run_b)
     rows = rows if rows is not None else both
@@ -335,9 +336,15 @@ def residual_cka(reader: StoreReader, run_a: str, run_b: str, rows: list[int] | 
         raise ValueError(f"residual CKA needs at least 4 utterances traced by {run_a} and {run_b}, got {len(rows)}")
 
     def grams(run: str) -> list[list[np.ndarray]]:
+        key = (run, tuple(rows))
+        if grams_cache is not None and key in grams_cache:
+            return grams_cache[key]
         n = reader.array(run, "trained", "residual_pooled").shape[1]
-        return [cka.minibatch_grams(reader.read(run, "trained", "residual_pooled", rows, boundary=j), batches)
-                for j in range(n)]
+        out = [cka.minibatch_grams(reader.read(run, "trained", "residual_pooled", rows, boundary=j), batches)
+               for j in range(n)]
+        if grams_cache is not None:
+            grams_cache[key] = out
+        return out
 
     a = grams(run_a)
     return cka.minibatch_heatmap(a, a if run_b == run_a else grams(run_b))
@@ -384,14 +391,17 @@ def map_of(reader: StoreReader, run: str, source: str, layer: int, method: proje
            ) -> tuple[np.ndarray, list[int], float]:
     """A 2-D map of ``vectors(reader, run, source, layer)``: coordinates, rows, and emotion silhouette on it.
 
-    ``(n_rows, 2)`` coordinates. From the run's summary where current, else fitted now (seconds to a minute for
-    thousands of utterances).
+    ``(n_rows, 2)`` coordinates of the rows the method maps (``projections.map_rows``). From the run's summary
+    where current, else fitted now (seconds to a minute for thousands of utterances).
     """
     s = reader.summary(run)
     if s is not None and f"maps/{source}/{method}" in s:
-        return (s[f"maps/{source}/{method}"][layer], s["rows"].tolist(),
+        rows = s["rows"] if f"map_rows/{method}" not in s else s["rows"][s[f"map_rows/{method}"]]
+        return (s[f"maps/{source}/{method}"][layer], rows.tolist(),
                 float(s[f"map_silhouette/{source}/{method}"][layer]))
     x, rows = vectors(reader, run, source, layer)
+    keep = projections.map_rows(len(rows), method)
+    x, rows = x[keep], [rows[i] for i in keep]
     coordinates = projections.project(x, method).coordinates
     return coordinates, rows, projections.silhouette(coordinates, reader.utterances()["emotion"][rows])
 

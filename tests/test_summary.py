@@ -206,3 +206,45 @@ def test_the_upload_map_of_a_large_run_holds_a_sample_that_places_without_pynnde
     assert again == rows  # a fixed sample: the map does not move between reruns
     x, _ = views.vectors(reader, run, "residual", 1, rows=[everyone[0]])
     assert proj.place(x).shape == (1, 2)
+
+
+def test_a_tsne_map_of_many_utterances_shows_a_fixed_sample_in_the_summary_and_live_alike(summarised, monkeypatch):
+    """t-SNE took 20 s a map at IEMOCAP's size (98 in a large-v2 run pair's summary): from TSNE_ROWS utterances it
+    maps a fixed sample, the same in the summary as fitted live, every layer the same utterances; UMAP maps all."""
+    from app.analysis import projections
+
+    reader = StoreReader(summarised)
+    lora = next(r.name for r in views.run_info(reader) if r.method == "lora")
+    everyone = views.common_rows(reader, lora)
+    monkeypatch.setattr(projections, "TSNE_ROWS", len(everyone) - 7)
+    live = [views.map_of(reader, lora, "residual", b, "tsne") for b in (0, 2)]
+    assert live[0][1] == live[1][1] and len(live[0][1]) == len(everyone) - 7
+    assert live[0][0].shape == (len(everyone) - 7, 2)
+    assert len(views.map_of(reader, lora, "residual", 0, "umap")[1]) == len(everyone)
+    summary.summarise(summarised, [lora], methods=("tsne",))
+    reader = StoreReader(summarised)
+    assert reader.summary(lora) is not None
+    for b, (coordinates, rows, on_map) in zip((0, 2), live, strict=True):
+        got, got_rows, got_on_map = views.map_of(reader, lora, "residual", b, "tsne")
+        assert got_rows == rows
+        np.testing.assert_allclose(got, coordinates, rtol=1e-4, atol=1e-4)
+        assert got_on_map == pytest.approx(on_map, abs=1e-4)
+
+
+def test_a_summarise_computes_each_pair_of_runs_residual_cka_once(summarised, monkeypatch):
+    """A LoRA run and its frozen partner each keep their CKA with the other (one the transpose of the other): the
+    second summary of one summarise takes it from the first (75 s a pair at 5,500 large-v2 utterances)."""
+    computed = []
+    live = views.residual_cka
+
+    def counted(reader, run_a, run_b, *args, **kwargs):
+        computed.append(frozenset((run_a, run_b)))
+        return live(reader, run_a, run_b, *args, **kwargs)
+
+    monkeypatch.setattr(views, "residual_cka", counted)
+    summary.summarise(summarised, methods=())
+    reader = StoreReader(summarised)
+    lora, frozen = (r.name for r in sorted(views.run_info(reader), key=lambda r: r.method != "lora"))
+    assert sorted(map(sorted, computed)) == sorted([[lora], [frozen], sorted([lora, frozen])])
+    np.testing.assert_array_equal(reader.summary(lora)[f"residual_cka/{frozen}"],
+                                  reader.summary(frozen)[f"residual_cka/{lora}"].T)

@@ -54,6 +54,23 @@ new points take their exact neighbours from scikit-learn instead (0.3 s at 5,500
 through UMAP's ``precomputed_knn``: below this size UMAP's own neighbours are exact too."""
 
 
+TSNE_ROWS = 2000
+"""A t-SNE map of more utterances shows a fixed sample of this many (``map_rows``). t-SNE took 20 s a map at
+IEMOCAP's 5,500 utterances here, and a summary fits one per layer and LoRA module (98 for a large-v2 LoRA run and
+its frozen partner: 33 min of one core); UMAP maps every utterance."""
+
+
+def map_rows(n: int, method: Method) -> np.ndarray:
+    """Which of ``n`` utterances a ``method`` map shows, ascending.
+
+    Every one, or t-SNE's fixed sample of ``TSNE_ROWS`` (the same for every layer: a point stays one utterance as
+    the layer slider moves).
+    """
+    if method != "tsne" or n <= TSNE_ROWS:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).choice(n, TSNE_ROWS, replace=False))
+
+
 def project(vectors: np.ndarray, method: Method = "umap", seed: int = 0, n_neighbors: int = 15,
             placeable: bool = False) -> Projection:
     """Fit a 2-D map of ``vectors`` (``(n_samples, dim)``), standardised first (and reduced to ``INPUT_DIMS``).

@@ -30,7 +30,11 @@ with st.spinner("Fitting the map (the store has no current summary: loralens sum
 frame = table.iloc[rows][["id", "speaker", "emotion", "prediction", "correct"]].reset_index(drop=True)
 frame["x"], frame["y"] = coordinates[:, 0], coordinates[:, 1]
 frame["correct"] = frame["correct"].map({True: "correct", False: "wrong"})
-st.caption(f"{len(frame)} utterances · emotion silhouette {data.silhouette(path, run.name, view.source, layer):.3f} "
+traced = int(table["traced"].sum())
+shown = f"{len(frame)} utterances" if len(frame) == traced else (
+    f"a fixed sample of {len(frame):,} of the {traced:,} utterances (t-SNE's cost grows with their number; UMAP maps "
+    "all)")
+st.caption(f"{shown} · emotion silhouette {data.silhouette(path, run.name, view.source, layer):.3f} "
            f"in the vectors' own space, {sil:.3f} on this map")
 figure = charts.scatter(frame, view.colour, f"{projections.NAMES[view.projection]} · {label} {layer}", view.utt)
 event = widgets.chart(figure.add_params(charts.click()), frame, f"{run.name}-{view.source}-{view.projection}-{layer}",
