@@ -43,7 +43,7 @@ is usual for t-SNE and UMAP: neighbours in 1280 dimensions cost 25x more to find
 SILHOUETTE_SAMPLE = 2000
 """Silhouettes of more utterances are estimated on this many, drawn with a fixed seed (the exact score costs
 n^2 x dim: 40 GFLOP for 5,500 large-v2 utterances)."""
-LARGE = 2000
+LARGE = 1000
 """From this many utterances maps are optimised for fewer epochs: UMAP 200 (its own choice from 10,000 samples;
 500 below) and t-SNE 500 iterations (1,000 below), which halves the time of the summary's maps at IEMOCAP's
 5,500 utterances; both settle well before (the layout changes little after)."""
@@ -54,10 +54,10 @@ new points take their exact neighbours from scikit-learn instead (0.3 s at 5,500
 through UMAP's ``precomputed_knn``: below this size UMAP's own neighbours are exact too."""
 
 
-TSNE_ROWS = 2000
+TSNE_ROWS = LARGE
 """A t-SNE map of more utterances shows a fixed sample of this many (``map_rows``). t-SNE took 20 s a map at
-IEMOCAP's 5,500 utterances here, and a summary fits one per layer and LoRA module (98 for a large-v2 LoRA run and
-its frozen partner: 33 min of one core); UMAP maps every utterance."""
+IEMOCAP's 5,500 utterances here (2,000 of them: 18 s, 1,000: 7 s, under load), and a summary fits one per layer
+and LoRA module (98 for a large-v2 LoRA run and its frozen partner); UMAP maps every utterance (4-6 s at 5,500)."""
 
 
 def map_rows(n: int, method: Method) -> np.ndarray:
