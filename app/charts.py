@@ -87,17 +87,31 @@ def contributions(df: pd.DataFrame, title: str = "Layer contributions") -> alt.C
 
 
 def spectra(df: pd.DataFrame, threshold: float, title: str = "SVD cumulative energy") -> alt.Chart:
-    """Columns: ``k``, ``energy``, ``quantity``, ``checkpoint``; a rule at ``threshold``."""
-    df = df.assign(threshold=threshold)
+    """Columns: ``k``, ``energy``, ``quantity``, ``checkpoint``; a rule at ``threshold`` (``at_threshold`` moves it).
+
+    The rule reads the chart's ``threshold`` parameter: a page caches the chart and moves the rule alone.
+    """
     lines = alt.Chart().mark_line().encode(
         x=alt.X("k:Q", title="singular directions", scale=alt.Scale(type="log")),
         y=alt.Y("energy:Q", title="cumulative energy", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("checkpoint:N"),
         tooltip=["quantity", "checkpoint", "k", alt.Tooltip("energy:Q", format=".3f")],
     )
-    rule = alt.Chart().mark_rule(strokeDash=[4, 4], color="black").encode(y="mean(threshold):Q")
+    rule = alt.Chart().mark_rule(strokeDash=[4, 4], color="black").encode(
+        y=alt.datum(alt.expr(THRESHOLD), type="quantitative"))
     return alt.layer(lines, rule, data=df).properties(width=WIDTH // 2, height=int(HEIGHT / 1.3)).facet(
-        facet=alt.Facet("quantity:N", title=None), columns=2).properties(title=title)
+        facet=alt.Facet("quantity:N", title=None), columns=2).properties(title=title).add_params(
+        alt.param(name=THRESHOLD, value=threshold))
+
+
+THRESHOLD = "threshold"
+"""The parameter of a ``spectra`` chart that places its threshold rule."""
+
+
+def at_threshold(spec: dict, threshold: float) -> dict:
+    """A ``spectra`` chart's dict with its rule at ``threshold`` (a shallow copy; the data is shared)."""
+    params = [p | {"value": threshold} if p.get("name") == THRESHOLD else p for p in spec.get("params", [])]
+    return spec | {"params": params}
 
 
 def per_layer(df: pd.DataFrame, y: str, title: str, domain=None) -> alt.Chart:
@@ -158,17 +172,30 @@ SPECTROGRAM_COLOURS = ("#000004", "#0a0822", "#1d1046", "#35106a", "#51137c", "#
 legend alike."""
 
 
-def time_image(values: np.ndarray, seconds_per_column: float, y: str, title: str = "", value: str = "value"
+PROBABILITY_COLOURS = ("#440154", "#48196b", "#472d7b", "#424086", "#3b528b", "#34638d", "#2c728e", "#27828e",
+                       "#21918d", "#1f9f88", "#28ae80", "#3ebc74", "#5dc963", "#82d34c", "#abdc32", "#d5e21b",
+                       "#fde725")
+"""Vega's ``viridis`` scheme at 17 even steps (``time_heatmap``'s default) for a layers x time view drawn as an
+image."""
+IMAGE_CELLS = 2000
+"""From this many cells a layers x time view is drawn as an image (``time_image``, without per-cell tooltips): a
+32-layer model's 4.5 s clip is 7,400 rects a chart, two charts a page."""
+
+
+def time_image(values: np.ndarray, seconds_per_column: float, y: str, title: str = "", value: str = "value",
+               colours: tuple[str, ...] = SPECTROGRAM_COLOURS, domain: tuple[float, float] | None = None
                ) -> alt.Chart:
     """``values`` ``(rows, time)`` (row 0 at the bottom) as one image over time, on ``time_heatmap``'s axes.
 
     For spectrograms: a rect per cell made the browser draw thousands of them (an EmoDB clip's log-mel, 80 x 100,
     cost the Utterance page about a second of drawing); an image is one mark at any resolution. Its legend comes
-    from a transparent layer on the same colour scale; it has no per-cell tooltip.
+    from a transparent layer on the same colour scale (``colours`` over ``domain``, default the values' range); it
+    has no per-cell tooltip.
     """
-    lo, hi = float(np.min(values)), float(np.max(values))
-    scaled = (np.asarray(values, dtype=np.float64) - lo) / (hi - lo) if hi > lo else np.zeros(np.shape(values))
-    anchors = np.array([[int(c[i: i + 2], 16) for i in (1, 3, 5)] for c in SPECTROGRAM_COLOURS], dtype=np.float64)
+    lo, hi = domain if domain is not None else (float(np.min(values)), float(np.max(values)))
+    scaled = np.clip((np.asarray(values, dtype=np.float64) - lo) / (hi - lo), 0, 1) if hi > lo else \
+        np.zeros(np.shape(values))
+    anchors = np.array([[int(c[i: i + 2], 16) for i in (1, 3, 5)] for c in colours], dtype=np.float64)
     steps = np.linspace(0, 1, len(anchors))
     rgb = np.stack([np.interp(scaled, steps, anchors[:, k]) for k in range(3)], axis=-1)
     from PIL import Image
@@ -183,8 +210,7 @@ def time_image(values: np.ndarray, seconds_per_column: float, y: str, title: str
         y=alt.Y("top:Q", title=y, scale=alt.Scale(domain=[0, values.shape[0]], nice=False)), y2="bottom:Q",
         url="url:N")
     legend = alt.Chart(pd.DataFrame({value: [lo, hi]})).mark_rect(opacity=0).encode(
-        color=alt.Color(f"{value}:Q", scale=alt.Scale(domain=[lo, hi], range=list(SPECTROGRAM_COLOURS),
-                                                     interpolate="rgb")))
+        color=alt.Color(f"{value}:Q", scale=alt.Scale(domain=[lo, hi], range=list(colours), interpolate="rgb")))
     return alt.layer(image, legend).properties(width=WIDTH, height=HEIGHT // 1.5, title=title)
 
 

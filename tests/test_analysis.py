@@ -243,3 +243,28 @@ def test_a_spectrogram_is_one_image_coloured_as_its_legend():
     assert hex_of(*pixels[-1, 0]) == scale["range"][0]  # bottom-left: the minimum
     middle = pixels[-1, 1]  # zero, a third of the way: between the scale's 6th and 7th colours of 17
     assert hex_of(*middle) not in scale["range"] and 0 < middle.sum() < 3 * 255
+
+
+def test_a_large_layers_by_time_view_is_an_image_on_a_fixed_probability_scale():
+    """From IMAGE_CELLS cells (a 32-layer model's clip: 7,400 a chart) the lens view is an image; its colours stay on
+    probability's fixed 0..1 scale whatever the values' own range."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from app import charts
+
+    heat = np.full((33, 225), 0.5)
+    heat[0, 0], heat[-1, -1] = 0.0, 1.0
+    assert heat.size >= charts.IMAGE_CELLS
+    spec = charts.time_image(heat, 0.02, "boundary", "P", "probability", charts.PROBABILITY_COLOURS,
+                             (0.0, 1.0)).to_dict(validate=False)
+    image, legend = spec["layer"]
+    url = spec["datasets"][image["data"]["name"]][0]["url"]
+    pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
+    hex_of = "#{:02x}{:02x}{:02x}".format
+    assert hex_of(*pixels[-1, 0]) == charts.PROBABILITY_COLOURS[0]  # boundary 0, first frame: 0
+    assert hex_of(*pixels[0, -1]) == charts.PROBABILITY_COLOURS[-1]  # the last boundary, last frame: 1
+    assert hex_of(*pixels[5, 5]) == charts.PROBABILITY_COLOURS[8]  # 0.5: the middle of the scale
+    assert legend["encoding"]["color"]["scale"]["domain"] == [0.0, 1.0]

@@ -120,6 +120,32 @@ def test_exports_render_real_files():
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
 
 
+def test_a_large_scatter_goes_to_the_browser_as_arrow_and_exports_every_point():
+    """A map of 5,500 utterances: Altair inlined and hashed every row on each slider move (100-250 ms); the browser
+    gets the frame as Arrow, the spec one row, and an export inlines all of them."""
+    import io
+
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    from app import charts, widgets
+
+    rng = np.random.default_rng(0)
+    n = 5500
+    frame = pd.DataFrame({"id": [f"u{i}" for i in range(n)], "emotion": rng.choice(["anger", "sadness"], n),
+                          "x": rng.standard_normal(n).astype(np.float32), "y": rng.standard_normal(n)})
+    fig = widgets.figure(charts.scatter(frame, "emotion", "map", "u7").add_params(charts.click()))
+    (name, lifted), = fig.frames  # the points; the ring around u7 is one row, inline as before
+    assert lifted is frame and len(fig.spec["datasets"][name]) == 1 and len(fig.spec["datasets"]) == 2
+    sent = pa.ipc.open_stream(io.BytesIO(fig.wire["datasets"][name])).read_all().to_pandas()
+    pd.testing.assert_frame_equal(sent, frame)
+    exported = fig.export_spec()
+    assert len(exported["datasets"][name]) == n and exported["datasets"][name][7]["id"] == "u7"
+    svg = widgets._render(exported, "svg")
+    assert svg.count("<path") > 1000  # every point drawn
+
+
 def test_contributions_legend_shows_each_series_dash():
     """The series differ only by dash, so the legend must draw dashed strokes, not the points of the lines."""
 
@@ -296,6 +322,25 @@ def test_dynamics_page_within_one_fold_model(app):
     _ok(at)
     at.slider(key="dyn-threshold").set_value(0.5).run()
     _ok(at)
+
+
+def test_a_threshold_move_moves_the_spectra_rule_and_rebuilds_no_chart(app, monkeypatch):
+    """At large-v2's size rebuilding the page's five charts took the threshold slider to 246 ms (p95): the charts of
+    a run and fold are built once, and a move changes the spectra chart's threshold parameter alone."""
+    from app import charts
+
+    at = app.run()
+    at.switch_page("sections/dynamics.py").run()
+    built = []
+    monkeypatch.setattr(charts, "heatmap", lambda *a, **k: built.append("heatmap") or pytest.fail("rebuilt"))
+    monkeypatch.setattr(charts, "spectra", lambda *a, **k: built.append("spectra") or pytest.fail("rebuilt"))
+    for threshold in (0.5, 0.75):
+        at.slider(key="dyn-threshold").set_value(threshold).run()
+        _ok(at)
+        spec = json.loads(next(c for c in at.get("vega_lite_chart")
+                               if json.loads(c.proto.spec).get("title") == "SVD cumulative energy").proto.spec)
+        assert [p["value"] for p in spec["params"] if p["name"] == charts.THRESHOLD] == [threshold]
+    assert not built
 
 
 def test_clusters_compare_the_runs_that_differ_only_in_rank(rank_store, monkeypatch):

@@ -1,5 +1,7 @@
 """LoRA dynamics: SVD spectra trained vs random, effective rank, CKA of A vs B, and residual CKA heatmaps."""
 
+import dataclasses
+
 import streamlit as st
 
 from app import charts, data, state, views, widgets
@@ -19,20 +21,37 @@ fold = left.selectbox(
 threshold = right.slider("Energy threshold of the effective rank", *state.THRESHOLD_RANGE, view.threshold, 0.01,
                          key="dyn-threshold")
 view.fold, view.threshold = fold, round(threshold, 2)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def figures(path: str, run_name: str, fold: int | None) -> dict:
+    """The page's charts of a run and fold model, built once: a threshold move only moves the spectra's rule."""
+    spec = data.spectra(path, run_name, fold)
+    curves = views.spectra_frame(spec)
+    ab = views.cka_ab_frame(data.cka_ab(path, run_name, fold))
+    out = {"spectra": (widgets.figure(charts.spectra(curves, state.THRESHOLD_RANGE[0])), curves),
+           "ab": (widgets.figure(charts.per_layer(ab, "cka", "Linear CKA between LoRA A and B outputs", [0, 1])), ab)}
+    partner = views.frozen_partner(data.runs(path), next(r for r in data.runs(path) if r.name == run_name))
+    for other, title in [(run_name, "within LoRA"), *([(partner.name, "LoRA vs frozen")] if partner else [])]:
+        frame = views.heatmap_frame(data.residual_cka(path, run_name, other))
+        out[title] = (widgets.figure(charts.heatmap(frame, "other", "LoRA", "cka", f"CKA {title}", [0, 1])), frame)
+    return out
+
+
 with st.spinner("SVD of every LoRA module ..."):
     spec = {q: {c: s.at(threshold) for c, s in by.items()} for q, by in data.spectra(path, run.name, fold).items()}
-frame = views.spectra_frame(spec)
-widgets.chart(charts.spectra(frame, threshold), frame, f"{run.name}-svd", "dyn-svd")
+    drawn = figures(path, run.name, fold)
+curves, frame = drawn["spectra"]
+curves = dataclasses.replace(curves, spec=charts.at_threshold(curves.spec, threshold),
+                             wire=charts.at_threshold(curves.wire, threshold))
+widgets.chart(curves, frame, f"{run.name}-svd", "dyn-svd")
 st.dataframe(views.rank_table(spec).round(2), hide_index=True, width="stretch")
 st.caption("Effective rank: the fewest singular directions holding the threshold's share of energy, averaged over "
            "layers. The paper reports 5.5x concentration for A activations, 1.7x for A gradients, 10.4x for B "
            "activations, and more dispersed B gradients.")
 
 st.subheader("A versus B")
-ab = data.cka_ab(path, run.name, fold)
-frame = views.cka_ab_frame(ab)
-widgets.chart(charts.per_layer(frame, "cka", "Linear CKA between LoRA A and B outputs", [0, 1]), frame,
-              f"{run.name}-cka-ab", "dyn-ab")
+widgets.chart(*drawn["ab"], f"{run.name}-cka-ab", "dyn-ab")
 
 st.subheader("Residual stream, layer x layer")
 st.caption("Minibatch linear CKA of the pooled residuals (the unbiased HSIC estimator averaged over minibatches of "
@@ -40,10 +59,7 @@ st.caption("Minibatch linear CKA of the pooled residuals (the unbiased HSIC esti
            "utterances, and computed in memory that does not grow with the store above.")
 partner = views.frozen_partner(data.runs(path), run)
 cols = st.columns(2 if partner else 1)
-for col, (other, title) in zip(cols, [(run, "within LoRA"), (partner, "LoRA vs frozen")], strict=False):
-    matrix = data.residual_cka(path, run.name, other.name)
-    frame = views.heatmap_frame(matrix)
+for col, title in zip(cols, ["within LoRA", "LoRA vs frozen"], strict=False):
     with col:
-        widgets.chart(charts.heatmap(frame, "other", "LoRA", "cka", f"CKA {title}", [0, 1]), frame,
-                      f"{run.name}-cka-{title}", f"dyn-heat-{title}")
+        widgets.chart(*drawn[title], f"{run.name}-cka-{title}", f"dyn-heat-{title}")
 widgets.remember(view)
