@@ -84,9 +84,8 @@ def lens_view(path: str, run_name: str, row: int, n: int, target: str | None) ->
     mframe = pd.DataFrame({"time (s)": np.repeat(np.round(np.arange(n) * 0.02, 2)[None], len(mel), 0).ravel(),
                            "mel": np.repeat(np.arange(len(mel)), n), "log-mel": mel.ravel()})
     heat_title = f"P({target}) per layer and frame"
-    heat_chart = (charts.time_heatmap(hframe, "boundary", heat_title, [0, 1]) if heat.size < charts.IMAGE_CELLS else
-                  charts.time_image(heat, step * 0.02, "boundary", heat_title, "probability",
-                                    charts.PROBABILITY_COLOURS, (0.0, 1.0)))
+    heat_chart = charts.time_image(heat, step * 0.02, "boundary", heat_title, "probability",
+                                   charts.PROBABILITY_COLOURS, (0.0, 1.0))
     mel_chart = charts.time_image(mel, 0.02, "mel", "Log-mel spectrogram (the model's input)", value="log-mel")
     return {
         "emotions": emotions, "target": target, "top": top, "kl": lens.kl_to_final(pooled[None])[0],
