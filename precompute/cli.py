@@ -587,7 +587,7 @@ def _warm_imports(host: str, port: int) -> None:
                 break
         time.sleep(0.05)
     # First what the first page needs, then what the Utterance page adds.
-    for name in ("app.data", "app.charts", "app.widgets", "app.state", "scipy.special"):
+    for name in ("app.data", "app.charts", "app.widgets", "app.state", "scipy.special", "PIL.Image"):
         importlib.import_module(name)
 
 
