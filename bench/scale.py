@@ -12,10 +12,11 @@ sampled per-frame arrays only for the rows ``CaptureOptions(per_frame_sample=...
 (written rows are skipped). With
 ``--workers 2`` rows are written by two processes, on disjoint rows (the schema lets them).
 
-``measure`` works on any store: it runs ``loralens summarise STORE`` (timed; skipped with a note where the command
-does not exist), starts ``loralens app`` once and opens every page in headless Chromium, timing its first full draw
-(``--fresh``: a new app process per page, each timed from the page's opening and from the command's start), samples
-the app's memory meanwhile, times the layer and threshold sliders with AppTest, and times ``loralens report``; then
+``measure`` works on any store: it runs ``loralens summarise STORE --force`` (timed: every run's summary computed
+again; skipped with a note where the command does not exist), starts ``loralens app`` once and opens every page in
+headless Chromium, timing its first full draw (``--fresh``: a new app process per page, each timed from the page's
+opening and from the command's start), samples the app's memory meanwhile, times the layer and threshold sliders
+with AppTest, and times ``loralens report``; then
 prints every figure beside its target.
 """
 
@@ -283,7 +284,8 @@ def measure(args: argparse.Namespace) -> int:
     errors: list[tuple[str, str]] = []  # (what, the whole error), printed after the table
     if "summarise" in only:
         print(f"timing loralens summarise {args.store} ...", flush=True)
-        result = pages.timed([sys.executable, "-m", "precompute.cli", "summarise", args.store],
+        # --force: a store summarised already would otherwise be skipped, and nothing timed
+        result = pages.timed([sys.executable, "-m", "precompute.cli", "summarise", args.store, "--force"],
                              timeout=args.command_timeout)
         if result.missing:
             print("loralens summarise does not exist yet (its parser refused the command): not timed")
