@@ -228,7 +228,7 @@ def compute(reader: StoreReader, run: str, methods: Iterable[str] = ("umap", "ts
     for method, keep in mapped.items():
         out[f"map_rows/{method}"] = keep.astype(np.int64)
     for key in [k for k in out if k.startswith(("silhouette/", "maps/", "map_silhouette/"))]:
-        out[key] = np.array(out[key]) if key.startswith("silhouette/") else np.stack(out[key])
+        out[key] = np.array(out[key])
     seconds["maps and silhouettes"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - started
     return out, {"basis": basis, "rows": len(rows), "seconds": {k: round(v, 2) for k, v in seconds.items()}}

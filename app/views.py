@@ -380,9 +380,7 @@ def placing_map(reader: StoreReader, run: str, source: str, layer: int) -> tuple
     more costs pynndescent's compilation (over a minute) in the app's process, on the click of an upload.
     """
     rows = common_rows(reader, run)
-    if len(rows) >= projections.EXACT_NEIGHBOURS:
-        keep = np.random.default_rng(0).choice(len(rows), projections.EXACT_NEIGHBOURS - 1, replace=False)
-        rows = [rows[i] for i in sorted(keep)]
+    rows = [rows[i] for i in projections.fixed_sample(len(rows), projections.EXACT_NEIGHBOURS - 1)]
     x, rows = vectors(reader, run, source, layer, rows=rows)
     return projections.project(x, "umap", placeable=True), rows
 

@@ -127,7 +127,8 @@ def figure(chart_: alt.Chart | dict) -> Figure:
     spec = chart_ if isinstance(chart_, dict) else chart_.to_dict(validate=False)
     lifted = {name: frames[values[0][_FRAME]] for name, values in spec.get("datasets", {}).items()
               if len(values) == 1 and _FRAME in values[0]}
-    datasets = {name: _arrow_frame(lifted[name]) if name in lifted else _arrow(values)
+    datasets = {name: _ipc(pa.Table.from_pandas(lifted[name], preserve_index=False) if name in lifted
+                           else pa.Table.from_pylist(values))
                 for name, values in spec.get("datasets", {}).items()}
     return Figure(spec, spec | {"datasets": datasets} if datasets else spec, tuple(lifted.items()))
 
@@ -152,17 +153,9 @@ def _lift_frames(chart_: alt.TopLevelMixin, frames: list[pd.DataFrame]) -> alt.T
     return chart_
 
 
-def _arrow_frame(frame: pd.DataFrame) -> bytes:
+def _ipc(table: pa.Table) -> bytes:
+    """A table as Arrow IPC stream bytes, as Streamlit sends a chart's dataset."""
     sink = pa.BufferOutputStream()
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    with pa.RecordBatchStreamWriter(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
-def _arrow(values: list[dict]) -> bytes:
-    sink = pa.BufferOutputStream()
-    table = pa.Table.from_pylist(values)
     with pa.RecordBatchStreamWriter(sink, table.schema) as writer:
         writer.write_table(table)
     return sink.getvalue().to_pybytes()

@@ -66,9 +66,14 @@ def map_rows(n: int, method: Method) -> np.ndarray:
     Every one, or t-SNE's fixed sample of ``TSNE_ROWS`` (the same for every layer: a point stays one utterance as
     the layer slider moves).
     """
-    if method != "tsne" or n <= TSNE_ROWS:
+    return fixed_sample(n, TSNE_ROWS) if method == "tsne" else np.arange(n)
+
+
+def fixed_sample(n: int, size: int) -> np.ndarray:
+    """Indices of ``size`` of ``n`` items, ascending, drawn with a fixed seed (all ``n`` where ``n <= size``)."""
+    if n <= size:
         return np.arange(n)
-    return np.sort(np.random.default_rng(0).choice(n, TSNE_ROWS, replace=False))
+    return np.sort(np.random.default_rng(0).choice(n, size, replace=False))
 
 
 def project(vectors: np.ndarray, method: Method = "umap", seed: int = 0, n_neighbors: int = 15,

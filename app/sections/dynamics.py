@@ -57,9 +57,8 @@ st.subheader("Residual stream, layer x layer")
 st.caption("Minibatch linear CKA of the pooled residuals (the unbiased HSIC estimator averaged over minibatches of "
            "256 utterances; Nguyen, Raghu and Kornblith, ICLR 2021): equal to the full-data unbiased CKA below 512 "
            "utterances, and computed in memory that does not grow with the store above.")
-partner = views.frozen_partner(data.runs(path), run)
-cols = st.columns(2 if partner else 1)
-for col, title in zip(cols, ["within LoRA", "LoRA vs frozen"], strict=False):
+titles = [t for t in ("within LoRA", "LoRA vs frozen") if t in drawn]  # the second where the run has a partner
+for col, title in zip(st.columns(len(titles)), titles, strict=True):
     with col:
         widgets.chart(*drawn[title], f"{run.name}-cka-{title}", f"dyn-heat-{title}")
 widgets.remember(view)
