@@ -67,11 +67,15 @@ def audio_wav(path: str, row: int) -> bytes:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def lens_rows(path: str, run: str, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One utterance's lens: pooled logits per boundary, per-frame logits, and its log-mel."""
+def lens_rows(path: str, run: str, row: int) -> tuple[np.ndarray, np.ndarray]:
+    """One utterance's lens: pooled logits per boundary and per-frame logits."""
     r = reader(path)
-    return (r.read(run, "trained", "lens_logits", row), r.read(run, "trained", "lens_logits_frames", row),
-            r.log_mel(row))
+    return r.read(run, "trained", "lens_logits", row), r.read(run, "trained", "lens_logits_frames", row)
+
+
+def log_mel(path: str, row: int) -> np.ndarray:
+    """One utterance's log-mel, the model's input."""
+    return reader(path).log_mel(row)
 
 
 @st.cache_data(show_spinner=False)

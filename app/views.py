@@ -433,6 +433,26 @@ TIME_COLUMNS = 250
 """The most time columns a layers x time view draws; longer clips are averaged in blocks of frames."""
 
 
+PICK_LIMIT = 500
+"""The most utterances a picker lists: the browser builds every option of a select on each draw of the page (the
+5,500 utterances of an IEMOCAP-sized store cost the Utterance page half a second)."""
+
+
+def listed(choices: pd.DataFrame, current: str | None, limit: int | None = None) -> pd.DataFrame:
+    """The first ``limit`` (default ``PICK_LIMIT``) of the matching utterances ``choices``, in their order.
+
+    ``choices`` is a table with an ``id`` column; ``current`` (the URL's utterance) stays among those listed wherever
+    it matches, so a link keeps its utterance.
+    """
+    limit = PICK_LIMIT if limit is None else limit
+    if len(choices) <= limit:
+        return choices
+    head = choices.iloc[:limit]
+    if current is None or current in set(head["id"]) or current not in set(choices["id"]):
+        return head
+    return pd.concat([choices[choices["id"] == current], head.iloc[: limit - 1]])
+
+
 def time_blocks(values: np.ndarray, columns: int = TIME_COLUMNS) -> tuple[np.ndarray, int]:
     """``(rows, n_frames)`` averaged over blocks of consecutive frames to at most ``columns``; and the block size.
 

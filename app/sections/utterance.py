@@ -1,4 +1,4 @@
-"""Utterance: listen, see its spectrogram, scrub layers, and follow the logit lens; LoRA beside frozen."""
+"""Utterance: listen, see its log-mel, scrub layers, and follow the logit lens; LoRA beside frozen."""
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,11 @@ if outcome != "all":
 if choices.empty:
     st.warning("No traced utterance matches these filters.")
     widgets.stop(view)
+total = len(choices)
+choices = views.listed(choices, view.utt)
+if len(choices) < total:
+    st.caption(f"Listing {len(choices):,} of the {total:,} matching utterances: search by id or filter by emotion, "
+               "speaker or outcome (in the sidebar) to reach the others.")
 ids = choices["id"].tolist()
 labels = dict(zip(choices["id"], choices["id"] + " · " + choices["emotion"], strict=True))
 utt = st.selectbox("Utterance", ids, index=ids.index(view.utt) if view.utt in ids else 0, key="utt-id",
@@ -61,44 +66,55 @@ st.audio(data.audio_wav(path, row), format="audio/wav")
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
+def mel_view(path: str, row: int, n: int) -> tuple[widgets.Figure, str]:
+    """The utterance's log-mel (every run's input alike), drawn once above the runs' columns.
+
+    Two mel frames per encoder frame are averaged, so it shares the layers x time views' time axis.
+    """
+    mel = data.log_mel(path, row)
+    mel = mel[:, : 2 * n].reshape(mel.shape[0], n, 2).mean(-1)  # an image: every mel bin, every frame
+    mframe = pd.DataFrame({"time (s)": np.repeat(np.round(np.arange(n) * 0.02, 2)[None], len(mel), 0).ravel(),
+                           "mel": np.repeat(np.arange(len(mel)), n), "log-mel": mel.ravel()})
+    chart = charts.time_image(mel, 0.02, "mel", "Log-mel spectrogram (the model's input)", value="log-mel")
+    return widgets.figure(chart), mframe.to_csv(index=False)
+
+
+widgets.chart(*mel_view(path, row, int(info["n_frames"])), f"{utt}-logmel", "utt-mel")
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
 def lens_view(path: str, run_name: str, row: int, n: int, target: str | None) -> dict:
     """Everything of one run's view of an utterance that does not depend on the layer slider.
 
     Built once per utterance, run and class and cached, so moving the slider only moves the mark.
     """
-    pooled, frames, mel = data.lens_rows(path, run_name, row)
+    pooled, frames = data.lens_rows(path, run_name, row)
     emotions = next(r.emotions for r in data.runs(path) if r.name == run_name)
     probs = lens.trajectory(pooled)
     top = probs.argmax(-1)
     target = target if target in emotions else emotions[int(top[-1])]
     frame = pd.DataFrame([{"boundary": b, "emotion": e, "probability": float(probs[b, i])}
                           for b in range(len(probs)) for i, e in enumerate(emotions)])
-    # Two mel frames per encoder frame: average them so the spectrogram shares the heatmap's time axis. The heatmap
-    # of a long clip is drawn in blocks of frames (a 30 s clip of a 32-layer model is 50,000 cells).
+    # The heatmap of a long clip is drawn in blocks of frames (a 30 s clip of a 32-layer model is 50,000 cells).
     heat, step = views.time_blocks(lens.frame_probabilities(frames, n, emotions.index(target)))
-    mel = mel[:, : 2 * n].reshape(mel.shape[0], n, 2).mean(-1)  # an image: every mel bin, every frame
     columns = heat.shape[1]
     times = np.round(np.arange(columns) * step * 0.02, 2)
     hframe = pd.DataFrame({"time (s)": np.repeat(times[None], len(heat), 0).ravel(),
                            "boundary": np.repeat(np.arange(len(heat)), columns), "probability": heat.ravel()})
-    mframe = pd.DataFrame({"time (s)": np.repeat(np.round(np.arange(n) * 0.02, 2)[None], len(mel), 0).ravel(),
-                           "mel": np.repeat(np.arange(len(mel)), n), "log-mel": mel.ravel()})
     heat_title = f"P({target}) per layer and frame"
     heat_chart = charts.time_image(heat, step * 0.02, "boundary", heat_title, "probability",
                                    charts.PROBABILITY_COLOURS, (0.0, 1.0))
-    mel_chart = charts.time_image(mel, 0.02, "mel", "Log-mel spectrogram (the model's input)", value="log-mel")
     return {
         "emotions": emotions, "target": target, "top": top, "kl": lens.kl_to_final(pooled[None])[0],
         "depth": int(lens.resolution_depth(pooled[None])[0]),
         "trajectory": (charts.trajectory(frame, "Class probabilities across layers").to_dict(validate=False),
                        frame.to_csv(index=False)),
         "frames": (widgets.figure(heat_chart), hframe.to_csv(index=False)),
-        "mel": (widgets.figure(mel_chart), mframe.to_csv(index=False)),
     }
 
 
 def column(run_name: str, title: str, key: str, lens_class: str | None) -> str | None:
-    """One run's view of the utterance: lens metrics, trajectory, layers x time, spectrogram.
+    """One run's view of the utterance: lens metrics, trajectory, layers x time.
 
     ``lens_class`` (the URL's) is the layers x time view's emotion until one is picked here; returns the one
     shown, or None where it is the default (the final prediction).
@@ -118,7 +134,6 @@ def column(run_name: str, title: str, key: str, lens_class: str | None) -> str |
     shown = st.selectbox("Class for the layers x time view", emotions, index=emotions.index(v["target"]),
                          key=f"{key}-class")
     widgets.chart(*v["frames"], f"{run_name}-{utt}-frames", f"{key}-frames")
-    widgets.chart(*v["mel"], f"{utt}-logmel", f"{key}-mel")
     return None if shown == emotions[int(top[-1])] else shown
 
 
