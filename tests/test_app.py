@@ -394,3 +394,25 @@ def test_clusters_compare_the_runs_that_differ_only_in_rank(rank_store, monkeypa
     expected = projections.silhouette(x, reader.utterances()["emotion"][rows])
     assert titles[2].startswith(f"r = 4 · silhouette {expected:.3f} "), (titles[2], expected)
     assert not _unexported_charts(at)[1]  # each rank's map exports CSV, SVG and PNG like any chart
+
+
+HEAVY = ("sklearn", "umap", "numba", "pynndescent", "torch", "transformers", "peft", "nnsight", "ray")
+"""Libraries no page may import when it loads: scikit-learn alone (through the causal lens's module) held every page of
+a freshly started explorer back by a second of imports. The analyses import them where they are used."""
+
+
+def test_the_pages_load_without_the_heavy_libraries():
+    import ast
+    import subprocess
+    import sys
+
+    root = Path(MAIN).parents[1]
+    lines = set()
+    for script in [Path(MAIN), *(root / "app" / "sections").glob("*.py")]:
+        for node in ast.parse(script.read_text()).body:
+            if isinstance(node, ast.Import | ast.ImportFrom) and getattr(node, "module", None) != "__future__":
+                lines.add(ast.unparse(node))
+    code = "\n".join([*sorted(lines), "import sys",
+                      f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))"])
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

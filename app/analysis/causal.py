@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.special import rel_entr
-from sklearn.metrics import balanced_accuracy_score
 
 from app.analysis.counterfactuals import AUDIO_KINDS, CHANGES
 
@@ -26,6 +24,8 @@ def parse(name: str) -> tuple[str, int, float]:
 
 def kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """KL(p || q) over the last axis, in nats (probabilities floored at 1e-12)."""
+    from scipy.special import rel_entr  # here, not at import: see metrics
+
     return rel_entr(np.clip(p, 1e-12, 1.0), np.clip(q, 1e-12, 1.0)).sum(-1)
 
 
@@ -40,6 +40,10 @@ def metrics(conditions: list[str], probabilities: np.ndarray, labels: np.ndarray
         probabilities: ``(condition, utterance, class)``.
         labels: true class per utterance, ``(utterance,)``.
     """
+    # Imported here: at import time scikit-learn (through app.views) held every page of a freshly started explorer
+    # back by a second.
+    from sklearn.metrics import balanced_accuracy_score
+
     if not conditions or conditions[0] != "none":
         raise ValueError(f"conditions must start with none (the model as trained), got {conditions[:1]}")
     baseline = probabilities[0]
