@@ -561,6 +561,10 @@ def serve(store: str, host: str, port: int, storage_options: dict | None = None)
     os.environ["LORALENS_STORE"] = store
     if (root / ".streamlit" / "config.toml").is_file():  # the theme and upload limit
         os.chdir(root)
+    # scikit-learn (the Causal page's UAR; 0.8 s of imports) before the server listens: imported by the warm-up
+    # thread below it held a freshly opened page back by as long (the thread holds the interpreter while importing),
+    # and imported by the page itself it made the Causal page's first draw 4 s.
+    import sklearn.metrics  # noqa: F401
     # The app's own imports (pandas, Altair, Zarr: over half a second of CPU here) run while the browser loads the
     # page, not after the first visitor connects.
     threading.Thread(target=_warm_imports, args=(host, port), name="loralens-warm-imports", daemon=True).start()
