@@ -183,6 +183,22 @@ def chart(figure_: alt.Chart | dict | Figure, data_: pd.DataFrame | str, name: s
     return event if select else None
 
 
+STATIC_ROWS = 30
+"""The most rows a table draws as a static table; longer ones scroll in the grid (``table``)."""
+
+
+def table(frame: pd.DataFrame) -> None:
+    """A table of rows: static up to ``STATIC_ROWS`` rows, else the scrolling grid.
+
+    A static table draws with the page, without the grid's scripts; the grid draws only the rows in sight, where a
+    static table of thousands of rows puts thousands of rows in the page.
+    """
+    if len(frame) <= STATIC_ROWS:
+        st.table(frame, hide_index=True, border="horizontal")
+    else:
+        st.dataframe(frame, hide_index=True, width="stretch", height=420)
+
+
 def shaded_table(matrix: pd.DataFrame, figure_: alt.Chart, data_: pd.DataFrame, name: str, key: str) -> None:
     """A confusion matrix as a table of counts, each shaded by its share of its row, with the exports of its chart.
 

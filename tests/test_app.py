@@ -416,3 +416,32 @@ def test_the_pages_load_without_the_heavy_libraries():
                       f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))"])
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_long_table_scrolls_in_the_grid_and_a_short_one_is_static():
+    """A condition that flips most of 5,500 utterances listed them all in a static table: 5,500 rows in the page."""
+    def page(rows: int) -> None:
+        import pandas as pd
+
+        from app import widgets
+
+        widgets.table(pd.DataFrame({"id": [f"u{i}" for i in range(rows)]}))
+
+    for rows, static in ((3, True), (31, False), (5500, False)):
+        at = AppTest.from_function(page, args=(rows,)).run()
+        _ok(at)
+        assert (len(at.table), len(at.dataframe)) == ((1, 0) if static else (0, 1)), rows
+        assert len((at.table if static else at.dataframe)[0].value) == rows
+
+
+def test_the_causal_utterance_picker_lists_a_bounded_number_flipped_first(causal_store, monkeypatch):
+    monkeypatch.setenv("LORALENS_STORE", causal_store)
+    monkeypatch.setattr(views, "PICK_LIMIT", 4)
+    at = AppTest.from_file(MAIN, default_timeout=300).run()
+    at.switch_page("sections/causal.py").run()
+    _ok(at)
+    options = at.selectbox(key="ca-utt").options
+    flipped = next(t.value for t in [*at.table, *at.dataframe] if "as trained" in t.value.columns)
+    first = min(4, len(flipped))
+    assert len(options) == 4 and options[:first] == flipped["id"].tolist()[:first]  # the flipped ones first
+    assert any("Listing 4 of the" in c.value for c in at.caption)

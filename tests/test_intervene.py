@@ -186,7 +186,7 @@ def test_intervene_command_into_the_store_and_resume(tiny_runs, tmp_path, capsys
                                  reader.read("tiny-lora", "trained", "label", result.rows.tolist()).astype(int))
         worst = metrics.iloc[1:].sort_values("flipped").iloc[-1]
         at.selectbox(key="ca-condition").set_value(worst["condition"]).run()
-        shown = next(t.value for t in at.table if f"under {worst['condition']}" in t.value.columns)
+        shown = next(t.value for t in [*at.table, *at.dataframe] if f"under {worst['condition']}" in t.value.columns)
         assert len(shown) == round(worst["flipped"] * len(result.rows))
         at.radio(key="ca-measure").set_value("kl").run()
         assert not at.exception

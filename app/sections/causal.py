@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from app import charts, data, state, widgets
+from app import charts, data, state, views, widgets
 from app.analysis.causal import KIND_LABELS, parse
 from app.analysis.counterfactuals import AUDIO_KINDS, CHANGES
 
@@ -76,12 +76,14 @@ view.condition = condition
 predictions = causal.predictions
 flipped = predictions[predictions[condition] != predictions["none"]][["row", "id", "emotion", "none", condition]]
 st.markdown(f"**{len(flipped)} of {len(predictions)}** utterances change their prediction under {condition}")
-st.table(flipped.rename(columns={"none": "as trained", condition: "under " + condition}), hide_index=True,
-         border="horizontal")
+widgets.table(flipped.rename(columns={"none": "as trained", condition: "under " + condition}))
 
 # One utterance: its trajectory under the condition over the original; an audio change played beside the original.
 st.subheader("One utterance")
 ids = list(dict.fromkeys([*flipped["id"], *predictions["id"]]))  # the flipped ones first
+ids = views.listed(pd.DataFrame({"id": ids}), st.session_state.get("ca-utt", view.utt))["id"].tolist()
+if len(ids) < len(predictions):
+    st.caption(f"Listing {len(ids):,} of the {len(predictions):,} utterances, those the condition flips first.")
 if st.session_state.get("ca-utt") not in ids:
     st.session_state["ca-utt"] = ids[widgets.index(ids, view.utt)]
 uid = st.selectbox("Utterance", ids, key="ca-utt")
