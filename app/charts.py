@@ -20,6 +20,15 @@ HEIGHT = 260
 alt.data_transformers.disable_max_rows()
 
 
+def _tips(*fields: str | alt.Tooltip) -> list[alt.Tooltip]:
+    """Tooltip channels: a field's name becomes its ``alt.Tooltip``.
+
+    Altair validates a channel given as a string against its schema on every ``encode`` (6-13 ms a chart here, most
+    of the Utterance page's chart building); given as an object it does not. Every chart here passes objects.
+    """
+    return [alt.Tooltip(f) if isinstance(f, str) else f for f in fields]
+
+
 def _emotion_scale(values) -> alt.Scale:
     domain = sorted(set(values))
     return alt.Scale(domain=domain, range=[EMOTION_COLOURS.get(v, "#17becf") for v in domain])
@@ -31,7 +40,7 @@ def lens_curves(df: pd.DataFrame, title: str = "Logit lens") -> alt.Chart:
         x=alt.X("boundary:O", title="layer boundary (0 = embeddings)"),
         y=alt.Y("value:Q", title=None),
         color=alt.Color("series:N", title=None),
-        tooltip=["series", "measure", "boundary", alt.Tooltip("value:Q", format=".3f")],
+        tooltip=_tips("series", "measure", "boundary", alt.Tooltip("value:Q", format=".3f")),
     ).properties(width=WIDTH // 2 + 40, height=HEIGHT)
     return base.facet(column=alt.Column("measure:N", title=None)).resolve_scale(y="independent").properties(
         title=title)
@@ -43,7 +52,7 @@ def trajectory(df: pd.DataFrame, title: str = "") -> alt.Chart:
         x=alt.X("boundary:O", title="layer boundary"),
         y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("emotion:N", scale=_emotion_scale(df["emotion"])),
-        tooltip=["emotion", "boundary", alt.Tooltip("probability:Q", format=".3f")],
+        tooltip=_tips("emotion", "boundary", alt.Tooltip("probability:Q", format=".3f")),
     ).properties(width=WIDTH, height=HEIGHT, title=title)
 
 
@@ -66,7 +75,7 @@ def heatmap(df: pd.DataFrame, x: str, y: str, value: str, title: str = "", domai
     return alt.Chart(df).mark_rect().encode(
         x=alt.X(f"{x}:O"), y=alt.Y(f"{y}:O", sort="descending"),
         color=alt.Color(f"{value}:Q", scale=scale),
-        tooltip=[x, y, alt.Tooltip(f"{value}:Q", format=".3f")],
+        tooltip=_tips(x, y, alt.Tooltip(f"{value}:Q", format=".3f")),
     ).properties(width=WIDTH, height=HEIGHT, title=title)
 
 
@@ -81,7 +90,8 @@ def contributions(df: pd.DataFrame, title: str = "Layer contributions") -> alt.C
         "series:N", legend=alt.Legend(symbolType="stroke", symbolSize=400, symbolStrokeWidth=2,
                                       symbolStrokeColor="gray")))
     points = base.mark_point(filled=True, opacity=1).encode(
-        detail="series:N", tooltip=["series", "sublayer", "measure", "layer", alt.Tooltip("value:Q", format=".3f")])
+        detail=alt.Detail("series:N"),
+        tooltip=_tips("series", "sublayer", "measure", "layer", alt.Tooltip("value:Q", format=".3f")))
     return alt.layer(lines, points, data=df).properties(width=WIDTH // 2 + 40, height=HEIGHT).facet(
         column=alt.Column("measure:N", title=None)).resolve_scale(y="independent").properties(title=title)
 
@@ -95,10 +105,10 @@ def spectra(df: pd.DataFrame, threshold: float, title: str = "SVD cumulative ene
         x=alt.X("k:Q", title="singular directions", scale=alt.Scale(type="log")),
         y=alt.Y("energy:Q", title="cumulative energy", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("checkpoint:N"),
-        tooltip=["quantity", "checkpoint", "k", alt.Tooltip("energy:Q", format=".3f")],
+        tooltip=_tips("quantity", "checkpoint", "k", alt.Tooltip("energy:Q", format=".3f")),
     )
     rule = alt.Chart().mark_rule(strokeDash=[4, 4], color="black").encode(
-        y=alt.datum(alt.expr(THRESHOLD), type="quantitative"))
+        y=alt.YDatum(alt.expr(THRESHOLD), type="quantitative"))
     return alt.layer(lines, rule, data=df).properties(width=WIDTH // 2, height=int(HEIGHT / 1.3)).facet(
         facet=alt.Facet("quantity:N", title=None), columns=2).properties(title=title).add_params(
         alt.param(name=THRESHOLD, value=threshold))
@@ -119,7 +129,7 @@ def per_layer(df: pd.DataFrame, y: str, title: str, domain=None) -> alt.Chart:
     scale = alt.Scale(domain=domain) if domain else alt.Scale()
     return alt.Chart(df).mark_line(point=True).encode(
         x=alt.X("layer:O"), y=alt.Y(f"{y}:Q", scale=scale), color=alt.Color("series:N", title=None),
-        tooltip=["series", "layer", alt.Tooltip(f"{y}:Q", format=".3f")],
+        tooltip=_tips("series", "layer", alt.Tooltip(f"{y}:Q", format=".3f")),
     ).properties(width=WIDTH, height=HEIGHT, title=title)
 
 
@@ -133,12 +143,12 @@ def scatter(df: pd.DataFrame, colour: str = "emotion", title: str = "", highligh
     color = alt.Color(f"{colour}:N", scale=scale, **({} if legend else {"legend": None}))
     points = alt.Chart(df).mark_circle(size=60, opacity=0.8).encode(
         x=alt.X("x:Q", axis=None), y=alt.Y("y:Q", axis=None), color=color,
-        tooltip=[c for c in ("id", "emotion", "speaker", "prediction") if c in df.columns],
+        tooltip=_tips(*(c for c in ("id", "emotion", "speaker", "prediction") if c in df.columns)),
     )
     chart = points
     if highlight is not None and (df["id"] == highlight).any():
         ring = alt.Chart(df[df["id"] == highlight]).mark_point(size=300, shape="circle", color="black",
-                                                               strokeWidth=2).encode(x="x:Q", y="y:Q")
+                                                               strokeWidth=2).encode(x=alt.X("x:Q"), y=alt.Y("y:Q"))
         chart = points + ring
     return chart.properties(width=WIDTH, height=WIDTH, title=title)
 
@@ -189,9 +199,9 @@ def time_image(values: np.ndarray, seconds_per_column: float, y: str, title: str
     end = values.shape[1] * seconds_per_column
     image = alt.Chart(pd.DataFrame({"start": [0.0], "end": [end], "top": [float(values.shape[0])],
                                     "bottom": [0.0], "url": [url]})).mark_image(aspect=False).encode(
-        x=alt.X("start:Q", title="time (s)", scale=alt.Scale(domain=[0, end], nice=False)), x2="end:Q",
-        y=alt.Y("top:Q", title=y, scale=alt.Scale(domain=[0, values.shape[0]], nice=False)), y2="bottom:Q",
-        url="url:N")
+        x=alt.X("start:Q", title="time (s)", scale=alt.Scale(domain=[0, end], nice=False)), x2=alt.X2("end"),
+        y=alt.Y("top:Q", title=y, scale=alt.Scale(domain=[0, values.shape[0]], nice=False)), y2=alt.Y2("bottom"),
+        url=alt.Url("url:N"))
     legend = alt.Chart(pd.DataFrame({value: [lo, hi]})).mark_rect(opacity=0).encode(
         color=alt.Color(f"{value}:Q", scale=alt.Scale(domain=[lo, hi], range=list(colours), interpolate="rgb")))
     # The height is the whole chart's, title and axes included (the app fits each chart to it): at two thirds of
@@ -225,7 +235,7 @@ def interventions(df: pd.DataFrame, value: str, title: str = "", domain=None, or
     return alt.Chart(df).mark_rect(stroke="white").encode(
         x=alt.X("layer:O"), y=alt.Y("kind:N", title=None, sort=order),
         color=alt.Color(f"{value}:Q", scale=scale, title=None),
-        tooltip=["condition", alt.Tooltip(f"{value}:Q", format=".3f")],
+        tooltip=_tips("condition", alt.Tooltip(f"{value}:Q", format=".3f")),
     ).add_params(click("condition")).properties(width=WIDTH - 60, height=alt.Step(28), title=title)
 
 
@@ -237,7 +247,7 @@ def audio_changes(df: pd.DataFrame, value: str, title: str = "") -> alt.Chart:
     base = alt.Chart(df).mark_line(point=True).encode(
         x=alt.X("strength:Q", title=None, scale=alt.Scale(zero=False)),
         y=alt.Y(f"{value}:Q", title=None), color=alt.Color("run:N", title=None),
-        tooltip=["run", "condition", alt.Tooltip(f"{value}:Q", format=".3f")],
+        tooltip=_tips("run", "condition", alt.Tooltip(f"{value}:Q", format=".3f")),
     ).properties(width=150, height=HEIGHT * 2 // 3)
     return base.facet(column=alt.Column("label:N", title=None)).resolve_scale(x="independent").properties(
         title=title)
@@ -253,5 +263,5 @@ def trajectories(df: pd.DataFrame, title: str = "") -> alt.Chart:
         y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("emotion:N", scale=_emotion_scale(df["emotion"])),
         strokeDash=alt.StrokeDash("series:N", title=None, scale=alt.Scale(domain=list(dict.fromkeys(df["series"])))),
-        tooltip=["series", "emotion", "boundary", alt.Tooltip("probability:Q", format=".3f")],
+        tooltip=_tips("series", "emotion", "boundary", alt.Tooltip("probability:Q", format=".3f")),
     ).properties(width=WIDTH, height=HEIGHT, title=title)
