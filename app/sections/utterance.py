@@ -66,7 +66,7 @@ st.audio(data.audio_wav(path, row), format="audio/wav")
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
-def mel_view(path: str, row: int, n: int) -> tuple[widgets.Figure, str]:
+def mel_view(path: str, row: int, n: int) -> tuple[widgets.Figure, pd.DataFrame]:
     """The utterance's log-mel (every run's input alike), drawn once above the runs' columns.
 
     Two mel frames per encoder frame are averaged, so it shares the layers x time views' time axis.
@@ -76,7 +76,7 @@ def mel_view(path: str, row: int, n: int) -> tuple[widgets.Figure, str]:
     mframe = pd.DataFrame({"time (s)": np.repeat(np.round(np.arange(n) * 0.02, 2)[None], len(mel), 0).ravel(),
                            "mel": np.repeat(np.arange(len(mel)), n), "log-mel": mel.ravel()})
     chart = charts.time_image(mel, 0.02, "mel", "Log-mel spectrogram (the model's input)", value="log-mel")
-    return widgets.figure(chart), mframe.to_csv(index=False)
+    return widgets.figure(chart), mframe  # its CSV is written when the export is asked for
 
 
 widgets.chart(*mel_view(path, row, int(info["n_frames"])), f"{utt}-logmel", "utt-mel")
@@ -108,8 +108,8 @@ def lens_view(path: str, run_name: str, row: int, n: int, target: str | None) ->
         "emotions": emotions, "target": target, "top": top, "kl": lens.kl_to_final(pooled[None])[0],
         "depth": int(lens.resolution_depth(pooled[None])[0]),
         "trajectory": (charts.trajectory(frame, "Class probabilities across layers").to_dict(validate=False),
-                       frame.to_csv(index=False)),
-        "frames": (widgets.figure(heat_chart), hframe.to_csv(index=False)),
+                       frame),
+        "frames": (widgets.figure(heat_chart), hframe),  # the CSVs are written when an export is asked for
     }
 
 
