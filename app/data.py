@@ -119,9 +119,13 @@ def contributions(path: str, run: str, rows: tuple[int, ...]):
     return views.contributions_of(reader(path), run, list(rows))
 
 
-@st.cache_data(show_spinner=False)
+@st.cache_resource(show_spinner=False, max_entries=16)
 def spectra(path: str, run: str, fold: int | None):
-    """SVD spectra, trained and random twin, per LoRA quantity (``Spectrum.at`` sets the threshold)."""
+    """SVD spectra, trained and random twin, per LoRA quantity (``Spectrum.at`` sets the threshold).
+
+    Shared, not copied (read only: ``Spectrum`` is frozen): at large-v2's size they are 24 MB, which a data cache
+    pickled on the first draw and unpickled on every threshold move (50 ms each way).
+    """
     return views.spectra_of(reader(path), run, fold=fold)
 
 

@@ -445,3 +445,19 @@ def test_the_causal_utterance_picker_lists_a_bounded_number_flipped_first(causal
     first = min(4, len(flipped))
     assert len(options) == 4 and options[:first] == flipped["id"].tolist()[:first]  # the flipped ones first
     assert any("Listing 4 of the" in c.value for c in at.caption)
+
+
+def test_the_spectra_are_shared_not_copied(tiny_store):
+    """At large-v2's size a run's spectra are 24 MB: a data cache pickled them on the first draw and unpickled them
+    on every threshold move (50 ms each way). They are read only, and shared."""
+    def page(path: str) -> None:
+        import streamlit as st
+
+        from app import data
+
+        run = next(r.name for r in data.runs(path) if r.method == "lora")
+        st.text(str(data.spectra(path, run, None) is data.spectra(path, run, None)))
+
+    at = AppTest.from_function(page, args=(tiny_store,)).run()
+    _ok(at)
+    assert at.text[0].value == "True"
