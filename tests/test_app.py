@@ -418,8 +418,18 @@ def test_the_pages_load_without_the_heavy_libraries():
     assert out.stdout.strip() == "[]", out.stdout
 
 
-def test_a_long_table_scrolls_in_the_grid_and_a_short_one_is_static():
+def _keep_main(monkeypatch) -> None:
+    """Put ``__main__`` back after the test: an ``AppTest.from_function`` script stays ``__main__`` after it ran, and a
+    process pool started later (tests/test_cluster.py) runs it in each child, where its arguments are missing."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
+
+
+def test_a_long_table_scrolls_in_the_grid_and_a_short_one_is_static(monkeypatch):
     """A condition that flips most of 5,500 utterances listed them all in a static table: 5,500 rows in the page."""
+    _keep_main(monkeypatch)
+
     def page(rows: int) -> None:
         import pandas as pd
 
@@ -447,9 +457,11 @@ def test_the_causal_utterance_picker_lists_a_bounded_number_flipped_first(causal
     assert any("Listing 4 of the" in c.value for c in at.caption)
 
 
-def test_the_spectra_are_shared_not_copied(tiny_store):
+def test_the_spectra_are_shared_not_copied(tiny_store, monkeypatch):
     """At large-v2's size a run's spectra are 24 MB: a data cache pickled them on the first draw and unpickled them
     on every threshold move (50 ms each way). They are read only, and shared."""
+    _keep_main(monkeypatch)
+
     def page(path: str) -> None:
         import streamlit as st
 
