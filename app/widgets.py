@@ -161,13 +161,13 @@ def _ipc(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def chart(figure_: alt.Chart | dict | Figure, data_: pd.DataFrame | str, name: str, key: str,
+def chart(figure_: alt.Chart | dict | Figure, data_: pd.DataFrame, name: str, key: str,
           select: bool = False) -> Any:
     """Draw a chart with CSV, SVG and PNG exports of it: every chart of the app is drawn here.
 
     Args:
         figure_: an Altair chart, its Vega-Lite dict, or a (cached) ``Figure``.
-        data_: the chart's data, as a frame or as its CSV text.
+        data_: the chart's data (its CSV export, written when asked for).
         name: the export's file name, without extension.
         key: a widget key prefix unique on the page; the exports are keyed ``KEY-csv``, ``KEY-svg``, ``KEY-png``.
         select: rerun on a click on the chart's selection parameters (``charts.click()``), the chart keyed ``KEY``.
@@ -219,7 +219,7 @@ def shaded_table(matrix: pd.DataFrame, figure_: alt.Chart, data_: pd.DataFrame, 
     exports(figure(figure_), data_, name, key)
 
 
-def exports(prepared: Figure, data_: pd.DataFrame | str, name: str, key: str) -> None:
+def exports(prepared: Figure, data_: pd.DataFrame, name: str, key: str) -> None:
     """CSV, SVG and PNG download buttons for a chart, made only when clicked.
 
     In a popover, not an expander: the browser mounts a popover's buttons when it opens, an expander's with the
@@ -230,7 +230,7 @@ def exports(prepared: Figure, data_: pd.DataFrame | str, name: str, key: str) ->
         # Deferred: each file is made when its button is clicked, not on every rerun (and not re-sent to the
         # browser with every redraw of the page).
         cols = st.columns(3)
-        cols[0].download_button("CSV", lambda: data_ if isinstance(data_, str) else data_.to_csv(index=False),
+        cols[0].download_button("CSV", lambda: data_.to_csv(index=False),
                                 f"{safe}.csv", "text/csv", key=f"{key}-csv", on_click="ignore")
         cols[1].download_button("SVG", lambda: _render(prepared.export_spec(), "svg"), f"{safe}.svg",
                                 "image/svg+xml", key=f"{key}-svg", on_click="ignore")

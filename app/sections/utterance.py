@@ -129,8 +129,8 @@ def column(run_name: str, title: str, key: str, lens_class: str | None) -> str |
               help="KL(p_L ‖ p_l): the final prediction's distribution against this layer's, as in the paper")
     m2.metric("Top-1 here", emotions[top[layer]], "= final" if top[layer] == top[-1] else "≠ final")
     m3.metric("Resolution depth", v["depth"])
-    spec, csv = v["trajectory"]
-    widgets.chart(charts.mark_boundary(spec, layer), csv, f"{run_name}-{utt}-trajectory", f"{key}-traj")
+    spec, frame = v["trajectory"]
+    widgets.chart(charts.mark_boundary(spec, layer), frame, f"{run_name}-{utt}-trajectory", f"{key}-traj")
     shown = st.selectbox("Class for the layers x time view", emotions, index=emotions.index(v["target"]),
                          key=f"{key}-class")
     widgets.chart(*v["frames"], f"{run_name}-{utt}-frames", f"{key}-frames")
