@@ -7,8 +7,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, confusion_matrix
-from sklearn.model_selection import StratifiedGroupKFold
 
 from precompute.config import completed_folds
 from precompute.data import Corpus
@@ -68,6 +66,8 @@ def make_folds(corpus: Corpus, scheme: str, *, inner_validation: bool, seed: int
     if scheme == "loso":
         test_groups = [[s] for s in speakers]
     else:
+        from sklearn.model_selection import StratifiedGroupKFold  # a second of imports: only for K folds
+
         k = int(scheme)
         if k > len(speakers):
             raise ValueError(f"--folds {k}: the data has only {len(speakers)} speakers; use at most that or loso")
@@ -98,6 +98,8 @@ def scores(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> dict:
         predictions: predicted class indices, shape ``(n,)``.
         n_classes: size of the class set (rows and columns of the confusion matrix).
     """
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix  # imported here: see make_folds
+
     return {
         "uar": float(balanced_accuracy_score(labels, predictions)),
         "war": float(np.mean(labels == predictions)),
