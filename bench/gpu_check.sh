@@ -9,10 +9,10 @@
 #   2. training wall time: EmoDB 4-class LOSO, MODEL, LoRA r=32 on v_proj, 10 epochs, trim, the whole
 #      loralens train command (start-up, audio, model loading included), JOBS folds at once, against two folds one
 #      after the other; plus the frozen baseline it is traced with;
-#   3. tracing 100 utterances (LoRA trained + random twin + frozen): loralens trace on DEVICE (capture and store writes,
-#      --no-summary), then loralens summarise timed on its own, then the same trace on this machine's CPU in fp32
-#      (CPU_TRACE=0 skips it), the device trace again with --writers 0 (a writer thread instead of the default
-#      writer processes), and the stores' agreement with training's predictions;
+#   3. tracing 100 utterances (LoRA trained + random twin + frozen): one loralens trace of both runs on DEVICE
+#      (capture and store writes, --no-summary), then loralens summarise timed on its own, then the same trace on
+#      this machine's CPU in fp32 (CPU_TRACE=0 skips it), the device trace again with --writers 0 (a writer thread
+#      instead of the default writer processes), and the stores' agreement with training's predictions;
 #   4. capture overhead: one batch of 8 clips captured (every residual, LoRA A/B output and gradient, to NumPy)
 #      against a bare forward + backward of the same loss on the same model, medians of 5;
 #   5. a training step: 20 steps queued back to back (as an epoch runs them), the same reading each loss, the same
@@ -160,14 +160,13 @@ PY
 
 # 3. Tracing 100 utterances: LoRA (trained + random twin) and frozen. Capture and store writes are timed without the
 #    summary (--no-summary), which is host work (maps, spectra) the same on any device: it is timed on its own after.
-trace() {  # trace DEVICE STORE [flags]: both runs into STORE; prints the seconds, or fails
-  local dev=$1 store=$2 t
+trace() {  # trace DEVICE STORE [flags]: both runs into STORE, one command; prints the seconds, or fails
+  local dev=$1 store=$2 t runs=(--run "$out/lora")
   shift 2
+  [ "$frozen" = 0 ] || runs+=(--run "$out/frozen")
   t=$(now)
-  { loralens trace --run "$out/lora" --store "$store" --per-class "$per_class" --device "$dev" --no-summary "$@" &&
-    { [ "$frozen" = 0 ] ||
-      loralens trace --run "$out/frozen" --store "$store" --per-class "$per_class" --device "$dev" --no-summary "$@"; }
-  } 2> >(tee "$store.log" >&2) && since "$t"
+  loralens trace "${runs[@]}" --store "$store" --per-class "$per_class" --device "$dev" --no-summary "$@" \
+    2> >(tee "$store.log" >&2) && since "$t"
 }
 captured() {  # captured STORE: the capture loops' own seconds (start-up and commit left out), from the trace's log
   grep -o 'captured and wrote [0-9]* utterance-checkpoints in [0-9.]* s' "$1.log" |

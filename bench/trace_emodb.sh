@@ -6,11 +6,9 @@ set -euo pipefail
 runs=${1:-runs/emodb/seed-0}
 store=${2:-runs/emodb.zarr}
 model=${3:-base}
-for run in "$model-lora-trim" "$model-frozen-trim"; do
-  start=$(date +%s.%N)
-  loralens trace --run "$runs/$run" --store "$store" --per-class 25
-  echo "$run: traced in $(echo "$(date +%s.%N) - $start" | bc) s"
-done
+start=$(date +%s.%N)
+loralens trace --run "$runs/$model-lora-trim" --run "$runs/$model-frozen-trim" --store "$store" --per-class 25
+echo "$model-lora-trim and $model-frozen-trim: traced and summarised in $(echo "$(date +%s.%N) - $start" | bc) s"
 loralens validate "$store"
 python - "$store" <<'PY'
 import sys

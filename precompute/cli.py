@@ -198,10 +198,14 @@ def _add_trace(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("trace", help="capture a run's traces into a Zarr store",
                        description="Trace each utterance with the fold model that held it out; re-run to resume.")
-    p.add_argument("--run", required=True, type=Path, help="a run directory written by loralens train")
+    p.add_argument("--run", required=True, type=Path, action="append",
+                   help="a run directory written by loralens train; repeat it to trace several runs into the store "
+                        "one after the other in this process (start-up paid once, the summaries computed once at "
+                        "the end)")
     p.add_argument("--data", default=None, help="the --data SPEC (default: the run's own)")
     p.add_argument("--store", required=True, help="a directory or fsspec URL (memory://, s3://, file://)")
-    p.add_argument("--name", default=None, help="the run's name in the store (default: the run directory's name)")
+    p.add_argument("--name", default=None,
+                   help="the run's name in the store (default: the run directory's name; only with one --run)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--per-class", type=int, default=25, help="class-balanced: N per emotion (default 25)")
     which.add_argument("--all", action="store_true", help="every utterance of the completed folds")
@@ -263,6 +267,7 @@ def _storage(args: argparse.Namespace) -> dict | None:
 
 
 def _run_trace(args: argparse.Namespace) -> int:
+    from app.summary import summarise
     from precompute.capture import CaptureOptions
     from precompute.config import read_config
     from precompute.trace import Selection, Tracer
@@ -275,38 +280,61 @@ def _run_trace(args: argparse.Namespace) -> int:
                          "--prepare-only and --commit-only (or use those without --ray and --shards)")
     if args.shards is not None and args.shards < 1:
         raise ValueError(f"--shards {args.shards}: expected a positive number")
+    if args.name is not None and len(args.run) > 1:
+        raise ValueError(f"--name names one run, and {len(args.run)} --run were given; trace the runs one command "
+                         "each to name them, or leave out --name (each is named after its directory)")
+    shard = _shard(args.shard) if args.shard else None
+    maps = None if args.no_summary or args.prepare_only or shard else _maps(args.maps)  # a bad --maps fails now
     selection = Selection(per_class=args.per_class, all=args.all, utterances=args.utterances)
-    tracer = Tracer(args.run, args.data or read_config(args.run).data, args.store, name=args.name,
-                    selection=selection, options=CaptureOptions(per_frame_b=not args.no_per_frame_b,
-                                                           per_frame_sample=args.per_frame_sample),
-                    batch_size=args.batch_size, device="cpu" if sharded else args.device or "cpu",
-                    precision=args.precision, writers=args.writers, storage_options=_storage(args))
-    if sharded:  # this process prepares and commits (on the CPU: it never touches a GPU); the shards capture
-        return _trace_shards(args, tracer)
-    if args.shard:
-        try:
-            k, n = (int(x) for x in args.shard.split("/"))
-        except ValueError as e:
-            raise ValueError(f"--shard {args.shard!r}: expected K/N with 0 <= K < N, e.g. 0/4") from e
-        if not 0 <= k < n:
-            raise ValueError(f"--shard {args.shard!r}: expected K/N with 0 <= K < N, e.g. 0/4")
-        written = tracer.capture(tracer.rows(), (k, n))
-        log.info("shard %d/%d: wrote %d rows", k, n, written)
-        return 0
-    rows = tracer.prepare() if not args.commit_only else tracer.rows()
-    if args.prepare_only:
-        log.info("prepared %s for run %s: %d utterances", args.store, tracer.name, len(rows))
-        return 0
-    if not args.commit_only:
-        tracer.capture(rows)
-    state = tracer.commit(rows, maps=None if args.no_summary else _maps(args.maps))
-    log.info("%s: run %s, %d utterances, %s", args.store, tracer.name, len(rows),
-             ", ".join(f"{c} {'complete' if ok else 'INCOMPLETE'}" for c, ok in state.items()))
-    return 0 if all(state.values()) else 1
+    status, committed = 0, False
+    for run in args.run:
+        tracer = Tracer(run, args.data or read_config(run).data, args.store, name=args.name, selection=selection,
+                        options=CaptureOptions(per_frame_b=not args.no_per_frame_b,
+                                               per_frame_sample=args.per_frame_sample),
+                        batch_size=args.batch_size, device="cpu" if sharded else args.device or "cpu",
+                        precision=args.precision, writers=args.writers, storage_options=_storage(args))
+        if sharded:  # this process prepares and commits (on the CPU: it never touches a GPU); the shards capture
+            state = _trace_shards(args, tracer)
+        elif shard:
+            written = tracer.capture(tracer.rows(), shard)
+            log.info("%s shard %d/%d: wrote %d rows", tracer.name, *shard, written)
+            continue
+        else:
+            rows = tracer.prepare() if not args.commit_only else tracer.rows()
+            if args.prepare_only:
+                log.info("prepared %s for run %s: %d utterances", args.store, tracer.name, len(rows))
+                continue
+            if not args.commit_only:
+                tracer.capture(rows)
+            state = tracer.commit(rows, maps=None)  # summarised once, after every run
+            log.info("%s: run %s, %d utterances, %s", args.store, tracer.name, len(rows),
+                     ", ".join(f"{c} {'complete' if ok else 'INCOMPLETE'}" for c, ok in state.items()))
+        if state is None or not all(state.values()):
+            status = 1
+        else:
+            committed = True
+    if committed and maps is not None:  # once for all the runs: a run's summary compares it with the others
+        summarise(args.store, None, maps, storage_options=_storage(args))
+    return status
 
 
-def _trace_shards(args: argparse.Namespace, tracer) -> int:
-    """``loralens trace --shards N`` / ``--ray``: prepare, one ``capture_shard`` job per shard, commit."""
+def _shard(text: str) -> tuple[int, int]:
+    """``--shard K/N`` as ``(k, n)``."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError as e:
+        raise ValueError(f"--shard {text!r}: expected K/N with 0 <= K < N, e.g. 0/4") from e
+    if not 0 <= k < n:
+        raise ValueError(f"--shard {text!r}: expected K/N with 0 <= K < N, e.g. 0/4")
+    return k, n
+
+
+def _trace_shards(args: argparse.Namespace, tracer) -> dict[str, bool] | None:
+    """``loralens trace --shards N`` / ``--ray``: prepare, one ``capture_shard`` job per shard, commit.
+
+    Returns:
+        The run's checkpoints' completeness, or None where a shard failed.
+    """
     from dataclasses import replace
 
     from precompute.data import absolute_spec
@@ -319,7 +347,7 @@ def _trace_shards(args: argparse.Namespace, tracer) -> int:
     local = "://" not in args.store  # paths travel absolute: a worker's current directory is not this one's
     listed = tracer.selection.utterances
     selection = replace(tracer.selection, utterances=listed.resolve() if listed else None)
-    jobs = [ShardJob(args.run.resolve(), absolute_spec(tracer.data),
+    jobs = [ShardJob(tracer.run.resolve(), absolute_spec(tracer.data),
                      str(Path(args.store).resolve()) if local else args.store, tracer.name, selection, tracer.options,
                      args.batch_size, args.device or ("auto" if args.ray else "cpu"), (k, n), args.writers,
                      tracer.storage_options) for k in range(n)]
@@ -327,11 +355,11 @@ def _trace_shards(args: argparse.Namespace, tracer) -> int:
     if failed:
         log.error("failed: %s; run the same command again to capture what they left (written rows are kept)",
                   ", ".join(failed))
-        return 1
-    state = tracer.commit(rows, maps=None if args.no_summary else _maps(args.maps))
+        return None
+    state = tracer.commit(rows, maps=None)  # summarised by the caller, after every run
     log.info("%s: run %s, %d utterances in %d shards, %s", args.store, tracer.name, len(rows), n,
              ", ".join(f"{c} {'complete' if ok else 'INCOMPLETE'}" for c, ok in state.items()))
-    return 0 if all(state.values()) else 1
+    return state
 
 
 def _sizes_text(store: str, storage_options: dict | None = None) -> str:
@@ -403,7 +431,8 @@ def _add_intervene(sub: argparse._SubParsersAction) -> None:
                                    "Re-run to resume, or with more --kinds to add them.")
     p.add_argument("--run", required=True, type=Path, help="a run directory traced into --store")
     p.add_argument("--store", required=True, help="a directory or fsspec URL")
-    p.add_argument("--name", default=None, help="the run's name in the store (default: the run directory's name)")
+    p.add_argument("--name", default=None,
+                   help="the run's name in the store (default: the run directory's name; only with one --run)")
     p.add_argument("--kinds", default=None,
                    help=f"comma list of {', '.join((*INTERVENTION_KINDS, *CHANGES))} (default all: a frozen run has "
                         "no LoRA kinds, patch needs --partner)")

@@ -90,6 +90,49 @@ def test_writer_processes_write_the_same_store_as_one_thread(lora_run, tmp_path)
             assert np.array_equal(a, b), f"{checkpoint}/{name}"
 
 
+def test_one_command_traces_several_runs_as_one_command_each_would(tiny_runs, tmp_path, monkeypatch):
+    """--run A --run B: the store that one command per run writes, bit for bit, summarised once after both."""
+    import app.summary
+
+    calls = []
+    summarise = app.summary.summarise
+    monkeypatch.setattr(app.summary, "summarise", lambda *a, **k: calls.append(a) or summarise(*a, **k))
+    runs = [str(tiny_runs["lora"]), str(tiny_runs["frozen"])]
+    both, each = str(tmp_path / "both.zarr"), str(tmp_path / "each.zarr")
+    assert main(["trace", "--run", runs[0], "--run", runs[1], "--store", both, "--per-class", "2",
+                 "--maps", "umap"]) == 0
+    assert len(calls) == 1  # after the last run, not after each
+    for run in runs:
+        assert main(["trace", "--run", run, "--store", each, "--per-class", "2", "--no-summary"]) == 0
+    one, two = StoreReader(both), StoreReader(each)
+    assert one.runs() == two.runs() == {"tiny-lora": ["trained", "random_twin"], "tiny-frozen": ["trained"]}
+    assert list(one.utterances()["id"]) == list(two.utterances()["id"])
+    for run, checkpoints in one.runs().items():
+        assert one.summary(run) is not None
+        for checkpoint in checkpoints:
+            for name in sorted(one.group(run, checkpoint).array_keys()):
+                a, b = (r.root[f"runs/{run}/{checkpoint}/{name}"][...] for r in (one, two))
+                assert np.array_equal(a, b), f"{run}/{checkpoint}/{name}"
+
+
+def test_name_with_several_runs_and_a_bad_maps_list_are_refused_before_any_capture(tiny_runs, tmp_path, caplog):
+    runs = ["--run", str(tiny_runs["lora"]), "--run", str(tiny_runs["frozen"])]
+    store = tmp_path / "s.zarr"
+    assert main(["trace", *runs, "--store", str(store), "--name", "x"]) == 2
+    assert "--name names one run" in caplog.text
+    assert main(["trace", *runs[:2], "--store", str(store), "--per-class", "1", "--maps", "pca"]) == 2
+    assert "--maps 'pca'" in caplog.text
+    assert not store.exists()  # refused before the store was opened, not after the capture
+
+
+def test_tracing_and_training_start_without_scikit_learn():
+    """A second of every trace's start-up and every training worker's (scikit-learn scores folds at their end)."""
+    code = ("import sys, precompute.cli, precompute.trace, precompute.train, precompute.grid, precompute.capture; "
+            "print('sklearn' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+
+
 def test_writer_processes_are_refused_for_an_in_memory_store(lora_run):
     from precompute.config import read_config
     from precompute.trace import Selection, Tracer
