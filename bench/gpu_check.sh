@@ -122,7 +122,8 @@ common=(--model "$model" --data "$data" --folds loso --rank 32 --alpha 64 --targ
         --batch-size 8 --device "$device")
 jobs=${JOBS:-10}
 t=$(now)
-loralens train "${common[@]}" --method lora --epochs "$epochs" --out "$out/lora" --jobs "$jobs" || fail "train LoRA"
+loralens train "${common[@]}" --method lora --epochs "$epochs" --out "$out/lora" --jobs "$jobs" \
+  2> >(tee "$out/lora.log" >&2) || fail "train LoRA"
 parallel=$(since "$t")
 figure "train LoRA r=32, LOSO, $epochs epochs, trim, $model on $device, --jobs $jobs: $parallel s (goal <= 30 s)"
 if [ "${SEQUENTIAL:-1}" != 0 ]; then
@@ -150,13 +151,26 @@ if [ "$frozen" = 1 ]; then
   loralens train "${common[@]}" --method frozen --out "$out/frozen" --jobs "$jobs" || fail "train frozen"
   figure "train frozen, LOSO, default epochs, trim, $model on $device, --jobs $jobs: $(since "$t") s"
 fi
-python - "$out/lora" $([ "$frozen" = 1 ] && echo "$out/frozen") <<'PY' | tee -a "$figures" || fail "the runs' metrics"
+python - "$out/lora" "$out/lora-sequential" $([ "$frozen" = 1 ] && echo "$out/frozen") <<'PY' | tee -a "$figures" ||
 import json
+import re
+import statistics
 import sys
-for run in sys.argv[1:]:
-    m = json.loads(open(f"{run}/metrics.json").read())
+from pathlib import Path
+for run in map(Path, sys.argv[1:]):
+    if not (run / "metrics.json").is_file():
+        continue
+    m = json.loads((run / "metrics.json").read_text())
     print(f"== {run}: UAR {m['uar']['mean']:.3f} ± {m['uar']['std']:.3f} over {m['n_done']} folds")
+    # Where a fold's start-up went (train.Trainer.train_fold's setup_seconds; prepare: a trainer's first fold)
+    setups = [json.loads(f.read_text()).get("setup_seconds", {}) for f in sorted(run.glob("fold_*/metrics.json"))]
+    parts = {k: [s[k] for s in setups if s.get(k) is not None] for k in ("prepare", "model", "first_step")}
+    imports = re.findall(r"start-up of a fold.*?imports ([0-9.]+) s", (run.parent / f"{run.name}.log").read_text()
+                         if (run.parent / f"{run.name}.log").is_file() else "")
+    print(f"==   start-up of a fold (median): {f'imports {imports[-1]} s, ' if imports else ''}"
+          + ", ".join(f"{k.replace('_', ' ')} {statistics.median(v):.1f} s" for k, v in parts.items() if v))
 PY
+  fail "the runs' metrics"
 
 # 3. Tracing 100 utterances: LoRA (trained + random twin) and frozen. Capture and store writes are timed without the
 #    summary (--no-summary), which is host work (maps, spectra) the same on any device: it is timed on its own after.

@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import socket
+import statistics
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -291,14 +293,19 @@ def train_fold(job: FoldJob) -> dict:
     A fold already complete is left as it is; one cut short resumes after its last finished epoch.
 
     Returns:
-        The fold's ``uar``, ``war`` and ``seconds``, and the ``host`` and ``pid`` that trained it.
+        The fold's ``uar``, ``war`` and ``seconds``, the ``host`` and ``pid`` that trained it, and its
+        ``setup_seconds``: the fold's own (``Trainer.train_fold``) and ``imports``, the seconds this job took to
+        import the trainer (torch, transformers, peft: the first job of a worker process only).
     """
+    started = time.time()
     from precompute.train import train
 
+    imports = round(time.time() - started, 3)
     train(job.config, job.run, only=[job.fold])
     metrics = json.loads((job.run / f"fold_{job.fold:02d}" / "metrics.json").read_text())
     return {"fold": str(job), "uar": metrics["uar"], "war": metrics["war"], "seconds": metrics["seconds"],
-            "host": socket.gethostname(), "pid": os.getpid()}
+            "host": socket.gethostname(), "pid": os.getpid(),
+            "setup_seconds": {"imports": imports, **metrics.get("setup_seconds", {})}}
 
 
 def run_grid(spec: GridSpec, out: Path, executor: Executor, spec_path: Path | None = None,
@@ -337,4 +344,16 @@ def run_jobs(jobs: list[FoldJob], done: list[str], executor: Executor, out: Path
     for run in sorted({job.run for job in jobs}):
         if (run / "folds.json").is_file():  # every run's metrics.json holds all its folds, whichever job ended last
             write_run_metrics(run)
+    if setup := setup_medians(result.trained):
+        log.info("%s: start-up of a fold, median over the %d trained: %s", out, len(result.trained), setup)
     return result
+
+
+def setup_medians(trained: list[dict]) -> str:
+    """The median of each part of the trained folds' ``setup_seconds`` (see ``train_fold``), as text ("" if none)."""
+    parts: dict[str, list[float]] = {}
+    for fold in trained:
+        for name, seconds in fold.get("setup_seconds", {}).items():
+            if seconds is not None:
+                parts.setdefault(name, []).append(seconds)
+    return ", ".join(f"{name.replace('_', ' ')} {statistics.median(values):.1f} s" for name, values in parts.items())

@@ -159,10 +159,13 @@ class Trainer:
         self.config = config
         self.run = run
         self.device = resolve_device(config.device)
+        self._prepare_seconds = 0.0
+        """``prepare``'s seconds, reported by the first fold this trainer trains (see ``train_fold``)."""
 
     # -- setup ------------------------------------------------------------------------------------------
     def prepare(self) -> None:
         """Resolve the data and folds, check them against an existing run, and read the audio."""
+        started = time.time()
         config = self.config
         parse_model_spec(config.model)  # a bad --model fails before any data is read
         emotions = tuple(config.emotions) if config.emotions is not None else None
@@ -195,6 +198,7 @@ class Trainer:
         write_atomic(self.run / "folds.json", json.dumps(folds_json, indent=2) + "\n")
         self._pooled: torch.Tensor | None = None
         self._probe = probe if config.method == "frozen" else None
+        self._prepare_seconds = time.time() - started
 
     # -- the two methods --------------------------------------------------------------------------------
     def pooled_encoder_outputs(self) -> torch.Tensor:
@@ -280,6 +284,12 @@ class Trainer:
         generator = seed_everything(seed)
         started = time.time()
         model, optimizer = self.build(seed)
+        # Where a fold's start-up goes (folds at once on one GPU spend much of their time starting): the trainer's
+        # preparation (audio, features, probe model; reported by its first fold), this fold's model on the device,
+        # and its first step (the device's first kernels); in metrics.json as setup_seconds.
+        setup = {"prepare": round(self._prepare_seconds, 3), "model": round(time.time() - started, 3),
+                 "first_step": None}
+        self._prepare_seconds = 0.0
         progress, best = self._resume(fold, model, optimizer, generator)
         train = [self.by_id[i] for i in fold.train]
         scheduler = lr_schedule(config, optimizer, math.ceil(len(train) / config.batch_size), progress.epochs_done)
@@ -289,9 +299,12 @@ class Trainer:
             total, count = 0.0, 0
             for chunk in tqdm(batches(train, config.batch_size, generator), desc=f"epoch {epoch + 1}",
                               unit="batch", leave=False):
+                step_started = time.time()
                 loss = self.step(model, chunk, optimizer, scheduler)
                 total += loss.item() * len(chunk)
                 count += len(chunk)
+                if setup["first_step"] is None:
+                    setup["first_step"] = round(time.time() - step_started, 3)
             progress.losses.append(total / max(count, 1))
             if fold.val:
                 probs = self.predict(model, fold.val)
@@ -320,7 +333,7 @@ class Trainer:
             "epoch": progress.best_epoch if best is not None else config.epochs,
             "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
             "seconds": round(progress.seconds + time.time() - started, 1), "device": str(self.device),
-            "precision": config.precision,
+            "precision": config.precision, "setup_seconds": setup,
         }
         self._save_fold(fold, model, probs, metrics, seed)
         return metrics

@@ -47,7 +47,7 @@ def sequential(spec_file, tmp_path_factory) -> Path:
 
 
 def fold_state(out: Path) -> dict[str, object]:
-    """Every fold's predictions, weights and metrics (less its seconds), and how often it was completed."""
+    """Every fold's predictions, weights and metrics (less its timings), and how often it was completed."""
     state = {}
     for run in sorted(p for p in out.iterdir() if p.is_dir()):
         state.update({f"{run.name}/{k}": v for k, v in run_state(run).items()})
@@ -61,6 +61,7 @@ def run_state(run: Path) -> dict[str, object]:
     for fold in sorted(run.glob("fold_[0-9][0-9]")):
         metrics = json.loads((fold / "metrics.json").read_text())
         metrics.pop("seconds")
+        metrics.pop("setup_seconds")
         files = {str(p.relative_to(fold)): p.read_bytes() for p in sorted(fold.rglob("*"))
                  if p.is_file() and p.name != "metrics.json"}
         state[fold.name] = (metrics, files, log.count(f"{fold.name} (test "))
@@ -141,6 +142,10 @@ def test_train_jobs_trains_what_train_trains(tiny_runs, tmp_path, caplog):
     assert main(argv) == 0
     pids = {m.split("pid ")[1] for m in caplog.messages if ", pid " in m}
     assert len(pids) == 2, pids  # both processes took folds
+    # Where the folds' start-up went: each job prepared its trainer (a worker's later jobs reuse its audio).
+    setups = [json.loads(f.read_text())["setup_seconds"] for f in sorted(out.glob("fold_*/metrics.json"))]
+    assert all(s["prepare"] > 0 and s["model"] > 0 and s["first_step"] > 0 for s in setups)
+    assert any(f"start-up of a fold, median over the {len(setups)} trained: imports" in m for m in caplog.messages)
     sequential = tmp_path / "sequential"
     assert main([*argv[:-4], "--out", str(sequential)]) == 0
     expected = run_state(sequential)

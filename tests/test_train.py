@@ -58,6 +58,10 @@ def test_lora_run_artifacts_and_reload(tmp_path, tiny_model_dir, tone_csv):
     assert metrics["test_speakers"] == ["spk0"] and len(metrics["loss_curve"]) == 1
     assert 0 <= metrics["uar"] <= 1 and np.array(metrics["confusion"]).sum() == 8
     assert (run / "train.log").read_text().count("fold_00 epoch 1") == 1
+    # Its start-up: the trainer's preparation (audio, features) is paid by the first fold it trained.
+    setups = [json.loads((run / f"fold_0{k}" / "metrics.json").read_text())["setup_seconds"] for k in (0, 2)]
+    assert setups[0]["prepare"] > 0 and setups[1]["prepare"] == 0
+    assert all(s["model"] > 0 and s["first_step"] > 0 for s in setups)
     # The saved checkpoint reproduces the saved predictions.
     _, ours, saved = _probabilities(run, 0)
     assert np.allclose(ours, saved, atol=1e-5)
