@@ -154,6 +154,19 @@ def test_umap_places_new_points_near_their_cluster():
         projections.project(x, "umap").place(centres[1])  # a map fitted for its coordinates only
 
 
+def test_a_umap_in_a_new_process_loads_what_an_earlier_one_compiled():
+    """UMAP's numba functions are cached on disk: each summary worker and app process compiled them (11 s)."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, umap.umap_; from app.analysis import projections; "
+            "projections.project(np.random.default_rng(0).standard_normal((40, 8)), 'umap'); "
+            "stats = umap.umap_.smooth_knn_dist.stats; print(sum(stats.cache_hits.values()))")
+    hits = [int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+            for _ in range(2)]
+    assert hits[1] > 0  # the second process (at the latest) loaded it rather than compiling it
+
+
 def test_a_large_map_finds_exact_neighbours_without_pynndescent(monkeypatch):
     """From EXACT_NEIGHBOURS vectors UMAP's own neighbours come from pynndescent, whose compilation cost a
     summary over a minute in each worker; a map that places nothing takes exact ones and never starts it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -34,7 +35,9 @@ class Projection:
         if self.model is None:
             raise ValueError(f"this {NAMES[self.method]} map cannot place new points; fit a UMAP map with "
                              "project(..., placeable=True)")
-        return self.model.transform(self.inputs.transform(np.atleast_2d(vectors)))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=UNCACHEABLE)
+            return self.model.transform(self.inputs.transform(np.atleast_2d(vectors)))
 
 
 INPUT_DIMS = 50
@@ -101,8 +104,7 @@ def project(vectors: np.ndarray, method: Method = "umap", seed: int = 0, n_neigh
                       max_iter=500 if len(x) >= LARGE else 1000).fit_transform(x)
         return Projection("tsne", coords, None, inputs)
     if method == "umap":
-        import umap  # heavy import (numba): only when a UMAP is asked for
-
+        umap = _umap()
         k = min(n_neighbors, len(x) - 1)
         knn: tuple = (None, None, None)
         if not placeable and len(x) >= EXACT_NEIGHBOURS:
@@ -113,11 +115,39 @@ def project(vectors: np.ndarray, method: Method = "umap", seed: int = 0, n_neigh
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*n_jobs value.*")
             warnings.filterwarnings("ignore", message=".*knn_search_index.*")  # placing nothing, as asked
+            warnings.filterwarnings("ignore", message=UNCACHEABLE)
             reducer = umap.UMAP(n_components=2, n_neighbors=k, random_state=seed, precomputed_knn=knn,
                                 n_epochs=200 if len(x) >= LARGE else None)
             coords = reducer.fit_transform(x)
         return Projection("umap", coords, reducer if placeable else None, inputs)
     raise ValueError(f"method={method!r}; expected 'tsne' or 'umap'")
+
+
+UNCACHEABLE = "Cannot cache compiled function"
+"""numba's warning for a function that cannot be cached (two of pynndescent's): it is compiled in each process."""
+
+
+def _umap():
+    """umap-learn (imported when a UMAP is asked for: numba), its compiled functions cached on disk.
+
+    UMAP compiles its numba functions in every process that fits a map (most are not declared for numba's cache):
+    11 s here, in each summary worker and in the app before its first live map, for a map of 111 utterances that
+    then takes 0.1 s; 96 s in the app before it placed an upload on a map of 4,196 (pynndescent's neighbour search).
+    Cached, a process after the first loads them: 0.1 s and 20 s (numba keys each by its source and signature, so
+    a new umap-learn compiles again).
+    """
+    import umap
+    from numba.core.registry import CPUDispatcher
+
+    for name, module in list(sys.modules.items()):
+        if module is not None and name.split(".")[0] in ("umap", "pynndescent"):
+            for value in list(vars(module).values()):
+                if isinstance(value, CPUDispatcher) and value.stats.cache_path is None:  # not cached yet
+                    try:
+                        value.enable_caching()
+                    except RuntimeError:  # nowhere writable to cache it (numba's own error): compiled as before
+                        pass
+    return umap
 
 
 def silhouette(vectors: np.ndarray, labels: np.ndarray) -> float:
