@@ -1,14 +1,17 @@
 """Explorer latency on a store: layer-slider redraw (AppTest, server side), first render, and an upload.
 
     python bench/app_latency.py STORE [--repeats 20] [--upload-run RUN_DIR] [--starts 5]
-                                      [--only slider|first-render|upload]
+                                      [--only slider|first-render|upload|placing]
 
 - slider: the Utterance page's layer slider moved to each boundary in turn, timed per rerun (p50, p95);
 - first render: `loralens app` started fresh and a page opened in headless Chromium (Debian's chromium, through
   Playwright) until it is drawn: the first page (Overview), and the Utterance page; beside them a bare
   Streamlit page (a title, a table, a data grid, a chart), the framework's own floor on this machine;
 - upload: a 5 s clip (real speech, EmoDB clips joined) through Predictor.predict with the run's checkpoint, and
-  through Predictor.intervene under the Upload page's default interventions.
+  through Predictor.intervene under the Upload page's default interventions;
+- placing: what else the first upload of a fresh app waits for, the UMAP map it is placed on (the Upload page's,
+  at the last boundary of the store's first run) fitted and one point placed, in a new process each time (UMAP's
+  compilation is per process, or loaded from numba's cache).
 """
 
 from __future__ import annotations
@@ -94,6 +97,36 @@ def upload(run_dir: Path, emodb: Path) -> tuple[float, float]:
     return predicted, time.perf_counter() - started
 
 
+PLACING = """
+import sys, time
+t0 = time.perf_counter()
+from app import views
+from store.reader import StoreReader
+reader = StoreReader(sys.argv[1])
+run = next(iter(reader.runs()))
+layer = int(reader.attrs(run)["n_layers"])
+started = time.perf_counter()
+projection, rows = views.placing_map(reader, run, "residual", layer)
+x, _ = views.vectors(reader, run, "residual", layer, rows=rows[:1])
+projection.place(x)
+print(time.perf_counter() - started, len(rows), run)
+"""
+
+
+def placing(store: str, starts: int) -> list[float]:
+    """Seconds to fit the Upload page's map and place a point on it, each in a new process."""
+    import subprocess
+
+    times = []
+    for _ in range(starts):
+        out = subprocess.run([sys.executable, "-c", PLACING, store], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parents[1]).stdout.split()
+        times.append(float(out[0]))
+    print(f"the first upload's map in a fresh app ({out[1]} utterances of {out[2]}, fitted and a point placed, "
+          f"a new process each): {', '.join(f'{t:.1f}' for t in times)} s")
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("store")
@@ -101,7 +134,7 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=5, help="server starts timed per page")
     parser.add_argument("--upload-run", type=Path, default=None, help="a LoRA run directory (whisper-base)")
     parser.add_argument("--emodb", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/emodb")
-    parser.add_argument("--only", choices=["slider", "first-render", "upload"], default=None)
+    parser.add_argument("--only", choices=["slider", "first-render", "upload", "placing"], default=None)
     args = parser.parse_args()
 
     if args.only in (None, "slider"):
@@ -111,6 +144,8 @@ def main() -> None:
               f"p95 {p95:.0f} ms over {len(times)} moves (goal p95 <= 150 ms)")
     if args.only in (None, "first-render"):
         first_renders(args.store, args.starts)
+    if args.only in (None, "placing"):
+        placing(args.store, min(args.starts, 3))
     if args.upload_run and args.only in (None, "upload"):
         seconds, intervened = upload(args.upload_run, args.emodb)
         print(f"5 s upload to per-layer predictions: {seconds:.2f} s (goal <= 1.5 s)")
