@@ -153,6 +153,13 @@ def map_of(path: str, run: str, source: str, layer: int, method: str) -> tuple[n
     return views.map_of(reader(path), run, source, layer, method)
 
 
+@st.cache_data(show_spinner=False, max_entries=256)
+def fold_silhouette(path: str, run: str, source: str, layer: int, method: str) -> float:
+    """Silhouette of the fold models on a 2-D map (``map_of``): how far apart each fold's utterances lie on it."""
+    coordinates, rows, _ = map_of(path, run, source, layer, method)
+    return projections.silhouette(coordinates, table(path, run)["fold"].to_numpy()[rows])
+
+
 @st.cache_resource(show_spinner=False, max_entries=8)
 def placing_map(path: str, run: str, source: str, layer: int) -> tuple[projections.Projection, list[int]]:
     """A UMAP map that places new vectors (uploads), and its rows: ``views.placing_map``."""

@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
-COLOURINGS = ("emotion", "speaker", "correct")
+COLOURINGS = ("emotion", "speaker", "correct", "fold")
 PROJECTIONS = ("umap", "tsne")
 SOURCES = ("residual", "lora_a")
 OUTCOMES = ("all", "correct", "wrong")

@@ -371,6 +371,35 @@ def test_a_threshold_move_moves_the_spectra_rule_and_rebuilds_no_chart(app, monk
     assert not built
 
 
+def test_clusters_say_each_utterance_is_traced_by_its_fold_model_and_colour_by_fold(app, tiny_store):
+    """One map of a LoRA run holds every fold model's utterances: the page says so, with the folds' silhouette."""
+    app.query_params["run"] = "tiny-lora"
+    at = app.run()
+    at.switch_page("sections/clusters.py").run()
+    _ok(at)
+    at.radio(key="cl-source").set_value("lora_a").run()
+    at.radio(key="cl-colour").set_value("fold").run()
+    _ok(at)
+    spec = json.loads(at.get("vega_lite_chart")[0].proto.spec)
+    assert spec["encoding"]["color"]["field"] == "fold" if "encoding" in spec else any(
+        layer["encoding"]["color"]["field"] == "fold" for layer in spec["layer"] if "color" in layer["encoding"])
+    reader = StoreReader(tiny_store)
+    layer = at.slider(key="cl-layer").value
+    coordinates, rows, _ = views.map_of(reader, "tiny-lora", "lora_a", layer, "umap")
+    folds = views.utterance_table(reader, "tiny-lora")["fold"].to_numpy()[rows]
+    expected = projections.silhouette(coordinates, folds)
+    said = [c.value for c in at.caption if "fold model that held it out" in c.value]
+    assert len(said) == 1 and f"({len(set(folds))} here)" in said[0] and "own random A" in said[0], said
+    assert f"Fold silhouette on this map {expected:.3f} " in said[0], (said, expected)
+    frozen = AppTest.from_file(MAIN, default_timeout=300)
+    frozen.query_params["run"] = "tiny-frozen"  # a frozen encoder is the same in every fold: nothing to say
+    at = frozen.run()
+    at.switch_page("sections/clusters.py").run()
+    _ok(at)
+    assert at.radio(key="cl-colour").options == ["emotion", "speaker", "correct", "fold"]
+    assert not [c.value for c in at.caption if "fold model" in c.value]
+
+
 def test_clusters_compare_the_runs_that_differ_only_in_rank(rank_store, monkeypatch):
     monkeypatch.setenv("LORALENS_STORE", rank_store)
     app = AppTest.from_file(MAIN, default_timeout=300)

@@ -27,7 +27,7 @@ layer = st.slider(label, 0, n_positions - 1, min(view.layer if view.layer is not
 view.layer = layer
 with st.spinner("Fitting the map (the store has no current summary: loralens summarise computes every map once) ..."):
     coordinates, rows, sil = data.map_of(path, run.name, view.source, layer, view.projection)
-frame = table.iloc[rows][["id", "speaker", "emotion", "prediction", "correct"]].reset_index(drop=True)
+frame = table.iloc[rows][["id", "speaker", "emotion", "prediction", "correct", "fold"]].reset_index(drop=True)
 frame["x"], frame["y"] = coordinates[:, 0], coordinates[:, 1]
 frame["correct"] = frame["correct"].map({True: "correct", False: "wrong"})
 traced = int(table["traced"].sum())
@@ -36,6 +36,15 @@ shown = f"{len(frame)} utterances" if len(frame) == traced else (
     "all)")
 st.caption(f"{shown} · emotion silhouette {data.silhouette(path, run.name, view.source, layer):.3f} "
            f"in the vectors' own space, {sil:.3f} on this map")
+if run.method == "lora" and (n_folds := frame["fold"].nunique()) > 1:
+    # Each fold's adapter is trained from its own initialisation: its A space is its own, so one map of every fold's
+    # utterances can cluster by model rather than by speech.
+    apart = ("LoRA A activations of different folds are in different spaces (each fold's adapter started from its "
+             "own random A)" if view.source == "lora_a" else
+             "the residuals of different folds passed through different adapters")
+    st.caption(f"Each utterance is traced by the fold model that held it out ({n_folds} here): {apart}. Fold "
+               f"silhouette on this map {data.fold_silhouette(path, run.name, view.source, layer, view.projection):.3f}"
+               " (near 0: the folds mix; colour by fold to see them).")
 figure = charts.scatter(frame, view.colour, f"{projections.NAMES[view.projection]} · {label} {layer}", view.utt)
 event = widgets.chart(figure.add_params(charts.click()), frame, f"{run.name}-{view.source}-{view.projection}-{layer}",
                       "cl-map", select=True)
