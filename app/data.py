@@ -148,9 +148,13 @@ def residual_cka(path: str, run_a: str, run_b: str) -> np.ndarray:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def map_of(path: str, run: str, source: str, layer: int, method: str) -> tuple[np.ndarray, list[int], float]:
-    """A 2-D map's coordinates, rows and emotion silhouette (from the run's summary; fitted where it has none)."""
-    return views.map_of(reader(path), run, source, layer, method)
+def map_of(path: str, run: str, source: str, layer: int, method: str,
+           fold: int | None = None) -> tuple[np.ndarray, list[int], float]:
+    """A 2-D map's coordinates, rows and emotion silhouette (``views.map_of``).
+
+    From the run's summary; fitted where it has none, or for one fold model's utterances.
+    """
+    return views.map_of(reader(path), run, source, layer, method, fold)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -167,9 +171,9 @@ def placing_map(path: str, run: str, source: str, layer: int) -> tuple[projectio
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def silhouette(path: str, run: str, source: str, layer: int) -> float:
+def silhouette(path: str, run: str, source: str, layer: int, fold: int | None = None) -> float:
     """Emotion silhouette of the vectors themselves (a 2-D map's value moves with its seed and settings)."""
-    return views.silhouette_of(reader(path), run, source, layer)
+    return views.silhouette_of(reader(path), run, source, layer, fold)
 
 
 @st.cache_resource(show_spinner="Loading the checkpoint ...", max_entries=4)

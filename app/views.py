@@ -385,32 +385,41 @@ def placing_map(reader: StoreReader, run: str, source: str, layer: int) -> tuple
     return projections.project(x, "umap", placeable=True), rows
 
 
-def map_of(reader: StoreReader, run: str, source: str, layer: int, method: projections.Method
-           ) -> tuple[np.ndarray, list[int], float]:
+def map_of(reader: StoreReader, run: str, source: str, layer: int, method: projections.Method,
+           fold: int | None = None) -> tuple[np.ndarray, list[int], float]:
     """A 2-D map of ``vectors(reader, run, source, layer)``: coordinates, rows, and emotion silhouette on it.
 
     ``(n_rows, 2)`` coordinates of the rows the method maps (``projections.map_rows``). From the run's summary
-    where current, else fitted now (seconds to a minute for thousands of utterances).
+    where current, else fitted now (seconds to a minute for thousands of utterances). ``fold``: only the utterances
+    that fold's model traced, in a map of their own (fitted now: a tenth of a run's utterances).
     """
-    s = reader.summary(run)
+    s = reader.summary(run) if fold is None else None
     if s is not None and f"maps/{source}/{method}" in s:
         rows = s["rows"] if f"map_rows/{method}" not in s else s["rows"][s[f"map_rows/{method}"]]
         return (s[f"maps/{source}/{method}"][layer], rows.tolist(),
                 float(s[f"map_silhouette/{source}/{method}"][layer]))
-    x, rows = vectors(reader, run, source, layer)
+    x, rows = vectors(reader, run, source, layer, rows=_fold_rows(reader, run, fold))
     keep = projections.map_rows(len(rows), method)
     x, rows = x[keep], [rows[i] for i in keep]
     coordinates = projections.project(x, method).coordinates
     return coordinates, rows, projections.silhouette(coordinates, reader.utterances()["emotion"][rows])
 
 
-def silhouette_of(reader: StoreReader, run: str, source: str, layer: int) -> float:
-    """Emotion silhouette of ``vectors(reader, run, source, layer)`` in their own space (summary where current)."""
-    s = reader.summary(run)
+def silhouette_of(reader: StoreReader, run: str, source: str, layer: int, fold: int | None = None) -> float:
+    """Emotion silhouette of ``vectors(reader, run, source, layer)`` in their own space (summary where current).
+
+    ``fold``: of the utterances that fold's model traced only.
+    """
+    s = reader.summary(run) if fold is None else None
     if s is not None and f"silhouette/{source}" in s:
         return float(s[f"silhouette/{source}"][layer])
-    x, rows = vectors(reader, run, source, layer)
+    x, rows = vectors(reader, run, source, layer, rows=_fold_rows(reader, run, fold))
     return projections.silhouette(x, reader.utterances()["emotion"][rows])
+
+
+def _fold_rows(reader: StoreReader, run: str, fold: int | None) -> list[int] | None:
+    """The rows ``fold``'s model traced (None: every row the run traced, as ``vectors`` takes None)."""
+    return None if fold is None else fold_groups(reader, run, fold=fold)[fold]
 
 
 def silhouettes(reader: StoreReader, run: str, rows: list[int] | None = None) -> np.ndarray:

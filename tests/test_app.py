@@ -391,6 +391,16 @@ def test_clusters_say_each_utterance_is_traced_by_its_fold_model_and_colour_by_f
     said = [c.value for c in at.caption if "fold model that held it out" in c.value]
     assert len(said) == 1 and f"({len(set(folds))} here)" in said[0] and "own random A" in said[0], said
     assert f"Fold silhouette on this map {expected:.3f} " in said[0], (said, expected)
+    # One fold model alone: a map of only its utterances, and the silhouettes of those.
+    fold = sorted(set(folds))[1]
+    at.selectbox(key="cl-fold").set_value(fold).run()
+    _ok(at)
+    mine = views.fold_groups(reader, "tiny-lora", fold=fold)[fold]
+    assert f"{len(mine)} utterances of fold {fold}'s model · " in at.caption[0].value
+    x, _ = views.vectors(reader, "tiny-lora", "lora_a", layer, rows=mine)
+    emotion = projections.silhouette(x, reader.utterances()["emotion"][mine])
+    assert f"emotion silhouette {emotion:.3f} in the vectors' own space" in at.caption[0].value
+    assert not [c.value for c in at.caption if "fold model that held it out" in c.value]
     frozen = AppTest.from_file(MAIN, default_timeout=300)
     frozen.query_params["run"] = "tiny-frozen"  # a frozen encoder is the same in every fold: nothing to say
     at = frozen.run()

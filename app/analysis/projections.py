@@ -40,6 +40,8 @@ class Projection:
             return self.model.transform(self.inputs.transform(np.atleast_2d(vectors)))
 
 
+MIN_POINTS = 5
+"""The fewest utterances a 2-D map is fitted on."""
 INPUT_DIMS = 50
 """Wider vectors are reduced to this many principal components before a map is fitted (after standardising), as
 is usual for t-SNE and UMAP: neighbours in 1280 dimensions cost 25x more to find and carry mostly noise."""
@@ -86,8 +88,8 @@ def project(vectors: np.ndarray, method: Method = "umap", seed: int = 0, n_neigh
     ``placeable``: keep what placing new points needs (UMAP only; ``Projection.place``). From ``EXACT_NEIGHBOURS``
     vectors that costs pynndescent's compilation: ask for it only where a new point is placed.
     """
-    if len(vectors) < 5:
-        raise ValueError(f"a 2-D map needs at least 5 utterances, got {len(vectors)}")
+    if len(vectors) < MIN_POINTS:
+        raise ValueError(f"a 2-D map needs at least {MIN_POINTS} utterances, got {len(vectors)}")
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
     from sklearn.pipeline import make_pipeline

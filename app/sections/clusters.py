@@ -11,7 +11,7 @@ widgets.present(view)
 path = data.store_path()
 run = widgets.pick_run(view)
 table = data.table(path, run.name)
-c1, c2, c3 = st.columns(3)
+c1, c2, c3, c4 = st.columns([2, 3, 4, 3])
 view.projection = c1.radio("Map", state.PROJECTIONS, index=state.PROJECTIONS.index(view.projection),
                            format_func=projections.NAMES.get, horizontal=True, key="cl-projection")
 sources = state.SOURCES if run.method == "lora" else ("residual",)
@@ -20,21 +20,32 @@ view.source = c2.radio("Vectors", sources, index=sources.index(view.source) if v
                        horizontal=True, key="cl-source")
 view.colour = c3.radio("Colour by", state.COLOURINGS, index=state.COLOURINGS.index(view.colour), horizontal=True,
                        key="cl-colour")
+fold = None
+if run.method == "lora":  # a frozen encoder is the same model in every fold
+    sizes = {f: n for f, n in data.fold_sizes(path, run.name).items() if n >= projections.MIN_POINTS}
+    folds = [None, *sizes]
+    fold = c4.selectbox("Fold model", folds, index=widgets.index(folds, view.fold), key="cl-fold",
+                        format_func=lambda f: "every fold, one map" if f is None else f"fold {f} ({sizes[f]})",
+                        help="Each utterance is traced by the fold model that held it out. One fold: a map of only "
+                             "the utterances its model traced, in that model's space (fitted now).")
+    view.fold = fold
 n_positions = run.n_layers + 1 if view.source == "residual" else run.n_layers * len(run.targets)
 label = "Layer boundary" if view.source == "residual" else "LoRA module"
 layer = st.slider(label, 0, n_positions - 1, min(view.layer if view.layer is not None else n_positions - 1,
                                                  n_positions - 1), key="cl-layer")
 view.layer = layer
-with st.spinner("Fitting the map (the store has no current summary: loralens summarise computes every map once) ..."):
-    coordinates, rows, sil = data.map_of(path, run.name, view.source, layer, view.projection)
+with st.spinner("Fitting the map (the store has no current summary: loralens summarise computes every map once) ..."
+                if fold is None else f"Fitting the map of fold {fold}'s utterances ..."):
+    coordinates, rows, sil = data.map_of(path, run.name, view.source, layer, view.projection, fold)
 frame = table.iloc[rows][["id", "speaker", "emotion", "prediction", "correct", "fold"]].reset_index(drop=True)
 frame["x"], frame["y"] = coordinates[:, 0], coordinates[:, 1]
 frame["correct"] = frame["correct"].map({True: "correct", False: "wrong"})
-traced = int(table["traced"].sum())
-shown = f"{len(frame)} utterances" if len(frame) == traced else (
-    f"a fixed sample of {len(frame):,} of the {traced:,} utterances (t-SNE's cost grows with their number; UMAP maps "
-    "all)")
-st.caption(f"{shown} · emotion silhouette {data.silhouette(path, run.name, view.source, layer):.3f} "
+pool = int(table["traced"].sum()) if fold is None else sizes[fold]
+of = "" if fold is None else f" of fold {fold}'s model"
+shown = f"{len(frame)} utterances{of}" if len(frame) == pool else (
+    f"a fixed sample of {len(frame):,} of the {pool:,} utterances{of} (t-SNE's cost grows with their number; UMAP "
+    "maps all)")
+st.caption(f"{shown} · emotion silhouette {data.silhouette(path, run.name, view.source, layer, fold):.3f} "
            f"in the vectors' own space, {sil:.3f} on this map")
 if run.method == "lora" and (n_folds := frame["fold"].nunique()) > 1:
     # Each fold's adapter is trained from its own initialisation: its A space is its own, so one map of every fold's
@@ -44,7 +55,7 @@ if run.method == "lora" and (n_folds := frame["fold"].nunique()) > 1:
              "the residuals of different folds passed through different adapters")
     st.caption(f"Each utterance is traced by the fold model that held it out ({n_folds} here): {apart}. Fold "
                f"silhouette on this map {data.fold_silhouette(path, run.name, view.source, layer, view.projection):.3f}"
-               " (near 0: the folds mix; colour by fold to see them).")
+               " (near 0: the folds mix; colour by fold to see them, or map one fold model alone).")
 figure = charts.scatter(frame, view.colour, f"{projections.NAMES[view.projection]} · {label} {layer}", view.utt)
 event = widgets.chart(figure.add_params(charts.click()), frame, f"{run.name}-{view.source}-{view.projection}-{layer}",
                       "cl-map", select=True)
