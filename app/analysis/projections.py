@@ -152,14 +152,17 @@ def _umap():
     return umap
 
 
-def silhouette(vectors: np.ndarray, labels: np.ndarray) -> float:
-    """Silhouette of ``labels`` in the (standardised) vector space; NaN with fewer than two labels."""
+def silhouette(vectors: np.ndarray, labels: np.ndarray, sample: int = SILHOUETTE_SAMPLE) -> float:
+    """Silhouette of ``labels`` in the (standardised) vector space; NaN with fewer than two labels.
+
+    More than ``sample`` vectors: estimated on that many, drawn with a fixed seed.
+    """
     if len(set(labels.tolist())) < 2 or len(vectors) <= len(set(labels.tolist())):
         return float("nan")
     from sklearn.metrics import silhouette_score
     from sklearn.preprocessing import StandardScaler
 
-    sample = SILHOUETTE_SAMPLE if len(vectors) > SILHOUETTE_SAMPLE else None
+    sample = sample if len(vectors) > sample else None
     return float(silhouette_score(StandardScaler().fit_transform(vectors), labels, sample_size=sample,
                                   random_state=0))
 

@@ -53,9 +53,12 @@ if run.method == "lora" and (n_folds := frame["fold"].nunique()) > 1:
     apart = ("LoRA A activations of different folds are in different spaces (each fold's adapter started from its "
              "own random A)" if view.source == "lora_a" else
              "the residuals of different folds passed through different adapters")
+    folds_apart = data.fold_silhouette(path, run.name, view.source, layer, view.projection)
+    estimated = (f" (estimated on {data.FOLD_SILHOUETTE_SAMPLE:,} of them)" if len(frame) > data.FOLD_SILHOUETTE_SAMPLE
+                 else "")
     st.caption(f"Each utterance is traced by the fold model that held it out ({n_folds} here): {apart}. Fold "
-               f"silhouette on this map {data.fold_silhouette(path, run.name, view.source, layer, view.projection):.3f}"
-               " (near 0: the folds mix; colour by fold to see them, or map one fold model alone).")
+               f"silhouette on this map {folds_apart:.2f}{estimated}: near 0, the folds mix; colour by fold to see "
+               "them, or map one fold model alone.")
 figure = charts.scatter(frame, view.colour, f"{projections.NAMES[view.projection]} · {label} {layer}", view.utt)
 event = widgets.chart(figure.add_params(charts.click()), frame, f"{run.name}-{view.source}-{view.projection}-{layer}",
                       "cl-map", select=True)
