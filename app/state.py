@@ -46,7 +46,8 @@ class ViewState:
     present: bool = False
     """Presentation mode."""
     fold: int | None = None
-    """The fold model (LoRA dynamics, Upload); None: every fold averaged (LoRA dynamics), the first (Upload)."""
+    """The fold model (LoRA dynamics, Clusters, Upload); None: every fold averaged (LoRA dynamics), every fold's
+    utterances on one map (Clusters), the first (Upload)."""
     threshold: float = 0.9
     """The effective rank's energy threshold (LoRA dynamics), in ``THRESHOLD_RANGE``."""
     series: tuple[str, ...] | None = None
