@@ -77,6 +77,12 @@ def rank_series(runs: list[RunInfo], run: RunInfo) -> list[RunInfo]:
     return [by_rank[k] for k in sorted(by_rank)]
 
 
+def test_speakers(reader: StoreReader, run: str) -> dict[int, tuple[str, ...]]:
+    """Fold -> the speakers its model held out (from the run's metrics as traced; empty where they are not there)."""
+    folds = reader.attrs(run).get("metrics", {}).get("folds", [])
+    return {int(f["fold"]): tuple(f.get("test_speakers", ())) for f in folds}
+
+
 def utterance_table(reader: StoreReader, run: str | None = None) -> pd.DataFrame:
     """The utterance table; with ``run``, its prediction, correctness and fold for the rows it traced."""
     table = pd.DataFrame(reader.utterances())

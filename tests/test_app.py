@@ -433,6 +433,15 @@ def test_clusters_compare_the_runs_that_differ_only_in_rank(rank_store, monkeypa
     expected = projections.silhouette(x, reader.utterances()["emotion"][rows])
     assert titles[2].startswith(f"r = 4 · silhouette {expected:.3f} "), (titles[2], expected)
     assert not _unexported_charts(at)[1]  # each rank's map exports CSV, SVG and PNG like any chart
+    # One fold model: each rank's map is of its own fold 1 (the same held-out speakers), with that fold's silhouette.
+    at.selectbox(key="cl-fold").set_value(1).run()
+    _ok(at)
+    titles = [json.loads(c.proto.spec)["title"] for c in at.get("vega_lite_chart")]
+    mine = views.fold_groups(reader, "tiny-lora", fold=1)[1]
+    x, _ = views.vectors(reader, "tiny-lora", "lora_a", layer, rows=mine)
+    expected = projections.silhouette(x, reader.utterances()["emotion"][mine])
+    assert titles[2].startswith(f"r = 4 · silhouette {expected:.3f} "), (titles[2], expected)
+    assert titles[1].startswith("r = 2 (this run) · silhouette "), titles
 
 
 HEAVY = ("sklearn", "umap", "numba", "pynndescent", "torch", "transformers", "peft", "nnsight", "ray")

@@ -74,14 +74,20 @@ series = views.rank_series(data.runs(path), run) if view.source == "lora_a" else
 if len(series) > 1:
     st.subheader("Across ranks")
     st.caption(f"The same LoRA module in the runs that differ only in rank ({run.model}, {run.window}, "
-               f"{','.join(run.targets)}); each map is fitted on its own run, coloured by emotion as above.")
+               f"{','.join(run.targets)}); each map is fitted on its own run, coloured by emotion as above"
+               + ("." if fold is None else f"; of the model of fold {fold} in each run whose fold {fold} held out the "
+                                           "same speakers, else of every fold's."))
+    held_out = data.test_speakers(path, run.name).get(fold) if fold is not None else None
     for col, other in zip(st.columns(len(series)), series, strict=True):
-        c, rr, on_map = data.map_of(path, other.name, "lora_a", layer, view.projection)
+        # fold k of another run is the same model's counterpart only where it held out the same speakers
+        own = fold if (held_out and data.test_speakers(path, other.name).get(fold) == held_out
+                       and data.fold_sizes(path, other.name).get(fold, 0) >= projections.MIN_POINTS) else None
+        c, rr, on_map = data.map_of(path, other.name, "lora_a", layer, view.projection, own)
         f = pd.DataFrame({"x": c[:, 0], "y": c[:, 1],
                           "emotion": table.iloc[rr]["emotion"].to_numpy(), "id": table.iloc[rr]["id"].to_numpy()})
-        title = (f"r = {other.rank}{' (this run)' if other.name == run.name else ''} · silhouette "
-                 f"{data.silhouette(path, other.name, 'lora_a', layer):.3f} "
-                 f"(map {on_map:.3f})")
+        title = (f"r = {other.rank}{' (this run)' if other.name == run.name else ''}"
+                 f"{'' if own == fold else ' (every fold)'} · silhouette "
+                 f"{data.silhouette(path, other.name, 'lora_a', layer, own):.3f} (map {on_map:.3f})")
         with col:
             widgets.chart(charts.scatter(f, "emotion", title, legend=False), f,
                           f"{other.name}-lora_a-{view.projection}-{layer}", f"cl-rank-{other.rank}")
