@@ -136,12 +136,6 @@ def cka_ab(path: str, run: str, fold: int | None):
 
 
 @st.cache_data(show_spinner=False)
-def test_speakers(path: str, run: str) -> dict[int, tuple[str, ...]]:
-    """Fold -> the speakers its model held out (``views.test_speakers``)."""
-    return views.test_speakers(reader(path), run)
-
-
-@st.cache_data(show_spinner=False)
 def fold_sizes(path: str, run: str) -> dict[int, int]:
     """Fold -> how many utterances its model traced."""
     return {fold: len(rows) for fold, rows in views.fold_groups(reader(path), run).items()}

@@ -39,6 +39,11 @@ class RunInfo:
         kind = f"LoRA r={self.rank} on {','.join(self.targets)}" if self.method == "lora" else "frozen encoder"
         return f"{self.name} ({self.model}, {kind}, {self.window})"
 
+    @property
+    def test_speakers(self) -> dict[int, tuple[str, ...]]:
+        """Fold -> the speakers its model held out (from the run's metrics as traced; empty where they are not)."""
+        return {int(f["fold"]): tuple(f.get("test_speakers", ())) for f in self.metrics.get("folds", [])}
+
 
 def run_info(reader: StoreReader) -> list[RunInfo]:
     """Every run of the store."""
@@ -75,12 +80,6 @@ def rank_series(runs: list[RunInfo], run: RunInfo) -> list[RunInfo]:
     same = [r for r in runs if r.method == "lora" and (r.model, r.window, r.targets) == key]
     by_rank = {r.rank: r for r in same if r.name != run.name} | {run.rank: run}
     return [by_rank[k] for k in sorted(by_rank)]
-
-
-def test_speakers(reader: StoreReader, run: str) -> dict[int, tuple[str, ...]]:
-    """Fold -> the speakers its model held out (from the run's metrics as traced; empty where they are not there)."""
-    folds = reader.attrs(run).get("metrics", {}).get("folds", [])
-    return {int(f["fold"]): tuple(f.get("test_speakers", ())) for f in folds}
 
 
 def utterance_table(reader: StoreReader, run: str | None = None) -> pd.DataFrame:

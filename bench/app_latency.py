@@ -99,7 +99,6 @@ def upload(run_dir: Path, emodb: Path) -> tuple[float, float]:
 
 PLACING = """
 import sys, time
-t0 = time.perf_counter()
 from app import views
 from store.reader import StoreReader
 reader = StoreReader(sys.argv[1])

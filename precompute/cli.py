@@ -431,8 +431,7 @@ def _add_intervene(sub: argparse._SubParsersAction) -> None:
                                    "Re-run to resume, or with more --kinds to add them.")
     p.add_argument("--run", required=True, type=Path, help="a run directory traced into --store")
     p.add_argument("--store", required=True, help="a directory or fsspec URL")
-    p.add_argument("--name", default=None,
-                   help="the run's name in the store (default: the run directory's name; only with one --run)")
+    p.add_argument("--name", default=None, help="the run's name in the store (default: the run directory's name)")
     p.add_argument("--kinds", default=None,
                    help=f"comma list of {', '.join((*INTERVENTION_KINDS, *CHANGES))} (default all: a frozen run has "
                         "no LoRA kinds, patch needs --partner)")

@@ -77,10 +77,10 @@ if len(series) > 1:
                f"{','.join(run.targets)}); each map is fitted on its own run, coloured by emotion as above"
                + ("." if fold is None else f"; of the model of fold {fold} in each run whose fold {fold} held out the "
                                            "same speakers, else of every fold's."))
-    held_out = data.test_speakers(path, run.name).get(fold) if fold is not None else None
+    held_out = run.test_speakers.get(fold) if fold is not None else None
     for col, other in zip(st.columns(len(series)), series, strict=True):
         # fold k of another run is the same model's counterpart only where it held out the same speakers
-        own = fold if (held_out and data.test_speakers(path, other.name).get(fold) == held_out
+        own = fold if (held_out and other.test_speakers.get(fold) == held_out
                        and data.fold_sizes(path, other.name).get(fold, 0) >= projections.MIN_POINTS) else None
         c, rr, on_map = data.map_of(path, other.name, "lora_a", layer, view.projection, own)
         f = pd.DataFrame({"x": c[:, 0], "y": c[:, 1],
