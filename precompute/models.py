@@ -306,7 +306,11 @@ def load_classifier(spec: str, emotions: list[str], seed: int = 0) -> WhisperFor
     if source.scheme == "hf":
         try:
             model = WhisperForAudioClassification.from_pretrained(
-                source.location, **labels, ignore_mismatched_sizes=True, dtype=torch.float32)
+                source.location, **labels, ignore_mismatched_sizes=True, dtype=torch.float32,
+                # transformers >= 5.25 swaps in Hugging Face Hub kernels by default when the `kernels` package is
+                # there, on every train()/eval(): they need the Hub, fail on the meta device, and would trace
+                # another module than the model's own
+                use_kernels=False)
         except OSError as e:
             raise ModelSpecError(
                 f"could not load --model {spec} as a Hugging Face id or directory ({e.__class__.__name__}: "
