@@ -745,7 +745,12 @@ def script() -> NoReturn:
     "Exception ignored" traceback, telling a user or a supervisor it failed.
     """
     code = main()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:  # signal.signal is Python code: a Ctrl+C can land inside it, before SIGINT is ignored
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            break
+        except KeyboardInterrupt:
+            continue
     sys.exit(code)
 
 
