@@ -338,7 +338,7 @@ for window in ("trim", "full"):
     fused_scheduler = lr_schedule(trainer.config, fused, 200, 0)
     steps(False, fused, fused_scheduler)  # warm-up
     fused_step = timed(lambda: steps(False, fused, fused_scheduler)) / n
-    f = statistics.median(timed(lambda: batch_features(c, trainer.extractor, window, trainer.device))
+    f = statistics.median(timed(lambda: batch_features(c, trainer.device))
                           for c in chunks[1:])
     print(f"== training step ({trainer.config.precision}, batch 8, {window}, {device}): {queued * 1e3:.1f} ms queued "
           f"back to back, {synced * 1e3:.1f} ms reading each loss; fused AdamW {fused_step * 1e3:.1f} ms; log-mel "

@@ -51,9 +51,8 @@ class Example:
 
     utterance: Utterance
     label: int
-    features: W.Features | None
-    """Cached single-clip features (``trim``), or None (``full`` extracts per batch to save memory)."""
-    audio: np.ndarray
+    features: W.ClipMel
+    """Its log-mel in the run's window, extracted once: every epoch's batches are built from it."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -75,7 +74,7 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def load_examples(corpus: Corpus, config: TrainConfig, extractor) -> tuple[list[Example], int]:
-    """Read every utterance's audio (and ``trim`` features); bad files stop the run unless ``skip_bad``."""
+    """Read every utterance's audio and its log-mel; bad files stop the run unless ``skip_bad``."""
     examples, bad = [], 0
     label_of = {e: i for i, e in enumerate(corpus.emotions)}
     for u in tqdm(corpus.utterances, desc="reading audio", unit="file"):
@@ -87,8 +86,7 @@ def load_examples(corpus: Corpus, config: TrainConfig, extractor) -> tuple[list[
             log.warning("skipped: %s", e)
             bad += 1
             continue
-        features = W.extract(extractor, [audio], "trim") if config.window == "trim" else None
-        examples.append(Example(u, label_of[u.emotion], features, audio))
+        examples.append(Example(u, label_of[u.emotion], W.clip_mel(extractor, audio, config.window)))
     if bad:
         log.warning("skipped %d unreadable or empty audio file(s) (--skip-bad)", bad)
     if not examples:
@@ -120,16 +118,13 @@ def cached_examples(corpus: Corpus, config: TrainConfig, extractor) -> tuple[lis
     return _EXAMPLES[key]
 
 
-def batch_features(examples: list[Example], extractor, window: W.Window,
-                   device: torch.device | str = "cpu") -> W.Features:
-    """The model input for a batch of examples, on ``device``.
+def batch_features(examples: list[Example], device: torch.device | str = "cpu") -> W.Features:
+    """The model input for a batch of examples, on ``device``, from the log-mel each holds.
 
-    ``trim`` stacks the log-mel each clip's example holds (extracted once per clip); ``full`` extracts the batch's
-    30 s log-mel on ``device`` (on a GPU that takes the largest cost of a step off the host).
+    Extracting a ``full`` batch's 30 s log-mel at every step took 31 ms of a 54 ms step of base on an H100 (and
+    99 ms a batch of 8 on 2 CPU cores); each clip's is now extracted once, when the run reads its audio.
     """
-    if window == "trim":
-        return W.stack([e.features for e in examples]).to(device)
-    return W.extract(extractor, [e.audio for e in examples], "full", device=device)
+    return W.batch_of([e.features for e in examples], device)
 
 
 def batches(items: list, size: int, generator: torch.Generator | None = None) -> list[list]:
@@ -213,7 +208,7 @@ class Trainer:
             with torch.no_grad():
                 for chunk in tqdm(batches(self.examples, self.config.batch_size), desc="encoding (frozen)",
                                   unit="batch"):
-                    f = batch_features(chunk, self.extractor, self.config.window, self.device)
+                    f = batch_features(chunk, self.device)
                     with self._autocast():
                         hidden = W.encode(model, f)
                     out.append(W.masked_mean(hidden.float(), f.pooling_mask()))
@@ -224,13 +219,13 @@ class Trainer:
     def logits(self, model: torch.nn.Module, chunk: list[Example]) -> torch.Tensor:
         """Logits for a batch, through the whole model (LoRA) or the head on cached outputs (frozen).
 
-        Only the model runs in the run's precision: log-mel extraction (torch ops on the CPU) stays in float32.
+        Only the model runs in the run's precision: the log-mel stays in float32.
         """
         if self.config.method == "frozen":
             pooled = self.pooled_encoder_outputs()[[self._row[e.utterance.id] for e in chunk]]
             with self._autocast():
                 return W.head_logits(model, pooled)
-        features = batch_features(chunk, self.extractor, self.config.window, self.device)
+        features = batch_features(chunk, self.device)
         with self._autocast():
             return W.classify(model, features)
 

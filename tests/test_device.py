@@ -148,7 +148,7 @@ def test_trace_on_a_device(tiny_lora_run, tmp_path, host_boundary):
 def test_precision_is_fixed_per_run_and_the_trace_follows_it(tiny_lora_run, tmp_path, tiny_model_dir, caplog):
     """``auto`` is saved resolved (fp32 on the CPU); a bf16 run is traced under bf16 and the agreement recorded.
 
-    The full window, whose log-mel is extracted per batch: only the model runs under autocast, not the extractor.
+    The full window: only the model runs under autocast, not the log-mel extraction.
     """
     import json
 

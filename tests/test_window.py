@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from transformers import WhisperForAudioClassification
 
@@ -43,14 +44,21 @@ def test_trim_is_independent_of_batch_and_restores_the_model():
     assert model.config.max_source_positions == 1500 and model.encoder.embed_positions.num_embeddings == 1500
 
 
-def test_stack_equals_batched_extraction():
-    model = _model()
-    extractor = models.feature_extractor(model.config)
+@pytest.mark.parametrize("window", ["trim", "full"])
+def test_a_batch_of_clip_mels_is_the_batch_extract_makes(window):
+    """Training keeps each clip's log-mel and builds its batches from them: the same bits as extracting the batch."""
+    extractor = models.feature_extractor(_model().config)
     clips = _clips()
-    stacked = W.stack([W.extract(extractor, [c], "trim") for c in clips])
-    batch = W.extract(extractor, clips, "trim")
-    assert torch.equal(stacked.input_features, batch.input_features)
-    assert torch.equal(stacked.n_frames, batch.n_frames)
+    mels = [W.clip_mel(extractor, c, window) for c in clips]
+    for picked in ([0, 1, 2], [2, 0], [1]):
+        batch = W.batch_of([mels[i] for i in picked])
+        expected = W.extract(extractor, [clips[i] for i in picked], window)
+        assert torch.equal(batch.input_features, expected.input_features)
+        assert torch.equal(batch.n_frames, expected.n_frames) and batch.window == window
+    if window == "full":  # kept compact: a 1.5 s clip's 30 s window is its first ~150 columns and one repeated
+        assert [m.head.shape[-1] for m in mels] == [pytest.approx(2 * W.encoder_frames(len(c)), abs=4) for c in clips]
+    with pytest.raises(ValueError, match="different windows"):
+        W.batch_of([mels[0], W.clip_mel(extractor, clips[0], "full" if window == "trim" else "trim")])
 
 
 def test_pooling_mask():
