@@ -73,8 +73,9 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def load_examples(corpus: Corpus, config: TrainConfig, extractor) -> tuple[list[Example], int]:
-    """Read every utterance's audio and its log-mel; bad files stop the run unless ``skip_bad``."""
+def load_examples(corpus: Corpus, config: TrainConfig, extractor,
+                  device: torch.device | str = "cpu") -> tuple[list[Example], int]:
+    """Read every utterance's audio and log-mel (extracted on ``device``); bad files stop a run unless ``skip_bad``."""
     examples, bad = [], 0
     label_of = {e: i for i, e in enumerate(corpus.emotions)}
     for u in tqdm(corpus.utterances, desc="reading audio", unit="file"):
@@ -86,7 +87,7 @@ def load_examples(corpus: Corpus, config: TrainConfig, extractor) -> tuple[list[
             log.warning("skipped: %s", e)
             bad += 1
             continue
-        examples.append(Example(u, label_of[u.emotion], W.clip_mel(extractor, audio, config.window)))
+        examples.append(Example(u, label_of[u.emotion], W.clip_mel(extractor, audio, config.window, device)))
     if bad:
         log.warning("skipped %d unreadable or empty audio file(s) (--skip-bad)", bad)
     if not examples:
@@ -100,8 +101,9 @@ def load_examples(corpus: Corpus, config: TrainConfig, extractor) -> tuple[list[
 _EXAMPLES: dict[tuple, tuple[list[Example], int]] = {}
 
 
-def cached_examples(corpus: Corpus, config: TrainConfig, extractor) -> tuple[list[Example], int]:
-    """``load_examples``, or the examples this process read last for the same files, settings and extractor."""
+def cached_examples(corpus: Corpus, config: TrainConfig, extractor,
+                    device: torch.device | str = "cpu") -> tuple[list[Example], int]:
+    """``load_examples``, or the examples this process read last for the same files, settings and device."""
     files = []
     for u in corpus.utterances:
         try:
@@ -111,10 +113,10 @@ def cached_examples(corpus: Corpus, config: TrainConfig, extractor) -> tuple[lis
             files.append((str(u.path), None, None))  # load_examples reports it
     key = (tuple(files), tuple((u.id, u.speaker, u.emotion) for u in corpus.utterances), tuple(corpus.emotions),
            config.window, config.long, config.skip_bad, extractor.feature_size, extractor.sampling_rate,
-           extractor.hop_length, extractor.n_fft)
+           extractor.hop_length, extractor.n_fft, str(device))
     if key not in _EXAMPLES:
         _EXAMPLES.clear()  # one data set at a time: the memory of one
-        _EXAMPLES[key] = load_examples(corpus, config, extractor)
+        _EXAMPLES[key] = load_examples(corpus, config, extractor, device)
     return _EXAMPLES[key]
 
 
@@ -181,7 +183,7 @@ class Trainer:
         if config.method == "lora" and probe.config.dropout > 0:
             log.warning("the encoder has dropout %.2f: frozen and LoRA runs see different noise",
                         probe.config.dropout)
-        self.examples, self.n_bad = cached_examples(self.corpus, config, self.extractor)
+        self.examples, self.n_bad = cached_examples(self.corpus, config, self.extractor, self.device)
         self.by_id = {e.utterance.id: e for e in self.examples}
         self.folds = make_folds(self.corpus, config.folds, inner_validation=config.epoch_selection == "inner",
                                 seed=config.seed)

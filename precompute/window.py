@@ -204,10 +204,18 @@ class ClipMel:
     window: Window
 
 
-def clip_mel(extractor: WhisperFeatureExtractor, audio: np.ndarray, window: Window) -> ClipMel:
-    """``audio``'s log-mel in ``window``, extracted on the host and kept compact (see ``ClipMel``)."""
-    features = extract(extractor, [audio], window)
-    x = features.input_features[0]
+def clip_mel(extractor: WhisperFeatureExtractor, audio: np.ndarray, window: Window,
+             device: torch.device | str = "cpu") -> ClipMel:
+    """``audio``'s log-mel in ``window``, extracted on ``device`` and kept compact on the host (see ``ClipMel``).
+
+    Extracted where a trace on ``device`` extracts it (a GPU's STFT differs from the host's by about 1e-5), so a run
+    and its trace see the same input: the same bits in ``trim``, where both extract clip by clip; in ``full`` the
+    trace extracts batches, whose products may differ in their last bits. The ``meta`` device has no values:
+    extracted on the host.
+    """
+    device = torch.device(device)
+    features = extract(extractor, [audio], window, device=device if device.type != "meta" else "cpu")
+    x = features.input_features[0].cpu()
     n_frames = int(features.n_frames[0])
     if window == "trim":
         return ClipMel(x, x.new_zeros(x.shape[0]), x.shape[-1], n_frames, window)
