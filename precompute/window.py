@@ -76,16 +76,18 @@ def extract(extractor: WhisperFeatureExtractor, audios: Sequence[np.ndarray], wi
             max_positions: int = 1500, device: torch.device | str = "cpu") -> Features:
     """Log-mel features for a batch of 16 kHz clips, computed on ``device`` and left there.
 
-    In ``trim`` each clip is transformed alone (so its features do not depend on the batch) and the batch is
-    padded with zeros, which is what the encoder's first convolution pads with too. The extractor's STFT runs on
-    ``device`` (a GPU's takes a 30 s ``full`` batch off the host; it agrees with the host's to about 1e-5).
+    Each clip is transformed alone, so its features do not depend on the batch: a training run, its trace, the
+    causal lens and ``predict`` give a clip the same input bits however they batch it. ``trim`` pads the batch with
+    zeros, which is what the encoder's first convolution pads with too. The extractor's STFT runs on ``device`` (a
+    GPU's takes a 30 s ``full`` window off the host; it agrees with the host's to about 1e-5).
     """
     device = torch.device(device)
     on = {"device": str(device)} if device.type != "meta" else {}  # meta: shapes only, computed on the host
     n_frames = torch.tensor([min(encoder_frames(len(a)), max_positions) for a in audios])
     if window == "full":
-        out = extractor(list(audios), sampling_rate=SAMPLE_RATE, return_tensors="pt", padding="max_length", **on)
-        return Features(out.input_features.float(), n_frames, window).to(device)
+        mels = [extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding="max_length",
+                          **on).input_features[0] for audio in audios]
+        return Features(torch.stack(mels).float(), n_frames, window).to(device)
     length = int(n_frames.max()) * 2
     batch = torch.zeros(len(audios), extractor.feature_size, length)
     for i, audio in enumerate(audios):
@@ -209,9 +211,7 @@ def clip_mel(extractor: WhisperFeatureExtractor, audio: np.ndarray, window: Wind
     """``audio``'s log-mel in ``window``, extracted on ``device`` and kept compact on the host (see ``ClipMel``).
 
     Extracted where a trace on ``device`` extracts it (a GPU's STFT differs from the host's by about 1e-5), so a run
-    and its trace see the same input: the same bits in ``trim``, where both extract clip by clip; in ``full`` the
-    trace extracts batches, whose products may differ in their last bits. The ``meta`` device has no values:
-    extracted on the host.
+    and its trace see the same input bits. The ``meta`` device has no values: extracted on the host.
     """
     device = torch.device(device)
     features = extract(extractor, [audio], window, device=device if device.type != "meta" else "cpu")

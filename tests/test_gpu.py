@@ -129,19 +129,20 @@ def test_progress_round_trip_on_cuda(cuda, tiny_model_dir, tones, tmp_path):
     assert all(v.device.type == "cuda" for s in fresh_optimizer.state.values() for k, v in s.items() if k != "step")
 
 
-def test_a_cuda_run_reads_the_log_mel_a_cuda_trace_extracts(cuda, tiny_model_dir, tones, tmp_path):
+@pytest.mark.parametrize("window", ["trim", "full"])
+def test_a_cuda_run_reads_the_log_mel_a_cuda_trace_extracts(cuda, tiny_model_dir, tones, tmp_path, window):
     """Training extracts each clip's log-mel once, on the run's device, as its trace does: the same input bits."""
     from precompute import window as W
     from precompute.audio import load_audio
     from precompute.config import TrainConfig
     from precompute.train import Trainer, batch_features
 
-    trainer = Trainer(TrainConfig(model=str(tiny_model_dir), data=f"csv:{tones}", window="trim", device="cuda"),
+    trainer = Trainer(TrainConfig(model=str(tiny_model_dir), data=f"csv:{tones}", window=window, device="cuda"),
                       tmp_path / "run")
     trainer.prepare()
     chunk = trainer.examples[:4]
     ours = batch_features(chunk, trainer.device)
-    traced = W.extract(trainer.extractor, [load_audio(e.utterance.path) for e in chunk], "trim", device=trainer.device)
+    traced = W.extract(trainer.extractor, [load_audio(e.utterance.path) for e in chunk], window, device=trainer.device)
     assert ours.input_features.device.type == "cuda"
     assert torch.equal(ours.input_features, traced.input_features)
 
