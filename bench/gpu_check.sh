@@ -16,7 +16,7 @@
 #   4. capture overhead: one batch of 8 clips captured (every residual, LoRA A/B output and gradient, to NumPy)
 #      against a bare forward + backward of the same loss on the same model, medians of 5;
 #   5. a training step: 20 steps queued back to back (as an epoch runs them), the same reading each loss, the same
-#      with fused AdamW, and the log-mel batch a step builds (on DEVICE in full, stacked from per-clip caches in trim)
+#      with fused AdamW, and the log-mel batch a step builds (from the log-mel each clip keeps, extracted once per run, both windows)
 #      against the queued step.
 # Usage: bench/gpu_check.sh [EMODB_DIR]          (default ../shared/data/emodb)
 # Environment:
