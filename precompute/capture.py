@@ -159,41 +159,47 @@ class Capturer:
     def _per_utterance(self, features, labels, residual, attention, mlp, a_out, b_out, a_grad, b_grad,
                        logits) -> list[dict[str, np.ndarray]]:
         whisper = W.whisper_of(self.model)
+        # Per-frame arrays keep the real frames of the longest clip and reduce no more: in the full window the
+        # other ~1,400 of 1,500 frames are padding, which cost a 2 s clip's batch of base 2.8 of 16.9 s on the CPU
+        # (the per-frame logit lens over them) and would have crossed to the host from a GPU.
+        m = int(features.n_frames.max())
         h = torch.stack([r.detach().float() for r in residual], 1)  # (batch, boundary, frame, d)
         attn = torch.stack([a.detach().float() for a in attention], 1)  # (batch, layer, frame, d)
-        ffn = torch.stack([m.detach().float() for m in mlp], 1)
-        pool = features.pooling_mask()  # what the head pools
-        real = W.Features(features.input_features, features.n_frames, "trim").pooling_mask()
+        ffn = torch.stack([f.detach().float() for f in mlp], 1)
+        pool = features.pooling_mask()  # what the head pools: every frame in the full window
+        real = W.Features(features.input_features, features.n_frames, "trim").pooling_mask()[:, :m]
         normed = whisper.encoder.layer_norm(h)
-        frame_logits = whisper.classifier(whisper.projector(normed))  # (batch, boundary, frame, class)
         pooled_lens = whisper.classifier(whisper.projector(W.masked_mean(normed, pool)))  # (batch, boundary, class)
-        h_in = h[:, :-1]
+        frame_logits = whisper.classifier(whisper.projector(normed[:, :, :m]))  # (batch, boundary, frame, class)
+        h_in, attn_m, ffn_m = h[:, :-1, :m], attn[:, :, :m], ffn[:, :, :m]
         h_norm = h_in.norm(dim=-1).clamp(min=1e-12)
-        update = h[:, 1:] - h_in  # attention + MLP output: the layer's whole write to the residual stream
+        update = h[:, 1:, :m] - h_in  # attention + MLP output: the layer's whole write to the residual stream
         batched = {
             "residual_pooled": W.masked_mean(h, pool),
             "lens_logits": pooled_lens,
-            "attention_norm_ratio": attn.norm(dim=-1) / h_norm,
-            "attention_cosine": torch.nn.functional.cosine_similarity(attn, h_in, dim=-1),
-            "mlp_norm_ratio": ffn.norm(dim=-1) / h_norm,
-            "mlp_cosine": torch.nn.functional.cosine_similarity(ffn, h_in, dim=-1),
+            "attention_norm_ratio": attn_m.norm(dim=-1) / h_norm,
+            "attention_cosine": torch.nn.functional.cosine_similarity(attn_m, h_in, dim=-1),
+            "mlp_norm_ratio": ffn_m.norm(dim=-1) / h_norm,
+            "mlp_cosine": torch.nn.functional.cosine_similarity(ffn_m, h_in, dim=-1),
             "block_norm_ratio": update.norm(dim=-1) / h_norm,
             "block_cosine": torch.nn.functional.cosine_similarity(update, h_in, dim=-1),
-            "layer_input_pooled": W.masked_mean(h_in, pool),
+            "layer_input_pooled": W.masked_mean(h[:, :-1], pool),
             "attention_pooled": W.masked_mean(attn, pool),
             "mlp_pooled": W.masked_mean(ffn, pool),
             "logits": logits.detach().float(),
-            "residual": h,
+            "residual": h[:, :, :m],
             "lens_logits_frames": frame_logits,
         }
         if a_out:
-            batched["lora_a_activation"] = torch.stack([a.detach().float() for a in a_out], 1)  # (b, module, f, r)
-            b_stack = [b.detach().float() for b in b_out]
+            # (batch, module, frame, rank)
+            batched["lora_a_activation"] = torch.stack([a.detach()[:, :m].float() for a in a_out], 1)
+            b_stack = [b.detach()[:, :m].float() for b in b_out]
             width = max(b.shape[-1] for b in b_stack)
             batched["lora_b_activation"] = torch.stack([_pad_last(b, width) for b in b_stack], 1)
             if a_grad:
-                batched["lora_a_gradient"] = torch.stack([g.detach().float() for g in a_grad], 1)
-                batched["lora_b_gradient"] = torch.stack([_pad_last(g.detach().float(), width) for g in b_grad], 1)
+                batched["lora_a_gradient"] = torch.stack([g.detach()[:, :m].float() for g in a_grad], 1)
+                batched["lora_b_gradient"] = torch.stack([_pad_last(g.detach()[:, :m].float(), width)
+                                                          for g in b_grad], 1)
             else:
                 batched["lora_a_gradient"] = torch.zeros_like(batched["lora_a_activation"])
                 batched["lora_b_gradient"] = torch.zeros_like(batched["lora_b_activation"])

@@ -47,9 +47,10 @@ def test_lens_at_last_layer_is_the_model(lora_model, window):
         assert row["residual"].shape == (3, n, 32) and row["lens_logits_frames"].shape == (3, n, 4)
 
 
-def test_lora_b_output_is_the_adapter_delta(lora_model):
-    features, labels = _batch(lora_model)
-    rows = Capturer(lora_model, "trim", CaptureOptions()).run(features, labels)
+@pytest.mark.parametrize("window", ["trim", "full"])
+def test_lora_b_output_is_the_adapter_delta(lora_model, window):
+    features, labels = _batch(lora_model, window)
+    rows = Capturer(lora_model, window, CaptureOptions()).run(features, labels)
     whisper = W.whisper_of(lora_model)
     for layer in range(2):
         v = whisper.encoder.layers[layer].self_attn.v_proj
@@ -68,9 +69,10 @@ def test_lora_b_output_is_the_adapter_delta(lora_model):
             assert np.allclose(delta.detach().numpy() * v.scaling["default"], full.detach().numpy(), atol=1e-3)
 
 
-def test_gradients_equal_autograd(lora_model):
-    features, labels = _batch(lora_model)
-    rows = Capturer(lora_model, "trim", CaptureOptions()).run(features, labels)
+@pytest.mark.parametrize("window", ["trim", "full"])
+def test_gradients_equal_autograd(lora_model, window):
+    features, labels = _batch(lora_model, window)
+    rows = Capturer(lora_model, window, CaptureOptions()).run(features, labels)
     outputs = []
     hooks = [module.register_forward_hook(lambda m, i, o: outputs.append(o))
              for name, module in lora_model.named_modules() if name.endswith(("lora_A.default", "lora_B.default"))]
@@ -89,9 +91,10 @@ def test_gradients_equal_autograd(lora_model):
             assert np.allclose(row["lora_b_gradient"][m][:, :width], b_grads[m][k, :n].numpy(), atol=1e-5, rtol=1e-3)
 
 
-def test_contributions_are_norm_ratios_and_cosines(lora_model):
-    features, labels = _batch(lora_model)
-    (row, *_) = Capturer(lora_model, "trim", CaptureOptions()).run(features, labels)
+@pytest.mark.parametrize("window", ["trim", "full"])
+def test_contributions_are_norm_ratios_and_cosines(lora_model, window):
+    features, labels = _batch(lora_model, window)
+    (row, *_) = Capturer(lora_model, window, CaptureOptions()).run(features, labels)
     assert row["attention_norm_ratio"].shape == row["mlp_cosine"].shape == (2, 50)
     assert (row["attention_norm_ratio"] >= 0).all() and (np.abs(row["mlp_cosine"]) <= 1 + 1e-5).all()
     h = row["residual"].astype(np.float64)  # the block's update is the difference of consecutive residuals
@@ -100,6 +103,30 @@ def test_contributions_are_norm_ratios_and_cosines(lora_model):
     cosine = (update * h_in).sum(-1) / (np.linalg.norm(update, axis=-1) * np.linalg.norm(h_in, axis=-1))
     assert np.allclose(row["block_norm_ratio"], ratio, rtol=1e-3) and np.allclose(row["block_cosine"], cosine,
                                                                                    atol=1e-3)
+
+
+def test_full_window_reduces_only_the_real_frames(lora_model):
+    """The full window's ~1,450 padding frames of these clips are pooled by the head, but no per-frame array keeps
+    them: reducing them (the per-frame logit lens above all) cost a sixth of a full-window capture of base."""
+    features, labels = _batch(lora_model, "full")
+    longest = int(features.n_frames.max())
+    assert features.input_features.shape[-1] // 2 == 1500 > 10 * longest
+    rows_in = []
+    projector = W.whisper_of(lora_model).projector
+    hook = projector.register_forward_hook(lambda m, i, o: rows_in.append(i[0].numel() // i[0].shape[-1]))
+    try:
+        rows = Capturer(lora_model, "full", CaptureOptions()).run(features, labels)
+    finally:
+        hook.remove()
+    boundaries, batch = 3, 3
+    # the model's own pooled head, the pooled lens, and the per-frame lens over the longest clip's frames
+    assert sorted(rows_in) == [batch, batch * boundaries, batch * boundaries * longest]
+    with torch.no_grad():  # the per-frame lens still reads each real frame as the head would
+        whisper = W.whisper_of(lora_model)
+        for k, row in enumerate(rows):
+            lens = whisper.classifier(whisper.projector(whisper.encoder.layer_norm(
+                torch.from_numpy(row["residual"]))))
+            assert np.allclose(row["lens_logits_frames"], lens.numpy(), atol=1e-4)
 
 
 def test_frozen_model_has_no_lora_arrays():
