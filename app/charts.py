@@ -225,18 +225,20 @@ def picked_id(event, field: str = "id") -> str | None:
     return None
 
 
-def interventions(df: pd.DataFrame, value: str, title: str = "", domain=None, order: list[str] | None = None
-                  ) -> alt.Chart:
+def interventions(df: pd.DataFrame, value: str, title: str = "", domain=None, order: list[str] | None = None,
+                  clickable: bool = True) -> alt.Chart:
     """Columns ``layer``, ``kind``, ``condition``, ``value``: a layer x intervention heatmap.
 
-    A click picks a cell's condition (``click("condition")``); ``order`` lists the kinds top to bottom.
+    A click picks a cell's condition (``click("condition")``) unless not ``clickable`` (a figure saved as an image,
+    where several side by side would declare the same selection); ``order`` lists the kinds top to bottom.
     """
     scale = alt.Scale(scheme="oranges", domain=domain) if domain else alt.Scale(scheme="oranges")
-    return alt.Chart(df).mark_rect(stroke="white").encode(
+    chart = alt.Chart(df).mark_rect(stroke="white").encode(
         x=alt.X("layer:O"), y=alt.Y("kind:N", title=None, sort=order),
         color=alt.Color(f"{value}:Q", scale=scale, title=None),
         tooltip=_tips("condition", alt.Tooltip(f"{value}:Q", format=".3f")),
-    ).add_params(click("condition")).properties(width=WIDTH - 60, height=alt.Step(28), title=title)
+    ).properties(width=WIDTH - 60, height=alt.Step(28), title=title)
+    return chart.add_params(click("condition")) if clickable else chart
 
 
 def audio_changes(df: pd.DataFrame, value: str, title: str = "") -> alt.Chart:

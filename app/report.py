@@ -204,7 +204,7 @@ def _causal(reader: StoreReader, lora: views.RunInfo, frozen: views.RunInfo | No
     runs = {lora.name: mine.metrics} | ({frozen.name: theirs.metrics} if theirs is not None else {})
     figures = []
     grids = [charts.interventions(m[m["layer"] >= 0].assign(kind=m["kind"].map(causal.KIND_LABELS)), "uar_drop",
-                                  f"UAR drop: {name}", order=list(causal.KIND_LABELS.values()))
+                                  f"UAR drop: {name}", order=list(causal.KIND_LABELS.values()), clickable=False)
              for name, m in runs.items() if (m["layer"] >= 0).any()]
     if grids:
         charts.save(alt.hconcat(*grids).resolve_scale(color="shared"), out, f"{lora.name}-causal")
