@@ -21,7 +21,7 @@ from precompute.cli import main
 from precompute.executors import LocalExecutor, ProcessExecutor, RayExecutor
 from precompute.grid import GridSpec, load_spec, run_grid
 from store.reader import StoreReader
-from tests.conftest import assert_same_run
+from tests.conftest import assert_same_run, torch_threads
 
 EPOCHS = 12  # a fold lasts long enough (~1 s) for a worker to be killed in its middle
 
@@ -41,7 +41,8 @@ def spec_file(tmp_path_factory, tiny_model_dir, tiny_runs) -> Path:
 def sequential(spec_file, tmp_path_factory) -> Path:
     """The grid trained one fold after the other in this process."""
     out = tmp_path_factory.mktemp("sequential")
-    result = run_grid(load_spec(spec_file), out, LocalExecutor(), spec_file)
+    with torch_threads(1):  # as Ray's 1-CPU tasks, and 2 worker processes on 2 cores, run torch
+        result = run_grid(load_spec(spec_file), out, LocalExecutor(), spec_file)
     assert result.complete and len(result.trained) == 4
     return out
 
@@ -147,7 +148,8 @@ def test_train_jobs_trains_what_train_trains(tiny_runs, tmp_path, caplog):
     assert all(s["prepare"] > 0 and s["model"] > 0 and s["first_step"] > 0 for s in setups)
     assert any(f"start-up of a fold, median over the {len(setups)} trained: imports" in m for m in caplog.messages)
     sequential = tmp_path / "sequential"
-    assert main([*argv[:-4], "--out", str(sequential)]) == 0
+    with torch_threads(max(1, (os.cpu_count() or 1) // 2)):  # as each of the 2 worker processes runs torch
+        assert main([*argv[:-4], "--out", str(sequential)]) == 0
     expected = run_state(sequential)
     assert len(expected) >= 2 and run_state(out) == expected
     assert json.loads((out / "metrics.json").read_text()) == json.loads((sequential / "metrics.json").read_text())
@@ -184,8 +186,6 @@ def test_process_executor_reports_each_failed_job_and_finishes_the_others():
 def test_trace_on_ray_into_s3_equals_one_process(ray_local, s3, tiny_runs, tmp_path, monkeypatch):
     """Two Ray workers trace disjoint batches into an s3:// store: each row written once (the workers' counts add
     up to the rows), and the store holds the bits a one-process local trace with as many threads holds."""
-    import torch
-
     from precompute import trace
 
     run = tiny_runs["lora"]
@@ -195,14 +195,8 @@ def test_trace_on_ray_into_s3_equals_one_process(ray_local, s3, tiny_runs, tmp_p
         real(self, rows, shard)) or counts[-1])  # counts the local trace's rows (Ray's workers do not see this)
     local = str(tmp_path / "local.zarr")
     common = ["--run", str(run), "--per-class", "2", "--batch-size", "2", "--no-summary"]
-    # Ray's 1-CPU tasks run torch on one thread. Products split over threads sum in another order: on this AMD
-    # EPYC's MKL even the tiny model's projector (6 x 32 by 32 x 256) differs in its last bit between 1 and 2 threads.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):  # as Ray's 1-CPU tasks run torch
         assert main(["trace", "--store", local, *common]) == 0
-    finally:
-        torch.set_num_threads(threads)
     assert counts == [16]  # 8 utterances x (trained, random twin)
     store = f"s3://loralens/{uuid.uuid4().hex}.zarr"
     options = ["--endpoint-url", s3, "--storage-option", "key=testing", "--storage-option", "secret=testing"]
