@@ -14,7 +14,9 @@
 #      this machine's CPU in fp32 (CPU_TRACE=0 skips it), the device trace again with --writers 0 (a writer thread
 #      instead of the default writer processes), and the stores' agreement with training's predictions;
 #   4. capture overhead: one batch of 8 clips captured (every residual, LoRA A/B output and gradient, to NumPy)
-#      against a bare forward + backward of the same loss on the same model, medians of 5;
+#      against a bare forward + backward of the same loss on the same model, medians of 5; the capture's phases
+#      (traced passes, reductions, copies to the host) and torch.profiler's operator tables (on stderr; its chrome
+#      trace in OUT/capture-profile.json);
 #   5. a training step: 20 steps queued back to back (as an epoch runs them), the same reading each loss, the same
 #      with fused AdamW, and the log-mel batch a step builds (from the log-mel each clip keeps, extracted once per run, both windows)
 #      against the queued step.
@@ -193,7 +195,7 @@ if gpu_seconds=$(trace "$device" "$out/trace-device.zarr"); then
   if [ "${PROFILE:-1}" != 0 ]; then
     python -m cProfile -o "$out/trace.prof" -m precompute.cli trace --run "$out/lora" --store "$out/trace-profiled.zarr" \
       --per-class "$per_class" --device "$device" --no-summary 2>/dev/null
-    python - "$out/trace.prof" <<'PY' | tee "$out/trace-profile.txt" | head -40
+    python - "$out/trace.prof" > "$out/trace-profile.txt" <<'PY'
 import pstats
 import sys
 stats = pstats.Stats(sys.argv[1])
@@ -202,6 +204,7 @@ stats.sort_stats("cumulative").print_stats(30)
 print("== the same profile by own time:")
 stats.sort_stats("tottime").print_stats(20)
 PY
+    cat "$out/trace-profile.txt"  # whole: head closing the pipe cut its second table (BrokenPipeError)
   fi
   figure "trace $n_traced utterances ($traced) on $device, the runs' precision, capture and" \
     "store writes: $gpu_seconds s (goal <= ~7 s: 10x the 2-core reference CPU's ~63 s); the capture loops alone:" \
@@ -311,6 +314,50 @@ for _ in range(5):
 b, c = statistics.median(times["bare"]), statistics.median(times["capture"])
 print(f"== capture overhead ({precision}, batch 8, trim, {device}): bare forward+backward {b * 1e3:.1f} ms, "
       f"capture {c * 1e3:.1f} ms, ratio {c / b:.2f} (goal <= 1.5)")
+
+# Where a capture's time goes: the traced forward and backward, the reductions on the device, the copies to the host
+# (each phase ends with a sync), then torch.profiler's table of the host and device operators over 3 captures.
+import precompute.capture as capture_module  # noqa: E402
+
+phases = {"reduce": [], "to host": []}
+real_to_numpy, real_per_utterance = capture_module.to_numpy, Capturer._per_utterance
+
+
+def to_numpy_timed(tensor):
+    sync()
+    started = time.perf_counter()
+    value = real_to_numpy(tensor)
+    phases["to host"][-1] += time.perf_counter() - started
+    return value
+
+
+def per_utterance_timed(self, *args):
+    sync()
+    phases["to host"].append(0.0)
+    started = time.perf_counter()
+    rows = real_per_utterance(self, *args)
+    phases["reduce"].append(time.perf_counter() - started - phases["to host"][-1])
+    return rows
+
+
+capture_module.to_numpy, Capturer._per_utterance = to_numpy_timed, per_utterance_timed
+whole = [timed(lambda: capturer.run(features, labels)) for _ in range(5)]
+capture_module.to_numpy, Capturer._per_utterance = real_to_numpy, real_per_utterance
+w, r, h = (statistics.median(x) for x in (whole, phases["reduce"], phases["to host"]))
+print(f"== capture phases ({device}): traced forward+backward {(w - r - h) * 1e3:.1f} ms, reductions {r * 1e3:.1f} ms, "
+      f"to the host {h * 1e3:.1f} ms (of {w * 1e3:.1f} ms)")
+activities = [torch.profiler.ProfilerActivity.CPU] + (
+    [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+with torch.profiler.profile(activities=activities) as profiler:
+    for _ in range(3):
+        capturer.run(features, labels)
+    sync()
+profiler.export_chrome_trace(str(out / "capture-profile.json"))
+sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+print(profiler.key_averages().table(sort_by=sort, row_limit=20), file=sys.stderr)
+print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=20), file=sys.stderr)
+print(f"capture profile (chrome trace, open in https://ui.perfetto.dev): {out / 'capture-profile.json'}",
+      file=sys.stderr)
 
 # 5. A training step, trim and full: its time with the steps queued back to back (as an epoch runs them), the same
 #    reading each step's loss (which waits for the GPU, as training did before), and the log-mel share of a step.
