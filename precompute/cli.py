@@ -267,7 +267,6 @@ def _storage(args: argparse.Namespace) -> dict | None:
 
 
 def _run_trace(args: argparse.Namespace) -> int:
-    from app.summary import summarise
     from precompute.capture import CaptureOptions
     from precompute.config import read_config
     from precompute.trace import Selection, Tracer
@@ -285,6 +284,8 @@ def _run_trace(args: argparse.Namespace) -> int:
                          "each to name them, or leave out --name (each is named after its directory)")
     shard = _shard(args.shard) if args.shard else None
     maps = None if args.no_summary or args.prepare_only or shard else _maps(args.maps)  # a bad --maps fails now
+    if maps is not None:  # as would a summary that cannot be imported; without one, its second of imports is spared
+        from app.summary import summarise
     selection = Selection(per_class=args.per_class, all=args.all, utterances=args.utterances)
     status, committed = 0, False
     for run in args.run:

@@ -133,6 +133,14 @@ def test_tracing_and_training_start_without_scikit_learn():
                           check=True).stdout.strip() == "False"
 
 
+def test_a_trace_without_its_summary_does_not_import_the_summary(lora_run, tmp_path):
+    """``--no-summary`` (and every shard's process) spared a second of imports (pandas, joblib, the analyses)."""
+    argv = ["trace", "--run", str(lora_run), "--store", str(tmp_path / "s.zarr"), "--per-class", "1", "--no-summary"]
+    code = f"import sys; from precompute.cli import main; print(main({argv!r}), 'app.summary' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split()[-2:] == ["0", "False"], result.stderr[-2000:]
+
+
 def test_writer_processes_are_refused_for_an_in_memory_store(lora_run):
     from precompute.config import read_config
     from precompute.trace import Selection, Tracer
