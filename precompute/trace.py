@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -106,6 +107,20 @@ def default_writers(store: str) -> int:
     if store.startswith("memory://"):
         return 0
     return min(4, (os.cpu_count() or 1) // 4)
+
+
+def prefetched(items: list, load: Callable, ahead: int = 2) -> Iterator:
+    """``load(item)`` for each of ``items`` in order, each computed on a thread up to ``ahead`` items ahead.
+
+    An item's error is raised when it is asked for. A trace reads the next batches' audio there (libsndfile decodes
+    outside the GIL) while the device captures this one.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audio-reader") as pool:
+        pending = deque(pool.submit(load, item) for item in items[:ahead])
+        for i in range(len(items)):
+            if i + ahead < len(items):
+                pending.append(pool.submit(load, items[i + ahead]))
+            yield pending.popleft().result()
 
 
 def _settle(write: Future, bar: tqdm) -> int:
@@ -225,16 +240,19 @@ class Tracer:
             # The store writes batches on its own thread or processes while the device captures the next ones; a
             # bounded number in flight bounds the memory, and leaving the block waits for them, so an interrupt
             # keeps what was captured.
+            mine.sort(key=lambda batch: fold_of_row[batch[0]])  # fold by fold (stable: as formed within a fold)
             with self._writers() as pool:
                 in_flight: deque[Future] = deque()
                 models, capturer, extractor = FoldModels(self.run, checkpoint, self.device), None, None
+                audio_of = prefetched(mine, lambda batch: [load_audio(path_of_row[r], long=self.config.long)
+                                                           for r in batch])
                 for fold in sorted({fold_of_row[batch[0]] for batch in mine}):
                     model = models.load(fold)  # the same module each fold, that fold's weights swapped in
                     if capturer is None:  # so its capturer and extractor serve every fold
                         capturer = Capturer(model, self.config.window, self.options)
                         extractor = feature_extractor(W.whisper_of(model).config)
                     for batch in (batch for batch in mine if fold_of_row[batch[0]] == fold):
-                        audio = [load_audio(path_of_row[r], long=self.config.long) for r in batch]
+                        audio = next(audio_of)
                         features = W.extract(extractor, audio, self.config.window, device=self.device)
                         labels = torch.tensor([label_of[emotion[r]] for r in batch], device=self.device)
                         captured = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -139,6 +140,32 @@ def test_a_trace_without_its_summary_does_not_import_the_summary(lora_run, tmp_p
     code = f"import sys; from precompute.cli import main; print(main({argv!r}), 'app.summary' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split()[-2:] == ["0", "False"], result.stderr[-2000:]
+
+
+def test_the_next_batches_audio_is_read_while_this_one_is_captured():
+    """``prefetched`` loads up to ``ahead`` items beyond the one being used, in order, and no further (memory)."""
+    from precompute.trace import prefetched
+
+    started = {i: threading.Event() for i in range(6)}
+    asked = []
+
+    def load(i):
+        started[i].set()
+        if i == 4:
+            raise ValueError("unreadable 4")
+        return i * 10
+
+    items = prefetched(list(range(6)), load, ahead=2)
+    for i in range(4):
+        assert next(items) == i * 10
+        asked.append(i)
+        # while item i is used, items i+1 and i+2 are read (a sequential read would wait here forever) ...
+        assert started[i + 1].wait(5) and started[min(i + 2, 5)].wait(5)
+        # ... and nothing beyond them
+        assert not any(started[j].is_set() for j in range(i + 3, 6))
+    with pytest.raises(ValueError, match="unreadable 4"):  # an item's error comes when it is asked for
+        next(items)
+    assert asked == [0, 1, 2, 3]
 
 
 def test_writer_processes_are_refused_for_an_in_memory_store(lora_run):
