@@ -8,6 +8,7 @@ again after an interruption captures only the rows not yet written.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -109,18 +110,28 @@ def default_writers(store: str) -> int:
     return min(4, (os.cpu_count() or 1) // 4)
 
 
-def prefetched(items: list, load: Callable, ahead: int = 2) -> Iterator:
-    """``load(item)`` for each of ``items`` in order, each computed on a thread up to ``ahead`` items ahead.
+@contextlib.contextmanager
+def prefetched(items: list, load: Callable, ahead: int = 2) -> Iterator[Iterator]:
+    """An iterator of ``load(item)`` for each of ``items`` in order, each computed on a thread ahead of use.
 
-    An item's error is raised when it is asked for. A trace reads the next batches' audio there (libsndfile decodes
-    outside the GIL) while the device captures this one.
+    Up to ``ahead`` items are loaded before they are asked for, the first from the moment the block is entered. An
+    item's error is raised when it is asked for; leaving the block cancels the loads not yet started and waits
+    for the one under way. A trace reads the next batches' audio so (libsndfile decodes outside the GIL) while it
+    loads a fold's model and the device captures the batch before.
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audio-reader") as pool:
-        pending = deque(pool.submit(load, item) for item in items[:ahead])
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audio-reader")
+    pending = deque(pool.submit(load, item) for item in items[:ahead])
+
+    def results() -> Iterator:
         for i in range(len(items)):
             if i + ahead < len(items):
                 pending.append(pool.submit(load, items[i + ahead]))
             yield pending.popleft().result()
+
+    try:
+        yield results()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _settle(write: Future, bar: tqdm) -> int:
@@ -241,29 +252,29 @@ class Tracer:
             # bounded number in flight bounds the memory, and leaving the block waits for them, so an interrupt
             # keeps what was captured.
             mine.sort(key=lambda batch: fold_of_row[batch[0]])  # fold by fold (stable: as formed within a fold)
-            with self._writers() as pool:
+            with self._writers() as pool, prefetched(mine, lambda batch: [
+                    load_audio(path_of_row[r], long=self.config.long) for r in batch]) as audio_of:
                 in_flight: deque[Future] = deque()
                 models, capturer, extractor = FoldModels(self.run, checkpoint, self.device), None, None
-                audio_of = prefetched(mine, lambda batch: [load_audio(path_of_row[r], long=self.config.long)
-                                                           for r in batch])
-                for fold in sorted({fold_of_row[batch[0]] for batch in mine}):
-                    model = models.load(fold)  # the same module each fold, that fold's weights swapped in
+                model_fold = None
+                for batch, audio in zip(mine, audio_of, strict=True):
+                    fold = fold_of_row[batch[0]]
+                    if fold != model_fold:  # the same module each fold, that fold's weights swapped in
+                        model, model_fold = models.load(fold), fold
                     if capturer is None:  # so its capturer and extractor serve every fold
                         capturer = Capturer(model, self.config.window, self.options)
                         extractor = feature_extractor(W.whisper_of(model).config)
-                    for batch in (batch for batch in mine if fold_of_row[batch[0]] == fold):
-                        audio = next(audio_of)
-                        features = W.extract(extractor, audio, self.config.window, device=self.device)
-                        labels = torch.tensor([label_of[emotion[r]] for r in batch], device=self.device)
-                        captured = []
-                        for r, arrays in zip(batch, capturer.run(features, labels), strict=True):
-                            arrays["fold"] = np.int16(fold)
-                            if not self.options.keeps_frames(ids[r]):
-                                arrays = {k: v for k, v in arrays.items() if k not in SAMPLED}
-                            captured.append(arrays)
-                        while len(in_flight) >= max(1, self.writers):
-                            done += _settle(in_flight.popleft(), bar)
-                        in_flight.append(self._submit(pool, checkpoint, batch, captured))
+                    features = W.extract(extractor, audio, self.config.window, device=self.device)
+                    labels = torch.tensor([label_of[emotion[r]] for r in batch], device=self.device)
+                    captured = []
+                    for r, arrays in zip(batch, capturer.run(features, labels), strict=True):
+                        arrays["fold"] = np.int16(fold)
+                        if not self.options.keeps_frames(ids[r]):
+                            arrays = {k: v for k, v in arrays.items() if k not in SAMPLED}
+                        captured.append(arrays)
+                    while len(in_flight) >= max(1, self.writers):
+                        done += _settle(in_flight.popleft(), bar)
+                    in_flight.append(self._submit(pool, checkpoint, batch, captured))
                 while in_flight:
                     done += _settle(in_flight.popleft(), bar)
             bar.close()

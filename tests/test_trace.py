@@ -155,16 +155,17 @@ def test_the_next_batches_audio_is_read_while_this_one_is_captured():
             raise ValueError("unreadable 4")
         return i * 10
 
-    items = prefetched(list(range(6)), load, ahead=2)
-    for i in range(4):
-        assert next(items) == i * 10
-        asked.append(i)
-        # while item i is used, items i+1 and i+2 are read (a sequential read would wait here forever) ...
-        assert started[i + 1].wait(5) and started[min(i + 2, 5)].wait(5)
-        # ... and nothing beyond them
-        assert not any(started[j].is_set() for j in range(i + 3, 6))
-    with pytest.raises(ValueError, match="unreadable 4"):  # an item's error comes when it is asked for
-        next(items)
+    with prefetched(list(range(6)), load, ahead=2) as items:
+        assert started[0].wait(5) and started[1].wait(5)  # before the first is asked for (a fold's model loads)
+        for i in range(4):
+            assert next(items) == i * 10
+            asked.append(i)
+            # while item i is used, items i+1 and i+2 are read (a sequential read would wait here forever) ...
+            assert started[i + 1].wait(5) and started[min(i + 2, 5)].wait(5)
+            # ... and nothing beyond them
+            assert not any(started[j].is_set() for j in range(i + 3, 6))
+        with pytest.raises(ValueError, match="unreadable 4"):  # an item's error comes when it is asked for
+            next(items)
     assert asked == [0, 1, 2, 3]
 
 
