@@ -121,8 +121,9 @@ def test_a_ray_worker_killed_mid_grid_and_the_command_rerun(ray_local, spec_file
     assert fold_state(out) == fold_state(sequential)  # the resumed fold ends as if never interrupted
 
 
-def test_grid_in_processes_trains_what_the_local_loop_trains(spec_file, sequential, tmp_path):
+def test_grid_in_processes_trains_what_the_local_loop_trains(spec_file, sequential, tmp_path, monkeypatch):
     out = tmp_path / "processes"
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # 2 workers of one thread each, as the reference trained
     result = run_grid(load_spec(spec_file), out, ProcessExecutor(2), spec_file)
     assert result.complete and len(result.trained) == 4, result.failed
     assert len({r["pid"] for r in result.trained}) == 2  # both processes took folds
