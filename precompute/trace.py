@@ -251,7 +251,6 @@ class Tracer:
             # The store writes batches on its own thread or processes while the device captures the next ones; a
             # bounded number in flight bounds the memory, and leaving the block waits for them, so an interrupt
             # keeps what was captured.
-            mine.sort(key=lambda batch: fold_of_row[batch[0]])  # fold by fold (stable: as formed within a fold)
             with self._writers() as pool, prefetched(mine, lambda batch: [
                     load_audio(path_of_row[r], long=self.config.long) for r in batch]) as audio_of:
                 in_flight: deque[Future] = deque()
@@ -259,7 +258,7 @@ class Tracer:
                 model_fold = None
                 for batch, audio in zip(mine, audio_of, strict=True):
                     fold = fold_of_row[batch[0]]
-                    if fold != model_fold:  # the same module each fold, that fold's weights swapped in
+                    if fold != model_fold:  # batches come fold by fold: the same module, that fold's weights in
                         model, model_fold = models.load(fold), fold
                     if capturer is None:  # so its capturer and extractor serve every fold
                         capturer = Capturer(model, self.config.window, self.options)
