@@ -23,8 +23,8 @@ alt.data_transformers.disable_max_rows()
 def _tips(*fields: str | alt.Tooltip) -> list[alt.Tooltip]:
     """Tooltip channels: a field's name becomes its ``alt.Tooltip``.
 
-    Altair validates a channel given as a string against its schema on every ``encode`` (6-13 ms a chart here, most
-    of the Utterance page's chart building); given as an object it does not. Every chart here passes objects.
+    Altair validates a channel given as a string against its schema on every ``encode`` (most of a page's chart
+    building); given as an object it does not. Every chart here passes objects.
     """
     return [alt.Tooltip(f) if isinstance(f, str) else f for f in fields]
 
@@ -179,9 +179,8 @@ def time_image(values: np.ndarray, seconds_per_column: float, y: str, title: str
                ) -> alt.Chart:
     """``values`` ``(rows, time)`` (row 0 at the bottom) as one image over time, from 0 to the columns' end.
 
-    A rect per cell made the browser draw thousands of them: an EmoDB clip's log-mel (80 x 100) cost the Utterance
-    page about a second of drawing, its layers x time views (7 x 100 at whisper-base) 0.27 s more, and a 32-layer
-    model's 4.5 s clip is 7,400 cells a view. An image is one mark at any resolution. Its legend comes from a
+    A rect per cell makes the browser draw thousands of them (a 32-layer model's 4.5 s clip is 7,400 cells a
+    view). An image is one mark at any resolution. Its legend comes from a
     transparent layer on the same colour scale (``colours`` over ``domain``, default the values' range); it has no
     per-cell tooltip (the trajectory beside it has one per layer).
     """

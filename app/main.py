@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run app/main.py` from a checkout
-
-from app import data  # noqa: E402
-from store.reader import StoreError  # noqa: E402
+from loralens.app import cache
+from loralens.store.reader import StoreError
 
 st.set_page_config(page_title="loralens", page_icon="🎧", layout="wide")
 
@@ -25,12 +22,12 @@ def problem_page(message: str) -> None:
                 "loralens trace --run runs/lora --store runs/store.zarr\n```")
 
 
-path = data.store_path()
+path = cache.store_path()
 try:
     if path is None:
         raise StoreError("No store configured: start the app with loralens app --store PATH "
-                         f"(or set {data.STORE_ENV}).")
-    if not data.runs(path):
+                         f"(or set {cache.STORE_ENV}).")
+    if not cache.runs(path):
         raise StoreError(f"{path} holds no traced run yet; run loralens trace --run RUN_DIR --store {path}")
 except StoreError as e:
     message = str(e)

@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from app import charts, views
-from app.analysis import causal, projections, spectra
-from app.analysis import contributions as contrib_analysis
-from app.analysis import lens as lens_analysis
-from app.analysis.counterfactuals import AUDIO_KINDS, CHANGES
-from store.reader import StoreReader
+from loralens.analysis import causal, projections, spectra, views
+from loralens.analysis import contributions as contrib_analysis
+from loralens.analysis import lens as lens_analysis
+from loralens.analysis.counterfactuals import AUDIO_KINDS, CHANGES
+from loralens.app import charts
+from loralens.store.reader import StoreReader
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,8 @@ def build(store: str, out: Path, threshold: float = 0.9, storage_options: dict |
         diff = a.diff
         summary["runs"][name] = {
             "frozen": frozen_run.name if frozen_run else None, "n_utterances": len(rows), "n_layers": n_layers,
+            "origin": {r.name: r.origin for r in (lora_run, frozen_run) if r is not None},
+            "held_out": all(r.held_out for r in (lora_run, frozen_run) if r is not None),
             "metrics": {k: lora_run.metrics.get(k) for k in ("uar", "war")},
             "frozen_metrics": {k: frozen_run.metrics.get(k) for k in ("uar", "war")} if frozen_run else None,
             "lens": {"kl_direction": a.lens.direction, "kl_label": a.lens.kl_label,
@@ -266,6 +268,10 @@ def _markdown(summary: dict) -> str:
                   + f"; {run['n_layers']} layers; compared with {run['frozen'] or 'no frozen run'}. "
                   f"Logit-lens KL: {run['lens']['kl_label']}, the final prediction's distribution against each "
                   "layer's.", ""]
+        if not run["held_out"]:
+            lines += ["**Not held out**: " + ", ".join(n for n, o in run["origin"].items() if "not held out" in o)
+                      + " was imported as one model that may have trained on any of these utterances "
+                      "(loralens import --not-held-out); its scores and findings describe data it may have seen.", ""]
         m, f = run["metrics"], run["frozen_metrics"]
         if m.get("uar"):
             lines.append(f"Cross-validated UAR: LoRA {m['uar']['mean']:.3f} ± {m['uar']['std']:.3f}"

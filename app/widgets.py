@@ -13,8 +13,8 @@ import pandas as pd
 import pyarrow as pa
 import streamlit as st
 
-from app import data, state
-from app.views import RunInfo
+from loralens.analysis.views import RunInfo
+from loralens.app import cache, state
 
 PRESENTATION_CSS = """
 <style>
@@ -27,9 +27,9 @@ html, body, [class*="css"] { font-size: 20px !important; }
 
 def view_state() -> state.ViewState:
     """The URL's state, checked against the store."""
-    path = data.store_path()
-    runs = data.runs(path)
-    ids = set(data.reader(path).utterances()["id"].tolist())
+    path = cache.store_path()
+    runs = cache.runs(path)
+    ids = set(cache.reader(path).utterances()["id"].tolist())
     params = {k: st.query_params.get_all(k) for k in st.query_params}
     return state.parse(params, [r.name for r in runs], ids, {r.name: r.n_layers + 1 for r in runs})
 
@@ -58,7 +58,7 @@ def present(view: state.ViewState) -> None:
 
     Every page calls it first; it also labels a store of synthesised speech as such, on every page.
     """
-    datasets = set(data.reader(data.store_path()).utterances()["dataset"].tolist())
+    datasets = set(cache.reader(cache.store_path()).utterances()["dataset"].tolist())
     if "synthetic" in datasets:
         st.caption(":material/record_voice_over: Synthetic speech: this store holds the offline espeak-ng corpus"
                    + (" (beside real recordings)" if len(datasets) > 1 else "") + ", not human recordings.")
@@ -76,7 +76,7 @@ def present(view: state.ViewState) -> None:
 
 def pick_run(view: state.ViewState, method: str | None = None, key: str = "run") -> RunInfo:
     """A run selector (LoRA runs only with ``method='lora'``)."""
-    runs = [r for r in data.runs(data.store_path()) if method is None or r.method == method]
+    runs = [r for r in cache.runs(cache.store_path()) if method is None or r.method == method]
     runs.sort(key=lambda r: (r.method != "lora", r.name))  # LoRA runs first: they are what the tool is about
     if not runs:
         st.info("This store holds no " + (f"{method} " if method else "") + "run. Trace one with loralens trace.")
@@ -140,8 +140,8 @@ _FRAME = "__loralens_frame"
 def _lift_frames(chart_: alt.TopLevelMixin, frames: list[pd.DataFrame]) -> alt.TopLevelMixin:
     """The chart (and its layers) with each DataFrame cut to one marked row; the frames appended to ``frames``.
 
-    Altair turns every row into a dict and hashes them all to name the dataset: 100-250 ms for a map of 5,500
-    utterances, on every slider move. From one row it still infers the field types; Arrow takes the whole frame.
+    Altair turns every row into a dict and hashes them all to name the dataset, on every slider move. From one row
+    it still infers the field types; Arrow takes the whole frame.
     """
     if isinstance(chart_, alt.LayerChart):
         out = chart_.copy(deep=False)
@@ -223,7 +223,7 @@ def exports(prepared: Figure, data_: pd.DataFrame, name: str, key: str) -> None:
     """CSV, SVG and PNG download buttons for a chart, made only when clicked.
 
     In a popover, not an expander: the browser mounts a popover's buttons when it opens, an expander's with the
-    page (six charts' exports cost the Utterance page a third of a second of drawing on the 5,500-utterance store).
+    page (every chart's exports drawn with the page, whether opened or not).
     """
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
     with st.popover("Export"):

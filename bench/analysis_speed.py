@@ -10,9 +10,8 @@ import time
 
 import numpy as np
 
-from app import views
-from app.analysis import contributions, lens, projections
-from store.reader import StoreReader
+from loralens.analysis import contributions, lens, projections, views
+from loralens.store.reader import StoreReader
 
 
 def timed(fn) -> float:
@@ -42,7 +41,7 @@ def main() -> None:
         lens.kl_to_final(np.stack([logits, final], 1))
 
     def lens_all():
-        lens.summarise(fresh().read(run, "trained", "lens_logits", rows))
+        lens.lens_statistics(fresh().read(run, "trained", "lens_logits", rows))
 
     def contributions_one():
         r = fresh()

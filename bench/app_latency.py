@@ -81,8 +81,8 @@ UPLOAD_CONDITIONS = ("lora_off_from@3", "erase@5", "pitch@4", "noise@10")
 
 def upload(run_dir: Path, emodb: Path) -> tuple[float, float]:
     """Seconds from a 5 s clip to its per-layer predictions, and to its lens under the page's default conditions."""
-    from precompute.audio import load_audio
-    from precompute.predict import Predictor
+    from loralens.precompute.audio import load_audio
+    from loralens.precompute.predict import Predictor
 
     clips = sorted((emodb / "wav").glob("*.wav"))[:3]
     audio = np.concatenate([load_audio(c) for c in clips])[: 5 * 16000]
@@ -99,8 +99,8 @@ def upload(run_dir: Path, emodb: Path) -> tuple[float, float]:
 
 PLACING = """
 import sys, time
-from app import views
-from store.reader import StoreReader
+from loralens.analysis import views
+from loralens.store.reader import StoreReader
 reader = StoreReader(sys.argv[1])
 run = next(iter(reader.runs()))
 layer = int(reader.attrs(run)["n_layers"])

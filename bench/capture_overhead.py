@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from precompute import window as W
-from precompute.audio import load_audio
-from precompute.capture import CaptureOptions, Capturer
-from precompute.checkpoints import attach_lora, load_fold_model
-from precompute.config import TrainConfig
-from precompute.data import load_corpus
-from precompute.models import feature_extractor, load_classifier
+from loralens.precompute import windowing
+from loralens.precompute.audio import load_audio
+from loralens.precompute.capture import CaptureOptions, Capturer
+from loralens.precompute.checkpoints import attach_lora, load_fold_model
+from loralens.precompute.config import TrainConfig
+from loralens.precompute.data import load_corpus
+from loralens.precompute.models import feature_extractor, load_classifier
 
 
 def main() -> None:
@@ -45,15 +45,15 @@ def main() -> None:
                 if "lora_B" in name:
                     p.normal_(0, 0.02)
     model.eval()
-    extractor = feature_extractor(W.whisper_of(model).config)
-    features = W.extract(extractor, [load_audio(u.path) for u in chosen], "trim")
+    extractor = feature_extractor(windowing.whisper_of(model).config)
+    features = windowing.extract(extractor, [load_audio(u.path) for u in chosen], "trim")
     labels = torch.tensor([corpus.emotions.index(u.emotion) for u in chosen])
     capturer = Capturer(model, "trim", CaptureOptions())
     lora = [p for n, p in model.named_parameters() if "lora_" in n]
 
     def bare() -> float:
         started = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(W.classify(model, features), labels, reduction="sum")
+        loss = torch.nn.functional.cross_entropy(windowing.classify(model, features), labels, reduction="sum")
         torch.autograd.grad(loss, lora)
         return time.perf_counter() - started
 

@@ -32,7 +32,7 @@ python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.
   --platform manylinux2014_x86_64 --platform any -d .whl "${pinned[@]}"
 
 rm -rf .gpu/base .gpu/emodb && mkdir -p .gpu/emodb/wav
-python -m precompute.cli model export bundled:base --out .gpu/base
+python -m loralens.cli model export bundled:base --out .gpu/base
 python - "$emodb" <<'PY'
 import sys
 from pathlib import Path
@@ -41,8 +41,8 @@ import soundfile
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from precompute.audio import load_audio
-from precompute.data import load_corpus
+from loralens.precompute.audio import load_audio
+from loralens.precompute.data import load_corpus
 
 weights = Path(".gpu/base/model.safetensors")
 save_file({k: v.half().contiguous() for k, v in load_file(weights).items()}, weights, metadata={"format": "pt"})

@@ -49,7 +49,7 @@ frozen=${FROZEN:-1}
 mkdir -p "$out"
 figures="$out/figures.txt"
 : > "$figures"
-loralens() { python -m precompute.cli "$@"; }  # the checkout's own code, installed or not
+loralens() { python -m loralens.cli "$@"; }  # the checkout's own code, installed or not
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 figure() { echo "== $*" | tee -a "$figures"; }
@@ -193,7 +193,7 @@ traced="LoRA trained + random twin$([ "$frozen" = 1 ] && echo " + frozen")"
 if gpu_seconds=$(trace "$device" "$out/trace-device.zarr"); then
   # Where the LoRA run's trace spends its time: the same command under cProfile, into a store of its own.
   if [ "${PROFILE:-1}" != 0 ]; then
-    python -m cProfile -o "$out/trace.prof" -m precompute.cli trace --run "$out/lora" --store "$out/trace-profiled.zarr" \
+    python -m cProfile -o "$out/trace.prof" -m loralens.cli trace --run "$out/lora" --store "$out/trace-profiled.zarr" \
       --per-class "$per_class" --device "$device" --no-summary 2>/dev/null
     python - "$out/trace.prof" > "$out/trace-profile.txt" <<'PY'
 import pstats
@@ -221,7 +221,7 @@ PY
   if [ "${THREAD_TRACE:-1}" = 0 ]; then :
   elif thread_seconds=$(trace "$device" "$out/trace-thread.zarr" --writers 0); then
     figure "the same trace with --writers 0 (one writer thread): $thread_seconds s; the capture loops alone:" \
-      "$(captured "$out/trace-thread.zarr") (default here: $(python -c 'from precompute.trace import default_writers
+      "$(captured "$out/trace-thread.zarr") (default here: $(python -c 'from loralens.precompute.trace import default_writers
 print(default_writers("x"))') writer processes)"
   else fail "trace on $device with --writers 0"
   fi
@@ -239,7 +239,7 @@ fi
 python - "$out" <<'PY' | tee -a "$figures" || fail "the stores' agreement"
 import sys
 from pathlib import Path
-from store.reader import StoreReader
+from loralens.store.reader import StoreReader
 for store in sorted(Path(sys.argv[1]).glob("trace-*.zarr")):
     reader = StoreReader(str(store))
     for run in reader.runs():
@@ -259,15 +259,15 @@ from pathlib import Path
 
 import torch
 
-from precompute import window as W
-from precompute.audio import load_audio
-from precompute.capture import CaptureOptions, Capturer
-from precompute.checkpoints import load_fold_model
-from precompute.config import TrainConfig, read_config
-from precompute.data import load_corpus
-from precompute.models import feature_extractor
-from precompute.trace import run_precision
-from precompute.train import Trainer, batch_features, batches, lr_schedule
+from loralens.precompute import windowing
+from loralens.precompute.audio import load_audio
+from loralens.precompute.capture import CaptureOptions, Capturer
+from loralens.precompute.checkpoints import load_fold_model
+from loralens.precompute.config import TrainConfig, read_config
+from loralens.precompute.data import load_corpus
+from loralens.precompute.models import feature_extractor
+from loralens.precompute.trace import run_precision
+from loralens.precompute.train import Trainer, batch_features, batches, lr_schedule
 
 out, device, model_spec, data = Path(sys.argv[1]), torch.device(sys.argv[2]), sys.argv[3], sys.argv[4]
 
@@ -292,7 +292,7 @@ model = load_fold_model(run, 0).to(device).eval()
 config = read_config(run)
 corpus = load_corpus(data, tuple(config.emotions))
 chosen = corpus.utterances[:: max(1, len(corpus.utterances) // 8)][:8]
-features = W.extract(feature_extractor(W.whisper_of(model).config), [load_audio(u.path) for u in chosen],
+features = windowing.extract(feature_extractor(windowing.whisper_of(model).config), [load_audio(u.path) for u in chosen],
                      "trim").to(device)
 labels = torch.tensor([config.emotions.index(u.emotion) for u in chosen], device=device)
 capturer = Capturer(model, "trim", CaptureOptions(precision=precision))
@@ -300,8 +300,8 @@ lora = [p for n, p in model.named_parameters() if "lora_" in n]
 
 
 def bare():
-    with W.autocast(device, precision):
-        logits = W.classify(model, features)
+    with windowing.autocast(device, precision):
+        logits = windowing.classify(model, features)
     torch.autograd.grad(torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum"), lora)
 
 
@@ -317,7 +317,7 @@ print(f"== capture overhead ({precision}, batch 8, trim, {device}): bare forward
 
 # Where a capture's time goes: the traced forward and backward, the reductions on the device, the copies to the host
 # (each phase ends with a sync), then torch.profiler's table of the host and device operators over 3 captures.
-import precompute.capture as capture_module  # noqa: E402
+import loralens.precompute.capture as capture_module  # noqa: E402
 
 phases = {"reduce": [], "to host": []}
 real_to_numpy, real_per_utterance = capture_module.to_numpy, Capturer._per_utterance

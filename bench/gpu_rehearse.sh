@@ -32,7 +32,7 @@ out=$(mktemp -d "${TMPDIR:-/tmp}/gpu-rehearsal-out.XXXXXX")
 export PATH="$venv/bin:$PATH" PYTHONPATH="$site" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 python - <<'PY'
 import peft, torch, transformers
-from precompute.models import load_classifier
+from loralens.precompute.models import load_classifier
 model = load_classifier(".gpu/base", ["anger", "happiness", "neutral", "sadness"])
 print(f"gpu_rehearse: torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}; "
       f".gpu/base loads as {type(model).__name__} in {next(model.parameters()).dtype}")

@@ -39,7 +39,7 @@ COMPLETE = """() => {
 
 def app_command(store: str) -> list[str]:
     """``loralens app`` on ``store``, to be completed with a port number."""
-    return [sys.executable, "-m", "precompute.cli", "app", "--store", store, "--port"]
+    return [sys.executable, "-m", "loralens.cli", "app", "--store", store, "--port"]
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from store.reader import StoreReader
+from loralens.store.reader import StoreReader
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:

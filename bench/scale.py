@@ -75,8 +75,8 @@ def table_rows(utterances: list[sim.Utterance], seed: int) -> list:
     from tqdm.auto import tqdm
     from transformers import WhisperFeatureExtractor
 
-    from precompute.trace import log_mel_input
-    from store.writer import UtteranceRow
+    from loralens.precompute.trace import log_mel_input
+    from loralens.store.writer import UtteranceRow
 
     extractor = WhisperFeatureExtractor(feature_size=sim.N_MELS)
     rows = []
@@ -92,7 +92,7 @@ def table_rows(utterances: list[sim.Utterance], seed: int) -> list:
 def metrics(simulator: sim.Simulator, utterances: list[sim.Utterance], profile: sim.Profile, folds: int,
             epochs: int) -> dict:
     """The run's ``metrics.json`` as training writes it, from the predictions the store will hold."""
-    from precompute.folds import scores, summarise
+    from loralens.precompute.folds import over_folds, scores
 
     labels = np.array([u.emotion for u in utterances])
     predictions = np.array([simulator.prediction(u, profile) for u in utterances])
@@ -103,13 +103,13 @@ def metrics(simulator: sim.Simulator, utterances: list[sim.Utterance], profile: 
         speakers = sorted({sim.SPEAKERS[j] for j in range(len(sim.SPEAKERS)) if j * folds // len(sim.SPEAKERS) == k})
         per_fold.append({"fold": k, "test_speakers": speakers, "epoch": epochs,
                          **scores(labels[mask], predictions[mask], len(sim.EMOTIONS))})
-    return {"complete": True, "n_folds": folds, "n_done": folds, **summarise(per_fold), "folds": per_fold}
+    return {"complete": True, "n_folds": folds, "n_done": folds, **over_folds(per_fold), "folds": per_fold}
 
 
 def checkpoint_attrs(method: str, folds: int, capture: dict, run_metrics: dict) -> dict:
     """A checkpoint's attributes, as ``loralens trace`` writes them for this geometry."""
-    from precompute.capture import module_name
-    from precompute.config import TrainConfig
+    from loralens.precompute.capture import module_name
+    from loralens.precompute.config import TrainConfig
 
     config = TrainConfig(model=sim.MODEL, data=sim.DATA, method=method, rank=sim.RANK, alpha=sim.ALPHA,
                          folds="loso" if folds == len(sim.SPEAKERS) else str(folds), window="trim",
@@ -126,7 +126,7 @@ def write_rows(store: str, utterances: list[sim.Utterance], rows: list[int], kee
     """Write every unwritten row of part ``k`` of ``n`` (rows ``i % n == k``); return (rows written, seconds)."""
     from tqdm.auto import tqdm
 
-    from store.writer import StoreWriter
+    from loralens.store.writer import StoreWriter
 
     k, n = part
     writer = StoreWriter(store)
@@ -157,7 +157,7 @@ def _write_part(args: tuple) -> tuple[int, float]:
 
 
 def _commit(args: tuple[str, str, list[int]]) -> tuple[dict[str, bool], float]:
-    from store.writer import StoreWriter
+    from loralens.store.writer import StoreWriter
 
     store, run, rows = args
     started = time.perf_counter()
@@ -165,9 +165,9 @@ def _commit(args: tuple[str, str, list[int]]) -> tuple[dict[str, bool], float]:
 
 
 def write(args: argparse.Namespace) -> int:
-    from precompute.capture import CaptureOptions
-    from store.validate import sizes
-    from store.writer import StoreWriter
+    from loralens.precompute.capture import CaptureOptions
+    from loralens.store.validate import sizes
+    from loralens.store.writer import StoreWriter
 
     options = CaptureOptions(per_frame_b=True, per_frame_sample=args.per_frame_sample, precision=PRECISION)
     utterances = sim.corpus(args.utterances, args.folds, args.seed)
@@ -285,7 +285,7 @@ def measure(args: argparse.Namespace) -> int:
     if "summarise" in only:
         print(f"timing loralens summarise {args.store} ...", flush=True)
         # --force: a store summarised already would otherwise be skipped, and nothing timed
-        result = pages.timed([sys.executable, "-m", "precompute.cli", "summarise", args.store, "--force"],
+        result = pages.timed([sys.executable, "-m", "loralens.cli", "summarise", args.store, "--force"],
                              timeout=args.command_timeout)
         if result.missing:
             print("loralens summarise does not exist yet (its parser refused the command): not timed")
@@ -324,7 +324,7 @@ def measure(args: argparse.Namespace) -> int:
     if "report" in only:
         print("timing loralens report ...", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
-            result = pages.timed([sys.executable, "-m", "precompute.cli", "report", "--store", args.store,
+            result = pages.timed([sys.executable, "-m", "loralens.cli", "report", "--store", args.store,
                                   "--out", str(args.report_out or tmp)], timeout=args.command_timeout)
         figures.append(("loralens report", _command_figure(result), "<= 10 min",
                         result.rc == 0 and result.seconds <= 600))

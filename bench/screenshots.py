@@ -32,7 +32,7 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "precompute.cli", "app", "--store", args.store, "--port",
+    server = subprocess.Popen([sys.executable, "-m", "loralens.cli", "app", "--store", args.store, "--port",
                                str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -17,9 +17,8 @@ import time
 
 import numpy as np
 
-from app import views
-from app.analysis import cka
-from store.reader import StoreReader
+from loralens.analysis import cka, views
+from loralens.store.reader import StoreReader
 
 BANDS = (1e-2, 1e-4, 1e-5, 1e-6)
 """Singular values compared down to these fractions of the largest. Both sides solve a float64 Gram matrix (summed
@@ -51,7 +50,7 @@ def main() -> None:
         started = time.perf_counter()
         worst = dict.fromkeys(BANDS, 0.0)
         curves = ranks = 0.0
-        from app.analysis import spectra
+        from loralens.analysis import spectra
 
         for quantity, by in streamed.items():
             for checkpoint, spectrum in by.items():

@@ -13,7 +13,7 @@ loralens validate "$store"
 python - "$store" <<'PY'
 import sys
 from pathlib import Path
-from store.reader import StoreReader
+from loralens.store.reader import StoreReader
 store = sys.argv[1]
 reader = StoreReader(store)
 total = sum(f.stat().st_size for f in Path(store).rglob("*") if f.is_file())

@@ -37,7 +37,7 @@ loralens validate "$s3" "${storage[@]}" | head -3
 python - "$out/local.zarr" "$s3" "$url" <<'PY'
 import sys
 import numpy as np
-from store.reader import StoreReader
+from loralens.store.reader import StoreReader
 local = StoreReader(sys.argv[1])
 for store in (sys.argv[2], sys.argv[2] + "-allcores"):
     remote = StoreReader(store, {"endpoint_url": sys.argv[3]})
@@ -89,7 +89,7 @@ PY
 LORALENS_STORE=$s3 LORALENS_STORAGE_OPTIONS="{\"endpoint_url\": \"$url\"}" python - <<'PY'
 import app
 from streamlit.testing.v1 import AppTest
-from store.reader import STORAGE_OPTIONS_ENV
+from loralens.store.storage import STORAGE_OPTIONS_ENV
 assert STORAGE_OPTIONS_ENV == "LORALENS_STORAGE_OPTIONS", STORAGE_OPTIONS_ENV
 at = AppTest.from_file(app.__path__[0] + "/main.py", default_timeout=600).run()
 problems = []

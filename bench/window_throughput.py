@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from precompute import window as W
-from precompute.audio import load_audio
-from precompute.checkpoints import attach_lora
-from precompute.config import TrainConfig
-from precompute.data import load_corpus
-from precompute.models import feature_extractor, load_classifier
+from loralens.precompute import windowing
+from loralens.precompute.audio import load_audio
+from loralens.precompute.checkpoints import attach_lora
+from loralens.precompute.config import TrainConfig
+from loralens.precompute.data import load_corpus
+from loralens.precompute.models import feature_extractor, load_classifier
 
 
 def main() -> None:
@@ -36,13 +36,13 @@ def main() -> None:
     config = TrainConfig(model=args.model, data=f"emodb:{args.emodb}")
     model = attach_lora(load_classifier(args.model, list(corpus.emotions)), config).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    extractor = feature_extractor(W.whisper_of(model).config)
+    extractor = feature_extractor(windowing.whisper_of(model).config)
     labels = torch.arange(args.batch_size) % len(corpus.emotions)
 
-    def step(window: W.Window) -> float:
+    def step(window: windowing.Window) -> float:
         started = time.perf_counter()
-        features = W.extract(extractor, clips, window)
-        loss = torch.nn.functional.cross_entropy(W.classify(model, features), labels)
+        features = windowing.extract(extractor, clips, window)
+        loss = torch.nn.functional.cross_entropy(windowing.classify(model, features), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -12,10 +12,10 @@ from typing import BinaryIO, Literal
 import numpy as np
 import soundfile as sf
 
+from loralens.store.schema import SAMPLE_RATE
+
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000
-"""Whisper's input rate."""
 MAX_SECONDS = 30.0
 """Whisper's window: longer clips are cropped (``long="crop"``), refused (``long="error"``), or kept whole
 (``long="keep"``) for analysis in consecutive windows (``windows``)."""

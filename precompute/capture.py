@@ -1,6 +1,8 @@
-"""Capture, with nnsight, everything the analyses need from one batch: the only module that uses nnsight.
+"""Capture everything the store keeps of one batch, with nnsight (the one module that traces with it).
 
-A model and a batch in; per-utterance NumPy arrays out, named as in ``store.schema.CHECKPOINT_ARRAYS``.
+A model and a batch in; per-utterance NumPy arrays out, named as in ``loralens.store.schema.CHECKPOINT_ARRAYS``.
+The causal lens (``loralens.precompute.intervene``) is not a capture: it changes the forward pass and reads
+only the residual stream around its changes, with plain PyTorch forward hooks.
 Everything up to ``to_numpy`` runs on the model's device; ``to_numpy`` is the one place tensors leave it.
 """
 
@@ -14,9 +16,9 @@ import torch
 from nnsight import NNsight
 from peft import PeftModel
 
-from precompute import window as W
-from precompute.config import PRECISIONS, Precision
-from store.schema import CHECKPOINT_ARRAYS
+from loralens.precompute import windowing
+from loralens.precompute.config import PRECISIONS, Precision
+from loralens.store.schema import CHECKPOINT_ARRAYS
 
 PER_FRAME = {name for name, spec in CHECKPOINT_ARRAYS.items() if spec.per_frame}
 SAMPLED = {name for name, spec in CHECKPOINT_ARRAYS.items() if spec.sampled}
@@ -61,15 +63,15 @@ class CaptureOptions:
 class _Classifier(torch.nn.Module):
     """The whole classifier as one module with a tensor-only forward, for nnsight to trace."""
 
-    def __init__(self, model: torch.nn.Module, window: W.Window):
+    def __init__(self, model: torch.nn.Module, window: windowing.Window):
         super().__init__()
         self.model = model
         self.window = window
 
     def forward(self, input_features: torch.Tensor, n_frames: list[int]) -> torch.Tensor:
         # The lengths come as a list: nnsight moves every tensor input to the model's device, and they belong on
-        # the host (see ``W.Features.n_frames``).
-        return W.classify(self.model, W.Features(input_features, torch.tensor(n_frames), self.window))
+        # the host (see ``windowing.Features.n_frames``).
+        return windowing.classify(self.model, windowing.Features(input_features, torch.tensor(n_frames), self.window))
 
 
 def lora_modules(model: torch.nn.Module) -> list[tuple[int, str]]:
@@ -77,9 +79,9 @@ def lora_modules(model: torch.nn.Module) -> list[tuple[int, str]]:
     if not isinstance(model, PeftModel):
         return []
     targets = [t for t in (*ATTENTION_TARGETS, *MLP_TARGETS)
-               if hasattr(getattr(W.whisper_of(model).encoder.layers[0].self_attn, t, None), "lora_A")
-               or hasattr(getattr(W.whisper_of(model).encoder.layers[0], t, None), "lora_A")]
-    return [(i, t) for i in range(len(W.whisper_of(model).encoder.layers)) for t in targets]
+               if hasattr(getattr(windowing.whisper_of(model).encoder.layers[0].self_attn, t, None), "lora_A")
+               or hasattr(getattr(windowing.whisper_of(model).encoder.layers[0], t, None), "lora_A")]
+    return [(i, t) for i in range(len(windowing.whisper_of(model).encoder.layers)) for t in targets]
 
 
 def module_name(layer: int, target: str) -> str:
@@ -90,7 +92,7 @@ def module_name(layer: int, target: str) -> str:
 class Capturer:
     """Traces one model (a fold's checkpoint) batch after batch."""
 
-    def __init__(self, model: torch.nn.Module, window: W.Window, options: CaptureOptions):
+    def __init__(self, model: torch.nn.Module, window: windowing.Window, options: CaptureOptions):
         self.model = model.eval()
         self.options = options
         self.modules = lora_modules(model)
@@ -107,7 +109,7 @@ class Capturer:
         module = getattr(parent, target)
         return module.lora_A["default"], module.lora_B["default"]
 
-    def run(self, features: W.Features, labels: torch.Tensor) -> list[dict[str, np.ndarray]]:
+    def run(self, features: windowing.Features, labels: torch.Tensor) -> list[dict[str, np.ndarray]]:
         """Capture one batch.
 
         Args:
@@ -115,10 +117,10 @@ class Capturer:
             labels: true class indices, shape ``(batch,)``, on any device.
 
         Returns:
-            Per utterance, arrays named as in ``store.schema``; per-frame arrays hold only the real frames.
+            Per utterance, arrays named as in ``loralens.store.schema``; per-frame arrays hold only the real frames.
         """
         layers = self.whisper_envoy.encoder.layers
-        n_layers = len(W.whisper_of(self.model).encoder.layers)
+        n_layers = len(windowing.whisper_of(self.model).encoder.layers)
         residual, attention, mlp, a_out, b_out, a_grad, b_grad = [], [], [], [], [], [], []
         by_layer: dict[int, list[str]] = {}
         for i, t in self.modules:
@@ -127,7 +129,7 @@ class Capturer:
         context = torch.enable_grad() if with_grad else torch.no_grad()
         device = next(self.model.parameters()).device
         labels = labels.to(device)
-        with context, W.autocast(device, self.options.precision), \
+        with context, windowing.autocast(device, self.options.precision), \
                 self.traced.trace(features.input_features, features.n_frames.tolist()):
             residual.append(layers[0].input.save())
             for i in range(n_layers):
@@ -158,7 +160,7 @@ class Capturer:
     @torch.no_grad()
     def _per_utterance(self, features, labels, residual, attention, mlp, a_out, b_out, a_grad, b_grad,
                        logits) -> list[dict[str, np.ndarray]]:
-        whisper = W.whisper_of(self.model)
+        whisper = windowing.whisper_of(self.model)
         # Per-frame arrays keep the real frames of the longest clip and reduce no more: in the full window the
         # other ~1,400 of 1,500 frames are padding, which cost a 2 s clip's batch of base 2.8 of 16.9 s on the CPU
         # (the per-frame logit lens over them) and would have crossed to the host from a GPU.
@@ -167,15 +169,16 @@ class Capturer:
         attn = torch.stack([a.detach().float() for a in attention], 1)  # (batch, layer, frame, d)
         ffn = torch.stack([f.detach().float() for f in mlp], 1)
         pool = features.pooling_mask()  # what the head pools: every frame in the full window
-        real = W.Features(features.input_features, features.n_frames, "trim").pooling_mask()[:, :m]
+        real = windowing.Features(features.input_features, features.n_frames, "trim").pooling_mask()[:, :m]
         normed = whisper.encoder.layer_norm(h)
-        pooled_lens = whisper.classifier(whisper.projector(W.masked_mean(normed, pool)))  # (batch, boundary, class)
+        # (batch, boundary, class)
+        pooled_lens = whisper.classifier(whisper.projector(windowing.masked_mean(normed, pool)))
         frame_logits = whisper.classifier(whisper.projector(normed[:, :, :m]))  # (batch, boundary, frame, class)
         h_in, attn_m, ffn_m = h[:, :-1, :m], attn[:, :, :m], ffn[:, :, :m]
         h_norm = h_in.norm(dim=-1).clamp(min=1e-12)
         update = h[:, 1:, :m] - h_in  # attention + MLP output: the layer's whole write to the residual stream
         batched = {
-            "residual_pooled": W.masked_mean(h, pool),
+            "residual_pooled": windowing.masked_mean(h, pool),
             "lens_logits": pooled_lens,
             "attention_norm_ratio": attn_m.norm(dim=-1) / h_norm,
             "attention_cosine": torch.nn.functional.cosine_similarity(attn_m, h_in, dim=-1),
@@ -183,9 +186,9 @@ class Capturer:
             "mlp_cosine": torch.nn.functional.cosine_similarity(ffn_m, h_in, dim=-1),
             "block_norm_ratio": update.norm(dim=-1) / h_norm,
             "block_cosine": torch.nn.functional.cosine_similarity(update, h_in, dim=-1),
-            "layer_input_pooled": W.masked_mean(h[:, :-1], pool),
-            "attention_pooled": W.masked_mean(attn, pool),
-            "mlp_pooled": W.masked_mean(ffn, pool),
+            "layer_input_pooled": windowing.masked_mean(h[:, :-1], pool),
+            "attention_pooled": windowing.masked_mean(attn, pool),
+            "mlp_pooled": windowing.masked_mean(ffn, pool),
             "logits": logits.detach().float(),
             "residual": h[:, :, :m],
             "lens_logits_frames": frame_logits,
@@ -203,8 +206,8 @@ class Capturer:
             else:
                 batched["lora_a_gradient"] = torch.zeros_like(batched["lora_a_activation"])
                 batched["lora_b_gradient"] = torch.zeros_like(batched["lora_b_activation"])
-            batched["lora_a_pooled"] = W.masked_mean(batched["lora_a_activation"], real)
-            batched["lora_b_pooled"] = W.masked_mean(batched["lora_b_activation"], real)
+            batched["lora_a_pooled"] = windowing.masked_mean(batched["lora_a_activation"], real)
+            batched["lora_b_pooled"] = windowing.masked_mean(batched["lora_b_activation"], real)
         arrays = {name: to_numpy(value) for name, value in batched.items()}
         predictions = arrays["logits"].argmax(-1)
         label_values = to_numpy(labels)

@@ -20,7 +20,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dic
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from precompute.config import (
+from loralens.precompute.config import (
     Precision,
     RunError,
     TrainConfig,
@@ -28,8 +28,8 @@ from precompute.config import (
     default_precision,
     read_config,
 )
-from precompute.models import load_classifier
-from precompute.window import whisper_of
+from loralens.precompute.models import load_classifier
+from loralens.precompute.windowing import whisper_of
 
 Variant = Literal["trained", "random_twin"]
 HEAD_FILE = "head.safetensors"
@@ -43,7 +43,7 @@ TWIN_STD = 0.02
 def lora_config(config: TrainConfig) -> LoraConfig:
     """The PEFT config of a LoRA run."""
     return LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
-                      target_modules=list(config.targets), bias="none")
+                      target_modules=list(config.targets), bias="none", use_rslora=config.rslora)
 
 
 def head_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

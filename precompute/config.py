@@ -9,14 +9,15 @@ from pathlib import Path
 from typing import Literal
 
 Window = Literal["trim", "full"]
-"""The encoder's input window (see ``precompute.window``)."""
+"""The encoder's input window (see ``loralens.precompute.windowing``)."""
 WINDOWS: tuple[Window, ...] = ("trim", "full")
 Method = Literal["lora", "frozen"]
 Schedule = Literal["constant", "linear"]
-"""How the learning rates move over a fold's steps (see ``precompute.train.lr_schedule``)."""
+"""How the learning rates move over a fold's steps (see ``loralens.precompute.train.lr_schedule``)."""
 SCHEDULES: tuple[Schedule, ...] = ("constant", "linear")
 Precision = Literal["fp32", "bf16"]
-"""The numeric regime of a run's forward passes: float32, or bfloat16 autocast (see ``precompute.window.autocast``)."""
+"""The numeric regime of a run's forward passes: float32, or bfloat16 autocast
+(see ``loralens.precompute.windowing.autocast``)."""
 PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
 # Epochs per fold when none are given, per method, chosen on training loss: LoRA's is 0.001-0.003 after 10 epochs;
 # the head alone on a frozen encoder learns slower (EmoDB: ~0.1-0.2 after 10 epochs, ~0.02 after 30), and a
@@ -30,7 +31,7 @@ RESUMABLE_FIELDS = ("device", "skip_bad")
 INTERVENTION_KINDS = ("lora_off", "lora_only", "lora_off_from", "erase", "patch")
 """The causal lens's interventions inside the model (``precompute.intervene``): LoRA off at a layer, on at a layer
 only, off from a layer up, a layer's block erased, a layer's output patched in from a partner run. The audio
-counterfactuals are ``app.analysis.counterfactuals.AUDIO_KINDS``."""
+counterfactuals are ``loralens.analysis.counterfactuals.AUDIO_KINDS``."""
 
 
 @dataclass
@@ -39,7 +40,7 @@ class TrainConfig:
 
     model: str
     """``--model SPEC``: a HF id or directory, ``ct2:DIR``, ``bundled:tiny.en``, ``bundled:base`` or ``random:NAME``
-    (see ``precompute.models``)."""
+    (see ``loralens.precompute.models``)."""
     data: str
     """``--data SPEC``, e.g. ``emodb:../shared/data/emodb``."""
     method: Method = "lora"
@@ -54,10 +55,13 @@ class TrainConfig:
     """LoRA dropout."""
     targets: list[str] = field(default_factory=lambda: ["v_proj"])
     """Encoder modules LoRA adapts (any of q_proj, k_proj, v_proj, out_proj, fc1, fc2)."""
+    rslora: bool = False
+    """Rank-stabilised LoRA: the update scaled by alpha / sqrt(r) instead of alpha / r."""
     window: Window = "trim"
     """``trim``: the encoder sees only the clip's frames; ``full``: stock 30 s padding, pooled over 1500 frames."""
     folds: str = "loso"
-    """``loso`` (leave one speaker out), an integer K (K folds grouped by speaker), or ``split``."""
+    """``loso`` (leave one speaker out), an integer K (K folds grouped by speaker), ``split``, or ``given`` (each
+    fold's test set given to ``loralens import``)."""
     epochs: int | None = None
     """Training epochs per fold (the most, with ``epoch_selection='inner'``); None takes ``DEFAULT_EPOCHS``."""
     epoch_selection: Literal["fixed", "inner"] = "fixed"
@@ -84,6 +88,10 @@ class TrainConfig:
     """IEMOCAP: count excitement as happiness, as is customary."""
     device: str = "auto"
     """``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``."""
+    source: dict | None = None
+    """None for a run ``loralens train`` trained; for one ``loralens import`` made: ``kind`` (``lora`` or
+    ``whole``), the ``checkpoints`` it read (one per fold), ``held_out`` (False: the one model may have trained on
+    any utterance, so its predictions are not held out) and ``test_sets``."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """Numeric regime of training and of its predictions: ``fp32``, or ``bf16`` autocast; ``auto`` is bf16 on CUDA
     and fp32 elsewhere. Fixed when the run starts (``config.json`` holds the choice, never ``auto``; a resumed run
@@ -109,8 +117,10 @@ class TrainConfig:
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout={self.dropout}; expected a number in [0, 1)")
         k_folds = self.folds.isascii() and self.folds.isdigit() and int(self.folds) >= 2  # not "²": int() refuses
-        if self.folds not in ("loso", "split") and not k_folds:
+        if self.folds not in ("loso", "split", "given") and not k_folds:
             raise ValueError(f"folds={self.folds!r}; expected 'loso', 'split' or an integer K >= 2")
+        if self.folds == "given" and self.source is None:
+            raise ValueError("folds='given' is for runs loralens import makes (their test sets are given to it)")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule={self.schedule!r}; expected 'constant' or 'linear'")
         if not 0 <= self.warmup < 1:
@@ -132,7 +142,7 @@ class TrainConfig:
 
     def save(self, path: Path) -> None:
         """Write ``config.json`` (sorted keys), in one step: a grid's folds of one run write it at once."""
-        from precompute.files import write_atomic
+        from loralens.precompute.files import write_atomic
 
         write_atomic(path, json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
 

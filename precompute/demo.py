@@ -10,20 +10,20 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from precompute.config import DEFAULT_EPOCHS, TrainConfig
-from precompute.models import cache_dir
-from precompute.synth import CORPUS_VERSION, synthesise
-from precompute.trace import Selection, Tracer
-from precompute.train import train
-from store.schema import INTERVENTION_VERSION, SCHEMA_VERSION
-from store.validate import validate
+from loralens.precompute.config import DEFAULT_EPOCHS, TrainConfig
+from loralens.precompute.models import cache_dir
+from loralens.precompute.synth import CORPUS_VERSION, synthesise
+from loralens.precompute.trace import Selection, Tracer
+from loralens.precompute.train import train
+from loralens.store.schema import INTERVENTION_VERSION, SCHEMA_VERSION
+from loralens.store.validate import validate
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class DemoPlan:
-    """What the demo builds; the defaults fit the 15-minute budget on 2 CPU cores."""
+    """What the demo builds; the defaults keep a first build on 2 CPU cores within 15 minutes."""
 
     data: str | None = None
     """``--data SPEC``; None synthesises the offline corpus."""
@@ -100,7 +100,7 @@ def build(plan: DemoPlan, rebuild: bool = False) -> str:
 DEMO_STRENGTHS = {"pitch": (-4.0, 4.0), "tempo": (0.8, 1.25), "loudness": (-20.0, 10.0), "noise": (20.0, 0.0),
                   "bandlimit": (3400.0, 1000.0)}
 """The demo's audio changes at two strengths each (pitch and tempo one down and one up, the others a mild and a strong
-one): the full grids (three or four each) took 485 s on 2 cores, over the demo's budget; ``loralens intervene``
+one): the full grids (three or four each) would take the demo over its time budget; ``loralens intervene``
 adds the rest to the store when asked."""
 
 
@@ -111,7 +111,7 @@ def intervened(root: Path, store: Path) -> Path:
 
 def _intervene(root: Path, store: Path) -> None:
     """Step 5: the causal lens on every run, LoRA and frozen patched from each other (``loralens intervene``)."""
-    from precompute import intervene  # torch and peft: loaded only here
+    from loralens.precompute import intervene  # torch and peft: loaded only here
 
     mark = intervened(root, store)
     if mark.is_file():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from precompute.data import load_corpus
+from loralens.precompute.data import load_corpus
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ and an executor maps it over the jobs, yielding each job's outcome as it finishe
 executor run the very same function, so the two paths cannot drift; another scheduler (SLURM arrays, say) would be
 one more class with a ``map``. ``ProcessExecutor`` runs jobs at once in processes of this machine, sharing its cores
 and its GPU: a training step of a small model is bound by the host's Python, so several folds at once keep one GPU
-busy (EmoDB's 10 LOSO folds of base, 10 epochs, on one H100: 54 s in 10 processes, about 100 s in one).
+busy (figures in docs/benchmarks.md).
 
 Ray is imported only by ``RayExecutor`` (the ``cluster`` extra); the package imports without it.
 """

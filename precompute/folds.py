@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from precompute.config import completed_folds
-from precompute.data import Corpus
-from precompute.files import write_atomic
+from loralens.precompute.config import completed_folds
+from loralens.precompute.data import Corpus
+from loralens.precompute.files import write_atomic
 
 
 @dataclass
@@ -107,7 +107,7 @@ def scores(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> dict:
     }
 
 
-def summarise(fold_metrics: list[dict]) -> dict:
+def over_folds(fold_metrics: list[dict]) -> dict:
     """Mean and standard deviation of UAR and WAR over folds."""
     out = {}
     for key in ("uar", "war"):
@@ -126,7 +126,7 @@ def write_run_metrics(run: Path, n_folds: int | None = None) -> dict:
         n_folds = len(json.loads((run / "folds.json").read_text())["folds"])
     per_fold = [json.loads((run / f"fold_{i:02d}" / "metrics.json").read_text()) for i in completed_folds(run)]
     summary = {"complete": len(per_fold) == n_folds, "n_folds": n_folds,
-               "n_done": len(per_fold), **(summarise(per_fold) if per_fold else {}),
+               "n_done": len(per_fold), **(over_folds(per_fold) if per_fold else {}),
                "folds": [{k: m[k] for k in ("fold", "test_speakers", "uar", "war", "confusion", "epoch")}
                          for m in per_fold]}
     write_atomic(run / "metrics.json", json.dumps(summary, indent=2) + "\n")

@@ -3,7 +3,7 @@
 A grid writes the run directories ``loralens train`` writes (``OUT/<model>-<method>-<window>[-r<rank>]-seed<seed>``,
 one ``fold_KK`` per fold) and ``OUT/grid.json`` (the resolved spec, with the library versions). The unit of work
 is ``train_fold``, one fold of one run, through ``train.train(..., only=[fold])``: an executor
-(``precompute.executors``) runs the jobs here one after the other, or as Ray tasks. Rerunning the command
+(``loralens.precompute.executors``) runs the jobs here one after the other, or as Ray tasks. Rerunning the command
 submits only the folds not yet complete, and a fold cut short resumes after its last finished epoch.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from precompute.config import (
+from loralens.precompute.config import (
     WINDOWS,
     Method,
     RunError,
@@ -29,9 +29,9 @@ from precompute.config import (
     library_versions,
     read_config,
 )
-from precompute.data import absolute_spec
-from precompute.executors import Executor, Outcome, describe
-from precompute.files import write_atomic
+from loralens.precompute.data import absolute_spec
+from loralens.precompute.executors import Executor, Outcome, describe
+from loralens.precompute.files import write_atomic
 
 try:
     import tomllib
@@ -249,8 +249,8 @@ def fold_jobs(path: Path, config: TrainConfig, only: list[int] | None = None, sp
     Raises:
         RunError: ``path`` holds a run of another configuration, or has no fold of ``only``.
     """
-    from precompute.data import load_corpus
-    from precompute.folds import make_folds
+    from loralens.precompute.data import load_corpus
+    from loralens.precompute.folds import make_folds
 
     path = path.resolve()
     corpora = {} if corpora is None else corpora
@@ -298,7 +298,7 @@ def train_fold(job: FoldJob) -> dict:
         import the trainer (torch, transformers, peft: the first job of a worker process only).
     """
     started = time.time()
-    from precompute.train import train
+    from loralens.precompute.train import train
 
     imports = round(time.time() - started, 3)
     train(job.config, job.run, only=[job.fold])
@@ -339,7 +339,7 @@ def run_jobs(jobs: list[FoldJob], done: list[str], executor: Executor, out: Path
                      outcome.result["war"], outcome.result["seconds"], outcome.result["host"], outcome.result["pid"])
         else:
             result.failed.append(f"{outcome.job}: {describe(outcome.error)}")
-    from precompute.folds import write_run_metrics
+    from loralens.precompute.folds import write_run_metrics
 
     for run in sorted({job.run for job in jobs}):
         if (run / "folds.json").is_file():  # every run's metrics.json holds all its folds, whichever job ended last

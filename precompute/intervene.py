@@ -13,7 +13,7 @@ A condition is named ``<kind>@<layer>`` or, for an audio counterfactual, ``<kind
 - ``patch@k``: layer k's output (the residual at boundary k + 1) replaced by the partner run's on the same
   utterance: the frozen encoder's residual patched into the LoRA model, or LoRA's into the frozen one;
 - ``pitch@s``, ``tempo@s``, ``loudness@s``, ``noise@s``, ``bandlimit@s``: the utterance's audio changed
-  (``app.analysis.counterfactuals``), the model as trained.
+  (``loralens.analysis.counterfactuals``), the model as trained.
 
 ``outcome`` runs a batch under whatever condition is applied and returns what the store keeps per condition: the
 final class probabilities and the lens (each boundary's residual through the final layer norm, mean-pooled over
@@ -35,16 +35,16 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from tqdm.auto import tqdm
 
-from app.analysis import causal, counterfactuals  # torch-free; shared with the explorer
-from app.analysis.counterfactuals import AUDIO_KINDS, CHANGES
-from precompute import window as W
-from precompute.audio import load_audio
-from precompute.checkpoints import FoldModels, run_precision
-from precompute.config import INTERVENTION_KINDS, RunError, completed_folds, read_config
-from precompute.models import feature_extractor
-from precompute.trace import held_out_fold
-from precompute.train import resolve_device
-from store.writer import StoreWriter
+from loralens.analysis import causal, counterfactuals  # torch-free; shared with the explorer
+from loralens.analysis.counterfactuals import AUDIO_KINDS, CHANGES
+from loralens.precompute import windowing
+from loralens.precompute.audio import load_audio
+from loralens.precompute.checkpoints import FoldModels, run_precision
+from loralens.precompute.config import INTERVENTION_KINDS, RunError, completed_folds, read_config
+from loralens.precompute.models import feature_extractor
+from loralens.precompute.trace import held_out_fold
+from loralens.precompute.train import resolve_device
+from loralens.store.writer import StoreWriter
 
 LORA_KINDS = tuple(k for k in INTERVENTION_KINDS if k.startswith("lora_"))
 KINDS = ("none", *INTERVENTION_KINDS, *AUDIO_KINDS)
@@ -107,7 +107,7 @@ def conditions(model: torch.nn.Module, kinds: tuple[str, ...] = KINDS, strengths
     The LoRA kinds only for a PEFT model, ``patch`` only with a ``partner`` to patch from. ``strengths`` (kind ->
     strengths) overrides the audio changes' default grids (``counterfactuals.CHANGES``).
     """
-    n_layers = len(W.whisper_of(model).encoder.layers)
+    n_layers = len(windowing.whisper_of(model).encoder.layers)
     lora = isinstance(model, PeftModel)
     out = []
     for kind in kinds:
@@ -123,7 +123,7 @@ def conditions(model: torch.nn.Module, kinds: tuple[str, ...] = KINDS, strengths
 def _lora_layers(model: torch.nn.Module) -> dict[int, list[LoraLayer]]:
     """Encoder layer index -> the PEFT LoRA modules inside it."""
     out: dict[int, list[LoraLayer]] = {}
-    for k, layer in enumerate(W.whisper_of(model).encoder.layers):
+    for k, layer in enumerate(windowing.whisper_of(model).encoder.layers):
         out[k] = [m for m in layer.modules() if isinstance(m, LoraLayer)]
     return out
 
@@ -146,7 +146,7 @@ def applied(model: torch.nn.Module, condition: Condition, source: list[torch.Ten
         condition: what to do; the audio kinds change the input, not the model: nothing happens here.
         source: for ``patch``, the partner's output of every encoder layer on the same batch (``layer_outputs``).
     """
-    encoder = W.whisper_of(model).encoder
+    encoder = windowing.whisper_of(model).encoder
     n_layers = len(encoder.layers)
     if condition.kind == "none" or condition.audio:
         yield
@@ -189,8 +189,8 @@ def applied(model: torch.nn.Module, condition: Condition, source: list[torch.Ten
             m._disable_adapters = value
 
 
-def condition_features(condition: Condition, audio: list[np.ndarray], ids: list[str], features: W.Features,
-                       extractor, window: W.Window, device: torch.device) -> W.Features:
+def condition_features(condition: Condition, audio: list[np.ndarray], ids: list[str], features: windowing.Features,
+                       extractor, window: windowing.Window, device: torch.device) -> windowing.Features:
     """A batch's model input under ``condition``.
 
     ``features`` as they are; for an audio change, the audio altered (each clip's noise seeded by its id,
@@ -200,17 +200,17 @@ def condition_features(condition: Condition, audio: list[np.ndarray], ids: list[
         return features
     altered = [counterfactuals.alter(a, condition.kind, condition.strength, counterfactuals.seed_of(i))
                for a, i in zip(audio, ids, strict=True)]
-    return W.extract(extractor, altered, window, device=device)
+    return windowing.extract(extractor, altered, window, device=device)
 
 
 @torch.no_grad()
-def layer_outputs(model: torch.nn.Module, features: W.Features) -> list[torch.Tensor]:
+def layer_outputs(model: torch.nn.Module, features: windowing.Features) -> list[torch.Tensor]:
     """Each encoder layer's output on one batch, ``n_layers`` x ``(batch, frame, d_model)``: what ``patch`` reads."""
     out: list[torch.Tensor] = []
-    layers = W.whisper_of(model).encoder.layers
+    layers = windowing.whisper_of(model).encoder.layers
     handles = [layer.register_forward_hook(lambda module, args, output: out.append(output)) for layer in layers]
     try:
-        W.classify(model, features)
+        windowing.classify(model, features)
     finally:
         for handle in handles:
             handle.remove()
@@ -218,23 +218,23 @@ def layer_outputs(model: torch.nn.Module, features: W.Features) -> list[torch.Te
 
 
 @torch.no_grad()
-def outcome(model: torch.nn.Module, features: W.Features) -> tuple[torch.Tensor, torch.Tensor]:
+def outcome(model: torch.nn.Module, features: windowing.Features) -> tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities ``(batch, class)`` and lens logits ``(batch, boundary, class)`` of one batch.
 
     Under the conditions ``applied`` at the time; the lens is computed as the trace computes ``lens_logits``.
     """
-    whisper = W.whisper_of(model)
+    whisper = windowing.whisper_of(model)
     layers = whisper.encoder.layers
     residual: list[torch.Tensor] = []
     handles = [layers[0].register_forward_pre_hook(lambda module, args: residual.append(args[0]))]
     handles += [layer.register_forward_hook(lambda module, args, output: residual.append(output)) for layer in layers]
     try:
-        logits = W.classify(model, features)
+        logits = windowing.classify(model, features)
     finally:
         for handle in handles:
             handle.remove()
     h = torch.stack([r.float() for r in residual], 1)  # (batch, boundary, frame, d)
-    lens = W.head_logits(model, W.masked_mean(whisper.encoder.layer_norm(h), features.pooling_mask()))
+    lens = windowing.head_logits(model, windowing.masked_mean(whisper.encoder.layer_norm(h), features.pooling_mask()))
     return logits.float().softmax(-1), lens.float()
 
 
@@ -246,7 +246,7 @@ class _Batch:
     """Into the run's traced rows."""
     ids: list[str]
     audio: list[np.ndarray]
-    features: W.Features
+    features: windowing.Features
 
 
 def _partner_folds(run_dir: Path, partner: Path, ids: list[str]) -> list[int]:
@@ -307,7 +307,7 @@ def run(run_dir: Path, store: str, *, name: str | None = None, kinds: tuple[str,
 
     Returns:
         Per condition name: ``uar`` and ``war`` of its predictions, ``kl`` the mean KL(none || condition) and
-        ``flipped`` the share of utterances whose prediction differs from ``none``'s (``app.analysis.causal``).
+        ``flipped`` the share of utterances whose prediction differs from ``none``'s (``loralens.analysis.causal``).
     """
     if kinds is None:
         kinds = tuple(k for k in KINDS if k != "patch" or partner is not None)
@@ -331,7 +331,7 @@ def run(run_dir: Path, store: str, *, name: str | None = None, kinds: tuple[str,
     target = resolve_device(device)
     models = FoldModels(run_dir, "trained", target)
     model = models.load(int(folds[0]))
-    whisper = W.whisper_of(model)
+    whisper = windowing.whisper_of(model)
     chosen = conditions(model, ("none", *(k for k in kinds if k != "none")), strengths, partner is not None)
     if partner is not None and not any(c.kind == "patch" for c in chosen):
         partner = None
@@ -355,7 +355,7 @@ def run(run_dir: Path, store: str, *, name: str | None = None, kinds: tuple[str,
             part = positions[start: start + batch_size]
             audio = [load_audio(sources[i], long=config.long) for i in part]
             batches.append(_Batch(fold, partner_fold, part, [ids[i] for i in part], audio,
-                                  W.extract(extractor, audio, config.window, device=target)))
+                                  windowing.extract(extractor, audio, config.window, device=target)))
     bar = tqdm(total=len(pending) * len(batches), desc=f"{name} interventions", unit="batch")
     # Conditions of a kind run together (patch reads the partner once per batch), an audio change alone; each
     # condition is written whole once its kind is done, so an interrupted run loses at most one kind.
@@ -366,13 +366,13 @@ def run(run_dir: Path, store: str, *, name: str | None = None, kinds: tuple[str,
         for batch in batches:
             source = None
             if group[0].kind == "patch":
-                with W.autocast(target, partner_precision):  # the partner's residual as it computes it
+                with windowing.autocast(target, partner_precision):  # the partner's residual as it computes it
                     source = layer_outputs(partners.load(batch.partner_fold), batch.features)
             model = models.load(batch.fold)
             for j, condition in enumerate(group):
                 features = condition_features(condition, batch.audio, batch.ids, batch.features, extractor,
                                               config.window, target)
-                with applied(model, condition, source), W.autocast(target, precision):
+                with applied(model, condition, source), windowing.autocast(target, precision):
                     p, lens_logits = outcome(model, features)
                 probabilities[j, batch.positions] = p.cpu().numpy()
                 lens[j, batch.positions] = lens_logits.cpu().numpy()

@@ -33,8 +33,8 @@ from platformdirs import user_cache_dir
 from safetensors.torch import load_file, save_file
 from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForAudioClassification
 
-from precompute import ct2
-from precompute.files import open_as_umask
+from loralens.precompute import ct2
+from loralens.precompute.files import open_as_umask
 
 log = logging.getLogger(__name__)
 

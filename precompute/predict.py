@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.analysis import lens  # pure NumPy: the one lens rule, shared with the explorer and the report
-from precompute import window as W
-from precompute.audio import MAX_SECONDS, load_audio, require_sound, windows
-from precompute.capture import CaptureOptions, Capturer
-from precompute.checkpoints import load_fold_model, run_precision
-from precompute.config import completed_folds, read_config
-from precompute.models import feature_extractor
-from precompute.train import resolve_device
+from loralens.analysis import lens  # pure NumPy: the one lens rule, shared with the explorer and the report
+from loralens.precompute import windowing
+from loralens.precompute.audio import MAX_SECONDS, load_audio, require_sound, windows
+from loralens.precompute.capture import CaptureOptions, Capturer
+from loralens.precompute.checkpoints import load_fold_model, run_precision
+from loralens.precompute.config import completed_folds, read_config
+from loralens.precompute.models import feature_extractor
+from loralens.precompute.train import resolve_device
+from loralens.store.schema import SAMPLE_RATE
 
 
 @dataclass
@@ -54,7 +55,8 @@ class Prediction:
 class Predictor:
     """One fold's trained checkpoint, ready for clips."""
 
-    def __init__(self, run: Path, fold: int | None = None, device: str = "cpu"):
+    def __init__(self, run: Path | str, fold: int | None = None, device: str = "cpu"):
+        run = Path(run)
         self.config = read_config(run)
         folds = completed_folds(run)
         if not folds:
@@ -66,7 +68,7 @@ class Predictor:
         self.precision = run_precision(run)
         self.capturer = Capturer(self.model, self.config.window,
                                  CaptureOptions(gradients=False, precision=self.precision))
-        self.extractor = feature_extractor(W.whisper_of(self.model).config)
+        self.extractor = feature_extractor(windowing.whisper_of(self.model).config)
         # The app shares one Predictor between its sessions (threads); an intervention switches adapters or hooks
         # a layer for the length of its forward pass, so no other pass may run meanwhile.
         self._lock = threading.Lock()
@@ -74,10 +76,10 @@ class Predictor:
     @torch.no_grad()
     def predict(self, audio: np.ndarray, name: str = "clip", start: float = 0.0) -> Prediction:
         """Per-layer predictions for 16 kHz mono ``audio`` of at most 30 s."""
-        if len(audio) > MAX_SECONDS * 16000:
-            raise ValueError(f"{name}: {len(audio) / 16000:.1f} s is longer than Whisper's {MAX_SECONDS:.0f} s "
+        if len(audio) > MAX_SECONDS * SAMPLE_RATE:
+            raise ValueError(f"{name}: {len(audio) / SAMPLE_RATE:.1f} s is longer than Whisper's {MAX_SECONDS:.0f} s "
                              "window; use predict_windows")
-        features = W.extract(self.extractor, [audio], self.config.window, device=self.device)
+        features = windowing.extract(self.extractor, [audio], self.config.window, device=self.device)
         with self._lock:
             (row,) = self.capturer.run(features, torch.zeros(1, dtype=torch.long, device=self.device))
         probs = lens.trajectory(row["lens_logits"])
@@ -85,7 +87,7 @@ class Predictor:
         depth = int(lens.resolution_depth(row["lens_logits"][None])[0])
         emotions = list(self.config.emotions)
         return Prediction(name, emotions, probs.round(6).tolist(), emotions[int(top[-1])], depth,
-                          round(len(audio) / 16000, 3), row["residual_pooled"].tolist(), round(start, 3))
+                          round(len(audio) / SAMPLE_RATE, 3), row["residual_pooled"].tolist(), round(start, 3))
 
     @torch.no_grad()
     def intervene(self, audio: np.ndarray, conditions: list[str], name: str = "clip") -> dict[str, np.ndarray]:
@@ -101,18 +103,18 @@ class Predictor:
             Condition name (``none`` first: the model as trained) -> class probabilities per boundary,
             ``(n_boundaries, n_classes)``.
         """
-        from precompute import intervene as I  # noqa: N812
+        from loralens.precompute import intervene
 
-        chosen = [I.Condition.parse(c) for c in dict.fromkeys(["none", *conditions])]
+        chosen = [intervene.Condition.parse(c) for c in dict.fromkeys(["none", *conditions])]
         if patched := [c.name for c in chosen if c.kind == "patch"]:
             raise ValueError(f"{patched[0]}: patching needs the partner run's residuals on the clip; not for uploads")
-        features = W.extract(self.extractor, [audio], self.config.window, device=self.device)
+        features = windowing.extract(self.extractor, [audio], self.config.window, device=self.device)
         out = {}
         for condition in chosen:
-            f = I.condition_features(condition, [audio], [name], features, self.extractor, self.config.window,
+            f = intervene.condition_features(condition, [audio], [name], features, self.extractor, self.config.window,
                                      self.device)
-            with self._lock, I.applied(self.model, condition), W.autocast(self.device, self.precision):
-                _, lens_logits = I.outcome(self.model, f)
+            with self._lock, intervene.applied(self.model, condition), windowing.autocast(self.device, self.precision):
+                _, lens_logits = intervene.outcome(self.model, f)
             out[condition.name] = lens.trajectory(lens_logits[0].cpu().numpy())
         return out
 
@@ -121,7 +123,7 @@ class Predictor:
         parts = windows(audio)
         if len(parts) == 1:
             return [self.predict(parts[0][1], name)]
-        return [self.predict(part, f"{name} [{_clock(start)}-{_clock(start + len(part) / 16000)}]", start)
+        return [self.predict(part, f"{name} [{_clock(start)}-{_clock(start + len(part) / SAMPLE_RATE)}]", start)
                 for start, part in parts]
 
     def predict_file(self, path: Path) -> list[Prediction]:

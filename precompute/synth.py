@@ -209,7 +209,7 @@ def synthesise(out: Path, seed: int = 0, sentences: int = 10) -> Path:
         raise ValueError(f"sentences={sentences}; expected 1 to 10")
     # espeak-ng keeps synthesis state across calls in a process (its pitch flutter, for one): a fresh
     # interpreter per corpus makes the same seed give the same audio wherever synthesise is called from.
-    done = subprocess.run([sys.executable, "-m", "precompute.synth", str(out), str(seed), str(sentences)],
+    done = subprocess.run([sys.executable, "-m", "loralens.precompute.synth", str(out), str(seed), str(sentences)],
                           stdout=subprocess.PIPE, check=False)
     if done.returncode != 0:
         raise SynthError(f"synthesis into {out} failed (exit {done.returncode}); see the messages above")

@@ -24,18 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import WhisperConfig, WhisperFeatureExtractor
+from transformers import WhisperFeatureExtractor
 
-from precompute import window as W
-from precompute.audio import AudioError, load_audio
-from precompute.capture import SAMPLED, CaptureOptions, Capturer, lora_modules, module_name
-from precompute.checkpoints import FoldModels, load_fold_model, run_precision
-from precompute.config import Precision, RunError, completed_folds, read_config
-from precompute.data import DataSpecError, Utterance, load_corpus
-from precompute.models import feature_extractor
-from precompute.train import resolve_device
-from store.reader import read_blocks
-from store.writer import StoreWriter, UtteranceRow, open_worker, write_in_worker
+from loralens.precompute import windowing
+from loralens.precompute.audio import load_audio
+from loralens.precompute.capture import SAMPLED, CaptureOptions, Capturer, lora_modules, module_name
+from loralens.precompute.checkpoints import FoldModels, load_fold_model, run_precision
+from loralens.precompute.config import Precision, RunError, completed_folds, read_config
+from loralens.precompute.data import Utterance, load_corpus
+from loralens.precompute.models import feature_extractor
+from loralens.precompute.train import resolve_device
+from loralens.store.writer import StoreWriter, UtteranceRow, open_worker, write_in_worker
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +94,14 @@ def store_id(u: Utterance) -> str:
 
 def log_mel_input(extractor: WhisperFeatureExtractor, audio: np.ndarray) -> np.ndarray:
     """The log-mel input the utterance table keeps: over the clip's real frames, ``(n_mels, 2 * n_frames)``."""
-    return W.extract(extractor, [audio], "trim").input_features[0].numpy().astype(np.float16)
+    return windowing.extract(extractor, [audio], "trim").input_features[0].numpy().astype(np.float16)
 
 
 def default_writers(store: str) -> int:
     """Writer processes for a trace into ``store`` by default: a quarter of the cores, at most 4.
 
-    The store's writes (Zarr encodes and stores each chunk in Python, about a millisecond each) took about ten times
-    the GPU's capture on an H100; processes write in parallel where there are cores to spare. None (a thread) on
+    Zarr encodes and stores each chunk in Python, far slower than a GPU captures a batch; processes write in
+    parallel where there are cores to spare. None (a thread) on
     machines of fewer than 4 cores, or for an in-memory store.
     """
     if store.startswith("memory://"):
@@ -177,13 +176,13 @@ class Tracer:
     def prepare(self) -> list[int]:
         """Add the utterances to the table and create the run's checkpoint groups; return the rows."""
         probe = load_fold_model(self.run, self.items[0][1], "trained")
-        whisper = W.whisper_of(probe)
+        whisper = windowing.whisper_of(probe)
         extractor = feature_extractor(whisper.config)
         rows = []
         for u, _ in tqdm(self.items, desc="reading audio", unit="file"):
             audio = load_audio(u.path, long=self.config.long)
             rows.append(UtteranceRow(store_id(u), u.dataset, str(u.path), u.speaker, u.emotion, audio,
-                                     W.encoder_frames(len(audio)), log_mel_input(extractor, audio)))
+                                     windowing.encoder_frames(len(audio)), log_mel_input(extractor, audio)))
         indices = self.writer.add_utterances(rows)
         modules = lora_modules(probe)
         widths = [getattr(whisper.encoder.layers[i].self_attn, t, None) or getattr(whisper.encoder.layers[i], t)
@@ -262,8 +261,8 @@ class Tracer:
                         model, model_fold = models.load(fold), fold
                     if capturer is None:  # so its capturer and extractor serve every fold
                         capturer = Capturer(model, self.config.window, self.options)
-                        extractor = feature_extractor(W.whisper_of(model).config)
-                    features = W.extract(extractor, audio, self.config.window, device=self.device)
+                        extractor = feature_extractor(windowing.whisper_of(model).config)
+                    features = windowing.extract(extractor, audio, self.config.window, device=self.device)
                     labels = torch.tensor([label_of[emotion[r]] for r in batch], device=self.device)
                     captured = []
                     for r, arrays in zip(batch, capturer.run(features, labels), strict=True):
@@ -314,7 +313,7 @@ class Tracer:
     def commit(self, rows: list[int], maps: tuple[str, ...] | None = ("umap", "tsne")) -> dict[str, bool]:
         """Mark the run's checkpoints complete when every selected row is written; record the agreement.
 
-        Then summarise it (``app.summary``, fitting ``maps`` at every layer; None: leave that to ``loralens
+        Then summarise it (``analysis.summary``, fitting ``maps`` at every layer; None: leave that to ``loralens
         summarise``), and renew the summaries of the runs compared with it.
         """
         state = self.writer.commit(self.name, rows)
@@ -334,7 +333,7 @@ class Tracer:
                 log.warning("%s: no traced utterance is in the run's predictions.csv files to compare with",
                             self.name)
         if maps is not None and all(state.values()):
-            from app.summary import summarise  # the analyses live with the app; torch-free
+            from loralens.analysis.summary import summarise  # pandas, joblib: only where a run summarises
 
             # this run, and the runs whose summaries compared with it
             summarise(self.writer.path, None, maps, storage_options=self.storage_options)
@@ -412,105 +411,3 @@ def capture_shard(job: ShardJob) -> int:
                     precision=job.options.precision, writers=job.writers)
     return tracer.capture(tracer.rows(), job.shard)
 
-
-# -- loralens validate --repair: rows of the utterance table ------------------------------------------------
-_TEXT = ("id", "dataset", "source", "speaker", "emotion")
-
-
-def restore_utterances(store: str, rows: list[int], recreate: tuple[str, ...] = (),
-                       storage_options: dict | None = None) -> tuple[int, list[str]]:
-    """Write rows of the utterance table again from their source audio files (their chunks did not decode).
-
-    Audio, log-mel, duration and frames are read again from the source file, as ``prepare`` did; the text
-    columns come from the table where they are readable, else from the data sets of the store's runs (by id or
-    by source). A row whose source is missing or has changed since it was traced is left as it is, and named.
-
-    Args:
-        store: the store's path or URL.
-        rows: the table rows to write again (``Report.table_rows``).
-        recreate: columns whose zarr.json was unreadable, removed and created anew once every row is read.
-        storage_options: fsspec options of ``store``.
-
-    Returns:
-        How many rows were written, and one line per row that could not be, saying why and what to do.
-    """
-    writer = StoreWriter(store, storage_options)
-    table = {name: _salvage(writer, name) for name in (*_TEXT, "n_samples") if name not in recreate}
-    corpus: dict[str, Utterance] | None = None
-    extractor = None
-    restored: dict[int, UtteranceRow] = {}
-    left = []
-    for row in rows:
-        text = {name: (table.get(name) or {}).get(row) for name in _TEXT}
-        if any(not value for value in text.values()):
-            corpus = _corpora(writer) if corpus is None else corpus
-            u = corpus.get(text["id"] or "") or corpus.get(text["source"] or "")
-            if u is None:
-                left.append(f"utterances row {row}: its id and source cannot be read, and no data set of the "
-                            "store's runs lists it; trace the runs into a new store")
-                continue
-            found = {"id": store_id(u), "dataset": u.dataset, "source": str(u.path), "speaker": u.speaker,
-                     "emotion": u.emotion}
-            text = {name: value or found[name] for name, value in text.items()}
-        try:
-            audio = load_audio(text["source"])
-        except (AudioError, OSError) as e:
-            left.append(f"utterances row {row} ({text['id']}): its source audio cannot be read ({e}); put the file "
-                        f"back at {text['source']} and run loralens validate --repair {store} again")
-            continue
-        stored = (table.get("n_samples") or {}).get(row)
-        if stored is not None and stored != len(audio):
-            left.append(f"utterances row {row} ({text['id']}): {text['source']} has changed since it was traced "
-                        f"({len(audio)} samples, the store holds {stored}); trace the runs into a new store")
-            continue
-        extractor = _extractor(writer, recreate) if extractor is None else extractor
-        restored[row] = UtteranceRow(text["id"], text["dataset"], text["source"], text["speaker"], text["emotion"],
-                                     audio, W.encoder_frames(len(audio)), log_mel_input(extractor, audio))
-    if recreate and len(restored) < len(rows):
-        left.append(f"utterances/{', '.join(recreate)} left as it is: rebuilding a column needs every row")
-        restored = {}
-    if restored:
-        writer.rewrite_utterances(restored, recreate)
-    return len(restored), left
-
-
-def _salvage(writer: StoreWriter, name: str) -> dict[int, object]:
-    """A table column's readable values by row (rows in chunks that do not decode are left out)."""
-    array = writer._node(f"utterances/{name}")
-    if array is None:
-        return {}
-    values, _ = read_blocks(array)
-    return {row: value for row, value in enumerate(values) if value is not None}
-
-
-def _corpora(writer: StoreWriter) -> dict[str, Utterance]:
-    """The utterances of every data set the store's runs were traced from, by store id and by source path."""
-    out: dict[str, Utterance] = {}
-    specs = set()
-    for run, checkpoints in writer.runs().items():
-        for checkpoint in checkpoints:
-            attrs = writer.attrs(run, checkpoint)
-            specs.add((attrs.get("data"), attrs.get("train_config", {}).get("merge_excitement", True)))
-    for spec, merge in sorted(specs, key=str):
-        try:
-            corpus = load_corpus(spec, None, merge_excitement=merge)
-        except (DataSpecError, OSError) as e:
-            log.warning("cannot list %s to restore table rows: %s", spec, e)
-            continue
-        for u in corpus.utterances:
-            out[store_id(u)] = out[str(u.path)] = u
-    return out
-
-
-def _extractor(writer: StoreWriter, recreate: tuple[str, ...]) -> WhisperFeatureExtractor:
-    """The log-mel extractor the table was written with: its mel bins from the table, else from a run's model."""
-    log_mel = writer._node("utterances/log_mel") if "log_mel" not in recreate else None
-    if log_mel is not None:
-        return feature_extractor(WhisperConfig(num_mel_bins=log_mel.shape[1]))
-    for run, checkpoints in writer.runs().items():
-        run_dir = Path(writer.attrs(run, checkpoints[0]).get("run_dir", "")) if checkpoints else None
-        if run_dir is not None and run_dir.is_dir() and (folds := completed_folds(run_dir)):
-            model = load_fold_model(run_dir, folds[0], "trained")
-            return feature_extractor(W.whisper_of(model).config)
-    raise RunError("no run directory of the store's runs is at hand to tell the number of mel bins; rebuild the "
-                   "utterance table with loralens trace into a new store")

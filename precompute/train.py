@@ -1,7 +1,7 @@
 """``loralens train``: speaker-independent cross-validation of LoRA and frozen-encoder emotion models.
 
 A run directory holds ``config.json``, ``folds.json``, ``train.log``, ``metrics.json`` and one directory per
-completed fold (see ``precompute.checkpoints``). Folds are written as ``fold_KK.partial`` and renamed when
+completed fold (see ``loralens.precompute.checkpoints``). Folds are written as ``fold_KK.partial`` and renamed when
 complete, so an interrupted run resumes at its first unfinished fold with the same command, after that fold's
 last finished epoch.
 """
@@ -24,9 +24,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers.optimization import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
-from precompute import window as W
-from precompute.audio import AudioError, load_audio
-from precompute.checkpoints import (
+from loralens.precompute import windowing
+from loralens.precompute.audio import AudioError, load_audio
+from loralens.precompute.checkpoints import (
     HEAD_FILE,
     PROGRESS_FILE,
     Progress,
@@ -36,11 +36,11 @@ from precompute.checkpoints import (
     save_head,
     save_progress,
 )
-from precompute.config import RunError, TrainConfig, completed_folds, default_precision, read_config
-from precompute.data import Corpus, Utterance, load_corpus
-from precompute.files import open_as_umask, write_atomic
-from precompute.folds import Fold, make_folds, scores, write_run_metrics
-from precompute.models import feature_extractor, load_classifier, parse_model_spec
+from loralens.precompute.config import RunError, TrainConfig, completed_folds, default_precision, read_config
+from loralens.precompute.data import Corpus, Utterance, load_corpus
+from loralens.precompute.files import open_as_umask, write_atomic
+from loralens.precompute.folds import Fold, make_folds, scores, write_run_metrics
+from loralens.precompute.models import feature_extractor, load_classifier, parse_model_spec
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Example:
 
     utterance: Utterance
     label: int
-    features: W.ClipMel
+    features: windowing.ClipMel
     """Its log-mel in the run's window, extracted once: every epoch's batches are built from it."""
 
 
@@ -87,7 +87,7 @@ def load_examples(corpus: Corpus, config: TrainConfig, extractor,
             log.warning("skipped: %s", e)
             bad += 1
             continue
-        examples.append(Example(u, label_of[u.emotion], W.clip_mel(extractor, audio, config.window, device)))
+        examples.append(Example(u, label_of[u.emotion], windowing.clip_mel(extractor, audio, config.window, device)))
     if bad:
         log.warning("skipped %d unreadable or empty audio file(s) (--skip-bad)", bad)
     if not examples:
@@ -120,13 +120,13 @@ def cached_examples(corpus: Corpus, config: TrainConfig, extractor,
     return _EXAMPLES[key]
 
 
-def batch_features(examples: list[Example], device: torch.device | str = "cpu") -> W.Features:
+def batch_features(examples: list[Example], device: torch.device | str = "cpu") -> windowing.Features:
     """The model input for a batch of examples, on ``device``, from the log-mel each holds.
 
-    Extracting a ``full`` batch's 30 s log-mel at every step took 31 ms of a 54 ms step of base on an H100 (and
-    99 ms a batch of 8 on 2 CPU cores); each clip's is now extracted once, when the run reads its audio.
+    Each clip's log-mel is extracted once, when the run reads its audio, never per step: a ``full`` window's 30 s
+    log-mel costs more than a small model's step.
     """
-    return W.batch_of([e.features for e in examples], device)
+    return windowing.batch_of([e.features for e in examples], device)
 
 
 def batches(items: list, size: int, generator: torch.Generator | None = None) -> list[list]:
@@ -185,8 +185,7 @@ class Trainer:
                         probe.config.dropout)
         self.examples, self.n_bad = cached_examples(self.corpus, config, self.extractor, self.device)
         self.by_id = {e.utterance.id: e for e in self.examples}
-        self.folds = make_folds(self.corpus, config.folds, inner_validation=config.epoch_selection == "inner",
-                                seed=config.seed)
+        self.folds = self.make_folds()
         for fold in self.folds:  # files skipped with --skip-bad leave the folds
             fold.train, fold.val, fold.test = ([i for i in ids if i in self.by_id]
                                                for ids in (fold.train, fold.val, fold.test))
@@ -196,6 +195,11 @@ class Trainer:
         self._pooled: torch.Tensor | None = None
         self._probe = probe if config.method == "frozen" else None
         self._prepare_seconds = time.time() - started
+
+    def make_folds(self) -> list[Fold]:
+        """The run's folds, as its config says."""
+        return make_folds(self.corpus, self.config.folds, inner_validation=self.config.epoch_selection == "inner",
+                          seed=self.config.seed)
 
     # -- the two methods --------------------------------------------------------------------------------
     def pooled_encoder_outputs(self) -> torch.Tensor:
@@ -212,8 +216,8 @@ class Trainer:
                                   unit="batch"):
                     f = batch_features(chunk, self.device)
                     with self._autocast():
-                        hidden = W.encode(model, f)
-                    out.append(W.masked_mean(hidden.float(), f.pooling_mask()))
+                        hidden = windowing.encode(model, f)
+                    out.append(windowing.masked_mean(hidden.float(), f.pooling_mask()))
             self._pooled = torch.cat(out)  # kept on the device: each batch indexes it there
             self._row = {e.utterance.id: i for i, e in enumerate(self.examples)}
         return self._pooled
@@ -226,13 +230,13 @@ class Trainer:
         if self.config.method == "frozen":
             pooled = self.pooled_encoder_outputs()[[self._row[e.utterance.id] for e in chunk]]
             with self._autocast():
-                return W.head_logits(model, pooled)
+                return windowing.head_logits(model, pooled)
         features = batch_features(chunk, self.device)
         with self._autocast():
-            return W.classify(model, features)
+            return windowing.classify(model, features)
 
     def _autocast(self):
-        return W.autocast(self.device, self.config.precision)
+        return windowing.autocast(self.device, self.config.precision)
 
     def predict(self, model: torch.nn.Module, ids: list[str]) -> np.ndarray:
         """Class probabilities, shape ``(len(ids), n_classes)``."""
@@ -251,8 +255,8 @@ class Trainer:
             model = attach_lora(model, config)
         else:
             model.requires_grad_(False)
-            W.whisper_of(model).projector.requires_grad_(True)
-            W.whisper_of(model).classifier.requires_grad_(True)
+            windowing.whisper_of(model).projector.requires_grad_(True)
+            windowing.whisper_of(model).classifier.requires_grad_(True)
         model.to(self.device)
         head = [p for n, p in model.named_parameters() if p.requires_grad and ("projector" in n or "classifier" in n)]
         lora = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
@@ -412,7 +416,7 @@ def train(config: TrainConfig, run: Path, only: list[int] | None = None) -> dict
     run.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    package_log = logging.getLogger("precompute")
+    package_log = logging.getLogger(__package__)  # loralens.precompute: every module of training
     level = package_log.level
     if package_log.getEffectiveLevel() > logging.INFO:  # the log file always records the run
         package_log.setLevel(logging.INFO)

@@ -1,7 +1,7 @@
 """A local store's root checked without importing Zarr: what ``loralens app`` runs before its server starts.
 
-Opening a store with Zarr first imports Zarr (a fifth of a second here); the explorer's start does that while the
-browser loads the page instead, and still refuses a bad store before any server starts.
+Opening a store with Zarr first imports Zarr; the explorer's start leaves that to the time the browser loads the
+page, and still refuses a bad store before any server starts.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from store import schema
+from loralens.store import schema
 
 
 def probe(path: str) -> bool:

@@ -23,6 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+SAMPLE_RATE = 16_000
+"""Whisper's input rate, and so the rate of every clip the store holds and every analysis and model reads."""
+
 FORMAT = "loralens-store"
 SCHEMA_VERSION = 4
 """Bumped on any change a reader of the previous version would misread (2: the block update per frame; 3: LoRA
@@ -154,7 +157,7 @@ them."""
 
 SUMMARY_GROUP = "summary"
 """``/runs/<run>/summary``: what the explorer's pages draw first, computed from the run's committed rows (see
-``app.summary``): spectra, CKA, contributions, lens statistics and 2-D maps. Its attributes (``SUMMARY_ATTRS``)
+``analysis.summary``): spectra, CKA, contributions, lens statistics and 2-D maps. Its attributes (``SUMMARY_ATTRS``)
 are written after its arrays; ``basis`` says which committed state it was computed from, and a summary whose
 basis differs from its checkpoints' ``n_written`` is stale (readers ignore it; ``loralens summarise`` renews it)."""
 SUMMARY_VERSION = 1
@@ -208,7 +211,7 @@ TABLE_ROWS_PER_CHUNK = 4096
 def table_chunks(spec: ArraySpec, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The utterance table: scalar columns in blocks of rows, audio and log-mel one utterance per chunk.
 
-    Every page reads the whole table; one chunk per row made that 800 small reads (350 ms for 100 utterances).
+    Every page reads the whole table, so it is stored in few chunks, not one per row.
     Only ``StoreWriter.add_utterances`` writes the table (``loralens trace`` prepares rows before capturing).
     """
     if len(shape) == 1:

@@ -9,10 +9,8 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from store import schema
-from store.reader import (
-    StoreError,
-    StoreReader,
+from loralens.store import schema
+from loralens.store.damage import (
     chunk_problem,
     damaged_blocks,
     damaged_layers,
@@ -22,9 +20,10 @@ from store.reader import (
     read_blocks,
     rows_text,
 )
+from loralens.store.reader import StoreError, StoreReader
 
 if TYPE_CHECKING:
-    from store.writer import StoreWriter
+    from loralens.store.writer import StoreWriter
 
 DamageKind = Literal["root", "group", "column", "checkpoint", "array", "layer_major", "summary", "rows",
                      "table_rows"]
@@ -272,7 +271,7 @@ def validate(path: str, storage_options: dict | None = None) -> Report:
 
     Every chunk of the utterance table, of the written rows of every checkpoint array and of the layer-major
     copies readers use is decoded, and every zarr.json; those that do not decode are listed in ``damage``
-    (see ``store.reader.is_damage``). Errors that are not damage (a bug, a missing library) propagate.
+    (see ``loralens.store.damage.is_damage``). Errors that are not damage (a bug, a missing library) propagate.
     """
     report = Report(path)
     try:
@@ -345,11 +344,11 @@ def repair(report: Report, storage_options: dict | None = None) -> list[str]:
     Groups without attributes get their zarr.json written again; a checkpoint whose attributes are lost is
     removed, an array whose zarr.json is lost is removed with every mark of its checkpoint, rows with a damaged
     chunk have their marks cleared (``loralens trace`` captures them all again), and damaged layer-major copies
-    are rebuilt from the originals. Rows of the utterance table are left to the caller: they are read again from
-    their source audio files (``precompute.trace.restore_utterances``), as is a table column whose zarr.json is
-    lost. A damaged root zarr.json is only reported.
+    are rebuilt from the originals. Rows of the utterance table are left to the caller (``loralens validate
+    --repair`` reads them again from their source audio files), as is a table column whose zarr.json is lost.
+    A damaged root zarr.json is only reported.
     """
-    from store.writer import StoreWriter
+    from loralens.store.writer import StoreWriter
 
     acts = [d for d in report.damage if d.kind not in ("root", "table_rows", "column")]
     if not acts:

@@ -15,8 +15,10 @@ import zarr
 import zarr.errors
 from zarr.core.sync import sync
 
-from store import schema
-from store.reader import StoreError, StoreReader, is_damage, open_root, read_blocks
+from loralens.store import schema
+from loralens.store.damage import is_damage, read_blocks
+from loralens.store.reader import StoreError, StoreReader, open_root
+from loralens.store.schema import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +146,7 @@ class StoreWriter(StoreReader):
             "source": np.array([r.source for r in rows], dtype=object),
             "speaker": np.array([r.speaker for r in rows], dtype=object),
             "emotion": np.array([r.emotion for r in rows], dtype=object),
-            "duration": np.array([len(r.audio) / 16000 for r in rows], dtype=np.float32),
+            "duration": np.array([len(r.audio) / SAMPLE_RATE for r in rows], dtype=np.float32),
             "n_samples": np.array([len(r.audio) for r in rows], dtype=np.int32),
             "n_frames": np.array([r.n_frames for r in rows], dtype=np.int32),
         }

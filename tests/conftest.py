@@ -95,8 +95,8 @@ def emodb() -> Path:
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
     """A LoRA run and a frozen run of the tiny random Whisper on the tone data set, one epoch, all folds."""
-    from precompute.config import TrainConfig
-    from precompute.train import train
+    from loralens.precompute.config import TrainConfig
+    from loralens.precompute.train import train
 
     root = tmp_path_factory.mktemp("runs")
     manifest = write_tone_csv(root)
@@ -111,8 +111,8 @@ def tiny_runs(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory, tiny_runs) -> str:
     """A store holding both tiny runs over every utterance (the fixture store of the app tests)."""
-    from precompute.config import read_config
-    from precompute.trace import Selection, Tracer
+    from loralens.precompute.config import read_config
+    from loralens.precompute.trace import Selection, Tracer
 
     path = str(tmp_path_factory.mktemp("store") / "tiny.zarr")
     for run in tiny_runs.values():
@@ -129,7 +129,7 @@ def causal_store(tmp_path_factory, tiny_store, tiny_runs) -> str:
     each other (``loralens intervene``)."""
     import shutil
 
-    from precompute import intervene
+    from loralens.precompute import intervene
 
     path = str(tmp_path_factory.mktemp("causal") / "causal.zarr")
     shutil.copytree(tiny_store, path)
@@ -144,9 +144,9 @@ def causal_store(tmp_path_factory, tiny_store, tiny_runs) -> str:
 @pytest.fixture(scope="session")
 def rank_store(tmp_path_factory, tiny_model_dir, tiny_runs) -> str:
     """The tiny LoRA run (rank 4 on v_proj) beside a rank-2 run like it and a rank-8 run on other targets."""
-    from precompute.config import TrainConfig, read_config
-    from precompute.trace import Selection, Tracer
-    from precompute.train import train
+    from loralens.precompute.config import TrainConfig, read_config
+    from loralens.precompute.trace import Selection, Tracer
+    from loralens.precompute.train import train
 
     root = tmp_path_factory.mktemp("ranks")
     data = read_config(tiny_runs["lora"]).data
@@ -166,7 +166,7 @@ def rank_store(tmp_path_factory, tiny_model_dir, tiny_runs) -> str:
 @pytest.fixture(scope="session")
 def large_runs(tmp_path_factory) -> dict[str, Path]:
     """A LoRA run and a frozen run of ``LARGE_V3`` on 16 tones (``loralens train``: one epoch, 2 folds)."""
-    from precompute.cli import main
+    from loralens.cli import main
 
     root = tmp_path_factory.mktemp("large-runs")
     manifest = write_tone_csv(root, takes=1)
@@ -182,7 +182,7 @@ def large_runs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def large_store(tmp_path_factory, large_runs) -> str:
     """A store holding both ``LARGE_V3`` runs over every utterance (``loralens trace --all``)."""
-    from precompute.cli import main
+    from loralens.cli import main
 
     path = str(tmp_path_factory.mktemp("large-store") / "large-v3.zarr")
     for run in large_runs.values():

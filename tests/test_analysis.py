@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import ortho_group
 from sklearn.metrics import silhouette_score
 
-from app.analysis import cka, contributions, lens, projections, spectra
+from loralens.analysis import cka, contributions, lens, projections, spectra
 
 
 def _data(n=300, d=20, seed=0):
@@ -67,7 +67,7 @@ def test_spectrum_stays_within_each_fold_model():
 def test_a_threshold_move_recomputes_no_curve_and_draws_a_bounded_curve():
     """The LoRA dynamics slider: ``at`` keeps the cumulative-energy curves (ranks read them); the chart's frame draws
     a width-1280 curve at log-spaced k (its own values there, both ends kept), not at all 1280."""
-    from app import views
+    from loralens.analysis import views
 
     rng = np.random.default_rng(0)
     wide = spectra.spectrum([[rng.standard_normal((1500, 1280)) * np.geomspace(1, 1e-3, 1280)] for _ in range(2)])
@@ -83,7 +83,7 @@ def test_a_threshold_move_recomputes_no_curve_and_draws_a_bounded_curve():
 
 def test_lens_kl_zero_and_overlap_one_at_last_layer():
     logits = np.random.default_rng(0).standard_normal((20, 7, 4))
-    summary = lens.summarise(logits, np.array(["a", "b"] * 10))
+    summary = lens.lens_statistics(logits, np.array(["a", "b"] * 10))
     assert summary.kl[-1] == pytest.approx(0.0, abs=1e-12) and summary.overlap[-1] == 1.0
     assert (summary.kl >= -1e-12).all() and set(summary.by_emotion) == {"a", "b"}
 
@@ -110,7 +110,7 @@ def test_lens_summary_on_hand_made_distributions():
     """Two utterances, three boundaries, two classes, with known probabilities at every boundary."""
     probs = np.array([[[0.5, 0.5], [0.2, 0.8], [0.1, 0.9]],     # settles on class 1 at boundary 1
                       [[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]]])    # flips at the last boundary
-    summary = lens.summarise(np.log(probs), np.array(["x", "y"]))
+    summary = lens.lens_statistics(np.log(probs), np.array(["x", "y"]))
     final_1, final_2 = probs[0, 2], probs[1, 2]
     by_hand = lambda p, q: float(np.sum(p * np.log(p / q)))  # noqa: E731
     assert summary.kl_per_utterance[0].tolist() == pytest.approx([by_hand(final_1, probs[0, 0]),
@@ -159,7 +159,7 @@ def test_a_umap_in_a_new_process_loads_what_an_earlier_one_compiled():
     import subprocess
     import sys
 
-    code = ("import numpy as np, umap.umap_; from app.analysis import projections; "
+    code = ("import numpy as np, umap.umap_; from loralens.analysis import projections; "
             "projections.project(np.random.default_rng(0).standard_normal((40, 8)), 'umap'); "
             "stats = umap.umap_.smooth_knn_dist.stats; print(sum(stats.cache_hits.values()))")
     hits = [int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
@@ -200,7 +200,7 @@ def test_contributions_average_real_frames_only():
 
 
 def test_time_blocks_average_long_clips_and_keep_short_ones():
-    from app.views import time_blocks
+    from loralens.analysis.views import time_blocks
 
     short = np.arange(12.0).reshape(2, 6)
     same, step = time_blocks(short, columns=6)
@@ -218,7 +218,7 @@ def test_charts_of_long_clips_and_large_stores_are_drawn():
     """Altair refuses more than 5,000 rows by default: a 3 s clip's log-mel view, or a map of IEMOCAP's 5,500."""
     import pandas as pd
 
-    from app import charts, widgets
+    from loralens.app import charts, widgets
 
     rng = np.random.default_rng(0)
     scatter = pd.DataFrame({"x": rng.standard_normal(5500), "y": rng.standard_normal(5500),
@@ -235,7 +235,7 @@ def test_a_spectrogram_is_one_image_coloured_as_its_legend():
 
     from PIL import Image
 
-    from app import charts
+    from loralens.app import charts
 
     values = np.zeros((80, 150))
     values[-1, :] = 4.0  # the highest bin at the maximum
@@ -264,7 +264,7 @@ def test_a_large_layers_by_time_view_is_an_image_on_a_fixed_probability_scale():
 
     from PIL import Image
 
-    from app import charts
+    from loralens.app import charts
 
     heat = np.full((33, 225), 0.5)
     heat[0, 0], heat[-1, -1] = 0.0, 1.0
@@ -286,7 +286,7 @@ def test_every_chart_is_built_from_channel_objects(monkeypatch):
     import altair as alt
     import pandas as pd
 
-    from app import charts
+    from loralens.app import charts
 
     rng = np.random.default_rng(0)
     emotions = ["anger", "happiness", "neutral", "sadness"]

@@ -14,9 +14,9 @@ from streamlit.runtime.state.common import user_key_from_element_id
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.element_tree import Widget
 
-from app import state, views
-from app.analysis import projections
-from store.reader import StoreReader
+from loralens.analysis import projections, views
+from loralens.app import state
+from loralens.store.reader import StoreReader
 from tests.conftest import tone
 
 MAIN = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
@@ -69,7 +69,7 @@ def test_the_utterance_picker_lists_a_bounded_number_and_keeps_the_linked_one(ap
     # A browser builds every option of a select on each draw: 5,500 cost the page half a second.
     table = StoreReader(tiny_store).utterances()
     ids = table["id"].tolist()
-    monkeypatch.setattr(views, "PICK_LIMIT", 3)
+    monkeypatch.setattr(views.frames, "PICK_LIMIT", 3)
     app.query_params["utt"] = ids[-1]
     at = app.run()
     at.switch_page("sections/utterance.py").run()
@@ -136,7 +136,7 @@ def test_every_chart_exports_csv_svg_and_png(app):
 def test_exports_render_real_files():
     import pandas as pd
 
-    from app import charts, widgets
+    from loralens.app import charts, widgets
 
     frame = pd.DataFrame({"boundary": [0, 1, 2] * 2, "emotion": ["anger"] * 3 + ["sadness"] * 3,
                           "probability": [0.2, 0.5, 0.9, 0.8, 0.5, 0.1]})
@@ -157,7 +157,7 @@ def test_a_large_scatter_goes_to_the_browser_as_arrow_and_exports_every_point():
     import pandas as pd
     import pyarrow as pa
 
-    from app import charts, widgets
+    from loralens.app import charts, widgets
 
     rng = np.random.default_rng(0)
     n = 5500
@@ -179,7 +179,7 @@ def test_contributions_legend_shows_each_series_dash():
 
     import pandas as pd
 
-    from app import charts, widgets
+    from loralens.app import charts, widgets
 
     series = ["LoRA", "LoRA - frozen", "frozen"]
     frame = pd.DataFrame([{"layer": layer, "sublayer": sublayer, "measure": measure, "value": 0.5, "series": s}
@@ -355,7 +355,7 @@ def test_dynamics_page_within_one_fold_model(app):
 def test_a_threshold_move_moves_the_spectra_rule_and_rebuilds_no_chart(app, monkeypatch):
     """At large-v2's size rebuilding the page's five charts took the threshold slider to 246 ms (p95): the charts of
     a run and fold are built once, and a move changes the spectra chart's threshold parameter alone."""
-    from app import charts
+    from loralens.app import charts
 
     at = app.run()
     at.switch_page("sections/dynamics.py").run()
@@ -481,7 +481,7 @@ def test_a_long_table_scrolls_in_the_grid_and_a_short_one_is_static(monkeypatch)
     def page(rows: int) -> None:
         import pandas as pd
 
-        from app import widgets
+        from loralens.app import widgets
 
         widgets.table(pd.DataFrame({"id": [f"u{i}" for i in range(rows)]}))
 
@@ -494,7 +494,7 @@ def test_a_long_table_scrolls_in_the_grid_and_a_short_one_is_static(monkeypatch)
 
 def test_the_causal_utterance_picker_lists_a_bounded_number_flipped_first(causal_store, monkeypatch):
     monkeypatch.setenv("LORALENS_STORE", causal_store)
-    monkeypatch.setattr(views, "PICK_LIMIT", 4)
+    monkeypatch.setattr(views.frames, "PICK_LIMIT", 4)
     at = AppTest.from_file(MAIN, default_timeout=300).run()
     at.switch_page("sections/causal.py").run()
     _ok(at)
@@ -513,10 +513,10 @@ def test_the_spectra_are_shared_not_copied(tiny_store, monkeypatch):
     def page(path: str) -> None:
         import streamlit as st
 
-        from app import data
+        from loralens.app import cache
 
-        run = next(r.name for r in data.runs(path) if r.method == "lora")
-        st.text(str(data.spectra(path, run, None) is data.spectra(path, run, None)))
+        run = next(r.name for r in cache.runs(path) if r.method == "lora")
+        st.text(str(cache.spectra(path, run, None) is cache.spectra(path, run, None)))
 
     at = AppTest.from_function(page, args=(tiny_store,)).run()
     _ok(at)

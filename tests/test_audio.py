@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from precompute.audio import SAMPLE_RATE, AudioError, load_audio
+from loralens.precompute.audio import SAMPLE_RATE, AudioError, load_audio
 from tests.conftest import tone
 
 

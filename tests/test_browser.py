@@ -27,7 +27,7 @@ def _free_port() -> int:
 
 def _serve(store: str, *flags: str):
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "precompute.cli", "app", "--store", store, "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "loralens.cli", "app", "--store", store, "--port",
                              str(port), *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     wait_until_serving(proc, url)
@@ -157,7 +157,7 @@ def test_the_causal_page_in_chromium(causal_server, page, shots):
 def test_a_store_on_s3_in_chromium(ray_local, s3, tiny_runs, page):
     """The explorer on an s3:// store (a real S3 server, moto's) that two Ray workers traced (``loralens trace --ray
     --shards 2``, both tiny runs), its endpoint given as a flag: pages draw."""
-    from precompute.cli import main
+    from loralens.cli import main
 
     for run in tiny_runs.values():
         assert main(["trace", "--run", str(run), "--store", "s3://loralens/browser.zarr", "--per-class", "2",

@@ -7,11 +7,10 @@ import pytest
 import torch
 from transformers import WhisperForAudioClassification
 
-from precompute import models
-from precompute import window as W
-from precompute.capture import CaptureOptions, Capturer
-from precompute.checkpoints import attach_lora
-from precompute.config import TrainConfig
+from loralens.precompute import models, windowing
+from loralens.precompute.capture import CaptureOptions, Capturer
+from loralens.precompute.checkpoints import attach_lora
+from loralens.precompute.config import TrainConfig
 from tests.conftest import tiny_config
 
 
@@ -30,7 +29,7 @@ def lora_model():
 def _batch(model, window="trim"):
     rng = np.random.default_rng(1)
     clips = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (16000, 9000, 12000)]
-    return W.extract(models.feature_extractor(model.config), clips, window), torch.tensor([1, 2, 0])
+    return windowing.extract(models.feature_extractor(model.config), clips, window), torch.tensor([1, 2, 0])
 
 
 @pytest.mark.parametrize("window", ["trim", "full"])
@@ -38,7 +37,7 @@ def test_lens_at_last_layer_is_the_model(lora_model, window):
     features, labels = _batch(lora_model, window)
     rows = Capturer(lora_model, window, CaptureOptions()).run(features, labels)
     with torch.no_grad():
-        logits = W.classify(lora_model, features).numpy()
+        logits = windowing.classify(lora_model, features).numpy()
     for k, row in enumerate(rows):
         assert np.allclose(row["lens_logits"][-1], logits[k], atol=1e-4)
         assert np.allclose(row["logits"], logits[k], atol=1e-5)
@@ -51,7 +50,7 @@ def test_lens_at_last_layer_is_the_model(lora_model, window):
 def test_lora_b_output_is_the_adapter_delta(lora_model, window):
     features, labels = _batch(lora_model, window)
     rows = Capturer(lora_model, window, CaptureOptions()).run(features, labels)
-    whisper = W.whisper_of(lora_model)
+    whisper = windowing.whisper_of(lora_model)
     for layer in range(2):
         v = whisper.encoder.layers[layer].self_attn.v_proj
         # The input of v_proj is the layer-normed residual entering the layer.
@@ -76,7 +75,7 @@ def test_gradients_equal_autograd(lora_model, window):
     outputs = []
     hooks = [module.register_forward_hook(lambda m, i, o: outputs.append(o))
              for name, module in lora_model.named_modules() if name.endswith(("lora_A.default", "lora_B.default"))]
-    logits = W.classify(lora_model, features)
+    logits = windowing.classify(lora_model, features)
     for h in hooks:
         h.remove()
     loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
@@ -112,7 +111,7 @@ def test_full_window_reduces_only_the_real_frames(lora_model):
     longest = int(features.n_frames.max())
     assert features.input_features.shape[-1] // 2 == 1500 > 10 * longest
     rows_in = []
-    projector = W.whisper_of(lora_model).projector
+    projector = windowing.whisper_of(lora_model).projector
     hook = projector.register_forward_hook(lambda m, i, o: rows_in.append(i[0].numel() // i[0].shape[-1]))
     try:
         rows = Capturer(lora_model, "full", CaptureOptions()).run(features, labels)
@@ -122,7 +121,7 @@ def test_full_window_reduces_only_the_real_frames(lora_model):
     # the model's own pooled head, the pooled lens, and the per-frame lens over the longest clip's frames
     assert sorted(rows_in) == [batch, batch * boundaries, batch * boundaries * longest]
     with torch.no_grad():  # the per-frame lens still reads each real frame as the head would
-        whisper = W.whisper_of(lora_model)
+        whisper = windowing.whisper_of(lora_model)
         for k, row in enumerate(rows):
             lens = whisper.classifier(whisper.projector(whisper.encoder.layer_norm(
                 torch.from_numpy(row["residual"]))))
@@ -139,7 +138,7 @@ def test_frozen_model_has_no_lora_arrays():
 
 def test_capture_on_bundled_tiny_en_real_speech(emodb):
     """The same checks on real converted weights and real EmoDB speech."""
-    from precompute.audio import load_audio
+    from loralens.precompute.audio import load_audio
 
     model = models.load_classifier("bundled:tiny.en", ["anger", "happiness", "neutral", "sadness"])
     model = attach_lora(model, TrainConfig(model="bundled:tiny.en", data="y", rank=8, alpha=16)).eval()
@@ -148,15 +147,15 @@ def test_capture_on_bundled_tiny_en_real_speech(emodb):
             if "lora_B" in name:
                 param.normal_(0, 0.02)
     clips = [load_audio(emodb / "wav" / name) for name in ("03a01Wa.wav", "08a02Ab.wav", "16b10Tb.wav")]
-    features = W.extract(models.feature_extractor(model.config), clips, "trim")
+    features = windowing.extract(models.feature_extractor(model.config), clips, "trim")
     labels = torch.tensor([0, 1, 3])
     rows = Capturer(model, "trim", CaptureOptions()).run(features, labels)
     with torch.no_grad():
-        logits = W.classify(model, features).numpy()
+        logits = windowing.classify(model, features).numpy()
     outputs = []
     hooks = [m.register_forward_hook(lambda mod, i, o: outputs.append(o))
              for n, m in model.named_modules() if n.endswith("lora_B.default")]
-    loss = torch.nn.functional.cross_entropy(W.classify(model, features), labels, reduction="sum")
+    loss = torch.nn.functional.cross_entropy(windowing.classify(model, features), labels, reduction="sum")
     for h in hooks:
         h.remove()
     grads = torch.autograd.grad(loss, outputs)

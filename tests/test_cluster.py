@@ -17,10 +17,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from precompute.cli import main
-from precompute.executors import LocalExecutor, ProcessExecutor, RayExecutor
-from precompute.grid import GridSpec, load_spec, run_grid
-from store.reader import StoreReader
+from loralens.cli import main
+from loralens.precompute.executors import LocalExecutor, ProcessExecutor, RayExecutor
+from loralens.precompute.grid import GridSpec, load_spec, run_grid
+from loralens.store.reader import StoreReader
 from tests.conftest import assert_same_run, torch_threads
 
 EPOCHS = 12  # a fold lasts long enough (~1 s) for a worker to be killed in its middle
@@ -29,7 +29,7 @@ EPOCHS = 12  # a fold lasts long enough (~1 s) for a worker to be killed in its 
 @pytest.fixture(scope="module")
 def spec_file(tmp_path_factory, tiny_model_dir, tiny_runs) -> Path:
     """A grid of the tiny random Whisper: ranks 2 and 4, 2 folds, on the tone data set of ``tiny_runs``."""
-    from precompute.config import read_config
+    from loralens.precompute.config import read_config
 
     path = tmp_path_factory.mktemp("grid") / "grid.toml"
     path.write_text(f'models = ["{tiny_model_dir}"]\ndata = "{read_config(tiny_runs["lora"]).data}"\n'
@@ -134,13 +134,13 @@ def test_grid_in_processes_trains_what_the_local_loop_trains(spec_file, sequenti
 
 def test_train_jobs_trains_what_train_trains(tiny_runs, tmp_path, caplog):
     """``loralens train --jobs 2``: the folds of one run in two processes, the same files as one after the other."""
-    from precompute.config import read_config
+    from loralens.precompute.config import read_config
 
     config = read_config(tiny_runs["lora"])
     out = tmp_path / "tiny-lora"
     argv = ["train", "--model", config.model, "--data", config.data, "--method", "lora", "--epochs", "1",
             "--batch-size", "4", "--rank", "4", "--alpha", "8", "--out", str(out), "--jobs", "2"]
-    caplog.set_level(logging.INFO, logger="precompute.grid")
+    caplog.set_level(logging.INFO, logger="loralens.precompute.grid")
     assert main(argv) == 0
     pids = {m.split("pid ")[1] for m in caplog.messages if ", pid " in m}
     assert len(pids) == 2, pids  # both processes took folds
@@ -187,7 +187,7 @@ def test_process_executor_reports_each_failed_job_and_finishes_the_others():
 def test_trace_on_ray_into_s3_equals_one_process(ray_local, s3, tiny_runs, tmp_path, monkeypatch):
     """Two Ray workers trace disjoint batches into an s3:// store: each row written once (the workers' counts add
     up to the rows), and the store holds the bits a one-process local trace with as many threads holds."""
-    from precompute import trace
+    from loralens.precompute import trace
 
     run = tiny_runs["lora"]
     counts = []
@@ -217,8 +217,8 @@ def test_trace_on_ray_into_s3_equals_one_process(ray_local, s3, tiny_runs, tmp_p
 
 
 def test_shards_take_every_nth_batch_of_one_process(tiny_runs, tmp_path):
-    from precompute.config import read_config
-    from precompute.trace import Selection, Tracer
+    from loralens.precompute.config import read_config
+    from loralens.precompute.trace import Selection, Tracer
 
     run = tiny_runs["lora"]
     tracer = Tracer(run, read_config(run).data, str(tmp_path / "s.zarr"), selection=Selection(per_class=3),
@@ -278,8 +278,8 @@ def test_a_run_of_another_configuration_is_refused_before_any_job(spec_file, seq
 
 
 def test_only_folds_plans_those_folds_of_every_run(spec_file, tmp_path):
-    from precompute.config import RunError
-    from precompute.grid import plan
+    from loralens.precompute.config import RunError
+    from loralens.precompute.grid import plan
 
     jobs, done = plan(load_spec(spec_file), tmp_path / "g", spec_file, only=[1])
     assert [str(j) for j in jobs] == [f"tiny-whisper0-lora-trim-r{r}-seed0/fold_01" for r in (2, 4)]
@@ -290,8 +290,8 @@ def test_only_folds_plans_those_folds_of_every_run(spec_file, tmp_path):
 
 def test_the_package_works_without_ray():
     code = ("import sys; sys.modules['ray'] = None\n"
-            "import precompute.cli, precompute.grid, precompute.trace\n"
-            "from precompute.executors import RayExecutor\n"
+            "import loralens.cli, loralens.precompute.grid, loralens.precompute.trace\n"
+            "from loralens.precompute.executors import RayExecutor\n"
             "try:\n    RayExecutor().capacity()\nexcept RuntimeError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "pip install -e \".[cluster]\"" in out

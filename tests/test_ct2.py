@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from precompute import ct2, models
-from precompute.audio import load_audio
+from loralens.precompute import ct2, models
+from loralens.precompute.audio import load_audio
 
 
 def test_truncated_model_bin_is_named(tmp_path):
@@ -35,7 +35,7 @@ def speech(tmp_path_factory):
     """A spoken sentence, synthesised with espeak-ng (no data set needed), as a 22.05 kHz WAV read back."""
     import soundfile as sf
 
-    from precompute.synth import Espeak
+    from loralens.precompute.synth import Espeak
 
     espeak = Espeak()
     samples = espeak.speak("The quick brown fox jumps over the lazy dog.", "en-us", 175, 50, 50, 100, seed=1)

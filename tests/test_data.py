@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from precompute.data import DataSpecError, load_corpus, parse_emotions
+from loralens.precompute.data import DataSpecError, load_corpus, parse_emotions
 
 
 def _wav(path: Path) -> None:

@@ -16,12 +16,12 @@ import pytest
 import soundfile as sf
 from transformers import WhisperConfig
 
-from precompute import synth
-from precompute.audio import load_audio
-from precompute.data import load_corpus
-from precompute.demo import DemoPlan, build
-from store.reader import StoreReader
-from store.schema import SCHEMA_VERSION
+from loralens.precompute import synth
+from loralens.precompute.audio import load_audio
+from loralens.precompute.data import load_corpus
+from loralens.precompute.demo import DemoPlan, build
+from loralens.store.reader import StoreReader
+from loralens.store.schema import SCHEMA_VERSION
 from tests.conftest import wait_until_serving
 
 
@@ -51,7 +51,7 @@ def _transcribe(clips: list[Path]) -> list[str]:
     """Whisper tiny.en's greedy transcripts of ``clips``, through CTranslate2 (the bundled model's own runtime)."""
     ctranslate2 = pytest.importorskip("ctranslate2")
     tokenizers = pytest.importorskip("tokenizers")
-    from precompute import models
+    from loralens.precompute import models
 
     directory = models.ct2_directory(models.parse_model_spec("bundled:tiny.en"))
     whisper = ctranslate2.models.Whisper(str(directory), device="cpu", compute_type="float32")
@@ -115,7 +115,7 @@ def test_the_app_labels_a_synthetic_store(tmp_path, monkeypatch, tiny_model_dir)
 
 
 def test_a_ready_build_drops_the_stores_of_older_schema_versions(tmp_path, monkeypatch):
-    from precompute.demo import demo_dir, intervened
+    from loralens.precompute.demo import demo_dir, intervened
     monkeypatch.setenv("LORALENS_CACHE", str(tmp_path / "cache"))
     plan = DemoPlan()
     root = demo_dir(plan)
@@ -133,11 +133,11 @@ def test_a_ready_build_drops_the_stores_of_older_schema_versions(tmp_path, monke
 
 def test_loralens_demo_serves_its_store(tmp_path, tiny_store):
     """`loralens demo` on a ready demo: the server answers (the build's process must not host it)."""
-    from precompute.demo import intervened
+    from loralens.precompute.demo import intervened
 
     cache = tmp_path / "cache"
     env = {**os.environ, "LORALENS_CACHE": str(cache)}
-    root = Path(subprocess.run([sys.executable, "-c", "from precompute.demo import DemoPlan, demo_dir; "
+    root = Path(subprocess.run([sys.executable, "-c", "from loralens.precompute.demo import DemoPlan, demo_dir; "
                                 "print(demo_dir(DemoPlan()))"], env=env, capture_output=True, text=True,
                                check=True).stdout.strip())
     shutil.copytree(tiny_store, root / f"store-v{SCHEMA_VERSION}.zarr")
@@ -146,7 +146,7 @@ def test_loralens_demo_serves_its_store(tmp_path, tiny_store):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "precompute.cli", "demo", "--port", str(port)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "loralens.cli", "demo", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_until_serving(proc, f"http://127.0.0.1:{port}", seconds=120)
@@ -156,7 +156,7 @@ def test_loralens_demo_serves_its_store(tmp_path, tiny_store):
 
 
 def test_demo_ranks_flag(capsys):
-    from precompute.cli import build_parser
+    from loralens.cli import build_parser
 
     parser = build_parser()
     assert parser.parse_args(["demo", "--ranks", "8,32,64"]).ranks == (8, 32, 64)

@@ -16,11 +16,10 @@ import pytest
 import torch
 from transformers import WhisperForAudioClassification
 
-from precompute import capture, models
-from precompute import window as W
-from precompute.checkpoints import attach_lora, randomise_lora
-from precompute.config import TrainConfig
-from precompute.train import Trainer, batches, lr_schedule, train
+from loralens.precompute import capture, models, windowing
+from loralens.precompute.checkpoints import attach_lora, randomise_lora
+from loralens.precompute.config import TrainConfig
+from loralens.precompute.train import Trainer, batches, lr_schedule, train
 from tests.conftest import tiny_config, write_tone_csv
 
 META = torch.device("meta")
@@ -54,13 +53,13 @@ def host_boundary(monkeypatch) -> list[torch.Tensor]:
 @pytest.mark.parametrize("window", ["trim", "full"])
 @pytest.mark.parametrize("lengths_on", ["cpu", "meta"])
 def test_pooling_mask_is_made_on_the_log_mel_device(window, lengths_on):
-    features = W.Features(torch.zeros(2, 80, 8, device=META), torch.tensor([4, 2], device=lengths_on), window)
+    features = windowing.Features(torch.zeros(2, 80, 8, device=META), torch.tensor([4, 2], device=lengths_on), window)
     mask = features.pooling_mask()
     assert mask.device == META and mask.shape == (2, 4)
 
 
 def test_features_to_a_device_keeps_lengths_on_the_host():
-    features = W.extract(models.feature_extractor(tiny_config()), _clips(), "trim").to(META)
+    features = windowing.extract(models.feature_extractor(tiny_config()), _clips(), "trim").to(META)
     assert features.input_features.device == META
     assert features.n_frames.device.type == "cpu" and features.n_frames.tolist() == [50, 28, 38]
 
@@ -68,9 +67,9 @@ def test_features_to_a_device_keeps_lengths_on_the_host():
 @pytest.mark.parametrize("window", ["trim", "full"])
 def test_classify_on_a_device(window):
     model = _lora_model().to(META)
-    features = W.extract(models.feature_extractor(model.config), _clips(), window).to(META)
+    features = windowing.extract(models.feature_extractor(model.config), _clips(), window).to(META)
     with torch.no_grad():
-        logits = W.classify(model, features)
+        logits = windowing.classify(model, features)
     assert logits.device == META and logits.shape == (3, 4)
 
 
@@ -78,7 +77,7 @@ def test_classify_on_a_device(window):
 @pytest.mark.parametrize("labels_on", ["cpu", "meta"])
 def test_capture_on_a_device(window, labels_on, host_boundary):
     model = _lora_model().to(META)
-    features = W.extract(models.feature_extractor(model.config), _clips(), window).to(META)
+    features = windowing.extract(models.feature_extractor(model.config), _clips(), window).to(META)
     rows = capture.Capturer(model, window, capture.CaptureOptions()).run(
         features, torch.tensor([1, 2, 0], device=labels_on))
     assert len(rows) == 3 and host_boundary
@@ -125,7 +124,7 @@ def tiny_lora_run(tmp_path_factory, tiny_model_dir) -> tuple:
 
 
 def test_prediction_on_a_device(tiny_lora_run, host_boundary):
-    from precompute.predict import Predictor
+    from loralens.precompute.predict import Predictor
 
     run, _ = tiny_lora_run
     predictor = Predictor(run, device="meta")
@@ -135,7 +134,7 @@ def test_prediction_on_a_device(tiny_lora_run, host_boundary):
 
 
 def test_trace_on_a_device(tiny_lora_run, tmp_path, host_boundary):
-    from precompute.trace import Selection, Tracer
+    from loralens.precompute.trace import Selection, Tracer
 
     run, manifest = tiny_lora_run
     tracer = Tracer(run, f"csv:{manifest}", str(tmp_path / "store.zarr"), selection=Selection(all=True),
@@ -152,9 +151,9 @@ def test_precision_is_fixed_per_run_and_the_trace_follows_it(tiny_lora_run, tmp_
     """
     import json
 
-    from precompute.checkpoints import run_precision
-    from precompute.config import RunError
-    from precompute.trace import Selection, Tracer
+    from loralens.precompute.checkpoints import run_precision
+    from loralens.precompute.config import RunError
+    from loralens.precompute.trace import Selection, Tracer
 
     run, manifest = tiny_lora_run
     assert json.loads((run / "config.json").read_text())["precision"] == "fp32"
@@ -167,7 +166,7 @@ def test_precision_is_fixed_per_run_and_the_trace_follows_it(tiny_lora_run, tmp_
     tracer = Tracer(bf16, f"csv:{manifest}", store, selection=Selection(all=True))
     rows = tracer.prepare()
     tracer.capture(rows)
-    with caplog.at_level("INFO", logger="precompute"):
+    with caplog.at_level("INFO", logger="loralens.precompute"):
         assert all(tracer.commit(rows).values())
     attrs = tracer.writer.attrs("bf16", "trained")
     assert attrs["capture"]["precision"] == "bf16"
@@ -177,7 +176,7 @@ def test_precision_is_fixed_per_run_and_the_trace_follows_it(tiny_lora_run, tmp_
     with pytest.raises(RunError, match="traced under bf16, not fp32"):
         Tracer(bf16, f"csv:{manifest}", store, selection=Selection(all=True), precision="fp32").capture(rows)
     # loralens predict reads a clip in the run's regime too, so its answer is the one training would give
-    from precompute.predict import Predictor
+    from loralens.precompute.predict import Predictor
 
     predictor = Predictor(bf16, 0)
     assert predictor.precision == "bf16" and predictor.capturer.options.precision == "bf16"
@@ -190,7 +189,7 @@ def test_runs_from_before_the_precision_setting(tiny_lora_run, tmp_path):
     import json
     import shutil
 
-    from precompute.checkpoints import run_precision
+    from loralens.precompute.checkpoints import run_precision
 
     old = tmp_path / "old"
     shutil.copytree(tiny_lora_run[0], old)
@@ -209,10 +208,10 @@ def test_runs_from_before_the_precision_setting(tiny_lora_run, tmp_path):
 @pytest.mark.parametrize("window", ["trim", "full"])
 def test_interventions_on_a_device(window):
     """Every kind of condition (loralens intervene, the upload page) with the model and the batch on a device."""
-    from precompute import intervene
+    from loralens.precompute import intervene
 
     model, partner = _lora_model().to(META), _lora_model().to(META)
-    features = W.extract(models.feature_extractor(model.config), _clips(), window).to(META)
+    features = windowing.extract(models.feature_extractor(model.config), _clips(), window).to(META)
     source = intervene.layer_outputs(partner, features)
     assert all(s.device == META for s in source)
     for name in ("none", "lora_off@0", "lora_only@1", "lora_off_from@1", "erase@0", "patch@1"):
@@ -220,3 +219,14 @@ def test_interventions_on_a_device(window):
             probabilities, lens = intervene.outcome(model, features)
         assert probabilities.device == META and lens.device == META, name
         assert probabilities.shape == (3, 4) and lens.shape == (3, 3, 4), name
+
+
+@pytest.mark.parametrize("command", [["train", "--model", "m", "--data", "d", "--out", "o"],
+                                     ["trace", "--run", "r", "--store", "s"],
+                                     ["intervene", "--run", "r", "--store", "s"],
+                                     ["predict", "--run", "r", "clip.wav"]])
+def test_every_command_that_runs_a_model_takes_a_gpu_where_there_is_one(command):
+    """``auto`` by default (CUDA where there is one): a command left at the CPU on a GPU machine wastes it."""
+    from loralens.cli import build_parser
+
+    assert build_parser().parse_args(command).device == "auto"

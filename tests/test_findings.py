@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app import report, views
-from store import schema
-from store.reader import StoreReader
-from store.writer import StoreWriter, UtteranceRow
+from loralens.analysis import views
+from loralens.app import report
+from loralens.store import schema
+from loralens.store.reader import StoreReader
+from loralens.store.writer import StoreWriter, UtteranceRow
 
 EMOTIONS = ["anger", "happiness", "neutral", "sadness"]
 N_LAYERS, D, RANK, FRAMES, PER_CLASS = 6, 8, 4, 12, 6
@@ -143,7 +144,7 @@ def _causal_metrics(off: list[float], patch: list[float], noise_flipped: list[fl
 @pytest.mark.parametrize("holds", [True, False])
 def test_causal_finding_flags(holds):
     """Each causal finding holds on interventions built so that it does, and not on its mirror image."""
-    from app.analysis import causal
+    from loralens.analysis import causal
 
     late = [0.01, 0.02, 0.05, 0.10, 0.30, 0.20]
     profile = late if holds else late[::-1]
@@ -160,7 +161,7 @@ def test_causal_finding_flags(holds):
 
 def test_the_mildest_audio_change_counts_both_directions():
     """pitch -2 and +2 are equally mild: either flipping a quarter of the predictions breaks robustness."""
-    from app.analysis import causal
+    from loralens.analysis import causal
 
     rows = [{"condition": "none", "kind": "none", "layer": -1, "strength": np.nan, "uar_drop": 0.0, "flipped": 0.0}]
     rows += [{"condition": f"pitch@{s:g}", "kind": "pitch", "layer": -1, "strength": s, "uar_drop": f, "flipped": f}

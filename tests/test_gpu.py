@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from precompute.cli import main
-from store.reader import StoreReader
-from store.validate import validate
+from loralens.cli import main
+from loralens.store.reader import StoreReader
+from loralens.store.validate import validate
 from tests.conftest import write_tone_csv
 
 pytestmark = pytest.mark.gpu
@@ -103,9 +103,9 @@ def test_train_trace_validate_predict_on_cuda(cuda, tiny_model_dir, tones, tmp_p
 
 def test_progress_round_trip_on_cuda(cuda, tiny_model_dir, tones, tmp_path):
     """An interrupted fold's state (weights, optimizer, the GPU's own random state) comes back onto the GPU."""
-    from precompute.checkpoints import Progress, load_progress, save_progress
-    from precompute.config import TrainConfig
-    from precompute.train import Trainer, lr_schedule, seed_everything
+    from loralens.precompute.checkpoints import Progress, load_progress, save_progress
+    from loralens.precompute.config import TrainConfig
+    from loralens.precompute.train import Trainer, lr_schedule, seed_everything
 
     config = TrainConfig(model=str(tiny_model_dir), data=f"csv:{tones}", epochs=1, batch_size=4, rank=4, alpha=8,
                          device="cuda")
@@ -132,17 +132,18 @@ def test_progress_round_trip_on_cuda(cuda, tiny_model_dir, tones, tmp_path):
 @pytest.mark.parametrize("window", ["trim", "full"])
 def test_a_cuda_run_reads_the_log_mel_a_cuda_trace_extracts(cuda, tiny_model_dir, tones, tmp_path, window):
     """Training extracts each clip's log-mel once, on the run's device, as its trace does: the same input bits."""
-    from precompute import window as W
-    from precompute.audio import load_audio
-    from precompute.config import TrainConfig
-    from precompute.train import Trainer, batch_features
+    from loralens.precompute import windowing
+    from loralens.precompute.audio import load_audio
+    from loralens.precompute.config import TrainConfig
+    from loralens.precompute.train import Trainer, batch_features
 
     trainer = Trainer(TrainConfig(model=str(tiny_model_dir), data=f"csv:{tones}", window=window, device="cuda"),
                       tmp_path / "run")
     trainer.prepare()
     chunk = trainer.examples[:4]
     ours = batch_features(chunk, trainer.device)
-    traced = W.extract(trainer.extractor, [load_audio(e.utterance.path) for e in chunk], window, device=trainer.device)
+    traced = windowing.extract(trainer.extractor, [load_audio(e.utterance.path) for e in chunk], window,
+                               device=trainer.device)
     assert ours.input_features.device.type == "cuda"
     assert torch.equal(ours.input_features, traced.input_features)
 

@@ -11,13 +11,12 @@ import pytest
 import torch
 from transformers import WhisperForAudioClassification
 
-from precompute import models
-from precompute import window as W
-from precompute.capture import CaptureOptions, Capturer, lora_modules, module_name
-from precompute.checkpoints import attach_lora
-from precompute.config import TrainConfig
-from store.reader import StoreReader
-from store.writer import StoreWriter, UtteranceRow
+from loralens.precompute import models, windowing
+from loralens.precompute.capture import CaptureOptions, Capturer, lora_modules, module_name
+from loralens.precompute.checkpoints import attach_lora
+from loralens.precompute.config import TrainConfig
+from loralens.store.reader import StoreReader
+from loralens.store.writer import StoreWriter, UtteranceRow
 from tests.conftest import tiny_config, tone
 
 FLOAT16_NORMAL = float(np.finfo(np.float16).tiny)
@@ -33,11 +32,11 @@ def trained():
     model = WhisperForAudioClassification(tiny_config()).eval()
     model = attach_lora(model, TrainConfig(model="x", data="y", rank=4, alpha=8, dropout=0.0,
                                            targets=["v_proj", "fc1"]))
-    features = W.extract(models.feature_extractor(model.config), CLIPS, "trim")
+    features = windowing.extract(models.feature_extractor(model.config), CLIPS, "trim")
     labels = torch.arange(4)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     for _ in range(400):
-        loss = torch.nn.functional.cross_entropy(W.classify(model, features), labels)
+        loss = torch.nn.functional.cross_entropy(windowing.classify(model, features), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -53,7 +52,7 @@ def _autograd(model, features, labels) -> tuple[list[torch.Tensor], list[torch.T
     hooks = [m.register_forward_hook(lambda mod, i, o: outputs.append(o))
              for name, m in model.named_modules() if name.endswith(("lora_A.default", "lora_B.default"))]
     with torch.enable_grad():
-        logits = W.classify(model, features)
+        logits = windowing.classify(model, features)
     for h in hooks:
         h.remove()
     loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
@@ -64,12 +63,12 @@ def _autograd(model, features, labels) -> tuple[list[torch.Tensor], list[torch.T
 @pytest.mark.parametrize("window", ["trim", "full"])
 def test_stored_gradients_are_float32_exact(tmp_path, trained, window):
     model, labels = trained, torch.arange(4)
-    features = W.extract(models.feature_extractor(model.config), CLIPS, window)
+    features = windowing.extract(models.feature_extractor(model.config), CLIPS, window)
     rows = Capturer(model, window, CaptureOptions()).run(features, labels)
-    whisper = W.whisper_of(model)
+    whisper = windowing.whisper_of(model)
     path = str(tmp_path / "store.zarr")
     writer = StoreWriter(path)
-    mels = W.extract(models.feature_extractor(model.config), [np.zeros(8000, np.float32)] * 4, "trim")
+    mels = windowing.extract(models.feature_extractor(model.config), [np.zeros(8000, np.float32)] * 4, "trim")
     table = writer.add_utterances([
         UtteranceRow(f"t/{k}", "t", f"/x/{k}.wav", "s", "anger", np.zeros(16000, np.float32),
                      int(features.n_frames[k]), mels.input_features[k].numpy()) for k in range(4)])

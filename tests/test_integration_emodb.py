@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from transformers import WhisperForAudioClassification
 
-from precompute import window as W
-from precompute.audio import load_audio
-from precompute.checkpoints import load_fold_model
-from precompute.cli import main
-from precompute.models import feature_extractor
+from loralens.cli import main
+from loralens.precompute import windowing
+from loralens.precompute.audio import load_audio
+from loralens.precompute.checkpoints import load_fold_model
+from loralens.precompute.models import feature_extractor
 
 
 def _few_clips(emodb, tmp_path, per_cell: int = 2):
@@ -50,11 +50,11 @@ def test_train_tiny_en_on_real_emodb(emodb, tmp_path):
     adapter = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert len(adapter) == 4 and all(p.abs().sum() > 0 for p in adapter)
     clip = load_audio(next(iter(open(manifest).readlines()[1:])).split(",")[0])
-    features = W.extract(feature_extractor(W.whisper_of(model).config), [clip], "trim")
+    features = windowing.extract(feature_extractor(windowing.whisper_of(model).config), [clip], "trim")
     with torch.no_grad():
-        trained = W.classify(model, features)
+        trained = windowing.classify(model, features)
         with model.disable_adapter():
-            without = W.classify(model, features)
+            without = windowing.classify(model, features)
     assert not torch.allclose(trained, without)
 
 

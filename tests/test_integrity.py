@@ -11,9 +11,9 @@ import pytest
 import zarr
 from zarr.codecs.zstd import ZstdCodec
 
-from precompute.cli import main
-from store.reader import StoreError, StoreReader
-from store.validate import validate
+from loralens.cli import main
+from loralens.store.reader import StoreError, StoreReader
+from loralens.store.validate import validate
 
 # name -> (file to cut to 7 bytes, a read that meets it, what validate and the error name, where in it)
 CASES = {

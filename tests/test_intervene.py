@@ -9,28 +9,27 @@ import numpy as np
 import pytest
 import torch
 
-from app.analysis.counterfactuals import CHANGES
-from precompute import intervene
-from precompute import window as W
-from precompute.audio import load_audio
-from precompute.checkpoints import load_fold_model
-from precompute.data import load_corpus
-from precompute.models import feature_extractor
-from store import schema
+from loralens.analysis.counterfactuals import CHANGES
+from loralens.precompute import intervene, windowing
+from loralens.precompute.audio import load_audio
+from loralens.precompute.checkpoints import load_fold_model
+from loralens.precompute.data import load_corpus
+from loralens.precompute.models import feature_extractor
+from loralens.store import schema
 
 
 def _batch(run, window="trim"):
     config = json.loads((run / "config.json").read_text())
     clips = [load_audio(u.path) for u in load_corpus(config["data"], tuple(config["emotions"])).utterances[:5]]
     model = load_fold_model(run, 0)
-    return model, W.extract(feature_extractor(W.whisper_of(model).config), clips, window)
+    return model, windowing.extract(feature_extractor(windowing.whisper_of(model).config), clips, window)
 
 
 @pytest.mark.parametrize("window", ["trim", "full"])
 def test_lora_off_everywhere_is_the_frozen_encoder_under_loras_head(tiny_runs, window):
     model, features = _batch(tiny_runs["lora"], window)
     with model.disable_adapter(), torch.no_grad():  # PEFT's own switch: the base encoder, the fold's head
-        expected = W.classify(model, features).softmax(-1)
+        expected = windowing.classify(model, features).softmax(-1)
     with intervene.applied(model, intervene.Condition("lora_off_from", 0)):
         probabilities, lens = intervene.outcome(model, features)
     assert torch.equal(probabilities, expected)
@@ -42,7 +41,7 @@ def test_lora_off_everywhere_is_the_frozen_encoder_under_loras_head(tiny_runs, w
 def test_lora_only_and_off_partition_the_layers(tiny_runs):
     """Which layers' adapters each kind switches off; off_from@(last) is off@(last); all restored afterwards."""
     model, features = _batch(tiny_runs["lora"])
-    n = len(W.whisper_of(model).encoder.layers)
+    n = len(windowing.whisper_of(model).encoder.layers)
     with intervene.applied(model, intervene.Condition("lora_off_from", n - 1)):
         a = intervene.outcome(model, features)
     with intervene.applied(model, intervene.Condition("lora_off", n - 1)):
@@ -64,7 +63,7 @@ def test_lora_only_and_off_partition_the_layers(tiny_runs):
 @pytest.mark.parametrize("method", ["lora", "frozen"])
 def test_erasing_a_layer_is_skipping_it(tiny_runs, method):
     model, features = _batch(tiny_runs[method])
-    encoder = W.whisper_of(model).encoder
+    encoder = windowing.whisper_of(model).encoder
     for k in range(len(encoder.layers)):
         with intervene.applied(model, intervene.Condition("erase", k)):
             probabilities, lens = intervene.outcome(model, features)
@@ -78,7 +77,7 @@ def test_erasing_a_layer_is_skipping_it(tiny_runs, method):
         assert torch.equal(lens[:, k + 1], lens[:, k])  # the residual passes layer k unchanged
     untouched, _ = intervene.outcome(model, features)
     with torch.no_grad():
-        assert torch.equal(untouched, W.classify(model, features).softmax(-1))
+        assert torch.equal(untouched, windowing.classify(model, features).softmax(-1))
 
 
 @pytest.mark.parametrize(("target", "source"), [("lora", "frozen"), ("frozen", "lora")])
@@ -87,7 +86,7 @@ def test_patching_a_layer_carries_the_sources_residual_from_there(tiny_runs, tar
     model, features = _batch(tiny_runs[target])
     partner = load_fold_model(tiny_runs[source], 0)
     donor = intervene.layer_outputs(partner, features)
-    whisper = W.whisper_of(model)
+    whisper = windowing.whisper_of(model)
     mask = features.pooling_mask()
     _, unpatched = intervene.outcome(model, features)
     for k in range(len(whisper.encoder.layers)):
@@ -95,7 +94,7 @@ def test_patching_a_layer_carries_the_sources_residual_from_there(tiny_runs, tar
             probabilities, lens = intervene.outcome(model, features)
         assert torch.equal(lens[:, : k + 1], unpatched[:, : k + 1])  # below the patch nothing changes
         with torch.no_grad():
-            expected = W.head_logits(model, W.masked_mean(whisper.encoder.layer_norm(donor[k]), mask))
+            expected = windowing.head_logits(model, windowing.masked_mean(whisper.encoder.layer_norm(donor[k]), mask))
         assert torch.allclose(lens[:, k + 1], expected, atol=1e-5)  # boundary k + 1 is the source's residual
     # At the last boundary the patched model's final layer is the source's: its decision is the source's
     # residual read by the target's head.
@@ -110,7 +109,7 @@ def test_patching_a_layer_carries_the_sources_residual_from_there(tiny_runs, tar
 
 def test_outcome_is_what_the_trace_stores(tiny_runs):
     """No condition: outcome's lens equals the capture's lens_logits, its probabilities the logits'."""
-    from precompute.capture import CaptureOptions, Capturer
+    from loralens.precompute.capture import CaptureOptions, Capturer
 
     model, features = _batch(tiny_runs["lora"])
     probabilities, lens = intervene.outcome(model, features)
@@ -122,7 +121,7 @@ def test_outcome_is_what_the_trace_stores(tiny_runs):
 
 def test_conditions_and_names(tiny_runs):
     lora, frozen = (load_fold_model(tiny_runs[m], 0) for m in ("lora", "frozen"))
-    n = len(W.whisper_of(lora).encoder.layers)
+    n = len(windowing.whisper_of(lora).encoder.layers)
     audio = sum(len(c.strengths) for c in CHANGES.values())
     assert len(intervene.conditions(lora)) == 4 * n + 1 + audio and len(intervene.conditions(frozen)) == n + 1 + audio
     assert len(intervene.conditions(lora, partner=True)) == 5 * n + 1 + audio
@@ -147,9 +146,9 @@ class _Identity(torch.nn.Module):
 
 def test_intervene_command_into_the_store_and_resume(tiny_runs, tmp_path, capsys):
     """loralens intervene: every condition of every traced utterance into the store; a rerun redoes what is missing."""
-    from precompute.cli import main
-    from store.reader import StoreReader
-    from store.validate import validate
+    from loralens.cli import main
+    from loralens.store.reader import StoreReader
+    from loralens.store.validate import validate
 
     run, store = tiny_runs["lora"], str(tmp_path / "s.zarr")
     assert main(["trace", "--run", str(run), "--store", store, "--per-class", "2", "--no-summary"]) == 0
@@ -158,7 +157,7 @@ def test_intervene_command_into_the_store_and_resume(tiny_runs, tmp_path, capsys
     printed = capsys.readouterr().out
     reader = StoreReader(store)
     result = reader.interventions("tiny-lora")
-    n = len(W.whisper_of(load_fold_model(run, 0)).encoder.layers)
+    n = len(windowing.whisper_of(load_fold_model(run, 0)).encoder.layers)
     audio = sum(len(c.strengths) for c in CHANGES.values())
     assert result.done.all() and len(result.conditions) == 4 * n + 1 + audio and result.conditions[0] == "none"
     assert result.rows.tolist() == np.flatnonzero(reader.written("tiny-lora")).tolist()
@@ -172,7 +171,7 @@ def test_intervene_command_into_the_store_and_resume(tiny_runs, tmp_path, capsys
     # The Causal page draws them: the heatmap (exported like every chart) and the utterances a condition flips.
     from streamlit.testing.v1 import AppTest
 
-    from app.analysis import causal
+    from loralens.analysis import causal
 
     page = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app" / "main.py"), default_timeout=300)
     with pytest.MonkeyPatch.context() as mp:
@@ -212,7 +211,7 @@ def test_intervene_command_into_the_store_and_resume(tiny_runs, tmp_path, capsys
 
 
 def test_intervene_needs_a_traced_run(tiny_runs, tmp_path):
-    from precompute.config import RunError
+    from loralens.precompute.config import RunError
 
     with pytest.raises(RunError, match="trace it first"):
         intervene.run(tiny_runs["frozen"], str(tmp_path / "none.zarr"))
@@ -221,9 +220,9 @@ def test_intervene_needs_a_traced_run(tiny_runs, tmp_path):
 def test_zero_strength_audio_is_the_original_and_more_kinds_are_appended(tiny_runs, tmp_path):
     """An audio change at its identity strength reproduces the model as trained; a rerun asking for more conditions
     (patching from the frozen run) keeps what is there and adds them."""
-    from precompute.cli import main
-    from precompute.config import RunError
-    from store.reader import StoreReader
+    from loralens.cli import main
+    from loralens.precompute.config import RunError
+    from loralens.store.reader import StoreReader
 
     lora, frozen, store = tiny_runs["lora"], tiny_runs["frozen"], str(tmp_path / "s.zarr")
     assert main(["trace", "--run", str(lora), "--store", store, "--per-class", "2", "--no-summary"]) == 0
@@ -241,7 +240,7 @@ def test_zero_strength_audio_is_the_original_and_more_kinds_are_appended(tiny_ru
     assert main(["intervene", "--run", str(lora), "--store", store, "--kinds", "patch",
                  "--partner", str(frozen)]) == 0
     second = StoreReader(store).interventions("tiny-lora")
-    n = len(W.whisper_of(load_fold_model(lora, 0)).encoder.layers)
+    n = len(windowing.whisper_of(load_fold_model(lora, 0)).encoder.layers)
     assert second.conditions == first.conditions + [f"patch@{k}" for k in range(n)] and second.done.all()
     assert np.array_equal(second.probabilities[: len(first.conditions)], first.probabilities)
     assert second.partner == "tiny-frozen"
@@ -299,7 +298,7 @@ def test_an_upload_under_interventions(tiny_runs):
     """The upload page's conditions: as trained is the clip's prediction, each condition what outcome gives."""
     from scipy.special import softmax
 
-    from precompute.predict import Predictor
+    from loralens.precompute.predict import Predictor
 
     run = tiny_runs["lora"]
     config = json.loads((run / "config.json").read_text())
@@ -309,7 +308,7 @@ def test_an_upload_under_interventions(tiny_runs):
     assert list(under) == ["none", "erase@1", "pitch@0", "lora_off_from@0"]
     assert np.allclose(under["none"], predictor.predict(audio).probabilities, atol=1e-6)
     assert np.array_equal(under["pitch@0"], under["none"])
-    features = W.extract(predictor.extractor, [audio], "trim")
+    features = windowing.extract(predictor.extractor, [audio], "trim")
     for name in ("erase@1", "lora_off_from@0"):
         with intervene.applied(predictor.model, intervene.Condition.parse(name)):
             _, lens = intervene.outcome(predictor.model, features)

@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from precompute import window as W
-from precompute.cli import main
-from precompute.models import (
+from loralens.cli import main
+from loralens.precompute import windowing
+from loralens.precompute.models import (
     GEOMETRIES,
     ModelSpecError,
     feature_extractor,
@@ -26,7 +26,7 @@ from precompute.models import (
     parse_model_spec,
     random_config,
 )
-from store.reader import StoreReader
+from loralens.store.reader import StoreReader
 from tests.conftest import EMOTIONS, LARGE_V3, tone
 
 MAIN = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
@@ -87,11 +87,11 @@ def test_both_windows_read_128_mel_bins():
     model = load_classifier(LARGE_V3, EMOTIONS)
     extractor = feature_extractor(model.config)
     clip = tone(0.7, 16000, 300.0)
-    for window, frames in (("trim", W.encoder_frames(len(clip))), ("full", 1500)):
-        features = W.extract(extractor, [clip], window)
+    for window, frames in (("trim", windowing.encoder_frames(len(clip))), ("full", 1500)):
+        features = windowing.extract(extractor, [clip], window)
         assert tuple(features.input_features.shape) == (1, N_MELS, 2 * frames), window
         with torch.no_grad():
-            assert W.classify(model, features).shape == (1, len(EMOTIONS))
+            assert windowing.classify(model, features).shape == (1, len(EMOTIONS))
 
 
 def test_large_v3_trains_lora_and_frozen(large_runs):

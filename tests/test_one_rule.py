@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.analysis import lens
+from loralens.analysis import lens
 
 
 def test_predict_uses_the_lens_rules_of_the_explorer(tiny_runs, monkeypatch):
-    from precompute.predict import Predictor
+    from loralens.precompute.predict import Predictor
 
     calls = []
     real_depth, real_trajectory = lens.resolution_depth, lens.trajectory

@@ -9,9 +9,9 @@ import threading
 import pytest
 from safetensors.torch import load_file, save_file
 
-from precompute import files
-from precompute.checkpoints import HEAD_FILE, load_fold_model
-from precompute.config import RunError
+from loralens.precompute import files
+from loralens.precompute.checkpoints import HEAD_FILE, load_fold_model
+from loralens.precompute.config import RunError
 from tests import conftest
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import warnings
 
-from app import views
-from precompute.cli import main
+from loralens.analysis import views
+from loralens.cli import main
 
 
 def test_report_writes_figures_and_findings(tiny_store, tmp_path, monkeypatch):

@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
-from app import state
-from precompute.audio import SAMPLE_RATE, AudioError, load_audio, windows
-from precompute.cli import main
-from store.reader import StoreError, StoreReader
-from store.validate import validate
+from loralens.app import state
+from loralens.cli import main
+from loralens.precompute.audio import SAMPLE_RATE, AudioError, load_audio, windows
+from loralens.store.reader import StoreError, StoreReader
+from loralens.store.validate import validate
 from tests.conftest import tone, write_tone_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,7 +212,7 @@ def test_truncated_chunk_is_reported_repaired_and_recaptured(tiny_runs, tmp_path
 
 # -- interruptions ------------------------------------------------------------------------------------------
 def _loralens(command: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "precompute.cli", *command], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "loralens.cli", *command], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -310,8 +310,8 @@ def test_killed_trace_resumes_to_the_same_store(tiny_runs, tmp_path):
 
 # -- concurrency --------------------------------------------------------------------------------------------
 def test_reading_while_trace_writes_never_shows_partial_rows(tiny_runs, tmp_path):
-    from precompute.config import read_config
-    from precompute.trace import Selection, Tracer
+    from loralens.precompute.config import read_config
+    from loralens.precompute.trace import Selection, Tracer
 
     store = str(tmp_path / "s.zarr")
     tracer = Tracer(tiny_runs["lora"], read_config(tiny_runs["lora"]).data, store, selection=Selection(all=True))
@@ -360,6 +360,6 @@ def test_nothing_is_unpickled_and_the_server_binds_localhost():
         for call in re.findall(r"torch\.load\([^)]*\)", text):
             assert "weights_only=True" in call, f"{path}: {call}"
     assert re.search(r'^address = "127\.0\.0\.1"$', (ROOT / ".streamlit" / "config.toml").read_text(), re.M)
-    from precompute.cli import build_parser
+    from loralens.cli import build_parser
 
     assert build_parser().parse_args(["app", "--store", "x"]).host == "127.0.0.1"

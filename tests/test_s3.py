@@ -7,12 +7,15 @@ import json
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
-from precompute.cli import main
-from store import schema
-from store.reader import STORAGE_OPTIONS_ENV, StoreReader, storage_options
+import loralens.app
+from loralens.cli import main
+from loralens.store import schema
+from loralens.store.reader import StoreReader
+from loralens.store.storage import STORAGE_OPTIONS_ENV, storage_options
 from tests.conftest import assert_same_run
 
 
@@ -21,7 +24,7 @@ def test_two_processes_trace_into_one_s3_store(s3, tiny_runs, tmp_path, monkeypa
     run, store = tiny_runs["lora"], f"s3://loralens/{uuid.uuid4().hex}.zarr"
     base = ["trace", "--run", str(run), "--store", store, "--per-class", "2", "--endpoint-url", s3, "--no-summary"]
     assert main([*base, "--prepare-only"]) == 0
-    shards = [subprocess.Popen([sys.executable, "-m", "precompute.cli", *base, "--shard", f"{k}/2"])
+    shards = [subprocess.Popen([sys.executable, "-m", "loralens.cli", *base, "--shard", f"{k}/2"])
               for k in range(2)]
     assert [p.wait(timeout=300) for p in shards] == [0, 0]
     assert main([*base, "--commit-only"]) == 0
@@ -39,7 +42,7 @@ def test_two_processes_trace_into_one_s3_store(s3, tiny_runs, tmp_path, monkeypa
 
     monkeypatch.setenv("LORALENS_STORE", store)
     monkeypatch.setenv(STORAGE_OPTIONS_ENV, json.dumps({"endpoint_url": s3}))
-    page = AppTest.from_file(str(__import__("app").__path__[0] + "/main.py"), default_timeout=300).run()
+    page = AppTest.from_file(str(Path(loralens.app.__file__).parent / "main.py"), default_timeout=300).run()
     assert not page.exception, page.exception
     assert "tiny-lora" in " ".join(str(t.value) for t in page.table)
 

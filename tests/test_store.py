@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import zarr
 
-from store import schema
-from store.probe import probe
-from store.reader import StoreError, StoreReader
-from store.validate import validate
-from store.writer import StoreWriter, UtteranceRow
+from loralens.store import schema
+from loralens.store.probe import probe
+from loralens.store.reader import StoreError, StoreReader
+from loralens.store.validate import validate
+from loralens.store.writer import StoreWriter, UtteranceRow
 
 ATTRS = {"method": "lora", "model": "m", "data": "d", "window": "trim", "emotions": ["anger", "sadness"],
          "rank": 3, "alpha": 6, "targets": ["v_proj"], "modules": ["layer_0.v_proj", "layer_1.v_proj"],

@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app import summary, views
-from app.analysis import cka, spectra
-from app.analysis.moments import Moments
-from store import schema
-from store.reader import StoreReader
-from store.validate import repair, validate
-from store.writer import StoreWriter
+from loralens.analysis import cka, spectra, summary, views
+from loralens.analysis.moments import Moments
+from loralens.store import schema
+from loralens.store.reader import StoreReader
+from loralens.store.validate import repair, validate
+from loralens.store.writer import StoreWriter
 
 
 def test_moments_equal_in_memory_spectra_and_cka():
@@ -124,8 +123,8 @@ def test_lora_modules_summarised_in_worker_processes_equal_those_summarised_here
 
 
 def test_a_summary_goes_stale_when_its_run_grows_and_validate_says_so(summarised, tiny_runs):
-    from precompute.config import read_config
-    from precompute.trace import Selection, Tracer
+    from loralens.precompute.config import read_config
+    from loralens.precompute.trace import Selection, Tracer
 
     summary.summarise(summarised, methods=())
     assert validate(summarised).ok
@@ -168,7 +167,7 @@ def test_pages_draw_from_the_summary_without_whole_store_computations(tiny_store
     """With current summaries (a trace commits them), no page fits a map or reads every frame of a run."""
     from streamlit.testing.v1 import AppTest
 
-    from app.analysis import projections
+    from loralens.analysis import contributions, projections
 
     reader = StoreReader(tiny_store)
     assert not summary.stale(reader)
@@ -176,8 +175,8 @@ def test_pages_draw_from_the_summary_without_whole_store_computations(tiny_store
     def refuse(*args, **kwargs):
         raise AssertionError("a page computed from the raw arrays although the summary holds the result")
 
-    for target, name in ((projections, "project"), (views, "lora_matrices"), (cka, "minibatch_grams"),
-                         (views.contributions, "contributions")):
+    for target, name in ((projections, "project"), (views.queries, "lora_matrices"), (cka, "minibatch_grams"),
+                         (contributions, "contributions")):
         monkeypatch.setattr(target, name, refuse)
     monkeypatch.setenv("LORALENS_STORE", tiny_store)
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app" / "main.py"), default_timeout=300).run()
@@ -193,7 +192,7 @@ def test_pages_draw_from_the_summary_without_whole_store_computations(tiny_store
 def test_the_upload_map_of_a_large_run_holds_a_sample_that_places_without_pynndescent(tiny_store, monkeypatch):
     """Placing an upload on a UMAP of EXACT_NEIGHBOURS utterances or more compiles pynndescent (over a minute, in the
     app's process): the Upload page's map holds a fixed sample of one fewer, and places on it."""
-    from app.analysis import projections
+    from loralens.analysis import projections
 
     reader = StoreReader(tiny_store)
     run = next(r for r in views.run_info(reader) if r.method == "lora").name
@@ -211,7 +210,7 @@ def test_the_upload_map_of_a_large_run_holds_a_sample_that_places_without_pynnde
 def test_a_tsne_map_of_many_utterances_shows_a_fixed_sample_in_the_summary_and_live_alike(summarised, monkeypatch):
     """t-SNE took 20 s a map at IEMOCAP's size (98 in a large-v2 run pair's summary): from TSNE_ROWS utterances it
     maps a fixed sample, the same in the summary as fitted live, every layer the same utterances; UMAP maps all."""
-    from app.analysis import projections
+    from loralens.analysis import projections
 
     reader = StoreReader(summarised)
     lora = next(r.name for r in views.run_info(reader) if r.method == "lora")

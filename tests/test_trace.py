@@ -10,9 +10,9 @@ import threading
 import numpy as np
 import pytest
 
-from precompute.cli import main
-from store.reader import StoreReader
-from store.validate import validate
+from loralens.cli import main
+from loralens.store.reader import StoreReader
+from loralens.store.validate import validate
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_shards_in_separate_processes(lora_run, tmp_path):
     store = str(tmp_path / "s.zarr")
     base = ["trace", "--run", str(lora_run), "--store", store, "--per-class", "2"]
     assert main([*base, "--prepare-only"]) == 0
-    procs = [subprocess.Popen([sys.executable, "-m", "precompute.cli", *base, "--shard", f"{k}/2"])
+    procs = [subprocess.Popen([sys.executable, "-m", "loralens.cli", *base, "--shard", f"{k}/2"])
              for k in range(2)]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     assert main([*base, "--commit-only"]) == 0
@@ -93,11 +93,11 @@ def test_writer_processes_write_the_same_store_as_one_thread(lora_run, tmp_path)
 
 def test_one_command_traces_several_runs_as_one_command_each_would(tiny_runs, tmp_path, monkeypatch):
     """--run A --run B: the store that one command per run writes, bit for bit, summarised once after both."""
-    import app.summary
+    import loralens.analysis.summary
 
     calls = []
-    summarise = app.summary.summarise
-    monkeypatch.setattr(app.summary, "summarise", lambda *a, **k: calls.append(a) or summarise(*a, **k))
+    summarise = loralens.analysis.summary.summarise
+    monkeypatch.setattr(loralens.analysis.summary, "summarise", lambda *a, **k: calls.append(a) or summarise(*a, **k))
     runs = [str(tiny_runs["lora"]), str(tiny_runs["frozen"])]
     both, each = str(tmp_path / "both.zarr"), str(tmp_path / "each.zarr")
     assert main(["trace", "--run", runs[0], "--run", runs[1], "--store", both, "--per-class", "2",
@@ -128,8 +128,8 @@ def test_name_with_several_runs_and_a_bad_maps_list_are_refused_before_any_captu
 
 def test_tracing_and_training_start_without_scikit_learn():
     """A second of every trace's start-up and every training worker's (scikit-learn scores folds at their end)."""
-    code = ("import sys, precompute.cli, precompute.trace, precompute.train, precompute.grid, precompute.capture; "
-            "print('sklearn' in sys.modules)")
+    code = ("import sys, loralens.cli, loralens.precompute.trace, loralens.precompute.train, "
+            "loralens.precompute.grid, loralens.precompute.capture; print('sklearn' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
 
@@ -137,14 +137,15 @@ def test_tracing_and_training_start_without_scikit_learn():
 def test_a_trace_without_its_summary_does_not_import_the_summary(lora_run, tmp_path):
     """``--no-summary`` (and every shard's process) spared a second of imports (pandas, joblib, the analyses)."""
     argv = ["trace", "--run", str(lora_run), "--store", str(tmp_path / "s.zarr"), "--per-class", "1", "--no-summary"]
-    code = f"import sys; from precompute.cli import main; print(main({argv!r}), 'app.summary' in sys.modules)"
+    code = (f"import sys; from loralens.cli import main; "
+            f"print(main({argv!r}), 'loralens.analysis.summary' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split()[-2:] == ["0", "False"], result.stderr[-2000:]
 
 
 def test_the_next_batches_audio_is_read_while_this_one_is_captured():
     """``prefetched`` loads up to ``ahead`` items beyond the one being used, in order, and no further (memory)."""
-    from precompute.trace import prefetched
+    from loralens.precompute.trace import prefetched
 
     started = {i: threading.Event() for i in range(6)}
     asked = []
@@ -170,8 +171,8 @@ def test_the_next_batches_audio_is_read_while_this_one_is_captured():
 
 
 def test_writer_processes_are_refused_for_an_in_memory_store(lora_run):
-    from precompute.config import read_config
-    from precompute.trace import Selection, Tracer
+    from loralens.precompute.config import read_config
+    from loralens.precompute.trace import Selection, Tracer
 
     with pytest.raises(ValueError, match="memory://"):
         Tracer(lora_run, read_config(lora_run).data, "memory://w", selection=Selection(per_class=1), writers=1)
@@ -183,8 +184,8 @@ def test_unprepared_shard_says_what_to_do(lora_run, tmp_path, caplog):
 
 
 def test_memory_store(lora_run):
-    from precompute.config import read_config
-    from precompute.trace import Selection, Tracer
+    from loralens.precompute.config import read_config
+    from loralens.precompute.trace import Selection, Tracer
 
     tracer = Tracer(lora_run, read_config(lora_run).data, "memory://trace-test", selection=Selection(per_class=1))
     rows = tracer.prepare()
@@ -195,10 +196,10 @@ def test_memory_store(lora_run):
 
 
 def test_per_frame_sample_keeps_the_large_arrays_for_a_hashed_share(lora_run, tmp_path):
-    from app import views
-    from precompute.capture import SAMPLED, CaptureOptions
-    from store.reader import StoreError
-    from store.validate import sizes
+    from loralens.analysis import views
+    from loralens.precompute.capture import SAMPLED, CaptureOptions
+    from loralens.store.reader import StoreError
+    from loralens.store.validate import sizes
 
     half, full = str(tmp_path / "half.zarr"), str(tmp_path / "full.zarr")
     for store, share in ((half, "0.5"), (full, "1")):
@@ -230,7 +231,7 @@ def test_per_frame_sample_keeps_the_large_arrays_for_a_hashed_share(lora_run, tm
     groups = views.sampled_groups(reader, "tiny-lora", "trained", views.fold_groups(reader, "tiny-lora"))
     assert sum(len(g) for g in groups.values()) == kept.sum()
     live = views.lora_matrices(reader, "tiny-lora", "trained", "lora_a_activation", groups)
-    from app.analysis import spectra
+    from loralens.analysis import spectra
 
     for got, module in zip(stored["lora_a_activation"]["trained"].singular, spectra.spectrum(live).singular,
                            strict=True):

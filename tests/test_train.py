@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from precompute import train as train_module
-from precompute import window as W
-from precompute.audio import load_audio
-from precompute.checkpoints import PROGRESS_FILE, TWIN_STD, FoldModels, load_fold_model
-from precompute.cli import main
-from precompute.config import RunError, TrainConfig
-from precompute.data import load_corpus
-from precompute.models import feature_extractor
-from precompute.train import train
+from loralens.cli import main
+from loralens.precompute import train as train_module
+from loralens.precompute import windowing
+from loralens.precompute.audio import load_audio
+from loralens.precompute.checkpoints import PROGRESS_FILE, TWIN_STD, FoldModels, load_fold_model
+from loralens.precompute.config import RunError, TrainConfig
+from loralens.precompute.data import load_corpus
+from loralens.precompute.models import feature_extractor
+from loralens.precompute.train import train
 
 
 def _config(model_dir, data, **kw) -> TrainConfig:
@@ -33,10 +33,10 @@ def _probabilities(run, fold: int, variant="trained") -> tuple[list[str], np.nda
         rows = list(csv.DictReader(f))
     config = json.loads((run / "config.json").read_text())
     corpus = {u.id: u for u in load_corpus(config["data"], tuple(config["emotions"])).utterances}
-    extractor = feature_extractor(W.whisper_of(model).config)
-    features = W.extract(extractor, [load_audio(corpus[r["id"]].path) for r in rows], config["window"])
+    extractor = feature_extractor(windowing.whisper_of(model).config)
+    features = windowing.extract(extractor, [load_audio(corpus[r["id"]].path) for r in rows], config["window"])
     with torch.no_grad():
-        ours = W.classify(model, features).softmax(-1).numpy()
+        ours = windowing.classify(model, features).softmax(-1).numpy()
     saved = np.array([[float(r[f"p_{e}"]) for e in config["emotions"]] for r in rows])
     return [r["id"] for r in rows], ours, saved
 
@@ -117,7 +117,7 @@ def test_an_interrupted_fold_resumes_after_its_last_epoch(tmp_path, tiny_model_d
     assert (cut / "fold_01.partial" / PROGRESS_FILE).is_file() and not (cut / "fold_01").exists()
     assert "stopped: KeyboardInterrupt" in (cut / "train.log").read_text()
     monkeypatch.setattr(train_module, "batches", real)
-    with caplog.at_level("INFO", logger="precompute"):
+    with caplog.at_level("INFO", logger="loralens.precompute"):
         train(config, cut, only=[1])
     assert "fold_01: resuming after epoch 2 of 4" in caplog.text
     assert (cut / "train.log").read_text().count("fold_01 epoch 2") == 1
@@ -177,7 +177,7 @@ def test_unreadable_progress_restarts_the_fold(tmp_path, tiny_model_dir, tone_cs
     run = tmp_path / "run"
     (run / "fold_00.partial").mkdir(parents=True)
     (run / "fold_00.partial" / PROGRESS_FILE).write_bytes(b"half a file")
-    with caplog.at_level("WARNING", logger="precompute"):
+    with caplog.at_level("WARNING", logger="loralens.precompute"):
         summary = train(_config(tiny_model_dir, tone_csv), run, only=[0])
     assert summary["n_done"] == 1 and "progress.safetensors: unreadable" in caplog.text
     assert "training fold_00 from its first epoch" in caplog.text
@@ -189,7 +189,7 @@ def test_changed_config_is_refused(tmp_path, tiny_model_dir, tone_csv):
     with pytest.raises(RunError, match="rank: 4 -> 8"):
         train(TrainConfig(
             model=str(tiny_model_dir), data=f"csv:{tone_csv}", epochs=1, batch_size=4, rank=8, alpha=8), run)
-    assert "ERROR precompute.train: stopped: RunError" in (run / "train.log").read_text()
+    assert "ERROR loralens.precompute.train: stopped: RunError" in (run / "train.log").read_text()
     assert (run / "fold_00" / "metrics.json").is_file()
 
 
@@ -217,13 +217,13 @@ def test_full_window_run(tmp_path, tiny_model_dir, tone_csv):
 def test_each_clips_log_mel_is_extracted_once_per_run(tmp_path, tiny_model_dir, tone_csv, window, monkeypatch):
     """Not at every step: a full window's 30 s log-mel took 31 of a 54 ms step on an H100 when it was."""
     extracted = []
-    extract = W.extract
+    extract = windowing.extract
 
     def counted(extractor, audios, *args, **kwargs):
         extracted.append(len(audios))
         return extract(extractor, audios, *args, **kwargs)
 
-    monkeypatch.setattr(W, "extract", counted)
+    monkeypatch.setattr(windowing, "extract", counted)
     monkeypatch.setattr(train_module, "_EXAMPLES", {})  # no clips read by an earlier test of this process
     run = tmp_path / window
     train(_config(tiny_model_dir, tone_csv, window=window, epochs=3), run, only=[0, 1])

@@ -3,17 +3,18 @@
 import pandas as pd
 import streamlit as st
 
-from app import charts, data, state, views, widgets
-from app.analysis.causal import KIND_LABELS, parse
-from app.analysis.counterfactuals import AUDIO_KINDS, CHANGES
+from loralens.analysis import views
+from loralens.analysis.causal import KIND_LABELS, parse
+from loralens.analysis.counterfactuals import AUDIO_KINDS, CHANGES
+from loralens.app import cache, charts, state, widgets
 
 LABELS = {"uar_drop": "UAR drop", "kl": "KL(none || condition)", "flipped": "share flipped"}
 
 view = widgets.view_state()
 widgets.present(view)
-path = data.store_path()
+path = cache.store_path()
 run = widgets.pick_run(view)
-causal = data.causal(path, run.name)
+causal = cache.causal(path, run.name)
 if causal is None:
     st.info(f"No interventions for {run.name} in this store yet. Compute them (a few minutes for 100 utterances of "
             "whisper-base on a CPU; --partner names the run to patch from):")
@@ -28,7 +29,7 @@ if len(causal.metrics) == 1:
             "loralens intervene finishes them (this page refreshes what it reads every 30 s).")
     widgets.stop(view)
 none = causal.metrics.iloc[0]
-partner = data.causal(path, causal.partner) if causal.partner else None
+partner = cache.causal(path, causal.partner) if causal.partner else None
 if partner is not None and partner.partner != run.name:  # its patches came from another run: not shown beside
     partner.metrics = partner.metrics[partner.metrics["kind"] != "patch"]
 runs = {run.name: causal} | ({causal.partner: partner} if partner is not None else {})
@@ -101,10 +102,10 @@ if kind in AUDIO_KINDS:
                      key="ca-strength", on_change=_to_strength)
     left, right = st.columns(2)
     left.caption("Original")
-    left.audio(data.audio_wav(path, row), format="audio/wav")
+    left.audio(cache.audio_wav(path, row), format="audio/wav")
     right.caption(condition + (" (plays clipped where louder than full scale)" if kind == "loudness" and at > 0
                                else ""))
-    right.audio(data.altered_wav(path, row, kind, at), format="audio/wav")
+    right.audio(cache.altered_wav(path, row, kind, at), format="audio/wav")
 trajectory = causal.trajectory(row, condition)
 widgets.chart(charts.trajectories(trajectory, f"{uid}: lens as trained and under {condition}"), trajectory,
               f"{run.name}-{uid}-{condition}", "ca-trajectory")

@@ -3,14 +3,14 @@
 import pandas as pd
 import streamlit as st
 
-from app import charts, data, state, views, widgets
-from app.analysis import projections
+from loralens.analysis import projections, views
+from loralens.app import cache, charts, state, widgets
 
 view = widgets.view_state()
 widgets.present(view)
-path = data.store_path()
+path = cache.store_path()
 run = widgets.pick_run(view)
-table = data.table(path, run.name)
+table = cache.table(path, run.name)
 c1, c2, c3, c4 = st.columns([2, 3, 4, 3])
 view.projection = c1.radio("Map", state.PROJECTIONS, index=state.PROJECTIONS.index(view.projection),
                            format_func=projections.NAMES.get, horizontal=True, key="cl-projection")
@@ -22,7 +22,7 @@ view.colour = c3.radio("Colour by", state.COLOURINGS, index=state.COLOURINGS.ind
                        key="cl-colour")
 fold = None
 if run.method == "lora":  # a frozen encoder is the same model in every fold
-    sizes = {f: n for f, n in data.fold_sizes(path, run.name).items() if n >= projections.MIN_POINTS}
+    sizes = {f: n for f, n in cache.fold_sizes(path, run.name).items() if n >= projections.MIN_POINTS}
     folds = [None, *sizes]
     fold = c4.selectbox("Fold model", folds, index=widgets.index(folds, view.fold), key="cl-fold",
                         format_func=lambda f: "every fold, one map" if f is None else f"fold {f} ({sizes[f]})",
@@ -36,7 +36,7 @@ layer = st.slider(label, 0, n_positions - 1, min(view.layer if view.layer is not
 view.layer = layer
 with st.spinner("Fitting the map (the store has no current summary: loralens summarise computes every map once) ..."
                 if fold is None else f"Fitting the map of fold {fold}'s utterances ..."):
-    coordinates, rows, sil = data.map_of(path, run.name, view.source, layer, view.projection, fold)
+    coordinates, rows, sil = cache.map_of(path, run.name, view.source, layer, view.projection, fold)
 frame = table.iloc[rows][["id", "speaker", "emotion", "prediction", "correct", "fold"]].reset_index(drop=True)
 frame["x"], frame["y"] = coordinates[:, 0], coordinates[:, 1]
 frame["correct"] = frame["correct"].map({True: "correct", False: "wrong"})
@@ -45,7 +45,7 @@ of = "" if fold is None else f" of fold {fold}'s model"
 shown = f"{len(frame)} utterances{of}" if len(frame) == pool else (
     f"a fixed sample of {len(frame):,} of the {pool:,} utterances{of} (t-SNE's cost grows with their number; UMAP "
     "maps all)")
-st.caption(f"{shown} · emotion silhouette {data.silhouette(path, run.name, view.source, layer, fold):.3f} "
+st.caption(f"{shown} · emotion silhouette {cache.silhouette(path, run.name, view.source, layer, fold):.3f} "
            f"in the vectors' own space, {sil:.3f} on this map")
 if run.method == "lora" and (n_folds := frame["fold"].nunique()) > 1:
     # Each fold's adapter is trained from its own initialisation: its A space is its own, so one map of every fold's
@@ -53,8 +53,9 @@ if run.method == "lora" and (n_folds := frame["fold"].nunique()) > 1:
     apart = ("LoRA A activations of different folds are in different spaces (each fold's adapter started from its "
              "own random A)" if view.source == "lora_a" else
              "the residuals of different folds passed through different adapters")
-    folds_apart = data.fold_silhouette(path, run.name, view.source, layer, view.projection)
-    estimated = (f" (estimated on {data.FOLD_SILHOUETTE_SAMPLE:,} of them)" if len(frame) > data.FOLD_SILHOUETTE_SAMPLE
+    folds_apart = cache.fold_silhouette(path, run.name, view.source, layer, view.projection)
+    sample = cache.FOLD_SILHOUETTE_SAMPLE
+    estimated = (f" (estimated on {sample:,} of them)" if len(frame) > sample
                  else "")
     st.caption(f"Each utterance is traced by the fold model that held it out ({n_folds} here): {apart}. Fold "
                f"silhouette on this map {folds_apart:.2f}{estimated}: near 0, the folds mix; colour by fold to see "
@@ -68,9 +69,9 @@ if picked:
 if view.utt in set(frame["id"]):
     row = int(table.loc[table["id"] == view.utt, "row"].iloc[0])
     st.markdown(f"**{view.utt}** · {table.iloc[row]['emotion']} · predicted {table.iloc[row]['prediction']}")
-    st.audio(data.audio_wav(path, row), format="audio/wav")
+    st.audio(cache.audio_wav(path, row), format="audio/wav")
 
-series = views.rank_series(data.runs(path), run) if view.source == "lora_a" else []  # lora_a: LoRA runs only
+series = views.rank_series(cache.runs(path), run) if view.source == "lora_a" else []  # lora_a: LoRA runs only
 if len(series) > 1:
     st.subheader("Across ranks")
     st.caption(f"The same LoRA module in the runs that differ only in rank ({run.model}, {run.window}, "
@@ -81,13 +82,13 @@ if len(series) > 1:
     for col, other in zip(st.columns(len(series)), series, strict=True):
         # fold k of another run is the same model's counterpart only where it held out the same speakers
         own = fold if (held_out and other.test_speakers.get(fold) == held_out
-                       and data.fold_sizes(path, other.name).get(fold, 0) >= projections.MIN_POINTS) else None
-        c, rr, on_map = data.map_of(path, other.name, "lora_a", layer, view.projection, own)
+                       and cache.fold_sizes(path, other.name).get(fold, 0) >= projections.MIN_POINTS) else None
+        c, rr, on_map = cache.map_of(path, other.name, "lora_a", layer, view.projection, own)
         f = pd.DataFrame({"x": c[:, 0], "y": c[:, 1],
                           "emotion": table.iloc[rr]["emotion"].to_numpy(), "id": table.iloc[rr]["id"].to_numpy()})
         title = (f"r = {other.rank}{' (this run)' if other.name == run.name else ''}"
                  f"{'' if own == fold else ' (every fold)'} · silhouette "
-                 f"{data.silhouette(path, other.name, 'lora_a', layer, own):.3f} (map {on_map:.3f})")
+                 f"{cache.silhouette(path, other.name, 'lora_a', layer, own):.3f} (map {on_map:.3f})")
         with col:
             widgets.chart(charts.scatter(f, "emotion", title, legend=False), f,
                           f"{other.name}-lora_a-{view.projection}-{layer}", f"cl-rank-{other.rank}")

@@ -2,18 +2,19 @@
 
 import streamlit as st
 
-from app import charts, data, views, widgets
+from loralens.analysis import views
+from loralens.app import cache, charts, widgets
 
 view = widgets.view_state()
 widgets.present(view)
-path = data.store_path()
+path = cache.store_path()
 run = widgets.pick_run(view)
-partner = views.frozen_partner(data.runs(path), run) if run.method == "lora" else None
-reader = data.reader(path)
+partner = views.frozen_partner(cache.runs(path), run) if run.method == "lora" else None
+reader = cache.reader(path)
 rows = tuple(views.common_rows(reader, run.name, partner.name) if partner else views.common_rows(reader, run.name))
-mine = data.contributions(path, run.name, rows)
+mine = cache.contributions(path, run.name, rows)
 frame = views.contribution_frame(mine, "LoRA" if run.method == "lora" else run.name,
-                                 data.contributions(path, partner.name, rows) if partner else None)
+                                 cache.contributions(path, partner.name, rows) if partner else None)
 options = sorted(frame["series"].unique())
 show = st.multiselect("Series", options, key="co-series",
                       default=options if view.series is None else [s for s in options if s in view.series])

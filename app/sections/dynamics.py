@@ -4,13 +4,14 @@ import dataclasses
 
 import streamlit as st
 
-from app import charts, data, state, views, widgets
+from loralens.analysis import views
+from loralens.app import cache, charts, state, widgets
 
 view = widgets.view_state()
 widgets.present(view)
-path = data.store_path()
+path = cache.store_path()
 run = widgets.pick_run(view, method="lora")
-sizes = data.fold_sizes(path, run.name)
+sizes = cache.fold_sizes(path, run.name)
 left, right = st.columns([1, 2])
 folds = [None, *sizes]
 fold = left.selectbox(
@@ -26,20 +27,20 @@ view.fold, view.threshold = fold, round(threshold, 2)
 @st.cache_data(show_spinner=False, max_entries=32)
 def figures(path: str, run_name: str, fold: int | None) -> dict:
     """The page's charts of a run and fold model, built once: a threshold move only moves the spectra's rule."""
-    spec = data.spectra(path, run_name, fold)
+    spec = cache.spectra(path, run_name, fold)
     curves = views.spectra_frame(spec)
-    ab = views.cka_ab_frame(data.cka_ab(path, run_name, fold))
+    ab = views.cka_ab_frame(cache.cka_ab(path, run_name, fold))
     out = {"spectra": (widgets.figure(charts.spectra(curves, state.THRESHOLD_RANGE[0])), curves),
            "ab": (widgets.figure(charts.per_layer(ab, "cka", "Linear CKA between LoRA A and B outputs", [0, 1])), ab)}
-    partner = views.frozen_partner(data.runs(path), next(r for r in data.runs(path) if r.name == run_name))
+    partner = views.frozen_partner(cache.runs(path), next(r for r in cache.runs(path) if r.name == run_name))
     for other, title in [(run_name, "within LoRA"), *([(partner.name, "LoRA vs frozen")] if partner else [])]:
-        frame = views.heatmap_frame(data.residual_cka(path, run_name, other))
+        frame = views.heatmap_frame(cache.residual_cka(path, run_name, other))
         out[title] = (widgets.figure(charts.heatmap(frame, "other", "LoRA", "cka", f"CKA {title}", [0, 1])), frame)
     return out
 
 
 with st.spinner("SVD of every LoRA module ..."):
-    spec = {q: {c: s.at(threshold) for c, s in by.items()} for q, by in data.spectra(path, run.name, fold).items()}
+    spec = {q: {c: s.at(threshold) for c, s in by.items()} for q, by in cache.spectra(path, run.name, fold).items()}
     drawn = figures(path, run.name, fold)
 curves, frame = drawn["spectra"]
 curves = dataclasses.replace(curves, spec=charts.at_threshold(curves.spec, threshold),

@@ -4,23 +4,23 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import charts, data, state, widgets
+from loralens.app import cache, charts, state, widgets
 
 view = widgets.view_state()
 widgets.present(view)
-path = data.store_path()
+path = cache.store_path()
 st.title("loralens")
 st.caption(f"Store: `{path}`")
 
 rows = []
-for run in data.runs(path):
+for run in cache.runs(path):
     m = run.metrics
     fmt = lambda k: f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}" if m.get(k) else "–"  # noqa: E731
     rows.append({"run": run.name, "model": run.model, "method": run.method,
                  "rank": str(run.rank) if run.method == "lora" else "",
                  "targets": ",".join(run.targets) if run.method == "lora" else "", "window": run.window,
                  "UAR": fmt("uar"), "WAR": fmt("war"), "folds": f"{m.get('n_done', 0)}/{m.get('n_folds', 0)}",
-                 "checkpoints": ", ".join(run.checkpoints)})
+                 "checkpoints": ", ".join(run.checkpoints), "origin": run.origin})
 st.subheader("Runs")
 st.caption("UAR (unweighted average recall) and WAR (accuracy): mean ± std over the folds, each fold's model scored on "
            "speakers it never heard (speaker-independent cross-validation).")
@@ -28,6 +28,10 @@ st.caption("UAR (unweighted average recall) and WAR (accuracy): mean ± std over
 st.table(pd.DataFrame(rows), hide_index=True, border="horizontal")
 
 run = widgets.pick_run(view)
+if not run.held_out:
+    st.warning(f"{run.name}'s predictions are **not held out**: it was imported as one model that may have trained on "
+               "any of these utterances (loralens import --not-held-out). Its UAR, WAR and every figure describe data "
+               "the model may have seen.")
 folds = run.metrics.get("folds", [])
 left, right = st.columns(2)
 with left:
@@ -46,7 +50,7 @@ with right:
                                             scheme="oranges"), frame, f"{run.name}-confusion", "confusion")
 
 st.subheader("Utterances")
-table = data.table(path, run.name)
+table = cache.table(path, run.name)
 widgets.synthetic_note(table)
 c1, c2, c3 = st.columns(3)
 emotion_options, speaker_options = sorted(table["emotion"].unique()), sorted(table["speaker"].unique())
@@ -66,5 +70,5 @@ if outcome != "all":
 st.dataframe(shown[["id", "speaker", "emotion", "prediction", "correct", "fold", "duration", "dataset"]],
              hide_index=True, width="stretch")
 st.caption(f"{len(shown)} of {int(table['traced'].sum())} traced utterances; the store holds "
-           f"{len(table)} utterances and {len(data.runs(path))} runs.")
+           f"{len(table)} utterances and {len(cache.runs(path))} runs.")
 widgets.remember(view)

@@ -7,9 +7,10 @@ import pandas as pd
 import streamlit as st
 from scipy.special import softmax
 
-from app import charts, data, views, widgets
-from app.analysis import causal, counterfactuals, projections
-from precompute.audio import MAX_SECONDS, AudioError, load_audio, require_sound, windows
+from loralens.analysis import causal, counterfactuals, projections, views
+from loralens.app import cache, charts, inference, widgets
+from loralens.app.inference import MAX_SECONDS, AudioError, load_audio, require_sound, windows
+from loralens.store.schema import SAMPLE_RATE
 
 MAX_WINDOWS = 20
 """The most 30 s windows of one upload this page analyses (10 minutes)."""
@@ -18,9 +19,9 @@ MAX_CONDITIONS = 8
 
 view = widgets.view_state()
 widgets.present(view)
-path = data.store_path()
+path = cache.store_path()
 run = widgets.pick_run(view)
-attrs = data.reader(path).attrs(run.name)
+attrs = cache.reader(path).attrs(run.name)
 run_dir = attrs.get("run_dir")
 if not run_dir or not (Path(run_dir) / "config.json").is_file():
     st.warning(f"The checkpoints of {run.name} are not on this machine (run directory {run_dir or 'unknown'}); "
@@ -64,11 +65,11 @@ except AudioError as e:
     widgets.stop(view)
 parts = windows(audio)
 if len(parts) > MAX_WINDOWS:
-    st.error(f"{name}: {len(audio) / 16000 / 60:.1f} min is more than this page analyses ({MAX_WINDOWS} windows "
+    st.error(f"{name}: {len(audio) / SAMPLE_RATE / 60:.1f} min is more than this page analyses ({MAX_WINDOWS} windows "
              f"of {MAX_SECONDS:.0f} s); cut the part you want to see, or run loralens predict on the whole file.")
     widgets.stop(view)
 if len(parts) > 1:
-    total = len(audio) / 16000
+    total = len(audio) / SAMPLE_RATE
     st.info(f"{name} is {total:.1f} s long, more than Whisper's {MAX_SECONDS:.0f} s window: it is "
             f"analysed in {len(parts)} consecutive windows of {MAX_SECONDS:.0f} s. Pick one below.")
     start = st.selectbox("Window", [s for s, _ in parts], key="up-window",
@@ -80,9 +81,9 @@ try:
 except AudioError as e:
     st.error(f"{e}")
     widgets.stop(view)
-st.audio(audio, sample_rate=16000)
+st.audio(audio, sample_rate=SAMPLE_RATE)
 with st.spinner("Running the clip through every layer ..."):
-    result = data.predictor(run_dir, fold).predict(audio, name)
+    result = inference.predictor(run_dir, fold).predict(audio, name)
 probs = np.array(result.probabilities)
 st.markdown(f"**{name}**: predicted **{result.prediction}**, settling at boundary **{result.resolution_depth}** "
             f"of {len(probs) - 1} ({result.duration:.1f} s analysed)")
@@ -106,7 +107,7 @@ chosen = st.multiselect(f"Conditions (at most {MAX_CONDITIONS})", offered, defau
                         max_selections=MAX_CONDITIONS)
 if chosen and st.toggle("Compute them", key="up-intervene"):
     with st.spinner(f"Running the clip under {len(chosen)} condition(s) ..."):
-        under = data.upload_interventions(run_dir, fold, audio, name, tuple(chosen))
+        under = inference.upload_interventions(run_dir, fold, audio, name, tuple(chosen))
     outcomes = pd.DataFrame([{"condition": "as trained" if c == "none" else c,
                               "prediction": result.emotions[int(p[-1].argmax())],
                               f"P({result.prediction})": float(p[-1][result.emotions.index(result.prediction)])}
@@ -118,11 +119,11 @@ if chosen and st.toggle("Compute them", key="up-intervene"):
                   f"{name}-{shown}", "up-intervene")
     kind, _, at = causal.parse(shown)
     if kind in counterfactuals.CHANGES:
-        st.audio(data.altered_clip_wav(audio, name, kind, at), format="audio/wav")
+        st.audio(cache.altered_clip_wav(audio, name, kind, at), format="audio/wav")
         st.caption(f"The clip under {shown} ({counterfactuals.CHANGES[kind].unit}).")
 
-reader = data.reader(path)
-summary = data.lens_summary(path, run.name)
+reader = cache.reader(path)
+summary = cache.lens_summary(path, run.name)
 final = softmax(reader.read(run.name, "trained", "lens_logits", boundary=-1), axis=-1).max(-1)
 c1, c2 = st.columns(2)
 depth_percentile = projections.percentile_of(result.resolution_depth, summary.resolution_depth)
@@ -131,9 +132,9 @@ c2.metric("Confidence percentile", f"{projections.percentile_of(probs[-1].max(),
 st.caption("Percentiles among the store's utterances of this run: how late the clip's prediction settles, and "
            "how confident the final prediction is.")
 
-proj, rows = data.placing_map(path, run.name, "residual", layer)
+proj, rows = cache.placing_map(path, run.name, "residual", layer)
 point = proj.place(np.array(result.residual_pooled[layer]))[0]
-table = data.table(path, run.name)
+table = cache.table(path, run.name)
 mapped = table.iloc[rows][["id", "emotion", "speaker"]].reset_index(drop=True)
 mapped["x"], mapped["y"] = proj.coordinates[:, 0], proj.coordinates[:, 1]
 mapped = pd.concat([mapped, pd.DataFrame([{"id": f"upload: {name}", "emotion": f"upload ({result.prediction})",

@@ -4,15 +4,15 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import charts, data, state, views, widgets
-from app.analysis import lens
+from loralens.analysis import lens, views
+from loralens.app import cache, charts, state, widgets
 
 view = widgets.view_state()
 widgets.present(view)
-path = data.store_path()
+path = cache.store_path()
 run = widgets.pick_run(view)
-partner = views.frozen_partner(data.runs(path), run) if run.method == "lora" else None
-table = data.table(path, run.name)
+partner = views.frozen_partner(cache.runs(path), run) if run.method == "lora" else None
+table = cache.table(path, run.name)
 traced = table[table["traced"]]
 
 with st.sidebar:
@@ -62,7 +62,7 @@ view.layer = layer
 st.markdown(f"**{utt}** · speaker {info['speaker']} · true **{info['emotion']}** · "
             f"predicted **{info['prediction']}** · {info['duration']:.2f} s · fold {info['fold']}")
 widgets.synthetic_note(table.iloc[[row]])
-st.audio(data.audio_wav(path, row), format="audio/wav")
+st.audio(cache.audio_wav(path, row), format="audio/wav")
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
@@ -71,7 +71,7 @@ def mel_view(path: str, row: int, n: int) -> tuple[widgets.Figure, pd.DataFrame]
 
     Two mel frames per encoder frame are averaged, so it shares the layers x time views' time axis.
     """
-    mel = data.log_mel(path, row)
+    mel = cache.log_mel(path, row)
     mel = mel[:, : 2 * n].reshape(mel.shape[0], n, 2).mean(-1)  # an image: every mel bin, every frame
     mframe = pd.DataFrame({"time (s)": np.repeat(np.round(np.arange(n) * 0.02, 2)[None], len(mel), 0).ravel(),
                            "mel": np.repeat(np.arange(len(mel)), n), "log-mel": mel.ravel()})
@@ -88,8 +88,8 @@ def lens_view(path: str, run_name: str, row: int, n: int, target: str | None) ->
 
     Built once per utterance, run and class and cached, so moving the slider only moves the mark.
     """
-    pooled, frames = data.lens_rows(path, run_name, row)
-    emotions = next(r.emotions for r in data.runs(path) if r.name == run_name)
+    pooled, frames = cache.lens_rows(path, run_name, row)
+    emotions = next(r.emotions for r in cache.runs(path) if r.name == run_name)
     probs = lens.trajectory(pooled)
     top = probs.argmax(-1)
     target = target if target in emotions else emotions[int(top[-1])]

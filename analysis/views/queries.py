@@ -1,7 +1,4 @@
-"""What each view shows, computed from a store: reads arrays through the reader, runs the analyses.
-
-No Streamlit here: the pages and ``loralens report`` both call these and only draw the results.
-"""
+"""The views' queries: what each view shows, read from a store through the reader and run through the analyses."""
 
 from __future__ import annotations
 
@@ -10,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from app.analysis import causal, cka, contributions, lens, projections, spectra
-from store.reader import StoreReader, Summary
+from loralens.analysis import cka, contributions, lens, projections, spectra
+from loralens.store.reader import StoreReader, Summary
 
 LORA_QUANTITIES = ("lora_a_activation", "lora_a_gradient", "lora_b_activation", "lora_b_gradient")
 QUANTITY_LABELS = {"lora_a_activation": "A activation", "lora_a_gradient": "A gradient",
@@ -32,6 +29,20 @@ class RunInfo:
     emotions: list[str]
     n_layers: int
     metrics: dict
+    source: dict | None = None
+    """Where an imported run came from (``loralens import``; see ``TrainConfig.source``); None for a trained one."""
+
+    @property
+    def held_out(self) -> bool:
+        """Whether every utterance was predicted by a model that never trained on it (False: an import said not)."""
+        return self.source is None or bool(self.source.get("held_out", True))
+
+    @property
+    def origin(self) -> str:
+        """``trained`` (by loralens) or ``imported``, with ``not held out`` where its predictions are not."""
+        if self.source is None:
+            return "trained"
+        return "imported" + ("" if self.held_out else ", not held out")
 
     @property
     def label(self) -> str:
@@ -51,7 +62,8 @@ def run_info(reader: StoreReader) -> list[RunInfo]:
     for name, checkpoints in reader.runs().items():
         a = reader.attrs(name, checkpoints[0])
         out.append(RunInfo(name, a["method"], a["model"], a["window"], int(a["rank"]), list(a["targets"]),
-                           checkpoints, list(a["emotions"]), int(a["n_layers"]), a.get("metrics", {})))
+                           checkpoints, list(a["emotions"]), int(a["n_layers"]), a.get("metrics", {}),
+                           a.get("train_config", {}).get("source")))
     return out
 
 
@@ -101,67 +113,6 @@ def utterance_table(reader: StoreReader, run: str | None = None) -> pd.DataFrame
     return table
 
 
-@dataclass
-class CausalView:
-    """A run's interventions as the Causal page shows them (``causal_of``)."""
-
-    metrics: pd.DataFrame
-    """Per condition (``causal.metrics``): kind, layer, strength, UAR, WAR, KL, flipped share, UAR drop."""
-    predictions: pd.DataFrame
-    """Per utterance: ``row``, ``id``, ``emotion``, then its predicted emotion under each condition."""
-    lens_logits: np.ndarray
-    """``(condition, utterance, boundary, class)``, in ``metrics``' order."""
-    emotions: list[str]
-    """The class names."""
-    partner: str | None
-    """The run ``patch@`` conditions patched from."""
-
-    def trajectory(self, row: int, condition: str) -> pd.DataFrame:
-        """One utterance's lens as trained and under ``condition``, as class probabilities per boundary.
-
-        Columns ``boundary``, ``emotion``, ``probability``, ``series`` (``as trained`` or the condition).
-        """
-        i = int(np.flatnonzero(self.predictions["row"].to_numpy() == row)[0])
-        conditions = self.metrics["condition"].tolist()
-        return trajectories({name: lens.trajectory(self.lens_logits[conditions.index(name), i])
-                             for name in dict.fromkeys(("none", condition))}, self.emotions)
-
-
-def trajectories(series: dict[str, np.ndarray], emotions: list[str]) -> pd.DataFrame:
-    """Lens trajectories of one clip as a tidy frame (``charts.trajectories``).
-
-    Args:
-        series: condition name (``none``: as trained) -> class probabilities per boundary, ``(boundary, class)``.
-        emotions: the class names.
-
-    Returns:
-        Columns ``boundary``, ``emotion``, ``probability``, ``series`` (``as trained`` for ``none``).
-    """
-    frames = [pd.DataFrame({"boundary": np.repeat(np.arange(len(p)), len(emotions)), "emotion": emotions * len(p),
-                            "probability": np.asarray(p).ravel(), "series": "as trained" if name == "none" else name})
-              for name, p in series.items()]
-    return pd.concat(frames, ignore_index=True)
-
-
-def causal_of(reader: StoreReader, run: str) -> CausalView | None:
-    """A run's interventions (``loralens intervene``): the conditions finished so far, or None where there are none."""
-    result = reader.interventions(run)
-    if result is None or not result.done[0]:
-        return None
-    result = result.finished()
-    conditions = result.conditions
-    rows = result.rows.tolist()
-    emotions = list(reader.attrs(run)["emotions"])
-    labels = reader.read(run, "trained", "label", rows).astype(int)
-    table = reader.utterances()
-    predictions = pd.DataFrame({"row": rows, "id": np.asarray(table["id"])[rows],
-                                "emotion": np.asarray(table["emotion"])[rows]})
-    for name, p in zip(conditions, result.probabilities, strict=True):
-        predictions[name] = [emotions[i] for i in p.argmax(-1)]
-    return CausalView(causal.metrics(conditions, result.probabilities, labels), predictions, result.lens_logits,
-                      emotions, result.partner)
-
-
 def common_rows(reader: StoreReader, *runs: str) -> list[int]:
     """Rows written in every given run's trained checkpoint."""
     mask = np.logical_and.reduce([reader.written(r) for r in runs])
@@ -181,7 +132,7 @@ def lens_of(reader: StoreReader, run: str, rows: list[int] | None = None,
     """The logit-lens summary of a run over ``rows`` (default: all it traced)."""
     rows = rows if rows is not None else common_rows(reader, run)
     emotions = reader.utterances()["emotion"][rows]
-    return lens.summarise(reader.read(run, "trained", "lens_logits", rows), emotions, direction)
+    return lens.lens_statistics(reader.read(run, "trained", "lens_logits", rows), emotions, direction)
 
 
 def contributions_of(reader: StoreReader, run: str, rows: list[int] | None = None) -> contributions.Contributions:
@@ -440,107 +391,3 @@ def silhouettes(reader: StoreReader, run: str, rows: list[int] | None = None) ->
     n = reader.array(run, "trained", "residual_pooled").shape[1]
     return np.array([projections.silhouette(reader.read(run, "trained", "residual_pooled", rows, boundary=j),
                                             labels) for j in range(n)])
-
-
-# -- tidy frames: what the pages draw and the report saves, built in one place ---------------------------------
-TIME_COLUMNS = 250
-"""The most time columns a layers x time view draws; longer clips are averaged in blocks of frames."""
-
-
-PICK_LIMIT = 500
-"""The most utterances a picker lists: the browser builds every option of a select on each draw of the page (the
-5,500 utterances of an IEMOCAP-sized store cost the Utterance page half a second)."""
-
-
-def listed(choices: pd.DataFrame, current: str | None, limit: int | None = None) -> pd.DataFrame:
-    """The first ``limit`` (default ``PICK_LIMIT``) of the matching utterances ``choices``, in their order.
-
-    ``choices`` is a table with an ``id`` column; ``current`` (the URL's utterance) stays among those listed wherever
-    it matches, so a link keeps its utterance.
-    """
-    limit = PICK_LIMIT if limit is None else limit
-    if len(choices) <= limit:
-        return choices
-    head = choices.iloc[:limit]
-    if current is None or current in set(head["id"]) or current not in set(choices["id"]):
-        return head
-    return pd.concat([choices[choices["id"] == current], head.iloc[: limit - 1]])
-
-
-def time_blocks(values: np.ndarray, columns: int = TIME_COLUMNS) -> tuple[np.ndarray, int]:
-    """``(rows, n_frames)`` averaged over blocks of consecutive frames to at most ``columns``; and the block size.
-
-    The last block may be shorter (its mean is over the frames it has).
-    """
-    n = values.shape[1]
-    step = max(1, -(-n // columns))
-    if step == 1:
-        return values, 1
-    starts = np.arange(0, n, step)
-    sums = np.add.reduceat(values.astype(np.float64), starts, axis=1)
-    return sums / np.diff(np.append(starts, n))[None, :], step
-def lens_frame(summaries: dict[str, lens.LensSummary]) -> pd.DataFrame:
-    """Series label -> lens summary, as rows ``boundary, value, measure, series`` (KL named with its direction)."""
-    rows = []
-    for label, s in summaries.items():
-        for b in range(len(s.kl)):
-            rows += [{"boundary": b, "value": float(s.kl[b]), "measure": s.kl_label, "series": label},
-                     {"boundary": b, "value": float(s.overlap[b]), "measure": "top-1 overlap", "series": label}]
-    return pd.DataFrame(rows, columns=["boundary", "value", "measure", "series"])
-
-
-def contribution_frame(mine: contributions.Contributions, label: str,
-                       frozen: contributions.Contributions | None = None) -> pd.DataFrame:
-    """A run's contributions (series ``label``), and with a frozen partner also ``frozen`` and ``LoRA - frozen``."""
-    records = [r | {"series": label} for r in mine.as_rows()]
-    if frozen is not None:
-        records += [r | {"series": "frozen"} for r in frozen.as_rows()]
-        records += [r | {"series": "LoRA - frozen"} for r in mine.minus(frozen).as_rows()]
-    return pd.DataFrame(records)
-
-
-CURVE_POINTS = 256
-"""Points drawn per cumulative-energy curve at most: log-spaced in k, as the chart's axis is (a width-1280 B curve
-drawn at every k would send 1280 points per curve on every slider move, none of them visible apart)."""
-
-
-def spectra_frame(spec: dict[str, dict[str, spectra.Spectrum]]) -> pd.DataFrame:
-    """Cumulative-energy curves (averaged over modules) as rows ``k, energy, quantity, checkpoint``.
-
-    Each curve at ``CURVE_POINTS`` log-spaced k at most: the curve's own values there, its first and last k included.
-    """
-    rows = []
-    for quantity, by_checkpoint in spec.items():
-        for checkpoint, s in by_checkpoint.items():
-            curve = s.mean_curve
-            ks = np.unique(np.round(np.geomspace(1, len(curve), min(len(curve), CURVE_POINTS))).astype(int))
-            rows += [{"k": int(k), "energy": float(curve[k - 1]), "quantity": QUANTITY_LABELS[quantity],
-                      "checkpoint": checkpoint} for k in ks]
-    return pd.DataFrame(rows)
-
-
-def concentration(spec: dict[str, dict[str, spectra.Spectrum]]) -> dict[str, float]:
-    """Quantity -> random-twin over trained effective rank (quantities of runs with a random twin)."""
-    return {q: spectra.concentration_ratio(by["random_twin"], by["trained"]) for q, by in spec.items()
-            if "random_twin" in by}
-
-
-def rank_table(spec: dict[str, dict[str, spectra.Spectrum]]) -> pd.DataFrame:
-    """Per quantity: trained and random effective rank (averaged over layers) and their ratio."""
-    ratios = concentration(spec)
-    return pd.DataFrame([{"quantity": QUANTITY_LABELS[q], "trained rank": by["trained"].mean_rank,
-                          "random rank": by.get("random_twin", by["trained"]).mean_rank,
-                          "concentration (random / trained)": ratios.get(q, float("nan"))}
-                         for q, by in spec.items()])
-
-
-def cka_ab_frame(ab: dict[str, np.ndarray]) -> pd.DataFrame:
-    """CKA(A, B) per layer as rows ``layer, cka, series`` (activation, gradient)."""
-    return pd.DataFrame([{"layer": i, "cka": float(v), "series": kind} for kind, values in ab.items()
-                         for i, v in enumerate(values)], columns=["layer", "cka", "series"])
-
-
-def heatmap_frame(matrix: np.ndarray) -> pd.DataFrame:
-    """A layer x layer CKA matrix as rows ``LoRA, other, cka``."""
-    return pd.DataFrame([{"LoRA": i, "other": j, "cka": float(matrix[i, j])} for i in range(matrix.shape[0])
-                         for j in range(matrix.shape[1])])

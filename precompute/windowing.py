@@ -23,8 +23,8 @@ import torch
 from peft import PeftModel
 from transformers import WhisperFeatureExtractor, WhisperForAudioClassification
 
-from precompute.audio import SAMPLE_RATE
-from precompute.config import WINDOWS, Precision, Window  # noqa: F401  (re-exported: W.Window)
+from loralens.precompute.audio import SAMPLE_RATE
+from loralens.precompute.config import WINDOWS, Precision, Window  # noqa: F401  (re-exported: W.Window)
 
 HOP = 160
 """Samples per mel frame; an encoder frame spans two mel frames (conv2 has stride 2)."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from app.analysis.moments import eigenvalues
+from loralens.analysis.moments import eigenvalues
 
 
 def real_frames(values: np.ndarray, n_frames: np.ndarray) -> np.ndarray:

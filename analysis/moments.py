@@ -1,8 +1,8 @@
 """Streaming sums for SVD spectra and linear CKA: memory grows with the width, not with the number of frames.
 
 A ``Moments`` accumulates, over chunks of samples, the count, the sums and the (cross-)products of one or two
-representations of the same samples, in float64. The spectra of ``app.analysis.spectra`` and the linear CKA of
-``app.analysis.cka`` follow from those d x d sums exactly (equal to the in-memory results to rounding).
+representations of the same samples, in float64. The spectra of ``loralens.analysis.spectra`` and the linear CKA of
+``loralens.analysis.cka`` follow from those d x d sums exactly (equal to the in-memory results to rounding).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import numpy as np
 def eigenvalues(gram: np.ndarray) -> np.ndarray:
     """Eigenvalues of a symmetric matrix, descending, with the BLAS on one thread.
 
-    LAPACK's eigensolver synchronises its threads at every step: on a busy 2-core machine a threaded 1280 x 1280
-    solve took 43 s, a single-threaded one 1.7 s.
+    LAPACK's eigensolver synchronises its threads at every step: on a busy machine a threaded solve of a
+    1280 x 1280 matrix is many times slower than a single-threaded one.
     """
     from threadpoolctl import threadpool_limits
 

@@ -1,7 +1,7 @@
 """Summaries: what every page draws first, computed once from a run's committed rows and kept in the store.
 
 ``loralens trace`` computes them when it commits a run, ``loralens summarise STORE`` for an existing store. The
-views (``app.views``) read a run's summary where it is current and covers the rows asked for, and compute from
+views (``analysis.views``) read a run's summary where it is current and covers the rows asked for, and compute from
 the raw arrays otherwise; the raw arrays remain for drill-down. Everything here streams: memory grows with the
 width of a layer, not with the number of utterances or frames.
 
@@ -11,8 +11,8 @@ A summary holds, per run (``schema.SUMMARY_GROUP``):
 - ``contribution_sums``: per utterance, the sums over its real frames of ``contributions.ARRAYS``, ``(n, 6,
   n_layers)``, so the contributions of any subset of rows are one division away;
 - ``spectra/<checkpoint>/<quantity>``: singular values per LoRA module and fold model over the sampled rows'
-  real frames, ``(n_modules, n_folds, dim)`` (zero-padded), and ``frames/<checkpoint>/<kind>`` the frames per fold;
-- ``cka_ab/<checkpoint>/<kind>``: linear CKA of LoRA A with B per module and fold model, ``(n_modules, n_folds)``;
+  real frames, ``(n_modules, n_folds, dim)`` (zero-padded), and ``frames/<checkpoint>/<signal>`` the frames per fold;
+- ``cka_ab/<checkpoint>/<signal>``: linear CKA of LoRA A with B per module and fold model, ``(n_modules, n_folds)``;
 - ``residual_cka/<other run>``: minibatch CKA of the pooled residuals, layer x layer, within the run and with
   each LoRA/frozen partner (``views.residual_cka``);
 - ``maps/<source>/<method>``: 2-D maps of every boundary (``residual``) and LoRA module (``lora_a``), ``(n_positions,
@@ -31,15 +31,14 @@ import numpy as np
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
-from app import views
-from app.analysis import contributions, projections
-from app.analysis.moments import Moments
-from store.reader import StoreReader
-from store.writer import StoreWriter
+from loralens.analysis import contributions, projections, views
+from loralens.analysis.moments import Moments
+from loralens.store.reader import StoreReader
+from loralens.store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
-KINDS = ("activation", "gradient")
+SIGNALS = ("activation", "gradient")
 ROWS_PER_READ = 16
 """Utterances read at once for the per-frame sums (a batch of one large-v2 module's B gradients: 120 MB)."""
 
@@ -70,21 +69,21 @@ def contribution_sums(reader: StoreReader, run: str, rows: list[int]) -> np.ndar
     return out
 
 
-def fold_moments(reader: StoreReader, run: str, checkpoint: str, kind: str, module: int, rows: list[int]
+def fold_moments(reader: StoreReader, run: str, checkpoint: str, signal: str, module: int, rows: list[int]
                  ) -> Moments:
     """Moments of one LoRA module's A outputs (and B's, where kept) over the real frames of ``rows``.
 
-    ``kind``: ``activation`` or ``gradient``; ``rows``: one fold model's rows that kept their per-frame arrays.
+    ``signal``: ``activation`` or ``gradient``; ``rows``: one fold model's rows that kept their per-frame arrays.
     """
     group = reader.group(run, checkpoint)
-    with_b = f"lora_b_{kind}" in group
+    with_b = f"lora_b_{signal}" in group
     n_frames = reader.utterances()["n_frames"]
-    m = Moments.empty(int(group[f"lora_a_{kind}"].shape[-1]),
-                      int(group[f"lora_b_{kind}"].shape[-1]) if with_b else None)
+    m = Moments.empty(int(group[f"lora_a_{signal}"].shape[-1]),
+                      int(group[f"lora_b_{signal}"].shape[-1]) if with_b else None)
     for start in range(0, len(rows), ROWS_PER_READ):
         batch = rows[start: start + ROWS_PER_READ]
-        a = reader.read(run, checkpoint, f"lora_a_{kind}", batch, module=module)  # (b, frame, rank)
-        b = reader.read(run, checkpoint, f"lora_b_{kind}", batch, module=module) if with_b else None
+        a = reader.read(run, checkpoint, f"lora_a_{signal}", batch, module=module)  # (b, frame, rank)
+        b = reader.read(run, checkpoint, f"lora_b_{signal}", batch, module=module) if with_b else None
         keep = np.arange(a.shape[1])[None, :] < n_frames[batch][:, None]
         m.add(a[keep], b[keep] if with_b else None)
     return m
@@ -97,17 +96,17 @@ def reduce_moments(m: Moments) -> tuple[np.ndarray, np.ndarray | None, float | N
     return m.singular_values(), Moments(m.n, m.sum_y, m.yy).singular_values(), m.linear_cka()
 
 
-def module_summary(reader: StoreReader, run: str, checkpoint: str, kind: str, module: int,
+def module_summary(reader: StoreReader, run: str, checkpoint: str, signal: str, module: int,
                    groups: dict[int, list[int]]) -> list[tuple]:
     """One LoRA module's ``reduce_moments`` per fold model of ``groups`` (fold -> rows that kept their frames)."""
-    return [reduce_moments(fold_moments(reader, run, checkpoint, kind, module, rows)) for rows in groups.values()]
+    return [reduce_moments(fold_moments(reader, run, checkpoint, signal, module, rows)) for rows in groups.values()]
 
 
 def _module_summary_in_worker(path: str, storage_options: dict | None, *args) -> list[tuple]:
     return module_summary(StoreReader(path, storage_options), *args)
 
 
-def lora_summary(reader: StoreReader, run: str, checkpoint: str, kind: str, groups: dict[int, list[int]],
+def lora_summary(reader: StoreReader, run: str, checkpoint: str, signal: str, groups: dict[int, list[int]],
                  jobs: int, bar: tqdm | None = None) -> list[list[tuple]]:
     """Per LoRA module, per fold model of ``groups``: ``reduce_moments`` of its moments.
 
@@ -115,12 +114,12 @@ def lora_summary(reader: StoreReader, run: str, checkpoint: str, kind: str, grou
     each reading its module's frames itself: the reading, the d x d sums and the eigensolves all run at once (with
     the reading in this process and only the solves in workers, each waited on the other).
     """
-    n_modules = int(reader.group(run, checkpoint)[f"lora_a_{kind}"].shape[1])
+    n_modules = int(reader.group(run, checkpoint)[f"lora_a_{signal}"].shape[1])
     if jobs == 1:
-        results = (module_summary(reader, run, checkpoint, kind, m, groups) for m in range(n_modules))
+        results = (module_summary(reader, run, checkpoint, signal, m, groups) for m in range(n_modules))
     else:
         results = Parallel(n_jobs=jobs, return_as="generator")(
-            delayed(_module_summary_in_worker)(reader.path, reader.storage_options, run, checkpoint, kind, m, groups)
+            delayed(_module_summary_in_worker)(reader.path, reader.storage_options, run, checkpoint, signal, m, groups)
             for m in range(n_modules))
     out = []
     for module in results:
@@ -148,7 +147,7 @@ def _position(x: np.ndarray, emotions: np.ndarray, mapped: dict[str, np.ndarray]
 
 PARALLEL_ROWS = 1000
 """From this many utterances maps are fitted, and LoRA modules summarised, in worker processes (each pays UMAP's
-~10 s start once)."""
+compilation once, see ``projections._umap``)."""
 
 
 def compute(reader: StoreReader, run: str, methods: Iterable[str] = ("umap", "tsne"), jobs: int | None = None,
@@ -181,19 +180,20 @@ def compute(reader: StoreReader, run: str, methods: Iterable[str] = ("umap", "ts
         for checkpoint in info.checkpoints:
             sampled = reader.sampled(run, checkpoint)
             sampled_groups = {f: [r for r in g if sampled[r]] for f, g in groups.items()}
-            for kind in KINDS:
-                if f"lora_a_{kind}" not in reader.group(run, checkpoint):
+            for signal in SIGNALS:
+                if f"lora_a_{signal}" not in reader.group(run, checkpoint):
                     continue
                 total = sum(len(g) for g in sampled_groups.values()) * len(info.targets) * info.n_layers
-                with tqdm(total=total, desc=f"{run}/{checkpoint} LoRA {kind}s", unit="utt·module",
+                with tqdm(total=total, desc=f"{run}/{checkpoint} LoRA {signal}s", unit="utt·module",
                           leave=False) as bar:
-                    reduced = lora_summary(reader, run, checkpoint, kind, sampled_groups, jobs, bar)
-                out[f"frames/{checkpoint}/{kind}"] = np.array([int(n_frames[g].sum()) for g in sampled_groups.values()])
-                out[f"spectra/{checkpoint}/lora_a_{kind}"] = _padded([[r[0] for r in module] for module in reduced])
+                    reduced = lora_summary(reader, run, checkpoint, signal, sampled_groups, jobs, bar)
+                frames = [int(n_frames[g].sum()) for g in sampled_groups.values()]
+                out[f"frames/{checkpoint}/{signal}"] = np.array(frames)
+                out[f"spectra/{checkpoint}/lora_a_{signal}"] = _padded([[r[0] for r in module] for module in reduced])
                 if reduced and reduced[0][0][1] is not None:
-                    out[f"spectra/{checkpoint}/lora_b_{kind}"] = _padded([[r[1] for r in module]
+                    out[f"spectra/{checkpoint}/lora_b_{signal}"] = _padded([[r[1] for r in module]
                                                                           for module in reduced])
-                    out[f"cka_ab/{checkpoint}/{kind}"] = np.array([[r[2] for r in module] for module in reduced])
+                    out[f"cka_ab/{checkpoint}/{signal}"] = np.array([[r[2] for r in module] for module in reduced])
         seconds["spectra and CKA(A, B)"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
-"""Whisper's rate: every change works on 16 kHz mono float audio."""
+from loralens.store.schema import SAMPLE_RATE
 
 
 @dataclass(frozen=True)

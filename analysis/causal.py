@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from app.analysis.counterfactuals import AUDIO_KINDS, CHANGES
+from loralens.analysis.counterfactuals import AUDIO_KINDS, CHANGES
 
 KIND_LABELS = {"lora_off": "LoRA off at k", "lora_only": "LoRA only at k", "lora_off_from": "LoRA off from k up",
                "erase": "block k erased", "patch": "layer k patched in"}
@@ -15,7 +15,7 @@ KIND_LABELS = {"lora_off": "LoRA off at k", "lora_only": "LoRA only at k", "lora
 def parse(name: str) -> tuple[str, int, float]:
     """A condition's name (``erase@3``, ``pitch@-2``, ``none``) as its kind, layer and audio strength.
 
-    Layer -1 and strength NaN where the condition has none; ``precompute.intervene.Condition`` checks the name.
+    Layer -1 and strength NaN where the condition has none; ``loralens.precompute.intervene.Condition`` checks the name.
     """
     kind, _, at = name.partition("@")
     audio = kind in AUDIO_KINDS
@@ -36,7 +36,7 @@ def metrics(conditions: list[str], probabilities: np.ndarray, labels: np.ndarray
     ``war``, ``kl`` (mean KL(none || condition)), ``flipped`` (share of predictions changed), ``uar_drop``.
 
     Args:
-        conditions: names (``precompute.intervene``), ``none`` first.
+        conditions: names (``loralens.precompute.intervene``), ``none`` first.
         probabilities: ``(condition, utterance, class)``.
         labels: true class per utterance, ``(utterance,)``.
     """

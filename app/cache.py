@@ -8,17 +8,16 @@ from __future__ import annotations
 import io
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import soundfile as sf
 import streamlit as st
 
-from app import views
-from app.analysis import counterfactuals, lens, projections
-from precompute.audio import SAMPLE_RATE
-from store.reader import STORAGE_OPTIONS_ENV, StoreReader
+from loralens.analysis import counterfactuals, lens, projections, views
+from loralens.store.reader import StoreReader
+from loralens.store.schema import SAMPLE_RATE
+from loralens.store.storage import STORAGE_OPTIONS_ENV
 
 STORE_ENV = "LORALENS_STORE"
 
@@ -124,7 +123,7 @@ def spectra(path: str, run: str, fold: int | None):
     """SVD spectra, trained and random twin, per LoRA quantity (``Spectrum.at`` sets the threshold).
 
     Shared, not copied (read only: ``Spectrum`` is frozen): at large-v2's size they are 24 MB, which a data cache
-    pickled on the first draw and unpickled on every threshold move (50 ms each way).
+    would pickle on the first draw and unpickle on every threshold move.
     """
     return views.spectra_of(reader(path), run, fold=fold)
 
@@ -170,9 +169,8 @@ def fold_silhouette(path: str, run: str, source: str, layer: int, method: str) -
 
 FOLD_SILHOUETTE_SAMPLE = 500
 """The Clusters page's fold silhouette is estimated on this many utterances of a larger map. The 2,000 of the other
-silhouettes took 43 ms of each layer slider move at 5,500 utterances (within 0.023 of the exact value over every
-map of the 5,500 store's LoRA run); 500 take 9 ms (within 0.056, 0.019 on average): enough to tell folds that mix
-(near 0) from folds apart."""
+silhouettes cost each layer slider move more than this does; 500 tell folds that mix (near 0) from folds apart
+(its error against the exact value: docs/benchmarks.md)."""
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -185,18 +183,3 @@ def placing_map(path: str, run: str, source: str, layer: int) -> tuple[projectio
 def silhouette(path: str, run: str, source: str, layer: int, fold: int | None = None) -> float:
     """Emotion silhouette of the vectors themselves (a 2-D map's value moves with its seed and settings)."""
     return views.silhouette_of(reader(path), run, source, layer, fold)
-
-
-@st.cache_resource(show_spinner="Loading the checkpoint ...", max_entries=4)
-def predictor(run_dir: str, fold: int | None):
-    """The upload path's model: torch is imported here, lazily, and only here."""
-    from precompute.predict import Predictor
-
-    return Predictor(Path(run_dir), fold)
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def upload_interventions(run_dir: str, fold: int | None, audio: np.ndarray, name: str,
-                         conditions: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """An uploaded clip's lens under each condition (``Predictor.intervene``), computed once per clip and choice."""
-    return predictor(run_dir, fold).intervene(audio, list(conditions), name)

@@ -72,7 +72,7 @@ def resolution_depth(lens_logits: np.ndarray) -> np.ndarray:
     return tail.shape[1] - tail.sum(axis=1)
 
 
-def summarise(lens_logits: np.ndarray, emotions: np.ndarray | None = None,
+def lens_statistics(lens_logits: np.ndarray, emotions: np.ndarray | None = None,
               direction: Direction = "final||layer") -> LensSummary:
     """KL, top-1 overlap and resolution depth, averaged and per emotion.
 

@@ -11,7 +11,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
-# scikit-learn and umap-learn are imported where used: together they cost the app's first page over a second.
+# scikit-learn and umap-learn are imported where used: their imports are heavy, and most pages never fit a map.
 
 Method = Literal["tsne", "umap"]
 NAMES: dict[str, str] = {"umap": "UMAP", "tsne": "t-SNE"}
@@ -50,19 +50,18 @@ SILHOUETTE_SAMPLE = 2000
 n^2 x dim: 40 GFLOP for 5,500 large-v2 utterances)."""
 LARGE = 1000
 """From this many utterances maps are optimised for fewer epochs: UMAP 200 (its own choice from 10,000 samples;
-500 below) and t-SNE 500 iterations (1,000 below), which halves the time of the summary's maps at IEMOCAP's
-5,500 utterances; both settle well before (the layout changes little after)."""
+500 below) and t-SNE 500 iterations (1,000 below); both settle well before (the layout changes little after)."""
 EXACT_NEIGHBOURS = 4096
-"""From this many vectors UMAP finds their neighbours approximately (pynndescent), whose compilation costs over a
-minute in every new process (78 s here, against 6 s for the map itself at 5,500 utterances). Maps that place no
-new points take their exact neighbours from scikit-learn instead (0.3 s at 5,500 in ``INPUT_DIMS`` dimensions),
-through UMAP's ``precomputed_knn``: below this size UMAP's own neighbours are exact too."""
+"""From this many vectors UMAP finds their neighbours approximately (pynndescent), which is compiled in every new
+process, at a cost many times that of fitting the map itself. Maps that place no new points take their exact
+neighbours from scikit-learn instead (in ``INPUT_DIMS`` dimensions), through UMAP's ``precomputed_knn``: below this
+size UMAP's own neighbours are exact too."""
 
 
 TSNE_ROWS = LARGE
-"""A t-SNE map of more utterances shows a fixed sample of this many (``map_rows``). t-SNE took 20 s a map at
-IEMOCAP's 5,500 utterances here (2,000 of them: 18 s, 1,000: 7 s, under load), and a summary fits one per layer
-and LoRA module (98 for a large-v2 LoRA run and its frozen partner); UMAP maps every utterance (4-6 s at 5,500)."""
+"""A t-SNE map of more utterances shows a fixed sample of this many (``map_rows``): t-SNE is the slower of the two
+at thousands of utterances, and a summary fits one map per layer and LoRA module (98 for a large-v2 LoRA run and
+its frozen partner); UMAP maps every utterance."""
 
 
 def map_rows(n: int, method: Method) -> np.ndarray:
@@ -133,10 +132,10 @@ def _umap():
     """umap-learn (imported when a UMAP is asked for: numba), its compiled functions cached on disk.
 
     UMAP compiles its numba functions in every process that fits a map (most are not declared for numba's cache):
-    11 s here, in each summary worker and in the app before its first live map, for a map of 111 utterances that
-    then takes 0.1 s; 96 s in the app before it placed an upload on a map of 4,196 (pynndescent's neighbour search).
-    Cached, a process after the first loads them: 0.1 s and 20 s (numba keys each by its source and signature, so
-    a new umap-learn compiles again).
+    in each summary worker and in the app before its first live map, a compilation that costs far more than a small
+    map itself, and more again before an upload is placed on a map of ``EXACT_NEIGHBOURS`` or more (pynndescent's
+    neighbour search). Cached, a process after the first loads them instead (numba keys each by its source and
+    signature, so a new umap-learn compiles again).
     """
     import umap
     from numba.core.registry import CPUDispatcher

@@ -1,0 +1,5 @@
+"""``python -m loralens.cli``: the ``loralens`` command."""
+
+from loralens.cli import script
+
+script()
