@@ -18,6 +18,7 @@ from loralens.cli import (
     data,
     demo,
     grid,
+    importing,
     intervene,
     model,
     predict,
@@ -34,7 +35,7 @@ if __name__ != "loralens.cli":  # one name per module: the checkout's folders in
 
 log = logging.getLogger("loralens")
 
-COMMANDS = (train, grid, model, trace, validate, report, summarise, intervene, predict, app, data, demo)
+COMMANDS = (train, grid, importing, model, trace, validate, report, summarise, intervene, predict, app, data, demo)
 
 # Errors that are the user's to fix: shown as one line, never as a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, OSError)

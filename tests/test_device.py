@@ -222,6 +222,7 @@ def test_interventions_on_a_device(window):
 
 
 @pytest.mark.parametrize("command", [["train", "--model", "m", "--data", "d", "--out", "o"],
+                                     ["import", "c", "--model", "m", "--data", "d", "--out", "o"],
                                      ["trace", "--run", "r", "--store", "s"],
                                      ["intervene", "--run", "r", "--store", "s"],
                                      ["predict", "--run", "r", "clip.wav"]])
