@@ -112,7 +112,9 @@ def findings(lora: pd.DataFrame, frozen: pd.DataFrame | None, n_layers: int) -> 
                 continue
             identity = CHANGES[kind].identity
             distance = (rows["strength"] - identity).abs() if np.isfinite(identity) else -rows["strength"]
-            mildest[kind] = float(rows.loc[distance == distance.min(), "flipped"].max())  # +-2 semitones: both
+            # Both sides of a symmetric grid (pitch -2 and +2, tempo 0.9 and 1.1: |0.9 - 1| < |1.1 - 1| in floats)
+            mild = np.isclose(distance, distance.min(), rtol=1e-9, atol=1e-9)
+            mildest[kind] = float(rows.loc[mild, "flipped"].max())
             theirs = frozen[frozen["condition"].isin(rows["condition"])] if frozen is not None else None
             parts.append(f"{kind}: " + ", ".join(
                 f"{r.condition.partition('@')[2]} {r.flipped:.0%}" for r in rows.itertuples())

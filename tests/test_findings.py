@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from loralens.analysis import views
+from loralens.analysis.counterfactuals import CHANGES
 from loralens.app import report
 from loralens.store import schema
 from loralens.store.reader import StoreReader
@@ -159,12 +160,25 @@ def test_causal_finding_flags(holds):
         "predictions robust to mild audio changes"]
 
 
-def test_the_mildest_audio_change_counts_both_directions():
-    """pitch -2 and +2 are equally mild: either flipping a quarter of the predictions breaks robustness."""
+def _mild_pair(strengths: tuple[float, ...], identity: float) -> bool:
+    """Whether the grid's mildest strength below the identity and its mildest above are equally far (to rounding)."""
+    below, above = [s for s in strengths if s < identity], [s for s in strengths if s > identity]
+    return bool(below and above) and np.isclose(identity - max(below), min(above) - identity)
+
+
+@pytest.mark.parametrize("kind", [k for k, c in CHANGES.items()
+                                  if np.isfinite(c.identity) and _mild_pair(c.strengths, c.identity)])
+def test_the_mildest_audio_change_counts_both_directions(kind):
+    """A symmetric grid's two mildest strengths (pitch -2 and +2, tempo 0.9 and 1.1) are equally mild, though
+    |0.9 - 1| < |1.1 - 1| in floating point: either one flipping a third of the predictions breaks robustness."""
     from loralens.analysis import causal
 
-    rows = [{"condition": "none", "kind": "none", "layer": -1, "strength": np.nan, "uar_drop": 0.0, "flipped": 0.0}]
-    rows += [{"condition": f"pitch@{s:g}", "kind": "pitch", "layer": -1, "strength": s, "uar_drop": f, "flipped": f}
-             for s, f in ((-4.0, 0.1), (-2.0, 0.05), (2.0, 0.4), (4.0, 0.5))]
-    (robust,) = causal.findings(pd.DataFrame(rows), None, N_LAYERS)
-    assert robust["finding"] == "predictions robust to mild audio changes" and not robust["holds"]
+    identity, strengths = CHANGES[kind].identity, sorted(CHANGES[kind].strengths, key=lambda s: s)
+    below = max(s for s in strengths if s < identity)
+    for harsh in (below, 2 * identity - below):  # the flip at the one mild side, then at the other
+        rows = [{"condition": "none", "kind": "none", "layer": -1, "strength": np.nan, "uar_drop": 0.0,
+                 "flipped": 0.0}]
+        rows += [{"condition": f"{kind}@{s:g}", "kind": kind, "layer": -1, "strength": s, "uar_drop": 0.0,
+                  "flipped": 0.35 if np.isclose(s, harsh) else 0.05} for s in strengths]
+        (robust,) = causal.findings(pd.DataFrame(rows), None, N_LAYERS)
+        assert robust["finding"] == "predictions robust to mild audio changes" and not robust["holds"], (kind, harsh)
