@@ -28,7 +28,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--per-class", type=int, default=25, help="class-balanced: N per emotion (default 25)")
     which.add_argument("--all", action="store_true", help="every utterance of the completed folds")
-    which.add_argument("--utterances", type=Path, default=None, help="a file of utterance ids, one per line")
+    which.add_argument("--utterances", type=Path, default=None,
+                       help="a file of utterance ids, one per line, as the explorer shows them (emodb/wav/03a01Fa)")
     p.add_argument("--no-per-frame-b", action="store_true",
                    help="skip per-frame LoRA B activations and gradients (large for big models)")
     p.add_argument("--per-frame-sample", type=float, default=1.0, metavar="SHARE",

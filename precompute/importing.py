@@ -325,11 +325,12 @@ class Importer(Trainer):
                 test = [u.id for u in utts if u.speaker in speakers]
             else:
                 listed = [line.strip() for line in plan.test_ids[k].read_text().splitlines() if line.strip()]
-                known = {u.id for u in utts}
+                known = {key: u.id for u in utts for key in (u.id, f"{u.dataset}/{u.id}")}  # data's, store's
                 if unknown := [i for i in listed if i not in known]:
                     raise CheckpointError(f"{plan.test_ids[k]}: {len(unknown)} id(s) not in --data {plan.data} "
-                                       f"(e.g. {unknown[0]!r}; ids are as in the data set, e.g. {utts[0].id!r})")
-                test = [i for i in listed if i in known]
+                                          f"(e.g. {unknown[0]!r}; ids as the explorer shows them, e.g. "
+                                          f"{utts[0].dataset + '/' + utts[0].id!r})")
+                test = list(dict.fromkeys(known[i] for i in listed))
                 speakers = sorted({u.speaker for u in utts if u.id in set(test)})
             train = [u.id for u in utts if u.id not in set(test)]
             folds.append(Fold(k, speakers, [], train, [], test))

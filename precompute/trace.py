@@ -48,7 +48,8 @@ class Selection:
     all: bool = False
     """Every utterance of the run's completed folds."""
     utterances: Path | None = None
-    """A file of utterance ids (one per line, as in the run's folds.json)."""
+    """A file of utterance ids, one per line: as the store and the explorer show them (``emodb/wav/03a01Fa``) or as
+    in the run's folds.json (``wav/03a01Fa``)."""
 
 
 def held_out_fold(run: Path) -> dict[str, int]:
@@ -68,7 +69,8 @@ def select(run: Path, data: str, selection: Selection) -> list[tuple[Utterance, 
     available = [(u, fold_of[u.id]) for u in corpus.utterances if fold_of.get(u.id) in done]
     if selection.utterances is not None:
         wanted = [line.strip() for line in Path(selection.utterances).read_text().splitlines() if line.strip()]
-        by_id = {u.id: (u, f) for u, f in available}
+        # The data set's own ids (folds.json) and the store's (the explorer's: dataset/id) alike.
+        by_id = {key: (u, f) for u, f in available for key in (u.id, store_id(u))}
         if missing := [w for w in wanted if w not in by_id]:
             raise RunError(f"{selection.utterances}: {len(missing)} id(s) are not held out by a completed fold of "
                            f"{run} (e.g. {missing[0]!r})")

@@ -224,3 +224,21 @@ def test_pickled_weights_are_never_loaded(tmp_path, tiny_model_dir):
     with pytest.raises(CheckpointError, match="pickle"):
         import_run(ImportPlan(model=str(tiny_model_dir), data="csv:unused", checkpoints=[tmp_path / "old"],
                               held_out=False), tmp_path / "run")
+
+
+def test_test_sets_given_as_id_lists_in_the_explorers_form_or_the_data_sets(tmp_path, tiny_model_dir):
+    manifest = write_tone_csv(tmp_path)
+    whisper_from(tiny_model_dir).save_pretrained(tmp_path / "whole")
+    ids = [u.id for u in load_corpus(f"csv:{manifest}", tuple(EMOTIONS)).utterances]
+    (tmp_path / "a.txt").write_text("\n".join(f"csv/{i}" for i in ids[:5]))  # as the store and the app show them
+    (tmp_path / "b.txt").write_text("\n".join(ids[5:]))  # as in the data set
+    run = tmp_path / "run"
+    assert main(["import", str(tmp_path / "whole"), str(tmp_path / "whole"), "--model", str(tiny_model_dir),
+                 "--data", f"csv:{manifest}", "--out", str(run), "--test-ids", str(tmp_path / "a.txt"),
+                 "--test-ids", str(tmp_path / "b.txt")]) == 0
+    folds = json.loads((run / "folds.json").read_text())["folds"]
+    assert [f["test"] for f in folds] == [ids[:5], ids[5:]]
+    (tmp_path / "c.txt").write_text("csv/wav/not_there\n")
+    with pytest.raises(CheckpointError, match="1 id\\(s\\) not in --data.*csv/wav/not_there"):
+        import_run(ImportPlan(model=str(tiny_model_dir), data=f"csv:{manifest}", checkpoints=[tmp_path / "whole"],
+                              test_ids=[tmp_path / "c.txt"]), tmp_path / "run2")

@@ -237,3 +237,19 @@ def test_per_frame_sample_keeps_the_large_arrays_for_a_hashed_share(lora_run, tm
                            strict=True):
         for x, y in zip(got, module, strict=True):
             np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-9 * y.max())
+
+
+def test_utterance_ids_copied_from_the_explorer_trace_those_utterances(lora_run, tmp_path):
+    """The store and the app show ``csv/wav/s0_anger_0``; a list of those (or of the data set's own ids) traces them,
+    and an id no completed fold holds out is still refused, in the form it was given."""
+    first = str(tmp_path / "first.zarr")
+    assert main(["trace", "--run", str(lora_run), "--store", first, "--per-class", "1", "--no-summary"]) == 0
+    shown = list(StoreReader(first).utterances()["id"])  # as the explorer shows them
+    listed = tmp_path / "ids.txt"
+    listed.write_text("\n".join([shown[0], shown[1].split("/", 1)[1]]) + "\n")  # the store's form, and the data's
+    store = str(tmp_path / "s.zarr")
+    assert main(["trace", "--run", str(lora_run), "--store", store, "--utterances", str(listed), "--no-summary"]) == 0
+    assert list(StoreReader(store).utterances()["id"]) == shown[:2]
+    listed.write_text("csv/wav/nothing_here\n")
+    assert main(["trace", "--run", str(lora_run), "--store", str(tmp_path / "t.zarr"), "--utterances",
+                 str(listed)]) == 2
