@@ -141,14 +141,17 @@ def scatter(df: pd.DataFrame, colour: str = "emotion", title: str = "", highligh
     """
     scale = _emotion_scale(df[colour]) if colour == "emotion" else alt.Scale(scheme="tableau10")
     color = alt.Color(f"{colour}:N", scale=scale, **({} if legend else {"legend": None}))
+    # A map's coordinates mean nothing absolute: the axes fit the points (Vega-Lite would include zero).
+    fitted = alt.Scale(zero=False)
     points = alt.Chart(df).mark_circle(size=60, opacity=0.8).encode(
-        x=alt.X("x:Q", axis=None), y=alt.Y("y:Q", axis=None), color=color,
+        x=alt.X("x:Q", axis=None, scale=fitted), y=alt.Y("y:Q", axis=None, scale=fitted), color=color,
         tooltip=_tips(*(c for c in ("id", "emotion", "speaker", "prediction") if c in df.columns)),
     )
     chart = points
     if highlight is not None and (df["id"] == highlight).any():
         ring = alt.Chart(df[df["id"] == highlight]).mark_point(size=300, shape="circle", color="black",
-                                                               strokeWidth=2).encode(x=alt.X("x:Q"), y=alt.Y("y:Q"))
+                                                               strokeWidth=2).encode(
+            x=alt.X("x:Q", scale=fitted), y=alt.Y("y:Q", scale=fitted))
         chart = points + ring
     return chart.properties(width=WIDTH, height=WIDTH, title=title)
 

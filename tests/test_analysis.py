@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.stats import ortho_group
 from sklearn.metrics import silhouette_score
 
-from loralens.analysis import cka, contributions, lens, projections, spectra
+from loralens.analysis import cka, contributions, lens, projections, spectra, views
 
 
 def _data(n=300, d=20, seed=0):
@@ -316,3 +317,43 @@ def test_every_chart_is_built_from_channel_objects(monkeypatch):
     for name, args in cases.items():
         getattr(charts, name)(*args)
     assert not slow
+
+
+def test_the_rank_table_shows_no_random_rank_without_a_random_twin():
+    """A run traced without its twin has no random rank: none is shown, never the trained one in its place."""
+    trained = spectra.Spectrum(((np.array([3.0, 2.0, 1.0, 0.5]),),))
+    table = views.rank_table({"lora_a_activation": {"trained": trained}})
+    assert table["trained rank"].iloc[0] == trained.mean_rank
+    assert table["random rank"].isna().all() and table["concentration (random / trained)"].isna().all()
+
+
+def test_a_map_far_from_zero_fills_its_chart():
+    """Vega-Lite puts zero in a quantitative axis by default: a map whose points lie far from 0 crowded one corner."""
+    from loralens.app import charts
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": 100 + rng.random(20), "y": -50 + rng.random(20), "id": [f"u{i}" for i in range(20)],
+                          "emotion": ["anger", "sadness"] * 10})
+    for chart in (charts.scatter(frame), charts.scatter(frame, highlight="u3")):
+        spec = chart.to_dict()
+        layers = spec.get("layer", [spec])
+        for layer in layers:
+            for axis in ("x", "y"):
+                assert layer["encoding"][axis].get("scale", {}).get("zero") is False, (axis, layer["mark"])
+
+
+def test_a_lora_run_pairs_with_the_frozen_run_of_its_own_data_set():
+    """EmoDB and RAVDESS runs of one model in one store: pairing across corpora leaves no shared utterance."""
+    def run(name, method, data):
+        return views.RunInfo(name, method, "bundled:base", "trim", 32, ["v_proj"], ["trained"], ["anger"], 6, {},
+                             data=data)
+
+    runs = [run("ravdess-frozen", "frozen", "ravdess:R"), run("emodb-frozen", "frozen", "emodb:E"),
+            run("emodb-lora", "lora", "emodb:E"), run("ravdess-lora", "lora", "ravdess:R")]
+    assert views.frozen_partner(runs, runs[2]).name == "emodb-frozen"
+    assert views.frozen_partner(runs, runs[3]).name == "ravdess-frozen"
+    assert [r.name for r in views.rank_series(runs, runs[2])] == ["emodb-lora"]
+    # One corpus named by a relative and an absolute path is one data set.
+    runs[1].data = "emodb:/data/corpora/emodb/"
+    runs[2].data = "emodb:../corpora/emodb"
+    assert views.frozen_partner(runs, runs[2]).name == "emodb-frozen"

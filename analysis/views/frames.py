@@ -91,10 +91,13 @@ def concentration(spec: dict[str, dict[str, spectra.Spectrum]]) -> dict[str, flo
 
 
 def rank_table(spec: dict[str, dict[str, spectra.Spectrum]]) -> pd.DataFrame:
-    """Per quantity: trained and random effective rank (averaged over layers) and their ratio."""
+    """Per quantity: trained and random effective rank (averaged over layers) and their ratio.
+
+    Without a random twin the random rank and the ratio are NaN (shown empty), never the trained rank.
+    """
     ratios = concentration(spec)
     return pd.DataFrame([{"quantity": QUANTITY_LABELS[q], "trained rank": by["trained"].mean_rank,
-                          "random rank": by.get("random_twin", by["trained"]).mean_rank,
+                          "random rank": by["random_twin"].mean_rank if "random_twin" in by else float("nan"),
                           "concentration (random / trained)": ratios.get(q, float("nan"))}
                          for q, by in spec.items()])
 

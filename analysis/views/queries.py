@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePath
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,8 @@ class RunInfo:
     emotions: list[str]
     n_layers: int
     metrics: dict
+    data: str = ""
+    """The ``--data SPEC`` the run was traced from."""
     source: dict | None = None
     """Where an imported run came from (``loralens import``; see ``TrainConfig.source``); None for a trained one."""
 
@@ -63,17 +66,26 @@ def run_info(reader: StoreReader) -> list[RunInfo]:
         a = reader.attrs(name, checkpoints[0])
         out.append(RunInfo(name, a["method"], a["model"], a["window"], int(a["rank"]), list(a["targets"]),
                            checkpoints, list(a["emotions"]), int(a["n_layers"]), a.get("metrics", {}),
-                           a.get("train_config", {}).get("source")))
+                           a.get("data", ""), a.get("train_config", {}).get("source")))
     return out
 
 
 def frozen_partner(runs: list[RunInfo], run: RunInfo) -> RunInfo | None:
-    """The frozen run that ``run`` is compared with: the first of ``runs`` of the same model and window, if any.
+    """The frozen run that ``run`` is compared with: the first of ``runs`` of the same model, window and data set.
 
     The one matching rule of LoRA to frozen, for the pages and the report alike.
     """
     return next((r for r in runs if r.method == "frozen" and r.name != run.name
-                 and (r.model, r.window) == (run.model, run.window)), None)
+                 and (r.model, r.window, _corpus(r.data)) == (run.model, run.window, _corpus(run.data))), None)
+
+
+def _corpus(data: str) -> tuple[str, str]:
+    """A ``--data SPEC`` as the corpus it names: its scheme and its folder's or file's name.
+
+    ``emodb:../data/emodb`` and ``emodb:/abs/data/emodb`` are one corpus, named relative and absolute.
+    """
+    scheme, _, location = data.partition(":")
+    return scheme, PurePath(location.rstrip("/")).name
 
 
 def pairs(reader: StoreReader) -> list[tuple[RunInfo, RunInfo | None]]:
@@ -85,11 +97,11 @@ def pairs(reader: StoreReader) -> list[tuple[RunInfo, RunInfo | None]]:
 def rank_series(runs: list[RunInfo], run: RunInfo) -> list[RunInfo]:
     """The LoRA runs that differ from ``run`` only in rank, one per rank, sorted by rank.
 
-    Same model, window and targets, so a module index means the same module in each; ``run`` itself stands for
-    its own rank. The paper compares ranks 8, 32 and 64 this way.
+    Same model, window, targets and data set, so a module index means the same module in each and the utterances
+    are shared; ``run`` itself stands for its own rank. The paper compares ranks 8, 32 and 64 this way.
     """
-    key = (run.model, run.window, run.targets)
-    same = [r for r in runs if r.method == "lora" and (r.model, r.window, r.targets) == key]
+    key = (run.model, run.window, run.targets, _corpus(run.data))
+    same = [r for r in runs if r.method == "lora" and (r.model, r.window, r.targets, _corpus(r.data)) == key]
     by_rank = {r.rank: r for r in same if r.name != run.name} | {run.rank: run}
     return [by_rank[k] for k in sorted(by_rank)]
 

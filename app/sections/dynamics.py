@@ -47,7 +47,7 @@ curves = dataclasses.replace(curves, spec=charts.at_threshold(curves.spec, thres
                              wire=charts.at_threshold(curves.wire, threshold))
 widgets.chart(curves, frame, f"{run.name}-svd", "dyn-svd")
 # A static table (four rows) draws with the page, without the interactive grid's scripts.
-st.table(views.rank_table(spec).style.format(precision=2), hide_index=True, border="horizontal")
+st.table(views.rank_table(spec).style.format(precision=2, na_rep="–"), hide_index=True, border="horizontal")
 st.caption("Effective rank: the fewest singular directions holding the threshold's share of energy, averaged over "
            "layers. The paper reports 5.5x concentration for A activations, 1.7x for A gradients, 10.4x for B "
            "activations, and more dispersed B gradients.")
