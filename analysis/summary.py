@@ -110,12 +110,13 @@ def lora_summary(reader: StoreReader, run: str, checkpoint: str, signal: str, gr
                  jobs: int, bar: tqdm | None = None) -> list[list[tuple]]:
     """Per LoRA module, per fold model of ``groups``: ``reduce_moments`` of its moments.
 
-    ``groups``: fold -> its rows that kept their per-frame arrays. Modules are summarised in ``jobs`` processes,
-    each reading its module's frames itself: the reading, the d x d sums and the eigensolves all run at once (with
-    the reading in this process and only the solves in workers, each waited on the other).
+    ``groups``: fold -> its rows that kept their per-frame arrays. Modules are summarised in ``jobs`` processes
+    (in this one for an in-memory store), each reading its module's frames itself: the reading, the d x d sums and
+    the eigensolves all run at once (with the reading in this process and only the solves in workers, each waited
+    on the other).
     """
     n_modules = int(reader.group(run, checkpoint)[f"lora_a_{signal}"].shape[1])
-    if jobs == 1:
+    if jobs == 1 or reader.path.startswith("memory://"):  # a worker cannot reopen a store that lives in this process
         results = (module_summary(reader, run, checkpoint, signal, m, groups) for m in range(n_modules))
     else:
         results = Parallel(n_jobs=jobs, return_as="generator")(

@@ -247,3 +247,23 @@ def test_a_summarise_computes_each_pair_of_runs_residual_cka_once(summarised, mo
     assert sorted(map(sorted, computed)) == sorted([[lora], [frozen], sorted([lora, frozen])])
     np.testing.assert_array_equal(reader.summary(lora)[f"residual_cka/{frozen}"],
                                   reader.summary(frozen)[f"residual_cka/{lora}"].T)
+
+
+def test_an_in_memory_store_is_summarised_in_this_process(tiny_store):
+    """Worker processes reopen a store by its path: a memory:// store lives in this process only, so from
+    PARALLEL_ROWS utterances its summary failed. Its modules are summarised here, with the same results."""
+    import uuid
+
+    import fsspec
+
+    name = f"memory://{uuid.uuid4().hex}.zarr"
+    fsspec.filesystem("memory").put(tiny_store, name.removeprefix("memory://"), recursive=True)
+    reader = StoreReader(name)
+    lora = next(r.name for r in views.run_info(reader) if r.method == "lora")
+    groups = views.fold_groups(reader, lora, views.common_rows(reader, lora))
+    there = summary.lora_summary(reader, lora, "trained", "activation", groups, jobs=2)
+    here = summary.lora_summary(StoreReader(tiny_store), lora, "trained", "activation", groups, jobs=1)
+    for mine, theirs in zip(there, here, strict=True):
+        for (a, b, cka_ab), (a2, b2, cka_ab2) in zip(mine, theirs, strict=True):
+            np.testing.assert_array_equal(a, a2)
+            assert cka_ab == cka_ab2
