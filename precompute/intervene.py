@@ -42,7 +42,7 @@ from loralens.precompute.audio import load_audio
 from loralens.precompute.checkpoints import FoldModels, run_precision
 from loralens.precompute.config import INTERVENTION_KINDS, RunError, completed_folds, read_config
 from loralens.precompute.models import feature_extractor
-from loralens.precompute.trace import held_out_fold
+from loralens.precompute.trace import held_out_fold, prefetched
 from loralens.precompute.train import resolve_device
 from loralens.store.writer import StoreWriter
 
@@ -245,8 +245,6 @@ class _Batch:
     positions: list[int]
     """Into the run's traced rows."""
     ids: list[str]
-    audio: list[np.ndarray]
-    features: windowing.Features
 
 
 def _partner_folds(run_dir: Path, partner: Path, ids: list[str]) -> list[int]:
@@ -347,15 +345,17 @@ def run(run_dir: Path, store: str, *, name: str | None = None, kinds: tuple[str,
     done = writer.interventions(name).done
     pending = [c for c in chosen if not done[index[c.name]]]
     extractor = feature_extractor(whisper.config)
-    batches = []  # extracted once for every condition of the model
+    batches = []  # which rows go together; their audio is read and extracted when a batch is computed
     for fold, partner_fold in sorted({(int(f), p) for f, p in zip(folds, partner_folds, strict=True)} if pending
                                      else (), key=lambda fp: (fp[0], -1 if fp[1] is None else fp[1])):
         positions = [i for i in range(len(rows)) if folds[i] == fold and partner_folds[i] == partner_fold]
         for start in range(0, len(positions), batch_size):
             part = positions[start: start + batch_size]
-            audio = [load_audio(sources[i], long=config.long) for i in part]
-            batches.append(_Batch(fold, partner_fold, part, [ids[i] for i in part], audio,
-                                  windowing.extract(extractor, audio, config.window, device=target)))
+            batches.append(_Batch(fold, partner_fold, part, [ids[i] for i in part]))
+
+    def read(batch: _Batch) -> list[np.ndarray]:  # on prefetched's thread, ahead of the device
+        return [load_audio(sources[i], long=config.long) for i in batch.positions]
+
     bar = tqdm(total=len(pending) * len(batches), desc=f"{name} interventions", unit="batch")
     # Conditions of a kind run together (patch reads the partner once per batch), an audio change alone; each
     # condition is written whole once its kind is done, so an interrupted run loses at most one kind.
@@ -363,20 +363,22 @@ def run(run_dir: Path, store: str, *, name: str | None = None, kinds: tuple[str,
         group = list(group)
         probabilities = np.zeros((len(group), len(rows), n_classes), np.float32)
         lens = np.zeros((len(group), len(rows), n_boundaries, n_classes), np.float32)
-        for batch in batches:
-            source = None
-            if group[0].kind == "patch":
-                with windowing.autocast(target, partner_precision):  # the partner's residual as it computes it
-                    source = layer_outputs(partners.load(batch.partner_fold), batch.features)
-            model = models.load(batch.fold)
-            for j, condition in enumerate(group):
-                features = condition_features(condition, batch.audio, batch.ids, batch.features, extractor,
-                                              config.window, target)
-                with applied(model, condition, source), windowing.autocast(target, precision):
-                    p, lens_logits = outcome(model, features)
-                probabilities[j, batch.positions] = p.cpu().numpy()
-                lens[j, batch.positions] = lens_logits.cpu().numpy()
-                bar.update(1)
+        with prefetched(batches, read) as audios:
+            for batch, audio in zip(batches, audios, strict=True):
+                original = windowing.extract(extractor, audio, config.window, device=target)
+                source = None
+                if group[0].kind == "patch":
+                    with windowing.autocast(target, partner_precision):  # the partner's residual as it computes it
+                        source = layer_outputs(partners.load(batch.partner_fold), original)
+                model = models.load(batch.fold)
+                for j, condition in enumerate(group):
+                    features = condition_features(condition, audio, batch.ids, original, extractor, config.window,
+                                                  target)
+                    with applied(model, condition, source), windowing.autocast(target, precision):
+                        p, lens_logits = outcome(model, features)
+                    probabilities[j, batch.positions] = p.cpu().numpy()
+                    lens[j, batch.positions] = lens_logits.cpu().numpy()
+                    bar.update(1)
         for j, condition in enumerate(group):
             writer.write_intervention(name, index[condition.name], probabilities[j], lens[j])
     bar.close()

@@ -316,3 +316,21 @@ def test_an_upload_under_interventions(tiny_runs):
         assert not np.allclose(under[name], under["none"], atol=1e-7)
     with pytest.raises(ValueError, match="not for uploads"):
         predictor.intervene(audio, ["patch@0"])
+
+
+def test_intervene_reads_its_batches_as_it_goes(tiny_runs, tmp_path, monkeypatch):
+    """Audio and log-mel are held per batch, not for the whole run (on the device, at IEMOCAP's size, gigabytes):
+    when the first batch is computed only a few batches have been read, and the results are the same."""
+    from loralens.cli import main
+    from loralens.store.reader import StoreReader
+
+    run, store = tiny_runs["lora"], str(tmp_path / "s.zarr")
+    assert main(["trace", "--run", str(run), "--store", store, "--per-class", "4", "--no-summary"]) == 0
+    events = []
+    real_load, real_outcome = intervene.load_audio, intervene.outcome
+    monkeypatch.setattr(intervene, "load_audio", lambda *a, **k: events.append("read") or real_load(*a, **k))
+    monkeypatch.setattr(intervene, "outcome", lambda *a, **k: events.append("model") or real_outcome(*a, **k))
+    assert main(["intervene", "--run", str(run), "--store", store, "--kinds", "erase", "--batch-size", "2"]) == 0
+    n_rows = len(StoreReader(store).interventions("tiny-lora").rows)
+    assert n_rows == 16 and events.count("model") >= n_rows // 2
+    assert events.index("model") <= 3 * 2  # the first batch computed once at most three (of eight) were read
