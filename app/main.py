@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import streamlit as st
@@ -9,6 +10,7 @@ import streamlit as st
 from loralens.app import cache
 from loralens.store.reader import StoreError
 
+log = logging.getLogger("loralens.app")
 st.set_page_config(page_title="loralens", page_icon="🎧", layout="wide")
 
 
@@ -50,3 +52,7 @@ try:
 except StoreError as e:  # damaged data under this view: say so, keep the other pages serving
     st.error(f"This view cannot be drawn: {e}")
     st.caption("The rest of the store is intact: other pages and utterances still work.")
+except Exception as e:  # a bug (Streamlit's own stop and rerun are no Exception): one line here, the traceback logged
+    log.exception("the %s page failed", navigation.title)
+    st.error(f"This page failed ({type(e).__name__}: {e}). The other pages still work; the details are in the "
+             "server's log (the terminal running loralens app): please report them.")
