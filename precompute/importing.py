@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -339,13 +340,15 @@ class Importer(Trainer):
     def train_fold(self, fold: Fold) -> dict:
         """Load fold ``fold``'s checkpoint onto the base, evaluate it on its test set, save it as a run's fold."""
         checkpoint = self.plan.found[fold.index]
+        started = time.time()
         model = self.load_model(fold.index).to(self.device)
         probs = self.predict(model, fold.test)
         labels = self._labels(fold.test)
         metrics = {"fold": fold.index, "test_speakers": fold.test_speakers, "val_speakers": [],
                    **scores(labels, probs.argmax(1), len(self.config.emotions)), "loss_curve": [],
                    "val_uar_curve": [], "epoch": _trainer_epoch(checkpoint.path), "n_train": len(fold.train),
-                   "n_val": 0, "n_test": len(fold.test), "seconds": 0.0, "device": str(self.device),
+                   "n_val": 0, "n_test": len(fold.test), "seconds": round(time.time() - started, 1),
+                   "device": str(self.device),
                    "precision": self.config.precision, "imported_from": str(checkpoint.path.resolve())}
         if self.config.window == "trim":
             metrics["changed_by_trim"] = self._changed_by_trim(model, fold, probs)

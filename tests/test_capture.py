@@ -165,3 +165,43 @@ def test_capture_on_bundled_tiny_en_real_speech(emodb):
         for m in range(4):
             assert np.allclose(row["lora_b_activation"][m], outputs[m][k, :n].detach().numpy(), atol=2e-3)
             assert np.allclose(row["lora_b_gradient"][m], grads[m][k, :n].numpy(), atol=1e-4, rtol=1e-2)
+
+
+@pytest.mark.parametrize("window", ["trim", "full"])
+def test_contributions_equal_what_plain_forward_hooks_see(lora_model, window):
+    """The paper's Fig. 1 from first principles: each layer's attention and MLP outputs taken by plain PyTorch hooks
+    (not nnsight), over each clip's real frames; attention + MLP is the layer's whole step in the residual stream."""
+    features, labels = _batch(lora_model, window)
+    rows = Capturer(lora_model, window, CaptureOptions()).run(features, labels)
+    whisper = windowing.whisper_of(lora_model)
+    seen: dict[str, list[torch.Tensor]] = {"input": [], "attention": [], "mlp": [], "output": []}
+    hooks = []
+    for layer in whisper.encoder.layers:
+        hooks += [layer.register_forward_pre_hook(lambda m, args: seen["input"].append(args[0])),
+                  layer.self_attn.register_forward_hook(lambda m, args, out: seen["attention"].append(out[0])),
+                  layer.fc2.register_forward_hook(lambda m, args, out: seen["mlp"].append(out)),
+                  layer.register_forward_hook(lambda m, args, out: seen["output"].append(
+                      out[0] if isinstance(out, tuple) else out))]
+    try:
+        with torch.no_grad():
+            windowing.classify(lora_model, features)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for k, row in enumerate(rows):
+        n = int(features.n_frames[k])
+        for i in range(len(whisper.encoder.layers)):
+            h, attn, mlp = (seen[key][i][k, :n].double().numpy() for key in ("input", "attention", "mlp"))
+            step = seen["output"][i][k, :n].double().numpy() - h
+            np.testing.assert_allclose(attn + mlp, step, atol=1e-5)  # nothing else writes to the stream
+            norm = np.linalg.norm(h, axis=-1)
+            cos = lambda a, b: (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))  # noqa: E731
+            for name, value in (("attention_norm_ratio", np.linalg.norm(attn, axis=-1) / norm),
+                                ("mlp_norm_ratio", np.linalg.norm(mlp, axis=-1) / norm),
+                                ("block_norm_ratio", np.linalg.norm(step, axis=-1) / norm),
+                                ("attention_cosine", cos(attn, h)), ("mlp_cosine", cos(mlp, h)),
+                                ("block_cosine", cos(step, h))):
+                np.testing.assert_allclose(row[name][i], value, rtol=2e-3, atol=2e-3, err_msg=f"{name} layer {i}")
+            if window == "trim":  # the head pools the real frames; in the full window, all 1,500
+                np.testing.assert_allclose(row["attention_pooled"][i], attn.mean(0), atol=1e-5)
+                np.testing.assert_allclose(row["mlp_pooled"][i], mlp.mean(0), atol=1e-5)
