@@ -170,9 +170,7 @@ class Capturer:
         ffn = torch.stack([f.detach().float() for f in mlp], 1)
         pool = features.pooling_mask()  # what the head pools: every frame in the full window
         real = windowing.Features(features.input_features, features.n_frames, "trim").pooling_mask()[:, :m]
-        normed = whisper.encoder.layer_norm(h)
-        # (batch, boundary, class)
-        pooled_lens = whisper.classifier(whisper.projector(windowing.masked_mean(normed, pool)))
+        normed, pooled_lens = windowing.logit_lens(self.model, h, pool)  # (batch, boundary, class)
         frame_logits = whisper.classifier(whisper.projector(normed[:, :, :m]))  # (batch, boundary, frame, class)
         h_in, attn_m, ffn_m = h[:, :-1, :m], attn[:, :, :m], ffn[:, :, :m]
         h_norm = h_in.norm(dim=-1).clamp(min=1e-12)

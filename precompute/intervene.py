@@ -234,7 +234,7 @@ def outcome(model: torch.nn.Module, features: windowing.Features) -> tuple[torch
         for handle in handles:
             handle.remove()
     h = torch.stack([r.float() for r in residual], 1)  # (batch, boundary, frame, d)
-    lens = windowing.head_logits(model, windowing.masked_mean(whisper.encoder.layer_norm(h), features.pooling_mask()))
+    _, lens = windowing.logit_lens(model, h, features.pooling_mask())
     return logits.float().softmax(-1), lens.float()
 
 

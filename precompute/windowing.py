@@ -160,6 +160,29 @@ def head_logits(model: torch.nn.Module, pooled: torch.Tensor) -> torch.Tensor:
     return whisper.classifier(whisper.projector(pooled))
 
 
+def logit_lens(model: torch.nn.Module, residual: torch.Tensor, pooling_mask: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logit lens: the one rule for the trace, the causal lens and ``predict``.
+
+    Each boundary's residual goes through the encoder's final layer norm, is mean-pooled as the head pools, and goes
+    through the trained projector and classifier. Computed in float32 outside autocast whatever regime the forward
+    ran in, so it is the same numbers wherever it is read.
+
+    Args:
+        model: the classifier (a ``PeftModel`` too).
+        residual: ``(batch, boundary, frames, d_model)``.
+        pooling_mask: ``(batch, frames)``, what the head pools (``Features.pooling_mask``).
+
+    Returns:
+        The normed residual ``(batch, boundary, frames, d_model)`` and the lens logits ``(batch, boundary, class)``,
+        both float32.
+    """
+    whisper = whisper_of(model)
+    with torch.autocast(device_type=residual.device.type, enabled=False):
+        normed = whisper.encoder.layer_norm(residual.float())
+        return normed, head_logits(model, masked_mean(normed, pooling_mask))
+
+
 def encode(model: torch.nn.Module, features: Features) -> torch.Tensor:
     """The encoder's last hidden state under ``features``' window, ``(batch, n_positions, d_model)``."""
     with encoder_window(model, features):

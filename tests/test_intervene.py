@@ -334,3 +334,24 @@ def test_intervene_reads_its_batches_as_it_goes(tiny_runs, tmp_path, monkeypatch
     n_rows = len(StoreReader(store).interventions("tiny-lora").rows)
     assert n_rows == 16 and events.count("model") >= n_rows // 2
     assert events.index("model") <= 3 * 2  # the first batch computed once at most three (of eight) were read
+
+
+def test_the_causal_lens_of_a_bf16_run_reads_the_lens_as_the_trace_stores_it(tmp_path, tiny_model_dir):
+    """One logit lens, computed in float32 outside autocast: the trace's and the causal lens's (and predict's) agree
+    on a bf16 run, so 'none' is the stored lens exactly (inside bf16 autocast they differed by bf16's rounding)."""
+    from loralens.cli import main
+    from loralens.precompute.config import TrainConfig
+    from loralens.precompute.train import train
+    from loralens.store.reader import StoreReader
+    from tests.conftest import write_tone_csv
+
+    manifest = write_tone_csv(tmp_path)
+    run, store = tmp_path / "bf16", str(tmp_path / "s.zarr")
+    train(TrainConfig(model=str(tiny_model_dir), data=f"csv:{manifest}", epochs=1, batch_size=4, rank=4, alpha=8,
+                      folds="2", device="cpu", precision="bf16"), run)
+    assert main(["trace", "--run", str(run), "--store", store, "--per-class", "2", "--no-summary"]) == 0
+    assert main(["intervene", "--run", str(run), "--store", store, "--kinds", "erase"]) == 0
+    reader = StoreReader(store)
+    result = reader.interventions("bf16")
+    stored = reader.read("bf16", "trained", "lens_logits", result.rows.tolist())
+    np.testing.assert_allclose(result.lens_logits[0], stored, atol=1e-6)  # condition 0: none
