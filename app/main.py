@@ -37,9 +37,18 @@ except StoreError as e:
     st.stop()
 
 sections = Path(__file__).parent / "sections"  # not "pages": Streamlit would list that folder itself
+overview = st.Page(sections / "overview.py", title="Overview", icon=":material/table_view:", default=True,
+                   url_path="runs")  # served at "/": the default page's own name is no address
+
+
+def overview_by_name() -> None:
+    """/overview, the Overview page's name, opens it (Streamlit serves a default page at "/" only)."""
+    st.switch_page(overview, query_params=st.query_params.to_dict())
+
+
 navigation = st.navigation([
-    st.Page(sections / "overview.py", title="Overview", icon=":material/table_view:", default=True,
-            url_path="overview"),
+    overview,
+    st.Page(overview_by_name, title="Overview", url_path="overview", visibility="hidden"),
     st.Page(sections / "utterance.py", title="Utterance", icon=":material/graphic_eq:", url_path="utterance"),
     st.Page(sections / "clusters.py", title="Clusters", icon=":material/scatter_plot:", url_path="clusters"),
     st.Page(sections / "dynamics.py", title="LoRA dynamics", icon=":material/stacked_line_chart:", url_path="dynamics"),

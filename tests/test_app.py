@@ -524,18 +524,18 @@ def test_the_spectra_are_shared_not_copied(tiny_store, monkeypatch):
 
 
 def test_a_page_that_fails_says_so_in_one_line_and_the_others_still_serve(app, monkeypatch, caplog):
-    """A bug under a page (here, the spectra's frame) shows no traceback in the browser: one line that says what
-    failed and where the details are (the server's log), and every other page still draws."""
+    """A bug under a page (here, the Utterance page's pairing with the frozen run) shows no traceback in the browser:
+    one line that says what failed and where the details are (the server's log), and every other page still draws."""
     from loralens.analysis import views
 
     def broken(*args, **kwargs):
-        raise RuntimeError("a bug under the spectra chart")
+        raise RuntimeError("a bug under the utterance page")
 
-    monkeypatch.setattr(views, "spectra_frame", broken)
     at = app.run()
-    at.switch_page("sections/dynamics.py").run()
+    monkeypatch.setattr(views, "frozen_partner", broken)
+    at.switch_page("sections/utterance.py").run()
     assert not at.exception, [e.value for e in at.exception]
-    assert "RuntimeError: a bug under the spectra chart" in at.error[0].value and "log" in at.error[0].value
-    assert "a bug under the spectra chart" in caplog.text  # the traceback went to the server's log
+    assert "RuntimeError: a bug under the utterance page" in at.error[0].value and "log" in at.error[0].value
+    assert "a bug under the utterance page" in caplog.text  # the traceback went to the server's log
     at.switch_page("sections/overview.py").run()
     _ok(at)

@@ -109,6 +109,16 @@ def test_a_link_reopens_the_view_in_chromium(server, page):
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_the_overview_opens_by_its_own_name_in_chromium(server, page):
+    """/overview, the Overview page's name in the sidebar's links, opens it: no 'Page not found' dialog over it."""
+    page.goto(f"{server}/overview", wait_until="networkidle")
+    page.get_by_text("Runs", exact=True).first.wait_for(timeout=60_000)
+    page.wait_for_timeout(1000)  # the dialog, where there is one, comes with the page's first messages
+    assert page.get_by_text("Page not found").count() == 0
+    assert page.get_by_test_id("stException").count() == 0
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_a_large_v3_store_opens_in_chromium(large_server, page, shots):
     """whisper-large-v3's geometry (128 mel bins, width 1280; 2 random layers): every page draws, none fails."""
     for name, path in (("utterance", "utterance"), ("overview", ""), ("clusters", "clusters"),
