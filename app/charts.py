@@ -103,7 +103,7 @@ def spectra(df: pd.DataFrame, threshold: float, title: str = "SVD cumulative ene
     """
     lines = alt.Chart().mark_line().encode(
         x=alt.X("k:Q", title="singular directions", scale=alt.Scale(type="log")),
-        y=alt.Y("energy:Q", title="cumulative energy", scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y("energy:Q", title="cumulative energy (uncentred SVD, as the paper)", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("checkpoint:N"),
         tooltip=_tips("quantity", "checkpoint", "k", alt.Tooltip("energy:Q", format=".3f")),
     )
@@ -124,11 +124,16 @@ def at_threshold(spec: dict, threshold: float) -> dict:
     return spec | {"params": params}
 
 
+AXIS_TITLES = {"cka": "linear CKA (centred)"}
+"""Axis titles that say how a value is computed (the paper's code centres CKA's Gram matrices)."""
+
+
 def per_layer(df: pd.DataFrame, y: str, title: str, domain=None) -> alt.Chart:
     """Columns: ``layer``, ``y``, ``series``: one line per series."""
     scale = alt.Scale(domain=domain) if domain else alt.Scale()
     return alt.Chart(df).mark_line(point=True).encode(
-        x=alt.X("layer:O"), y=alt.Y(f"{y}:Q", scale=scale), color=alt.Color("series:N", title=None),
+        x=alt.X("layer:O"), y=alt.Y(f"{y}:Q", scale=scale, title=AXIS_TITLES.get(y, y)),
+        color=alt.Color("series:N", title=None),
         tooltip=_tips("series", "layer", alt.Tooltip(f"{y}:Q", format=".3f")),
     ).properties(width=WIDTH, height=HEIGHT, title=title)
 

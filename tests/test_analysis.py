@@ -357,3 +357,15 @@ def test_a_lora_run_pairs_with_the_frozen_run_of_its_own_data_set():
     runs[1].data = "emodb:/data/corpora/emodb/"
     runs[2].data = "emodb:../corpora/emodb"
     assert views.frozen_partner(runs, runs[2]).name == "emodb-frozen"
+
+
+def test_the_spectra_and_cka_charts_say_what_they_centre():
+    """As the paper's code: SVD spectra of the stacked outputs uncentred, linear CKA centred; the axes say so."""
+    from loralens.app import charts
+
+    curves = pd.DataFrame({"k": [1, 2], "energy": [0.6, 1.0], "quantity": ["A activation"] * 2,
+                           "checkpoint": ["trained"] * 2})
+    spec = charts.spectra(curves, 0.9).to_dict()
+    assert "uncentred" in spec["spec"]["layer"][0]["encoding"]["y"]["title"]
+    cka = charts.per_layer(pd.DataFrame({"layer": [0], "cka": [0.5], "series": ["activation"]}), "cka", "CKA")
+    assert "centred" in cka.to_dict()["encoding"]["y"]["title"]
