@@ -158,8 +158,10 @@ def build(store: str, out: Path, threshold: float = 0.9, storage_options: dict |
         charts.save(charts.per_layer(pd.DataFrame(sil_rows), "silhouette", f"Emotion silhouette: {name}"), out,
                     f"{name}-silhouette")
         table = reader.utterances()
+        mapped = 0
         for method in ("tsne", "umap"):
             coordinates, map_rows, _ = views.map_of(reader, name, "residual", n_layers, method)
+            mapped = max(mapped, len(map_rows))
             df = pd.DataFrame({"x": coordinates[:, 0], "y": coordinates[:, 1],
                                "emotion": table["emotion"][map_rows], "id": table["id"][map_rows]})
             charts.save(charts.scatter(df, title=f"{projections.NAMES[method]} of the last layer: {name}"), out,
@@ -168,6 +170,8 @@ def build(store: str, out: Path, threshold: float = 0.9, storage_options: dict |
         diff = a.diff
         summary["runs"][name] = {
             "frozen": frozen_run.name if frozen_run else None, "n_utterances": len(rows), "n_layers": n_layers,
+            "utterance_sets": {"paired": len(rows), "maps": mapped,
+                               "per_frame": int(reader.sampled(name, "trained")[rows].sum()) if rows else 0},
             "origin": {r.name: r.origin for r in (lora_run, frozen_run) if r is not None},
             "held_out": all(r.held_out for r in (lora_run, frozen_run) if r is not None),
             "metrics": {k: lora_run.metrics.get(k) for k in ("uar", "war")},
@@ -263,11 +267,14 @@ def _rank_comparisons(reader: StoreReader, out: Path) -> list[dict]:
 def _markdown(summary: dict) -> str:
     lines = [f"# loralens report: {summary['store']}", ""]
     for name, run in summary["runs"].items():
-        lines += [f"## {name}", "", f"Every number below is computed over the same {run['n_utterances']} utterances: "
-                  + ("those traced by both the LoRA and the frozen run" if run["frozen"] else "those the run traced")
-                  + f"; {run['n_layers']} layers; compared with {run['frozen'] or 'no frozen run'}. "
-                  f"Logit-lens KL: {run['lens']['kl_label']}, the final prediction's distribution against each "
-                  "layer's.", ""]
+        sets = run["utterance_sets"]
+        both = "traced by both the LoRA and the frozen run" if run["frozen"] else "the run traced"
+        lines += [f"## {name}", "", f"{run['n_layers']} layers; compared with {run['frozen'] or 'no frozen run'}. "
+                  f"Logit lens, contributions, residual CKA and silhouettes: the {sets['paired']} utterances "
+                  f"{both}. SVD spectra and CKA(A, B): the {sets['per_frame']} of them whose per-frame arrays were "
+                  f"kept. t-SNE and UMAP maps: the {sets['maps']} utterances the LoRA run traced (its summary's "
+                  "maps). Logit-lens KL: "
+                  f"{run['lens']['kl_label']}, the final prediction's distribution against each layer's.", ""]
         if not run["held_out"]:
             lines += ["**Not held out**: " + ", ".join(n for n, o in run["origin"].items() if "not held out" in o)
                       + " was imported as one model that may have trained on any of these utterances "

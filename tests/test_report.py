@@ -70,3 +70,22 @@ def test_report_has_the_causal_lens_where_interventions_ran(causal_store, tmp_pa
     assert causal["figures"] == ["tiny-lora-causal", "tiny-lora-audio"]
     markdown = (out / "summary.md").read_text()
     assert "### Causal lens" in markdown and "| predictions robust to mild audio changes |" in markdown
+
+
+def test_the_report_says_which_utterances_each_section_uses(tiny_runs, tmp_path):
+    """The LoRA run traced 32 utterances, its frozen partner 8, half of them with their per-frame arrays: the
+    lens and contributions use the 8 both traced, the spectra those of them that kept their frames, the maps all
+    32. The report said 'every number is computed over the same 8', which the maps belied."""
+    store = str(tmp_path / "s.zarr")
+    assert main(["trace", "--run", str(tiny_runs["lora"]), "--store", store, "--all", "--per-frame-sample", "0.5",
+                 "--no-summary"]) == 0
+    assert main(["trace", "--run", str(tiny_runs["frozen"]), "--store", store, "--per-class", "2"]) == 0
+    out = tmp_path / "report"
+    assert main(["report", "--store", store, "--out", str(out)]) == 0
+    (run,) = json.loads((out / "summary.json").read_text())["runs"].values()
+    assert run["n_utterances"] == 8 and run["utterance_sets"]["maps"] == 32
+    assert 0 < run["utterance_sets"]["per_frame"] < 8
+    markdown = (out / "summary.md").read_text()
+    assert "Every number below is computed over the same" not in markdown
+    assert "t-SNE and UMAP maps: the 32 utterances" in markdown
+    assert f"SVD spectra and CKA(A, B): the {run['utterance_sets']['per_frame']} of them" in markdown
