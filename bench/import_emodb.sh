@@ -83,10 +83,11 @@ emotions = json.loads((run / "config.json").read_text())["emotions"]
 for k in completed_folds(run):
     model = WhisperForAudioClassification.from_pretrained(out / "base", num_labels=4, ignore_mismatched_sizes=True,
                                                            id2label=dict(enumerate(emotions)))
-    model.load_state_dict(load_file(run / f"fold_{k:02d}" / "head.safetensors"), strict=False)
+    head = load_file(run / f"fold_{k:02d}" / "head.safetensors")
     model = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, target_modules=["v_proj"], lora_dropout=0.1,
                                              modules_to_save=["projector", "classifier"]))
-    set_peft_model_state_dict(model, load_file(run / f"fold_{k:02d}" / "adapter" / "adapter_model.safetensors"))
+    lora = load_file(run / f"fold_{k:02d}" / "adapter" / "adapter_model.safetensors")
+    set_peft_model_state_dict(model, lora | {f"base_model.model.{name}": v for name, v in head.items()})
     model.save_pretrained(out / "paper-layout" / f"fold{k + 1}" / "checkpoint-1")
 print("wrote", out / "paper-layout")
 PY

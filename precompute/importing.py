@@ -426,11 +426,11 @@ class Importer(Trainer):
                                    "frozen-encoder baselines and LoRA adapters")
 
     def _changed_by_trim(self, model: torch.nn.Module, fold: Fold, trimmed: np.ndarray) -> float:
-        """The share of the fold's test predictions that trimming the input window changes (the model saw 30 s)."""
+        """The share of the fold's test predictions that the trim window changes against the full (30 s) window."""
         full = self._predict_full(model, [self.by_id[i] for i in fold.test])
         share = float(np.mean(full.argmax(1) != trimmed.argmax(1))) if len(full) else 0.0
-        log.info("fold %d: the trim window changes %.1f%% of the test predictions of the full window the "
-                 "checkpoint was trained in", fold.index, 100 * share)
+        log.info("fold %d: the trim window changes %.1f%% of the test predictions the full window makes (models "
+                 "trained with Hugging Face's feature extractor saw the full window)", fold.index, 100 * share)
         return share
 
     def _predict_full(self, model: torch.nn.Module, examples: list) -> np.ndarray:
