@@ -60,6 +60,16 @@ same = (mine.argmax(1) == theirs.argmax(1)).mean()
 print(f"part 1: {len(rows)} held-out utterances of speaker 03; store predictions = the PEFT model's own forward for "
       f"{100 * same:.0f} %; largest logit difference {np.abs(mine - theirs).max():.2e} (fp32)")
 PY
+  (cd bench && python - "$out/store.zarr" <<'PY'
+import sys
+
+import pages
+
+draws, peak = pages.warm_draws(sys.argv[1])  # every page in headless Chromium, on one running loralens app
+for title, d in draws.items():
+    print(f"part 1: {title}: " + (d.error or f"drawn in {d.whole:.1f} s, {d.charts} charts"))
+PY
+  )
 fi
 
 if [ "$part" != 1 ]; then

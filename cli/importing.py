@@ -28,9 +28,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="the data set whose utterances the folds held out (as for train)")
     p.add_argument("--out", required=True, type=Path, help="the run directory to write (resumed if it exists)")
     held = p.add_mutually_exclusive_group()
-    held.add_argument("--folds", default="loso",
+    held.add_argument("--folds", default="loso", choices=["loso", "split"],
                       help="test sets as loralens train makes them: loso (fold k holds out the k-th speaker in "
-                           "sorted order, as the paper's script), an integer K, or split (default loso)")
+                           "sorted order, as the paper's script) or split (the data's split column; default loso)")
     held.add_argument("--test-speakers", action="append", default=None, metavar="S[,S...]",
                       help="the speakers one checkpoint never trained on (repeat once per checkpoint, in order)")
     held.add_argument("--test-ids", action="append", type=Path, default=None, metavar="FILE",
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from loralens.precompute.data import parse_emotions
     from loralens.precompute.importing import ImportPlan, import_run
 
-    emotions = parse_emotions(args.emotions)
+    emotions = parse_emotions(args.emotions) if args.emotions else None  # None: the checkpoints' own labels
     explicit = args.test_speakers is not None or args.test_ids is not None or args.not_held_out
     plan = ImportPlan(
         model=args.model, data=args.data, checkpoints=args.checkpoints, folds=None if explicit else args.folds,

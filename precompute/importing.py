@@ -36,13 +36,22 @@ from loralens.precompute.config import LORA_TARGETS, RunError, TrainConfig, comp
 from loralens.precompute.data import DEFAULT_EMOTIONS, canonical_emotion, load_corpus
 from loralens.precompute.folds import Fold, make_folds, scores
 from loralens.precompute.models import load_classifier
-from loralens.precompute.train import Trainer
+from loralens.precompute.train import Trainer, run_logged
 
 log = logging.getLogger(__name__)
 
 HEAD_MODULES = ("projector", "classifier")
 """The head of ``WhisperForAudioClassification``: what ``modules_to_save`` holds in an adapter trained with it."""
 ADAPTER_CONFIG = "adapter_config.json"
+REFUSED = {"use_dora": "DoRA (use_dora=true)", "rank_pattern": "per-module ranks (rank_pattern)",
+           "alpha_pattern": "per-module alphas (alpha_pattern)",
+           "layers_to_transform": "adapters on some layers only (layers_to_transform)",
+           "lora_bias": "a bias on LoRA B (lora_bias=true)", "use_qalora": "QA-LoRA (use_qalora)",
+           "layer_replication": "replicated layers (layer_replication)",
+           "target_parameters": "LoRA on parameters (target_parameters)",
+           "trainable_token_indices": "trainable tokens (trainable_token_indices)",
+           "alora_invocation_tokens": "activated LoRA (alora_invocation_tokens)"}
+"""adapter_config.json settings (set to anything but their default) that change what A and B mean: refused."""
 WHOLE_FILES = ("config.json", "model.safetensors")
 PICKLES = ("adapter_model.bin", "pytorch_model.bin")
 
@@ -80,8 +89,9 @@ class ImportPlan:
     checkpoints: list[Path]
     """One directory per fold, in fold order."""
     folds: str | None = "loso"
-    """Test sets as ``loralens train`` makes them (``loso``, an integer K, ``split``): fold k is the k-th
-    checkpoint. None where ``test_speakers``, ``test_ids`` or ``held_out=False`` say it instead."""
+    """Test sets as ``loralens train`` makes them (``loso`` or ``split``; K random folds could not match the
+    checkpoints'): fold k is the k-th checkpoint. None where ``test_speakers``, ``test_ids`` or ``held_out=False``
+    say it instead."""
     test_speakers: list[list[str]] | None = None
     """Per checkpoint, the speakers it never trained on."""
     test_ids: list[Path] | None = None
@@ -184,12 +194,10 @@ def adapter_config(checkpoint: Checkpoint) -> LoraConfig:
     raw = json.loads(path.read_text())
     if (kind := raw.get("peft_type", "LORA")) != "LORA":
         raise CheckpointError(f"{path}: peft_type {kind}; loralens analyses LoRA adapters only")
-    refused = {"use_dora": "DoRA (use_dora=true)", "rank_pattern": "per-module ranks (rank_pattern)",
-               "alpha_pattern": "per-module alphas (alpha_pattern)",
-               "layers_to_transform": "adapters on some layers only (layers_to_transform)"}
-    for key, what in refused.items():
-        if raw.get(key):
-            raise CheckpointError(f"{path}: {what}; loralens analyses one rank on every layer of the encoder")
+    for key, what in REFUSED.items():
+        if raw.get(key) not in (None, False, {}, [], ""):
+            raise CheckpointError(f"{path}: {what}; loralens analyses plain LoRA, one rank on every layer of the "
+                                  "encoder")
     if raw.get("bias", "none") != "none":
         raise CheckpointError(f"{path}: bias={raw['bias']!r} trains the base model's biases; loralens compares "
                            "adapters on an untouched base (bias='none')")
@@ -228,7 +236,8 @@ def checkpoint_labels(checkpoint: Checkpoint) -> list[str] | None:
     if checkpoint.kind != "whole":
         return None
     id2label = json.loads((checkpoint.path / "config.json").read_text()).get("id2label") or {}
-    return [canonical_emotion(id2label[k]) for k in sorted(id2label, key=int)]
+    labels = [canonical_emotion(id2label[k]) for k in sorted(id2label, key=int)]
+    return None if all(re.fullmatch(r"label_\d+", label) for label in labels) else labels  # transformers' default
 
 
 class Importer(Trainer):
@@ -287,25 +296,45 @@ class Importer(Trainer):
         emotions = given or labels[0] or list(DEFAULT_EMOTIONS)
         corpus = load_corpus(plan.data, None, merge_excitement=plan.merge_excitement)
         if missing := [e for e in emotions if e not in corpus.emotions]:
+            excitement = (" (IEMOCAP counts excitement as happiness unless --keep-excitement)"
+                          if "excitement" in missing else "")
             raise CheckpointError(f"the checkpoints' classes {emotions} and --data {plan.data}'s "
-                                  f"{list(corpus.emotions)} differ: the data has no {', '.join(missing)}. Give the "
-                                  "checkpoints' classes in label order with --emotions, or the data set they were "
-                                  "trained on")
+                                  f"{list(corpus.emotions)} differ: the data has no {', '.join(missing)}{excitement}. "
+                                  "Give the checkpoints' classes in label order with --emotions, or the data set they "
+                                  "were trained on")
         return emotions
 
     def _source(self) -> dict:
         """Where the run came from, kept in its config.json (and so in every store it is traced into)."""
         plan = self.plan
+        given = plan.test_speakers or [[str(Path(f).resolve()), _digest(Path(f))] for f in plan.test_ids or []]
         return {"tool": "loralens import", "kind": self.kind,
                 "checkpoints": [str(c.path.resolve()) for c in plan.found], "held_out": plan.held_out,
-                "test_sets": plan.folds or ("speakers" if plan.test_speakers else "ids" if plan.test_ids else "all")}
+                "test_sets": plan.folds or ("speakers" if plan.test_speakers else "ids" if plan.test_ids else "all"),
+                "given": given, "heads": [[str(Path(h).resolve()), _digest(Path(h))] for h in plan.heads or []]}
 
     # -- the folds -----------------------------------------------------------------------------------------
     def make_folds(self) -> list[Fold]:
-        """One fold per checkpoint: its test set as the plan says."""
+        """One fold per checkpoint, its test set as the plan says; the same as a resumed run's finished folds."""
+        folds = self._folds()
+        previous = self.run / "folds.json"
+        if previous.is_file() and (done := completed_folds(self.run)):
+            before = {f["index"]: f["test"] for f in json.loads(previous.read_text())["folds"]}
+            if changed := [k for k in done if k < len(folds) and before.get(k) != folds[k].test]:
+                raise CheckpointError(f"{self.run} holds fold {changed[0]} imported with another test set; import "
+                                      "into a new --out (its finished folds were scored on their own test sets)")
+        for fold, checkpoint in zip(folds, self.plan.found, strict=True):
+            log.info("fold %d: %s, tested on %s", fold.index, checkpoint.path, ", ".join(fold.test_speakers))
+        return folds
+
+    def _folds(self) -> list[Fold]:
         plan, utts = self.plan, self.corpus.utterances
         n = len(plan.found)
         if plan.folds is not None:
+            if plan.folds not in ("loso", "split"):
+                raise CheckpointError(f"--folds {plan.folds}: K speaker-grouped folds are drawn at random, so they "
+                                      "would not be the folds the checkpoints trained on; give each checkpoint's "
+                                      "test speakers (--test-speakers) or ids (--test-ids)")
             folds = make_folds(self.corpus, plan.folds, inner_validation=False, seed=plan.seed)
             if len(folds) != n:
                 raise CheckpointError(f"--folds {plan.folds} makes {len(folds)} folds of --data {plan.data} "
@@ -333,8 +362,11 @@ class Importer(Trainer):
                                           f"{utts[0].dataset + '/' + utts[0].id!r})")
                 test = list(dict.fromkeys(known[i] for i in listed))
                 speakers = sorted({u.speaker for u in utts if u.id in set(test)})
-            train = [u.id for u in utts if u.id not in set(test)]
-            folds.append(Fold(k, speakers, [], train, [], test))
+            if not test:
+                raise CheckpointError(f"{plan.found[k].given}: its test set is empty (--test-speakers or --test-ids "
+                                      f"number {k + 1}); give the speakers or ids it never trained on")
+            held = set(test)
+            folds.append(Fold(k, speakers, [], [u.id for u in utts if u.id not in held], [], test))
         return folds
 
     def train_fold(self, fold: Fold) -> dict:
@@ -365,6 +397,9 @@ class Importer(Trainer):
             weights = load_file(checkpoint.weights)
         except (OSError, SafetensorError) as e:
             raise CheckpointError(f"{checkpoint.weights}: unreadable ({e})") from e
+        if outside := next((k_ for k_ in weights if ".decoder." in k_ or k_.startswith("decoder.")), None):
+            raise CheckpointError(f"{checkpoint.weights}: {outside} is on the decoder; loralens analyses the "
+                                  "encoder of WhisperForAudioClassification (adapters and heads on the encoder)")
         if self.kind == "whole":
             self._check_encoder(model, weights, checkpoint)
             head = {k_: v for k_, v in weights.items() if k_.split(".")[0] in HEAD_MODULES}
@@ -408,7 +443,14 @@ class Importer(Trainer):
         windowing.whisper_of(model).load_state_dict({k: head[k] for k in expected}, strict=False)
 
     def _check_encoder(self, model: torch.nn.Module, weights: dict[str, torch.Tensor], checkpoint: Checkpoint) -> None:
-        """A whole model imports as a frozen baseline only if its encoder is the base's, bit for bit."""
+        """Refuse a whole model whose encoder is not the base's (bit for bit, in its own dtype) or with more weights.
+
+        Only then is it a frozen baseline: nothing beyond the encoder and the head.
+        """
+        if extra := sorted(k for k in weights if k.split(".")[0] not in ("encoder", *HEAD_MODULES)):
+            raise CheckpointError(f"{checkpoint.weights}: {extra[0]} is neither the encoder nor the head "
+                                  "(use_weighted_layer_sum's layer_weights?); loralens analyses the head on the "
+                                  "encoder's last layer")
         base = {f"encoder.{k}": v for k, v in windowing.whisper_of(model).encoder.state_dict().items()}
         missing = sorted(base.keys() - weights.keys())
         if missing:
@@ -420,7 +462,7 @@ class Importer(Trainer):
                 raise CheckpointError(f"{checkpoint.weights}: {key} is {tuple(theirs.shape)}, the base "
                                    f"{self.config.model}'s {tuple(value.shape)}; give --model the base it was "
                                    "trained on")
-            if not torch.equal(theirs.to(value.dtype), value):
+            if not torch.equal(theirs, value.to(theirs.dtype)):
                 raise CheckpointError(f"{checkpoint.weights}: its encoder differs from {self.config.model}'s (first at "
                                    f"{key}): a fully fine-tuned model, which loralens does not analyse yet; import "
                                    "frozen-encoder baselines and LoRA adapters")
@@ -461,14 +503,29 @@ def _head_key(key: str) -> str | None:
     return None
 
 
+def _digest(path: Path) -> str:
+    """A file's SHA-256, to notice a changed file on a resumed import."""
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+
+
 def _trainer_epoch(path: Path) -> float | None:
     state = path / "trainer_state.json"
     return json.loads(state.read_text()).get("epoch") if state.is_file() else None
 
 
 def import_run(plan: ImportPlan, run: Path) -> dict:
-    """Make ``run`` from ``plan``'s checkpoints (resumed if it exists with the same plan); return its metrics."""
-    importer = Importer(plan, run)
-    summary = importer.run_all()
+    """Make ``run`` from ``plan``'s checkpoints (resumed if it exists with the same plan); return its metrics.
+
+    A new run that fails before its first fold is saved leaves no directory, so the corrected command starts afresh.
+    """
+    new = not run.exists()
+    try:
+        summary = run_logged(Importer(plan, run))
+    except BaseException:
+        if new and run.exists() and not completed_folds(run):
+            shutil.rmtree(run, ignore_errors=True)
+        raise
     log.info("%s: imported %d fold(s) from %s", run, len(completed_folds(run)), plan.found[0].given.parent)
     return summary

@@ -412,6 +412,15 @@ def train(config: TrainConfig, run: Path, only: list[int] | None = None) -> dict
         run: the run directory.
         only: fold indices to train now (None: all); the others can follow later with the same command.
     """
+    return run_logged(Trainer(copy.deepcopy(config), run), only)
+
+
+def run_logged(trainer: Trainer, only: list[int] | None = None) -> dict:
+    """``trainer.run_all(only)`` with the run's ``train.log`` recording it (and why it stopped, if it did).
+
+    A run refused before it wrote its config leaves no directory.
+    """
+    run = trainer.run
     new = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run / "train.log")
@@ -422,7 +431,7 @@ def train(config: TrainConfig, run: Path, only: list[int] | None = None) -> dict
         package_log.setLevel(logging.INFO)
     package_log.addHandler(handler)
     try:
-        return Trainer(copy.deepcopy(config), run).run_all(only)
+        return trainer.run_all(only)
     except BaseException as e:
         # The run's own log says why it stopped; a run refused before it wrote its config leaves no directory.
         handler.emit(logging.makeLogRecord({"name": __name__, "levelno": logging.ERROR, "levelname": "ERROR",

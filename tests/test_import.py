@@ -18,6 +18,7 @@ from transformers import WhisperFeatureExtractor, WhisperForAudioClassification
 
 from loralens.cli import main
 from loralens.precompute.audio import load_audio
+from loralens.precompute.config import RunError
 from loralens.precompute.data import load_corpus
 from loralens.precompute.importing import CheckpointError, ImportPlan, import_run
 from loralens.store.reader import StoreReader
@@ -57,11 +58,20 @@ def paper_checkpoint(base: Path, manifest: Path, out: Path, train_speakers: set[
         model(input_features=features, labels=labels).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    for step in (steps - 1, steps):  # Trainer keeps several; trainer_state.json names the best
-        (out / f"checkpoint-{step}").mkdir(parents=True)
-    model.save_pretrained(out / f"checkpoint-{steps}")
-    state = {"best_model_checkpoint": str(out / f"checkpoint-{steps}"), "epoch": 1.0}
-    (out / f"checkpoint-{steps}" / "trainer_state.json").write_text(json.dumps(state))
+    # Trainer keeps several checkpoints and names the best in the last one's trainer_state.json: here the best is
+    # the earlier one, and the last holds other weights (its B zeroed), which an import must not take.
+    best, last = out / f"checkpoint-{steps - 1}", out / f"checkpoint-{steps}"
+    model.save_pretrained(best)
+    kept = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.zero_()
+        model.save_pretrained(last)
+        for n, p in model.named_parameters():
+            if n in kept:
+                p.copy_(kept[n])
+    (last / "trainer_state.json").write_text(json.dumps({"best_model_checkpoint": str(best), "epoch": 1.0}))
     return model.eval()
 
 
@@ -180,6 +190,10 @@ def test_a_base_that_does_not_fit_the_adapter_is_named_in_one_line(paper_layout,
                  str(tmp_path / "run")]) == 2
     message = caplog.records[-1].getMessage()
     assert "v_proj.lora_A.weight is (32, 32)" in message and "takes (32, 48)" in message and "\n" not in message
+    assert not (tmp_path / "run").exists()  # nothing left to block the corrected command
+    assert main(["import", *map(str, folds), "--model", str(base), "--data", f"csv:{manifest}", "--out",
+                 str(tmp_path / "run"), "--test-speakers", "spk0", "--test-speakers", "spk1",
+                 "--test-speakers", "spk2", "--test-speakers", "spk3"]) == 0
 
 
 def test_labels_that_the_data_does_not_have_are_refused_with_both_sets(tmp_path, tiny_model_dir, caplog):
@@ -190,18 +204,18 @@ def test_labels_that_the_data_does_not_have_are_refused_with_both_sets(tmp_path,
     assert main(["import", str(tmp_path / "whole"), "--model", str(tiny_model_dir), "--data", f"csv:{manifest}",
                  "--out", str(tmp_path / "run"), "--not-held-out"]) == 2
     message = caplog.records[-1].getMessage()
-    assert "['fear', 'happiness', 'neutral', 'sadness']" in message and "['anger', 'happiness'" in message
+    assert "['fear', 'happiness', 'neutral', 'sadness']" in message and "the data has no fear" in message
 
 
-@pytest.mark.parametrize("kind", ["ia3", "dora", "decoder"])
+@pytest.mark.parametrize("kind", ["ia3", "dora", "lora_bias", "decoder"])
 def test_what_loralens_cannot_analyse_is_refused_naming_the_setting(tmp_path, tiny_model_dir, kind):
     manifest = write_tone_csv(tmp_path)
     model = whisper_from(tiny_model_dir)
     if kind == "ia3":
         config = IA3Config(target_modules=["v_proj", "fc2"], feedforward_modules=["fc2"])
     else:
-        targets = ["v_proj"] if kind == "dora" else ["decoder.layers.0.self_attn.v_proj"]
-        config = LoraConfig(r=4, target_modules=targets, use_dora=kind == "dora")
+        targets = ["decoder.layers.0.self_attn.v_proj"] if kind == "decoder" else ["v_proj"]
+        config = LoraConfig(r=4, target_modules=targets, use_dora=kind == "dora", lora_bias=kind == "lora_bias")
     if kind == "decoder":  # no decoder in the classifier: PEFT itself refuses to build it; write what one would save
         (tmp_path / "adapter").mkdir()
         config.save_pretrained(tmp_path / "adapter")
@@ -211,7 +225,8 @@ def test_what_loralens_cannot_analyse_is_refused_naming_the_setting(tmp_path, ti
                   tmp_path / "adapter" / "adapter_model.safetensors")
     else:
         get_peft_model(model, config).save_pretrained(tmp_path / "adapter")
-    expected = {"ia3": "peft_type IA3", "dora": "DoRA", "decoder": "decoder.layers.0.self_attn.v_proj"}[kind]
+    expected = {"ia3": "peft_type IA3", "dora": "DoRA", "lora_bias": "a bias on LoRA B",
+                "decoder": "decoder.layers.0.self_attn.v_proj"}[kind]
     with pytest.raises(CheckpointError, match=expected):
         import_run(ImportPlan(model=str(tiny_model_dir), data=f"csv:{manifest}", checkpoints=[tmp_path / "adapter"],
                               held_out=False), tmp_path / "run")
@@ -242,3 +257,41 @@ def test_test_sets_given_as_id_lists_in_the_explorers_form_or_the_data_sets(tmp_
     with pytest.raises(CheckpointError, match="1 id\\(s\\) not in --data.*csv/wav/not_there"):
         import_run(ImportPlan(model=str(tiny_model_dir), data=f"csv:{manifest}", checkpoints=[tmp_path / "whole"],
                               test_ids=[tmp_path / "c.txt"]), tmp_path / "run2")
+
+
+def test_a_whole_models_own_label_order_is_kept(tmp_path, tiny_model_dir):
+    """Without --emotions a whole model's id2label decides the class order (here not the store's usual one), and
+    transformers' default LABEL_N names are replaced by --emotions."""
+    manifest = write_tone_csv(tmp_path)
+    labels = {0: "sad", 1: "neutral", 2: "happy", 3: "angry"}
+    torch.manual_seed(2)
+    ordered = WhisperForAudioClassification.from_pretrained(tiny_model_dir, num_labels=4, id2label=labels,
+                                                            ignore_mismatched_sizes=True)
+    ordered.save_pretrained(tmp_path / "ordered")
+    run = tmp_path / "run"
+    assert main(["import", str(tmp_path / "ordered"), "--model", str(tiny_model_dir), "--data", f"csv:{manifest}",
+                 "--out", str(run), "--not-held-out"]) == 0
+    assert json.loads((run / "config.json").read_text())["emotions"] == ["sadness", "neutral", "happiness", "anger"]
+    features, _ = full_window_batch(manifest, {"spk0"})
+    with torch.no_grad():
+        theirs = ordered.eval()(input_features=features).logits.argmax(-1).tolist()
+    lines = [line.split(",") for line in (run / "fold_00" / "predictions.csv").read_text().splitlines()[1:]]
+    assert [row[3] for row in lines if row[1] == "spk0"] == [["sadness", "neutral", "happiness", "anger"][i]
+                                                             for i in theirs]
+    WhisperForAudioClassification.from_pretrained(tiny_model_dir, num_labels=4, ignore_mismatched_sizes=True
+                                                  ).save_pretrained(tmp_path / "generic")  # LABEL_0 ... LABEL_3
+    assert main(["import", str(tmp_path / "generic"), "--model", str(tiny_model_dir), "--data", f"csv:{manifest}",
+                 "--out", str(tmp_path / "generic-run"), "--not-held-out", "--emotions", ",".join(EMOTIONS)]) == 0
+
+
+def test_random_folds_and_a_changed_test_set_are_refused(paper_layout, tmp_path):
+    base, manifest, folds, _, speakers = paper_layout
+    with pytest.raises(CheckpointError, match="drawn at random"):
+        import_run(ImportPlan(model=str(base), data=f"csv:{manifest}", checkpoints=folds[:2], folds="2"),
+                   tmp_path / "k")
+    run = tmp_path / "run"
+    given = [[speakers[0]], [speakers[1]]]
+    import_run(ImportPlan(model=str(base), data=f"csv:{manifest}", checkpoints=folds[:2], test_speakers=given), run)
+    with pytest.raises(RunError, match="different configuration|another test set"):
+        import_run(ImportPlan(model=str(base), data=f"csv:{manifest}", checkpoints=folds[:2],
+                              test_speakers=[[speakers[1]], [speakers[0]]]), run)
