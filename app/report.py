@@ -130,6 +130,7 @@ def build(store: str, out: Path, threshold: float = 0.9, storage_options: dict |
     out.mkdir(parents=True, exist_ok=True)
     summary: dict = {"store": store, "threshold": threshold, "runs": {}}
     pairs = views.pairs(reader)
+    summary["not_lora"] = [r.name for r in views.run_info(reader) if r.method == "full"]
     if not pairs:
         raise ValueError(f"{store}: no LoRA run to report on; trace one with loralens trace")
     for lora_run, frozen_run in tqdm(pairs, desc="report", unit="run"):
@@ -266,6 +267,9 @@ def _rank_comparisons(reader: StoreReader, out: Path) -> list[dict]:
 
 def _markdown(summary: dict) -> str:
     lines = [f"# loralens report: {summary['store']}", ""]
+    if summary.get("not_lora"):
+        lines += [f"Fully fine-tuned runs ({', '.join(summary['not_lora'])}) have no LoRA: the paper's findings below "
+                  "do not apply to them.", ""]
     for name, run in summary["runs"].items():
         sets = run["utterance_sets"]
         both = "traced by both the LoRA and the frozen run" if run["frozen"] else "the run traced"

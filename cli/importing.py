@@ -17,7 +17,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         "import", help="make a run directory of checkpoints trained elsewhere (Hugging Face Trainer + PEFT, ...)",
         description="One checkpoint per fold: a PEFT LoRA adapter directory (save_pretrained's, or Trainer's "
                     "checkpoint-N/ or the folder above them; its head in modules_to_save or given with --head), or a "
-                    "whole WhisperForAudioClassification directory whose encoder is --model's (a frozen baseline). "
+                    "whole WhisperForAudioClassification directory (a frozen baseline where its encoder is --model's, "
+                    "else a fully fine-tuned model, whose weights the run points at). "
                     "Each is rebuilt on --model, evaluated on the utterances it never saw and saved as a run that "
                     "trace, intervene, predict, report and the app take. Re-run to resume.")
     p.add_argument("checkpoints", nargs="+", type=Path, metavar="CHECKPOINT",

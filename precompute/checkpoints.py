@@ -36,6 +36,8 @@ HEAD_FILE = "head.safetensors"
 ADAPTER_FILE = "adapter_model.safetensors"
 """What PEFT's ``save_pretrained`` names an adapter's weights inside ``adapter/`` and ``random_twin/``."""
 PROGRESS_FILE = "progress.safetensors"
+WEIGHTS_FILE = "weights.json"
+"""A fully fine-tuned fold's pointer to its whole model's weights (``path``, ``bytes``): imported, never copied."""
 TWIN_STD = 0.02
 """Standard deviation of the random twin's LoRA A and B entries."""
 
@@ -133,12 +135,34 @@ def load_fold_model(run: Path, fold: int, variant: Variant = "trained") -> torch
                        f"(completed folds: {completed_folds(run)})")
     model = load_classifier(config.model, list(config.emotions), seed=config.seed + fold)
     load_head(model, fold_dir / HEAD_FILE)
+    if config.method == "full":
+        if variant != "trained":
+            raise RunError(f"{run} is a fully fine-tuned run: it has no LoRA and no random twin")
+        load_whole(model, fold_dir)
+        return model.eval()
     if config.method == "frozen":
         if variant != "trained":
             raise RunError(f"{run} is a frozen-encoder run: it has no LoRA and no random twin")
         return model.eval()
     adapter = fold_dir / ("adapter" if variant == "trained" else "random_twin")
     return PeftModel.from_pretrained(model, adapter).eval()
+
+
+def load_whole(model: torch.nn.Module, fold_dir: Path) -> None:
+    """Load a fully fine-tuned fold's whole model (encoder and head) into ``model``, from where ``weights.json`` says.
+
+    Raises:
+        RunError: the file is gone, has changed size since the import, or does not fit the model.
+    """
+    pointer = json.loads((fold_dir / WEIGHTS_FILE).read_text())
+    path = Path(pointer["path"])
+    if not path.is_file() or path.stat().st_size != pointer["bytes"]:
+        raise RunError(f"{fold_dir}: its weights were imported from {path}, which is gone or has changed; put it back "
+                       "or import the checkpoints again (loralens import ... --out NEW_DIR)")
+    result = whisper_of(model).load_state_dict(load_file(path, device=str(_device_of(model))), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise RunError(f"{path}: does not fit the run's model (missing {result.missing_keys[:2]}, unexpected "
+                       f"{result.unexpected_keys[:2]})")
 
 
 class FoldModels:
@@ -170,6 +194,8 @@ class FoldModels:
                            f"(completed folds: {completed_folds(self.run)})")
         self.fold = None  # until the whole swap is done: a failed one leaves no fold's weights
         load_head(self.model, fold_dir / HEAD_FILE)
+        if (fold_dir / WEIGHTS_FILE).is_file():  # a fully fine-tuned fold: its own encoder
+            load_whole(self.model, fold_dir)
         if isinstance(self.model, PeftModel):
             path = fold_dir / ("adapter" if self.variant == "trained" else "random_twin") / ADAPTER_FILE
             try:

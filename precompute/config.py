@@ -11,7 +11,7 @@ from typing import Literal
 Window = Literal["trim", "full"]
 """The encoder's input window (see ``loralens.precompute.windowing``)."""
 WINDOWS: tuple[Window, ...] = ("trim", "full")
-Method = Literal["lora", "frozen"]
+Method = Literal["lora", "frozen", "full"]
 Schedule = Literal["constant", "linear"]
 """How the learning rates move over a fold's steps (see ``loralens.precompute.train.lr_schedule``)."""
 SCHEDULES: tuple[Schedule, ...] = ("constant", "linear")
@@ -22,7 +22,7 @@ PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
 # Epochs per fold when none are given, per method, chosen on training loss: LoRA's is 0.001-0.003 after 10 epochs;
 # the head alone on a frozen encoder learns slower (EmoDB: ~0.1-0.2 after 10 epochs, ~0.02 after 30), and a
 # baseline stopped before it converges flatters LoRA. Frozen runs encode each clip once, so epochs cost little.
-DEFAULT_EPOCHS: dict[Method, int] = {"lora": 10, "frozen": 30}
+DEFAULT_EPOCHS: dict[Method, int] = {"lora": 10, "frozen": 30, "full": 1}
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 LIBRARIES = ("loralens", "torch", "transformers", "peft", "nnsight", "zarr", "numpy")
 # Fields that may change between an interrupted run and its resumption without changing its results.
@@ -44,7 +44,8 @@ class TrainConfig:
     data: str
     """``--data SPEC``, e.g. ``emodb:../shared/data/emodb``."""
     method: Method = "lora"
-    """``lora``: LoRA on the encoder plus the head; ``frozen``: the head alone on the untouched encoder."""
+    """``lora``: LoRA on the encoder plus the head; ``frozen``: the head alone on the untouched encoder; ``full``: a
+    fully fine-tuned encoder (only ``loralens import`` makes such runs; each fold's weights stay where they were)."""
     emotions: list[str] | None = field(default_factory=lambda: ["anger", "happiness", "neutral", "sadness"])
     """The class set in label order; None takes every label the data set has."""
     rank: int = 32
@@ -98,8 +99,11 @@ class TrainConfig:
     keeps its own) and the regime ``loralens trace`` uses by default."""
 
     def __post_init__(self):
-        if self.method not in ("lora", "frozen"):
+        if self.method not in ("lora", "frozen", "full"):
             raise ValueError(f"method={self.method!r}; expected 'lora' or 'frozen'")
+        if self.method == "full" and self.source is None:
+            raise ValueError("method='full' is for fully fine-tuned models that loralens import reads; loralens "
+                             "trains 'lora' or 'frozen'")
         if self.epochs is None:
             self.epochs = DEFAULT_EPOCHS[self.method]
         if self.window not in WINDOWS:

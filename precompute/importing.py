@@ -4,8 +4,9 @@ Two kinds of checkpoint, one per fold:
 
 - a PEFT LoRA adapter (``save_pretrained``'s directory, or Hugging Face Trainer's ``checkpoint-N/`` or the folder
   above them), its head inside it (``modules_to_save=["projector", "classifier"]``) or given apart;
-- a whole ``WhisperForAudioClassification`` directory (``config.json`` and ``model.safetensors``) whose encoder is
-  the base model's: a frozen-encoder baseline.
+- a whole ``WhisperForAudioClassification`` directory (``config.json`` and ``model.safetensors``): a frozen-encoder
+  baseline where its encoder is the base model's, bit for bit, else a fully fine-tuned model (method ``full``: the
+  run points at each fold's weights; the LoRA views say they do not apply).
 
 Each fold's model is rebuilt on the base model (``--model``), its LoRA weights and head written in the layout
 ``loralens train`` writes (``checkpoints``), a random twin drawn from the adapter's own config, and the model
@@ -31,7 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from loralens.precompute import windowing
-from loralens.precompute.checkpoints import ADAPTER_FILE, head_state
+from loralens.precompute.checkpoints import ADAPTER_FILE, WEIGHTS_FILE, head_state
 from loralens.precompute.config import LORA_TARGETS, RunError, TrainConfig, completed_folds
 from loralens.precompute.data import DEFAULT_EMOTIONS, canonical_emotion, load_corpus
 from loralens.precompute.folds import Fold, make_folds, scores
@@ -267,8 +268,11 @@ class Importer(Trainer):
             config = TrainConfig(method="lora", rank=first.r, alpha=float(first.lora_alpha),
                                  dropout=float(first.lora_dropout), rslora=bool(first.use_rslora),
                                  targets=self._targets(first, emotions), **base)
-        else:
-            config = TrainConfig(method="frozen", **base)
+        else:  # a frozen baseline where fold 0's encoder is the base's, else fully fine-tuned
+            probe = load_classifier(plan.model, emotions)
+            first = plan.found[0]
+            method = "frozen" if self._encoder_is_base(probe, load_file(first.weights), first) else "full"
+            config = TrainConfig(method=method, **base)
         super().__init__(config, run)
 
     def _targets(self, lora: LoraConfig, emotions: list[str]) -> list[str]:
@@ -386,6 +390,9 @@ class Importer(Trainer):
             metrics["changed_by_trim"] = self._changed_by_trim(model, fold, probs)
         shutil.rmtree(self._partial(fold), ignore_errors=True)
         self._partial(fold).mkdir(parents=True)
+        if self.config.method == "full":  # its encoder is its own: the run points at the weights, never copies them
+            pointer = {"path": str(checkpoint.weights.resolve()), "bytes": checkpoint.weights.stat().st_size}
+            (self._partial(fold) / WEIGHTS_FILE).write_text(json.dumps(pointer, indent=2) + "\n")
         self._save_fold(fold, model, probs, metrics, self.config.seed + fold.index)
         return metrics
 
@@ -401,7 +408,14 @@ class Importer(Trainer):
             raise CheckpointError(f"{checkpoint.weights}: {outside} is on the decoder; loralens analyses the "
                                   "encoder of WhisperForAudioClassification (adapters and heads on the encoder)")
         if self.kind == "whole":
-            self._check_encoder(model, weights, checkpoint)
+            same = self._encoder_is_base(model, weights, checkpoint)
+            if self.config.method == "frozen" and not same:
+                raise CheckpointError(f"{checkpoint.weights}: its encoder differs from {self.config.model}'s while "
+                                      f"{self.plan.found[0].given}'s is the base's: a run's folds are all frozen "
+                                      "baselines or all fully fine-tuned; import them as runs of their own")
+            if self.config.method == "full":
+                windowing.whisper_of(model).load_state_dict({k_: v for k_, v in weights.items()
+                                                             if k_.startswith("encoder.")}, strict=False)
             head = {k_: v for k_, v in weights.items() if k_.split(".")[0] in HEAD_MODULES}
         else:
             model = get_peft_model(model, self.lora[k])
@@ -442,10 +456,12 @@ class Importer(Trainer):
                                    f"{tuple(value.shape)}: give the checkpoint's classes with --emotions")
         windowing.whisper_of(model).load_state_dict({k: head[k] for k in expected}, strict=False)
 
-    def _check_encoder(self, model: torch.nn.Module, weights: dict[str, torch.Tensor], checkpoint: Checkpoint) -> None:
-        """Refuse a whole model whose encoder is not the base's (bit for bit, in its own dtype) or with more weights.
+    def _encoder_is_base(self, model: torch.nn.Module, weights: dict[str, torch.Tensor],
+                         checkpoint: Checkpoint) -> bool:
+        """Whether a whole model's encoder is the base's, bit for bit in its own dtype (a frozen baseline).
 
-        Only then is it a frozen baseline: nothing beyond the encoder and the head.
+        Refuses one that is no ``WhisperForAudioClassification`` of the base's geometry, or holds more than the
+        encoder and the head.
         """
         if extra := sorted(k for k in weights if k.split(".")[0] not in ("encoder", *HEAD_MODULES)):
             raise CheckpointError(f"{checkpoint.weights}: {extra[0]} is neither the encoder nor the head "
@@ -455,17 +471,14 @@ class Importer(Trainer):
         missing = sorted(base.keys() - weights.keys())
         if missing:
             raise CheckpointError(f"{checkpoint.weights}: no {missing[0]}; is it a WhisperForAudioClassification of "
-                               f"{self.config.model}?")
+                               f"{self.plan.model}?")
         for key, value in base.items():
             theirs = weights[key]
             if theirs.shape != value.shape:
                 raise CheckpointError(f"{checkpoint.weights}: {key} is {tuple(theirs.shape)}, the base "
-                                   f"{self.config.model}'s {tuple(value.shape)}; give --model the base it was "
+                                   f"{self.plan.model}'s {tuple(value.shape)}; give --model the base it was "
                                    "trained on")
-            if not torch.equal(theirs, value.to(theirs.dtype)):
-                raise CheckpointError(f"{checkpoint.weights}: its encoder differs from {self.config.model}'s (first at "
-                                   f"{key}): a fully fine-tuned model, which loralens does not analyse yet; import "
-                                   "frozen-encoder baselines and LoRA adapters")
+        return all(torch.equal(weights[key], value.to(weights[key].dtype)) for key, value in base.items())
 
     def _changed_by_trim(self, model: torch.nn.Module, fold: Fold, trimmed: np.ndarray) -> float:
         """The share of the fold's test predictions that the trim window changes against the full (30 s) window."""

@@ -295,3 +295,41 @@ def test_random_folds_and_a_changed_test_set_are_refused(paper_layout, tmp_path)
     with pytest.raises(RunError, match="different configuration|another test set"):
         import_run(ImportPlan(model=str(base), data=f"csv:{manifest}", checkpoints=folds[:2],
                               test_speakers=[[speakers[1]], [speakers[0]]]), run)
+
+
+def test_fully_fine_tuned_models_import_trace_and_say_lora_views_do_not_apply(tmp_path, tiny_model_dir, monkeypatch):
+    """Whole models whose encoders were fine-tuned (each fold its own): a 'full' run that points at their weights,
+    traced with each fold's own encoder; the LoRA dynamics page and the report say their views do not apply."""
+    from streamlit.testing.v1 import AppTest
+
+    manifest = write_tone_csv(tmp_path)
+    models, dirs = [], []
+    for k in range(2):
+        torch.manual_seed(10 + k)
+        model = whisper_from(tiny_model_dir)
+        with torch.no_grad():
+            for p in model.encoder.parameters():
+                p.add_(0.01 * torch.randn_like(p))  # fine-tuned: another encoder in each fold
+        model.save_pretrained(tmp_path / f"ft{k}")
+        models.append(model.eval())
+        dirs.append(str(tmp_path / f"ft{k}"))
+    run, store = tmp_path / "run", str(tmp_path / "s.zarr")
+    assert main(["import", *dirs, "--model", str(tiny_model_dir), "--data", f"csv:{manifest}", "--out", str(run),
+                 "--test-speakers", "spk0,spk1", "--test-speakers", "spk2,spk3"]) == 0
+    assert json.loads((run / "config.json").read_text())["method"] == "full"
+    assert not list(run.glob("fold_*/*model.safetensors"))  # pointed at, not copied
+    assert main(["trace", "--run", str(run), "--store", store, "--all", "--no-summary"]) == 0
+    reader = StoreReader(store)
+    rows = np.flatnonzero(reader.written("run")).tolist()
+    logits, folds = reader.read("run", "trained", "logits", rows), reader.read("run", "trained", "fold", rows)
+    for k, speakers in enumerate(({"spk0", "spk1"}, {"spk2", "spk3"})):
+        features, _ = full_window_batch(manifest, speakers)
+        with torch.no_grad():
+            np.testing.assert_allclose(logits[folds == k], models[k](input_features=features).logits.numpy(),
+                                       atol=1e-5)
+    monkeypatch.setenv("LORALENS_STORE", store)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app" / "main.py"), default_timeout=300).run()
+    at.switch_page("sections/dynamics.py").run()
+    assert not at.exception and any("do not apply" in c.value for c in at.caption)
+    at.switch_page("sections/clusters.py").run()
+    assert not at.exception

@@ -50,7 +50,8 @@ class RunInfo:
     @property
     def label(self) -> str:
         """A short human label."""
-        kind = f"LoRA r={self.rank} on {','.join(self.targets)}" if self.method == "lora" else "frozen encoder"
+        kind = {"lora": f"LoRA r={self.rank} on {','.join(self.targets)}", "frozen": "frozen encoder",
+                "full": "fully fine-tuned"}.get(self.method, self.method)
         return f"{self.name} ({self.model}, {kind}, {self.window})"
 
     @property

@@ -21,7 +21,7 @@ view.source = c2.radio("Vectors", sources, index=sources.index(view.source) if v
 view.colour = c3.radio("Colour by", state.COLOURINGS, index=state.COLOURINGS.index(view.colour), horizontal=True,
                        key="cl-colour")
 fold = None
-if run.method == "lora":  # a frozen encoder is the same model in every fold
+if run.method != "frozen":  # a frozen encoder is the same model in every fold; LoRA and fine-tuned ones are not
     sizes = {f: n for f, n in cache.fold_sizes(path, run.name).items() if n >= projections.MIN_POINTS}
     folds = [None, *sizes]
     fold = c4.selectbox("Fold model", folds, index=widgets.index(folds, view.fold), key="cl-fold",
@@ -47,7 +47,7 @@ shown = f"{len(frame)} utterances{of}" if len(frame) == pool else (
     "maps all)")
 st.caption(f"{shown} · emotion silhouette {cache.silhouette(path, run.name, view.source, layer, fold):.3f} "
            f"in the vectors' own space, {sil:.3f} on this map")
-if run.method == "lora" and (n_folds := frame["fold"].nunique()) > 1:
+if run.method != "frozen" and (n_folds := frame["fold"].nunique()) > 1:
     # Each fold's adapter is trained from its own initialisation: its A space is its own, so one map of every fold's
     # utterances can cluster by model rather than by speech.
     apart = ("LoRA A activations of different folds are in different spaces (each fold's adapter started from its "

@@ -10,6 +10,8 @@ from loralens.app import cache, charts, state, widgets
 view = widgets.view_state()
 widgets.present(view)
 path = cache.store_path()
+if full := [r.name for r in cache.runs(path) if r.method == "full"]:
+    st.caption(f"Fully fine-tuned runs ({', '.join(full)}) have no LoRA: these views do not apply to them.")
 run = widgets.pick_run(view, method="lora")
 sizes = cache.fold_sizes(path, run.name)
 left, right = st.columns([1, 2])
