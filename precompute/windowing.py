@@ -178,7 +178,10 @@ def logit_lens(model: torch.nn.Module, residual: torch.Tensor, pooling_mask: tor
         both float32.
     """
     whisper = whisper_of(model)
-    with torch.autocast(device_type=residual.device.type, enabled=False):
+    device = residual.device.type  # the meta device (shapes only) knows no autocast: nothing to leave there
+    outside = torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else \
+        contextlib.nullcontext()
+    with outside:
         normed = whisper.encoder.layer_norm(residual.float())
         return normed, head_logits(model, masked_mean(normed, pooling_mask))
 
