@@ -168,7 +168,7 @@ def find_checkpoint(path: Path) -> Checkpoint:
                    if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
     if not steps:
         raise CheckpointError(f"{path}: neither a PEFT adapter ({ADAPTER_CONFIG}), a whole model (config.json) nor "
-                           "Trainer's checkpoint-N folders")
+                              "Trainer's checkpoint-N folders")
     chosen = steps[-1][1]
     state = chosen / "trainer_state.json"
     best = json.loads(state.read_text()).get("best_model_checkpoint") if state.is_file() else None
@@ -201,10 +201,10 @@ def adapter_config(checkpoint: Checkpoint) -> LoraConfig:
                                   "encoder")
     if raw.get("bias", "none") != "none":
         raise CheckpointError(f"{path}: bias={raw['bias']!r} trains the base model's biases; loralens compares "
-                           "adapters on an untouched base (bias='none')")
+                              "adapters on an untouched base (bias='none')")
     if extra := [m for m in raw.get("modules_to_save") or [] if m not in HEAD_MODULES]:
         raise CheckpointError(f"{path}: modules_to_save {extra} beyond the head {list(HEAD_MODULES)}; loralens "
-                           "compares adapters on an untouched encoder")
+                              "compares adapters on an untouched encoder")
     config = LoraConfig.from_pretrained(str(checkpoint.path))
     config.base_model_name_or_path = None  # the base is --model's, whatever it was called where it trained
     config.modules_to_save = None
@@ -224,11 +224,11 @@ def adapted_targets(model: PeftModel, path: Path) -> list[str]:
     targets = sorted({name.rsplit(".", 1)[-1] for name in adapted})
     if outside := [n for n in adapted if ".encoder.layers." not in n or n.rsplit(".", 1)[-1] not in LORA_TARGETS]:
         raise CheckpointError(f"{path}: adapts {outside[0]}; loralens analyses LoRA on the encoder's "
-                           f"{', '.join(LORA_TARGETS)}")
+                              f"{', '.join(LORA_TARGETS)}")
     n_layers = len(windowing.whisper_of(model).encoder.layers)
     if len(adapted) != n_layers * len(targets):
         raise CheckpointError(f"{path}: adapts {len(adapted)} modules, not {', '.join(targets)} in each of the "
-                           f"{n_layers} layers; loralens analyses one set of targets on every layer")
+                              f"{n_layers} layers; loralens analyses one set of targets on every layer")
     return [t for t in LORA_TARGETS if t in targets]
 
 
@@ -250,7 +250,7 @@ class Importer(Trainer):
         kinds = {c.kind for c in plan.found}
         if len(kinds) > 1:
             raise CheckpointError("the checkpoints mix PEFT adapters and whole models; import each kind as a run of "
-                               "its own (--out)")
+                                  "its own (--out)")
         self.kind = kinds.pop()
         emotions = self._emotions()
         base = dict(model=plan.model, data=plan.data, emotions=emotions, window=plan.window,
@@ -296,7 +296,7 @@ class Importer(Trainer):
         given = [canonical_emotion(e) for e in plan.emotions] if plan.emotions else None
         if given and labels[0] and given != labels[0]:
             raise CheckpointError(f"--emotions {given} but {plan.found[0].path / 'config.json'} labels its classes "
-                               f"{labels[0]} (in label order); leave out --emotions or give that order")
+                                  f"{labels[0]} (in label order); leave out --emotions or give that order")
         emotions = given or labels[0] or list(DEFAULT_EMOTIONS)
         corpus = load_corpus(plan.data, None, merge_excitement=plan.merge_excitement)
         if missing := [e for e in emotions if e not in corpus.emotions]:
@@ -342,9 +342,9 @@ class Importer(Trainer):
             folds = make_folds(self.corpus, plan.folds, inner_validation=False, seed=plan.seed)
             if len(folds) != n:
                 raise CheckpointError(f"--folds {plan.folds} makes {len(folds)} folds of --data {plan.data} "
-                                   f"(test speakers {', '.join('/'.join(f.test_speakers) for f in folds)}) and "
-                                   f"{n} checkpoint(s) were given; give one per fold, in that order, or each one's "
-                                   "test speakers (--test-speakers)")
+                                      f"(test speakers {', '.join('/'.join(f.test_speakers) for f in folds)}) and "
+                                      f"{n} checkpoint(s) were given; give one per fold, in that order, or each one's "
+                                      "test speakers (--test-speakers)")
             return folds
         if not plan.held_out:
             ids = [u.id for u in utts]
@@ -355,7 +355,7 @@ class Importer(Trainer):
                 speakers = plan.test_speakers[k]
                 if unknown := [s for s in speakers if s not in self.corpus.speakers]:
                     raise CheckpointError(f"--test-speakers {','.join(speakers)}: {', '.join(unknown)} not among "
-                                       f"--data {plan.data}'s speakers ({', '.join(self.corpus.speakers)})")
+                                          f"--data {plan.data}'s speakers ({', '.join(self.corpus.speakers)})")
                 test = [u.id for u in utts if u.speaker in speakers]
             else:
                 listed = [line.strip() for line in plan.test_ids[k].read_text().splitlines() if line.strip()]
@@ -439,21 +439,21 @@ class Importer(Trainer):
         missing = sorted(n for n in expected if n in set(result.missing_keys))
         if result.unexpected_keys or missing:
             raise CheckpointError(f"{checkpoint.weights}: does not fit the base {self.config.model} (unexpected "
-                               f"{sorted(result.unexpected_keys)[:2]}, missing {missing[:2]}); give --model the base "
-                               "it was trained on")
+                                  f"{sorted(result.unexpected_keys)[:2]}, missing {missing[:2]}); give --model the "
+                                  "base it was trained on")
 
     def _load_head(self, model: torch.nn.Module, head: dict[str, torch.Tensor], checkpoint: Checkpoint) -> None:
         expected = head_state(model)
         if not head:
             raise CheckpointError(f"{checkpoint.given}: no head (projector, classifier) in it; train with "
-                               "modules_to_save=['projector', 'classifier'] or give the head with --head FILE")
+                                  "modules_to_save=['projector', 'classifier'] or give the head with --head FILE")
         if missing := sorted(expected.keys() - head.keys()):
             raise CheckpointError(f"{checkpoint.weights}: the head lacks {missing[:2]}")
         for key, value in expected.items():
             if head[key].shape != value.shape:
                 raise CheckpointError(f"{checkpoint.weights}: {key} is {tuple(head[key].shape)}, the model with "
-                                   f"{len(self.config.emotions)} classes ({', '.join(self.config.emotions)}) takes "
-                                   f"{tuple(value.shape)}: give the checkpoint's classes with --emotions")
+                                      f"{len(self.config.emotions)} classes ({', '.join(self.config.emotions)}) takes "
+                                      f"{tuple(value.shape)}: give the checkpoint's classes with --emotions")
         windowing.whisper_of(model).load_state_dict({k: head[k] for k in expected}, strict=False)
 
     def _encoder_is_base(self, model: torch.nn.Module, weights: dict[str, torch.Tensor],
@@ -471,13 +471,13 @@ class Importer(Trainer):
         missing = sorted(base.keys() - weights.keys())
         if missing:
             raise CheckpointError(f"{checkpoint.weights}: no {missing[0]}; is it a WhisperForAudioClassification of "
-                               f"{self.plan.model}?")
+                                  f"{self.plan.model}?")
         for key, value in base.items():
             theirs = weights[key]
             if theirs.shape != value.shape:
                 raise CheckpointError(f"{checkpoint.weights}: {key} is {tuple(theirs.shape)}, the base "
-                                   f"{self.plan.model}'s {tuple(value.shape)}; give --model the base it was "
-                                   "trained on")
+                                      f"{self.plan.model}'s {tuple(value.shape)}; give --model the base it was "
+                                      "trained on")
         return all(torch.equal(weights[key], value.to(weights[key].dtype)) for key, value in base.items())
 
     def _changed_by_trim(self, model: torch.nn.Module, fold: Fold, trimmed: np.ndarray) -> float:
