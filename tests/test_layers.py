@@ -107,3 +107,18 @@ def test_a_floor_has_one_name(floor):
     elsewhere = subprocess.run([sys.executable, "-c", f"import loralens.{floor}"], capture_output=True, text=True,
                                cwd=ROOT.parent)
     assert elsewhere.returncode == 0, elsewhere.stderr[-2000:]
+
+
+def test_every_package_folder_installs():
+    """pyproject.toml lists the packages a wheel holds: a folder of modules left off it is missing from every
+    install but the editable one (tests run on that, so nothing else would notice)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {"loralens"} | {".".join(("loralens", *path.parent.relative_to(ROOT).parts))
+                              for floor in FLOORS for path in (ROOT / floor).rglob("*.py")
+                              if "__pycache__" not in path.parts}
+    assert folders == listed
