@@ -52,6 +52,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     stage.add_argument("--commit-only", action="store_true", help="only mark the run complete if it is")
     p.add_argument("--maps", default="umap,tsne",
                    help="the 2-D maps the summary fits at every layer when the run commits (default umap,tsne)")
+    p.add_argument("--replace", action="store_true",
+                   help="the store holds another training of the run (retrained with another seed, rate, ...): "
+                        "delete the store's copy of the run (its rows, summary and interventions) and trace it anew")
     p.add_argument("--no-summary", action="store_true",
                    help="commit without computing the summary (run loralens summarise STORE later)")
     p.add_argument("--shards", type=int, default=None, metavar="N",
@@ -98,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             log.info("%s shard %d/%d: wrote %d rows", tracer.name, *shard, written)
             continue
         else:
-            rows = tracer.prepare() if not args.commit_only else tracer.rows()
+            rows = tracer.prepare(args.replace) if not args.commit_only else tracer.rows()
             if args.prepare_only:
                 log.info("prepared %s for run %s: %d utterances", args.store, tracer.name, len(rows))
                 continue
@@ -140,7 +143,7 @@ def _trace_shards(args: argparse.Namespace, tracer) -> dict[str, bool] | None:
     from loralens.precompute.trace import ShardJob, capture_shard
 
     executor = options.executor(args)
-    rows = tracer.prepare()
+    rows = tracer.prepare(args.replace)
     n = args.shards or (executor.capacity() if args.ray else 1)
     local = "://" not in args.store  # paths travel absolute: a worker's current directory is not this one's
     listed = tracer.selection.utterances

@@ -9,6 +9,7 @@ While a fold trains, ``fold_KK.partial/progress.safetensors`` holds its state af
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from loralens.precompute.config import (
+    RESUMABLE_FIELDS,
     Precision,
     RunError,
     TrainConfig,
@@ -101,6 +103,43 @@ def randomise_lora(model: PeftModel, seed: int) -> None:
         for name, param in sorted(model.named_parameters()):
             if "lora_A" in name or "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * TWIN_STD)
+
+
+def run_fingerprint(run: Path) -> dict:
+    """What tells this training of a run from another of the same directory (another seed, rate, epoch count).
+
+    Returns:
+        ``config``: a digest of ``config.json`` but for the settings a resumed run may change and the library
+        versions; ``folds``: fold index (as a string) -> a digest of its weights and metrics, for every completed
+        fold (folds completed later add entries without changing the others).
+    """
+    config = {k: v for k, v in json.loads((run / "config.json").read_text()).items()
+              if k not in (*RESUMABLE_FIELDS, "versions")}
+    folds = {}
+    for k in completed_folds(run):
+        fold_dir = run / f"fold_{k:02d}"
+        digest = hashlib.sha256()
+        for name in ("metrics.json", HEAD_FILE, f"adapter/{ADAPTER_FILE}", f"random_twin/{ADAPTER_FILE}", WEIGHTS_FILE):
+            if (fold_dir / name).is_file():
+                digest.update(name.encode() + (fold_dir / name).read_bytes())
+        folds[str(k)] = digest.hexdigest()[:16]
+    return {"config": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16], "folds": folds}
+
+
+def retrained(old: dict, new: dict, old_config: dict | None = None,
+              new_config: TrainConfig | None = None) -> list[str]:
+    """What differs between the training a store traced (``old``) and the run now (``new``), in words.
+
+    Empty if nothing does. Folds that only one of them has are no difference (a run resumed and traced again).
+    """
+    changes = []
+    named = new_config.differences(TrainConfig.from_json(old_config)) if old_config and new_config else []
+    if ("config" in old and old["config"] != new["config"]) or ("config" not in old and named):
+        changes.append("its settings (" + ("; ".join(named) or "config.json") + ")")  # a store from before digests
+    if changed := sorted((k for k in old.get("folds", {}) if k in new["folds"] and old["folds"][k] != new["folds"][k]),
+                         key=int):
+        changes.append(f"fold{'s' if len(changed) > 1 else ''} {', '.join(changed)} trained again")
+    return changes
 
 
 def run_precision(run: Path) -> Precision:

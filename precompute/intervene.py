@@ -39,7 +39,7 @@ from loralens.analysis import causal, counterfactuals  # torch-free; shared with
 from loralens.analysis.counterfactuals import AUDIO_KINDS, CHANGES
 from loralens.precompute import windowing
 from loralens.precompute.audio import load_audio
-from loralens.precompute.checkpoints import FoldModels, run_precision
+from loralens.precompute.checkpoints import FoldModels, retrained, run_fingerprint, run_precision
 from loralens.precompute.config import INTERVENTION_KINDS, RunError, completed_folds, read_config
 from loralens.precompute.models import feature_extractor
 from loralens.precompute.trace import held_out_fold, prefetched
@@ -317,6 +317,12 @@ def run(run_dir: Path, store: str, *, name: str | None = None, kinds: tuple[str,
     if name not in writer.runs():
         raise RunError(f"{store} holds no run {name!r} (it has {sorted(writer.runs())}); trace it first: loralens "
                        f"trace --run {run_dir} --store {store}")
+    traced = writer.attrs(name, "trained")
+    if changes := retrained(traced.get("fingerprint", {}), run_fingerprint(run_dir), traced.get("train_config"),
+                            read_config(run_dir)):
+        raise RunError(f"{store} traced another training of {run_dir} as run {name!r} ({'; '.join(changes)}): its "
+                       f"interventions would run these weights against that trace. Trace it again first: loralens "
+                       f"trace --run {run_dir} --store {store} --replace")
     rows = np.flatnonzero(writer.written(name, "trained")).tolist()
     if not rows:
         raise RunError(f"{store}: run {name} has no traced utterance; finish its trace first")

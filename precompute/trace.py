@@ -29,7 +29,7 @@ from transformers import WhisperFeatureExtractor
 from loralens.precompute import windowing
 from loralens.precompute.audio import load_audio
 from loralens.precompute.capture import SAMPLED, CaptureOptions, Capturer, lora_modules, module_name
-from loralens.precompute.checkpoints import FoldModels, load_fold_model, run_precision
+from loralens.precompute.checkpoints import FoldModels, load_fold_model, retrained, run_fingerprint, run_precision
 from loralens.precompute.config import Precision, RunError, completed_folds, read_config
 from loralens.precompute.data import Utterance, load_corpus
 from loralens.precompute.models import feature_extractor
@@ -175,8 +175,25 @@ class Tracer:
         self.items = select(run, data, self.selection)
         self.checkpoints = ["trained", "random_twin"] if self.config.method == "lora" else ["trained"]
 
-    def prepare(self) -> list[int]:
-        """Add the utterances to the table and create the run's checkpoint groups; return the rows."""
+    def prepare(self, replace_run: bool = False) -> list[int]:
+        """Add the utterances to the table and create the run's checkpoint groups; return the rows.
+
+        A store that traced another training of this run (``checkpoints.retrained``) is refused, naming what changed,
+        unless ``replace_run``: then the store's run (checkpoints, summary, interventions) is deleted first.
+
+        Raises:
+            RunError: the store holds another training of the run and ``replace_run`` is False.
+        """
+        fingerprint = run_fingerprint(self.run)
+        if held := self.writer.runs().get(self.name):  # (a run whose checkpoints repair removed holds none)
+            old = self.writer.attrs(self.name, held[0])
+            if changes := retrained(old.get("fingerprint", {}), fingerprint, old.get("train_config"), self.config):
+                if not replace_run:
+                    raise RunError(f"{self.writer.path} holds run {self.name!r} traced from another training of "
+                                   f"{self.run} ({'; '.join(changes)}); trace it under a new --name, into a new "
+                                   "--store, or replace the store's copy with --replace")
+                log.info("%s: replacing run %s (%s)", self.writer.path, self.name, "; ".join(changes))
+                self.writer.remove_run(self.name)
         probe = load_fold_model(self.run, self.items[0][1], "trained")
         whisper = windowing.whisper_of(probe)
         extractor = feature_extractor(whisper.config)
@@ -201,7 +218,7 @@ class Tracer:
             "modules": [module_name(i, t) for i, t in modules], "n_layers": whisper.config.encoder_layers,
             "d_model": whisper.config.d_model, "train_config": self.config.to_json(),
             "metrics": json.loads(metrics_path.read_text()) if metrics_path.is_file() else {},
-            "capture": self.options.to_json(), "run_dir": str(self.run.resolve()),
+            "capture": self.options.to_json(), "run_dir": str(self.run.resolve()), "fingerprint": fingerprint,
         }
         for checkpoint in self.checkpoints:
             self.writer.create_checkpoint(self.name, checkpoint, attrs, sizes, lora=bool(modules),

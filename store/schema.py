@@ -56,6 +56,8 @@ CHECKPOINT_ATTRS = (
 )
 # Checkpoint group attribute keys that ``loralens trace`` adds once the run's rows are committed (absent before).
 TRACE_ATTRS = (
+    "fingerprint",           # the training it traced: digests of its config and of each fold's weights and metrics
+                             # (``precompute.checkpoints.run_fingerprint``), checked by every later trace and intervene
     "prediction_agreement",  # trained: how many stored predictions equal the run's predictions.csv, and the
                              # precision of the trace and of training (see ``precompute.trace.Tracer.agreement``)
 )

@@ -257,6 +257,8 @@ class StoreWriter(StoreReader):
                 pass
         if new:
             group.attrs.update({**attrs, "run": run, "checkpoint": checkpoint, "complete": False})
+        elif "fingerprint" in attrs:  # the caller checked it against the old one: it may only have gained folds
+            group.attrs["fingerprint"] = attrs["fingerprint"]
         self._cache.clear()
 
     def write(self, run: str, checkpoint: schema.Checkpoint, row: int, arrays: dict[str, np.ndarray]) -> None:
@@ -457,6 +459,15 @@ class StoreWriter(StoreReader):
         group["probabilities"][index] = probabilities
         group["lens_logits"][index] = lens_logits
         group["done"][index] = 1
+
+    def remove_run(self, run: str) -> None:
+        """Delete a run: its checkpoints, summary and interventions (``loralens trace --replace``).
+
+        The utterance table stays, for the other runs and the run's next trace.
+        """
+        if f"runs/{run}" in self.root:
+            del self.root[f"runs/{run}"]
+        self._cache.clear()
 
     def remove_summary(self, run: str) -> None:
         """Delete a run's summary (readers compute what they need from the arrays until it is written again)."""

@@ -253,3 +253,34 @@ def test_utterance_ids_copied_from_the_explorer_trace_those_utterances(lora_run,
     listed.write_text("csv/wav/nothing_here\n")
     assert main(["trace", "--run", str(lora_run), "--store", str(tmp_path / "t.zarr"), "--utterances",
                  str(listed)]) == 2
+
+
+def test_a_retrained_run_is_refused_naming_what_changed_until_replaced(tiny_model_dir, tmp_path, caplog):
+    """Retrain a run (another seed) into the same directory and trace it into the same store: old and new rows and
+    metrics would sit together, and intervene would run the new weights against the old trace. Refused, naming the
+    change; --replace traces it anew; a fold completed later is no retraining."""
+    import shutil
+
+    from loralens.precompute.config import TrainConfig
+    from loralens.precompute.train import train
+    from tests.conftest import write_tone_csv
+
+    manifest = write_tone_csv(tmp_path)
+    run, store = tmp_path / "run", str(tmp_path / "s.zarr")
+    config = dict(model=str(tiny_model_dir), data=f"csv:{manifest}", epochs=1, batch_size=4, rank=4, alpha=8,
+                  folds="2")
+    train(TrainConfig(**config), run, only=[0])
+    trace = ["trace", "--run", str(run), "--store", store, "--all", "--no-summary"]
+    assert main(trace) == 0
+    train(TrainConfig(**config), run, only=[1])  # the other fold, later: the same training, grown
+    assert main(trace) == 0
+    shutil.rmtree(run)
+    train(TrainConfig(**config, seed=1), run)
+    assert main(trace) == 2
+    assert "another training" in caplog.text and "seed: 0 -> 1" in caplog.text and "--replace" in caplog.text
+    assert main(["intervene", "--run", str(run), "--store", store, "--kinds", "erase"]) == 2
+    assert main([*trace, "--replace"]) == 0
+    reader = StoreReader(store)
+    agreement = reader.attrs("run")["prediction_agreement"]
+    assert agreement["rate"] == 1.0 and agreement["n_compared"] == 32  # every row is the new training's
+    assert main(["intervene", "--run", str(run), "--store", store, "--kinds", "erase"]) == 0
