@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from loralens.store.schema import SAMPLE_RATE
+from loralens.store.schema import SAMPLE_RATE, UserError
 
 
 @dataclass(frozen=True)
@@ -53,18 +53,18 @@ TELEPHONE_LOW_HZ = 300.0
 def check(kind: str, strength: float) -> None:
     """Raise a ValueError naming what is wrong with ``kind@strength`` (e.g. a negative speed)."""
     if kind not in CHANGES:
-        raise ValueError(f"unknown audio change {kind!r}; expected one of {', '.join(AUDIO_KINDS)}")
+        raise UserError(f"unknown audio change {kind!r}; expected one of {', '.join(AUDIO_KINDS)}")
     if kind == "tempo" and not 0.25 <= strength <= 4:
-        raise ValueError(f"tempo@{strength:g}: a speed factor between 0.25 and 4 (1 leaves it as it is)")
+        raise UserError(f"tempo@{strength:g}: a speed factor between 0.25 and 4 (1 leaves it as it is)")
     if kind == "pitch" and abs(strength) > 24:
-        raise ValueError(f"pitch@{strength:g}: at most 24 semitones either way")
+        raise UserError(f"pitch@{strength:g}: at most 24 semitones either way")
     if kind == "bandlimit" and not TELEPHONE_LOW_HZ < strength <= SAMPLE_RATE / 2:
-        raise ValueError(f"bandlimit@{strength:g}: an upper edge above {TELEPHONE_LOW_HZ:g} Hz and at most "
+        raise UserError(f"bandlimit@{strength:g}: an upper edge above {TELEPHONE_LOW_HZ:g} Hz and at most "
                          f"{SAMPLE_RATE // 2} Hz (no limit)")
     if kind == "noise" and math.isnan(strength):
-        raise ValueError("noise@nan: a signal-to-noise ratio in dB (inf: no noise)")
+        raise UserError("noise@nan: a signal-to-noise ratio in dB (inf: no noise)")
     if kind != "noise" and not math.isfinite(strength):
-        raise ValueError(f"{kind}@{strength}: a finite strength ({CHANGES[kind].unit})")
+        raise UserError(f"{kind}@{strength}: a finite strength ({CHANGES[kind].unit})")
 
 
 def seed_of(utterance_id: str) -> int:

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from loralens.store.schema import UserError
+
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 # scikit-learn and umap-learn are imported where used: their imports are heavy, and most pages never fit a map.
@@ -88,7 +90,7 @@ def project(vectors: np.ndarray, method: Method = "umap", seed: int = 0, n_neigh
     vectors that costs pynndescent's compilation: ask for it only where a new point is placed.
     """
     if len(vectors) < MIN_POINTS:
-        raise ValueError(f"a 2-D map needs at least {MIN_POINTS} utterances, got {len(vectors)}")
+        raise UserError(f"a 2-D map needs at least {MIN_POINTS} utterances, got {len(vectors)}")
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
     from sklearn.pipeline import make_pipeline

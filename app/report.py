@@ -18,6 +18,7 @@ from loralens.analysis import lens as lens_analysis
 from loralens.analysis.counterfactuals import AUDIO_KINDS, CHANGES
 from loralens.app import charts
 from loralens.store.reader import StoreReader
+from loralens.store.schema import UserError
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def build(store: str, out: Path, threshold: float = 0.9, storage_options: dict |
     pairs = views.pairs(reader)
     summary["not_lora"] = [r.name for r in views.run_info(reader) if r.method == "full"]
     if not pairs:
-        raise ValueError(f"{store}: no LoRA run to report on; trace one with loralens trace")
+        raise UserError(f"{store}: no LoRA run to report on; trace one with loralens trace")
     for lora_run, frozen_run in tqdm(pairs, desc="report", unit="run"):
         a = analyse(reader, lora_run, frozen_run, threshold)
         name, rows, n_layers = lora_run.name, a.rows, lora_run.n_layers

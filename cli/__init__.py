@@ -28,6 +28,7 @@ from loralens.cli import (
     train,
     validate,
 )
+from loralens.store.schema import UserError
 
 if __name__ != "loralens.cli":  # one name per module: the checkout's folders install as loralens.*
     raise ImportError(f"import loralens.cli, not {__name__}: the package installs under one name "
@@ -37,8 +38,10 @@ log = logging.getLogger("loralens")
 
 COMMANDS = (train, grid, importing, model, trace, validate, report, summarise, intervene, predict, app, data, demo)
 
-# Errors that are the user's to fix: shown as one line, never as a traceback.
-USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, OSError)
+# Errors that are the user's to fix: shown as one line, never as a traceback. Anything else is a bug (ours or a
+# library's): its traceback is shown, with where to report it.
+USER_ERRORS: tuple[type[Exception], ...] = (UserError, FileNotFoundError, PermissionError, IsADirectoryError,
+                                            NotADirectoryError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         log.error("%s", e)
         return 2
+    except Exception:
+        log.critical("loralens %s stopped on an error that is not about your input, but a bug in loralens or a "
+                     "library it uses: please report it to loralens's maintainers with the command and the "
+                     "traceback below.", args.command, exc_info=True)
+        return 1
 
 def _ignore_interrupts() -> None:
     """Ignore SIGINT from here on, quietly.

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from loralens.cli import options
+from loralens.store.schema import UserError
 
 log = logging.getLogger("loralens")
 
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     store = args.store or os.environ.get("LORALENS_STORE")
     if not store:
-        raise ValueError("no store given: loralens app --store PATH (or set LORALENS_STORE)")
+        raise UserError("no store given: loralens app --store PATH (or set LORALENS_STORE)")
     return serve(store, args.host, args.port, options.storage(args))
 
 

@@ -20,8 +20,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("spec", type=Path, help="the grid spec: models, data, methods, ranks, seeds, folds, windows, "
                                            "alpha_per_rank, [train] settings")
     p.add_argument("--out", required=True, type=Path, help="directory of the run directories (resumed if it exists)")
-    p.add_argument("--only-folds", default=None, help="comma list of fold indices to train now in every run (default "
-                                                      "all; the same command without it trains the rest later)")
+    p.add_argument("--only-folds", type=options.fold_indices, default=None,
+                   help="comma list of fold indices to train now in every run (default all; the same command "
+                        "without it trains the rest later)")
     options.add_jobs(p)
     options.add_cluster(p, "fold")
     p.set_defaults(func=run)
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``loralens grid``; returns its exit status."""
     from loralens.precompute.grid import load_spec, run_grid
 
-    only = [int(i) for i in args.only_folds.split(",")] if args.only_folds else None
+    only = args.only_folds
     result = run_grid(load_spec(args.spec), args.out, options.executor(args), spec_path=args.spec, only=only)
     log.info("%s: %d folds: %d trained now, %d complete before, %d failed", args.out, result.n_folds,
              len(result.trained), len(result.skipped), len(result.failed))

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from loralens.cli import options
+from loralens.store.schema import UserError
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -46,12 +47,12 @@ def _strengths(items: list[str]) -> dict[str, tuple[float, ...]]:
         kind, _, values = item.partition("=")
         try:
             if kind not in CHANGES:
-                raise ValueError(f"{kind!r} is not an audio change ({', '.join(CHANGES)})")
+                raise UserError(f"{kind!r} is not an audio change ({', '.join(CHANGES)})")
             out[kind] = tuple(float(v) for v in values.split(",") if v.strip())
             if not out[kind]:
-                raise ValueError("no strength given")
+                raise UserError("no strength given")
         except ValueError as e:
-            raise ValueError(f"--strength {item!r}: {e}; expected KIND=S1,S2,..., e.g. pitch=-6,6") from e
+            raise UserError(f"--strength {item!r}: {e}; expected KIND=S1,S2,..., e.g. pitch=-6,6") from e
     return out
 
 
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if args.kinds is not None:
         kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
         if unknown := [k for k in kinds if k not in intervene.KINDS]:
-            raise ValueError(f"--kinds {args.kinds!r}: unknown {unknown}; expected a comma list of "
+            raise UserError(f"--kinds {args.kinds!r}: unknown {unknown}; expected a comma list of "
                              f"{', '.join(intervene.KINDS[1:])}")
     results = intervene.run(args.run, args.store, name=args.name, kinds=kinds, strengths=_strengths(args.strength),
                             partner=args.partner, batch_size=args.batch_size, device=args.device,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from loralens.store.schema import UserError
+
 
 def add_jobs(p: argparse.ArgumentParser) -> None:
     """``--jobs``: folds trained at once in processes of this machine."""
@@ -28,15 +30,26 @@ def add_cluster(p: argparse.ArgumentParser, unit: str) -> None:
                    help="times Ray reruns a task whose worker or node died (default 1; finished work is kept)")
 
 
+def fold_indices(text: str) -> list[int]:
+    """``--only-folds``: a comma list of fold indices (argparse names the flag when it refuses one)."""
+    try:
+        folds = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        folds = []
+    if not folds or min(folds) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected fold indices (0, 1, ...) separated by commas, like 0,3")
+    return folds
+
+
 def executor(args: argparse.Namespace):
     """The executor that ``--jobs`` and the Ray flags ask for: in this process, in processes, or on Ray."""
     from loralens.precompute.executors import LocalExecutor, ProcessExecutor, RayExecutor
 
     jobs = getattr(args, "jobs", 1)
     if jobs < 1:
-        raise ValueError(f"--jobs {jobs}: expected a positive number")
+        raise UserError(f"--jobs {jobs}: expected a positive number")
     if args.ray and jobs > 1:
-        raise ValueError("--jobs runs folds in processes of this machine, --ray on a Ray cluster; choose one")
+        raise UserError("--jobs runs folds in processes of this machine, --ray on a Ray cluster; choose one")
     if not args.ray:
         return LocalExecutor() if jobs == 1 else ProcessExecutor(jobs)
     return RayExecutor(address=args.address, num_cpus=args.cpus, num_gpus=args.gpus, max_retries=args.retries)
@@ -65,5 +78,5 @@ def maps(text: str) -> tuple[str, ...]:
     """``--maps``: the 2-D map methods, checked."""
     methods = tuple(m.strip() for m in text.split(",") if m.strip())
     if unknown := [m for m in methods if m not in ("umap", "tsne")]:
-        raise ValueError(f"--maps {text!r}: unknown {unknown}; expected a comma list of umap, tsne")
+        raise UserError(f"--maps {text!r}: unknown {unknown}; expected a comma list of umap, tsne")
     return methods

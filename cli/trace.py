@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from loralens.cli import options
+from loralens.store.schema import UserError
 
 log = logging.getLogger("loralens")
 
@@ -72,15 +73,15 @@ def run(args: argparse.Namespace) -> int:
     from loralens.precompute.trace import Selection, Tracer
 
     if args.per_class < 1:
-        raise ValueError(f"--per-class {args.per_class}: expected a positive number")
+        raise UserError(f"--per-class {args.per_class}: expected a positive number")
     sharded = args.ray or args.shards is not None
     if sharded and (args.shard or args.prepare_only or args.commit_only):
-        raise ValueError("--ray and --shards prepare, capture and commit in one command; leave out --shard, "
+        raise UserError("--ray and --shards prepare, capture and commit in one command; leave out --shard, "
                          "--prepare-only and --commit-only (or use those without --ray and --shards)")
     if args.shards is not None and args.shards < 1:
-        raise ValueError(f"--shards {args.shards}: expected a positive number")
+        raise UserError(f"--shards {args.shards}: expected a positive number")
     if args.name is not None and len(args.run) > 1:
-        raise ValueError(f"--name names one run, and {len(args.run)} --run were given; trace the runs one command "
+        raise UserError(f"--name names one run, and {len(args.run)} --run were given; trace the runs one command "
                          "each to name them, or leave out --name (each is named after its directory)")
     shard = _shard(args.shard) if args.shard else None
     maps = None if args.no_summary or args.prepare_only or shard else options.maps(args.maps)  # a bad --maps fails now
@@ -124,9 +125,9 @@ def _shard(text: str) -> tuple[int, int]:
     try:
         k, n = (int(x) for x in text.split("/"))
     except ValueError as e:
-        raise ValueError(f"--shard {text!r}: expected K/N with 0 <= K < N, e.g. 0/4") from e
+        raise UserError(f"--shard {text!r}: expected K/N with 0 <= K < N, e.g. 0/4") from e
     if not 0 <= k < n:
-        raise ValueError(f"--shard {text!r}: expected K/N with 0 <= K < N, e.g. 0/4")
+        raise UserError(f"--shard {text!r}: expected K/N with 0 <= K < N, e.g. 0/4")
     return k, n
 
 

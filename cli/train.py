@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from loralens.cli import options
+from loralens.store.schema import UserError
 
 log = logging.getLogger("loralens")
 
@@ -53,7 +54,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=["auto", *PRECISIONS], default=d.precision,
                    help="numeric regime of training and its predictions (auto: bf16 on CUDA, fp32 elsewhere)")
-    p.add_argument("--only-folds", default=None, help="comma list of fold indices to train now (default all)")
+    p.add_argument("--only-folds", type=options.fold_indices, default=None,
+                   help="comma list of fold indices to train now (default all)")
     options.add_jobs(p)
     p.set_defaults(func=run)
 
@@ -74,9 +76,9 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, long=args.long,
         skip_bad=args.skip_bad, merge_excitement=not args.keep_excitement, device=args.device,
         precision=args.precision)
-    only = [int(i) for i in args.only_folds.split(",")] if args.only_folds else None
+    only = args.only_folds
     if args.jobs < 1:
-        raise ValueError(f"--jobs {args.jobs}: expected a positive number")
+        raise UserError(f"--jobs {args.jobs}: expected a positive number")
     if args.jobs == 1:
         from loralens.precompute.train import train
 

@@ -12,7 +12,7 @@ from typing import BinaryIO, Literal
 import numpy as np
 import soundfile as sf
 
-from loralens.store.schema import SAMPLE_RATE
+from loralens.store.schema import SAMPLE_RATE, UserError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ MIN_WINDOW_SECONDS = 1.0
 LongPolicy = Literal["crop", "error", "keep"]
 
 
-class AudioError(ValueError):
+class AudioError(UserError):
     """Audio that cannot be used, with what was wrong and what to do."""
 
 

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
+from loralens.store.schema import UserError
+
 Window = Literal["trim", "full"]
 """The encoder's input window (see ``loralens.precompute.windowing``)."""
 WINDOWS: tuple[Window, ...] = ("trim", "full")
@@ -100,39 +102,39 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.method not in ("lora", "frozen", "full"):
-            raise ValueError(f"method={self.method!r}; expected 'lora' or 'frozen'")
+            raise UserError(f"method={self.method!r}; expected 'lora' or 'frozen'")
         if self.method == "full" and self.source is None:
-            raise ValueError("method='full' is for fully fine-tuned models that loralens import reads; loralens "
+            raise UserError("method='full' is for fully fine-tuned models that loralens import reads; loralens "
                              "trains 'lora' or 'frozen'")
         if self.epochs is None:
             self.epochs = DEFAULT_EPOCHS[self.method]
         if self.window not in WINDOWS:
-            raise ValueError(f"window={self.window!r}; expected one of {WINDOWS}")
+            raise UserError(f"window={self.window!r}; expected one of {WINDOWS}")
         if bad := [t for t in self.targets if t not in LORA_TARGETS]:
-            raise ValueError(f"targets={bad}; expected any of {LORA_TARGETS}")
+            raise UserError(f"targets={bad}; expected any of {LORA_TARGETS}")
         if not self.targets:
-            raise ValueError(f"targets is empty; expected any of {LORA_TARGETS}")
+            raise UserError(f"targets is empty; expected any of {LORA_TARGETS}")
         for name in ("rank", "epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}; expected a positive integer")
+                raise UserError(f"{name}={getattr(self, name)}; expected a positive integer")
         for name in ("lr", "head_lr", "alpha"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)}; expected a positive number")
+                raise UserError(f"{name}={getattr(self, name)}; expected a positive number")
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout={self.dropout}; expected a number in [0, 1)")
+            raise UserError(f"dropout={self.dropout}; expected a number in [0, 1)")
         k_folds = self.folds.isascii() and self.folds.isdigit() and int(self.folds) >= 2  # not "²": int() refuses
         if self.folds not in ("loso", "split", "given") and not k_folds:
-            raise ValueError(f"folds={self.folds!r}; expected 'loso', 'split' or an integer K >= 2")
+            raise UserError(f"folds={self.folds!r}; expected 'loso', 'split' or an integer K >= 2")
         if self.folds == "given" and self.source is None:
-            raise ValueError("folds='given' is for runs loralens import makes (their test sets are given to it)")
+            raise UserError("folds='given' is for runs loralens import makes (their test sets are given to it)")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule={self.schedule!r}; expected 'constant' or 'linear'")
+            raise UserError(f"schedule={self.schedule!r}; expected 'constant' or 'linear'")
         if not 0 <= self.warmup < 1:
-            raise ValueError(f"warmup={self.warmup}; expected a fraction of the steps in [0, 1)")
+            raise UserError(f"warmup={self.warmup}; expected a fraction of the steps in [0, 1)")
         if self.epoch_selection not in ("fixed", "inner"):
-            raise ValueError(f"epoch_selection={self.epoch_selection!r}; expected 'fixed' or 'inner'")
+            raise UserError(f"epoch_selection={self.epoch_selection!r}; expected 'fixed' or 'inner'")
         if self.precision not in ("auto", *PRECISIONS):
-            raise ValueError(f"precision={self.precision!r}; expected 'auto' or one of {PRECISIONS}")
+            raise UserError(f"precision={self.precision!r}; expected 'auto' or one of {PRECISIONS}")
 
     def to_json(self) -> dict:
         """The config as a JSON-able dict, with the library versions that ran it."""
@@ -173,7 +175,7 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-class RunError(ValueError):
+class RunError(UserError):
     """A run directory that cannot be used as asked."""
 
 

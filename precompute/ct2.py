@@ -18,12 +18,14 @@ import numpy as np
 import torch
 from transformers import WhisperConfig
 
+from loralens.store.schema import UserError
+
 # Order of CTranslate2's DataType enum (include/ctranslate2/types.h).
 _DTYPES = ("float32", "int8", "int16", "int32", "float16", "bfloat16")
 _SUPPORTED_BINARY_VERSIONS = (5, 6)
 
 
-class CT2FormatError(ValueError):
+class CT2FormatError(UserError):
     """A CTranslate2 model file that this importer cannot read."""
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from loralens.store.schema import UserError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_EMOTIONS = ("anger", "happiness", "neutral", "sadness")
@@ -41,7 +43,7 @@ SCHEMES = ("emodb", "ravdess", "cremad", "iemocap", "csv", "synthetic")
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
 
 
-class DataSpecError(ValueError):
+class DataSpecError(UserError):
     """A ``--data SPEC`` that cannot be resolved, or a data set that yields nothing usable."""
 
 

@@ -12,13 +12,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from loralens.precompute.data import load_corpus
+from loralens.store.schema import UserError
 
 log = logging.getLogger(__name__)
 
 EMODB_URL = "http://emodb.bilderbar.info/download/download.zip"
 
 
-class DownloadError(OSError):
+class DownloadError(UserError):
     """The corpus could not be fetched."""
 
 

@@ -23,6 +23,8 @@ from typing import Generic, Protocol, TypeVar
 
 from tqdm.auto import tqdm
 
+from loralens.store.schema import UserError
+
 log = logging.getLogger(__name__)
 
 J = TypeVar("J")
@@ -82,7 +84,7 @@ class ProcessExecutor:
 
     def __post_init__(self):
         if self.workers < 1:
-            raise ValueError(f"workers={self.workers}; expected a positive number")
+            raise UserError(f"workers={self.workers}; expected a positive number")
 
     def map(self, fn: Callable[[J], R], jobs: Sequence[J], desc: str) -> Iterator[Outcome[J, R]]:
         """Submit every job to the pool, then yield outcomes as they finish; Ctrl+C cancels the queued ones."""
@@ -166,15 +168,15 @@ class RayExecutor:
 
     def __post_init__(self):
         if self.num_cpus < 0 or (self.num_gpus is not None and self.num_gpus < 0):
-            raise ValueError(f"num_cpus={self.num_cpus}, num_gpus={self.num_gpus}; expected numbers >= 0")
+            raise UserError(f"num_cpus={self.num_cpus}, num_gpus={self.num_gpus}; expected numbers >= 0")
         if self.max_retries < 0:
-            raise ValueError(f"max_retries={self.max_retries}; expected 0 or more")
+            raise UserError(f"max_retries={self.max_retries}; expected 0 or more")
 
     def _connect(self):
         try:
             import ray
         except ImportError as e:
-            raise RuntimeError("Ray is not installed: pip install -e \".[cluster]\" (or pip install 'ray[default]'), "
+            raise UserError("Ray is not installed: pip install -e \".[cluster]\" (or pip install 'ray[default]'), "
                                "or run without --ray") from e
         if not ray.is_initialized():
             address = self.address or os.environ.get("RAY_ADDRESS")

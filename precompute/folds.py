@@ -11,6 +11,7 @@ import numpy as np
 from loralens.precompute.config import completed_folds
 from loralens.precompute.data import Corpus
 from loralens.precompute.files import write_atomic
+from loralens.store.schema import UserError
 
 
 @dataclass
@@ -58,7 +59,7 @@ def make_folds(corpus: Corpus, scheme: str, *, inner_validation: bool, seed: int
     if scheme == "split":
         missing = [u.id for u in utts if u.split not in ("train", "val", "test")]
         if missing:
-            raise ValueError(f"--folds split needs a split column of train/val/test for every utterance; "
+            raise UserError(f"--folds split needs a split column of train/val/test for every utterance; "
                              f"{len(missing)} have none (e.g. {missing[0]})")
         by = {s: [u for u in utts if u.split == s] for s in ("train", "val", "test")}
         return [Fold(0, sorted({u.speaker for u in by["test"]}), sorted({u.speaker for u in by["val"]}),
@@ -70,13 +71,13 @@ def make_folds(corpus: Corpus, scheme: str, *, inner_validation: bool, seed: int
 
         k = int(scheme)
         if k > len(speakers):
-            raise ValueError(f"--folds {k}: the data has only {len(speakers)} speakers; use at most that or loso")
+            raise UserError(f"--folds {k}: the data has only {len(speakers)} speakers; use at most that or loso")
         labels = [u.emotion for u in utts]
         groups = [u.speaker for u in utts]
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
         test_groups = [sorted({groups[i] for i in test}) for _, test in splitter.split(utts, labels, groups)]
     if len(speakers) < (3 if inner_validation else 2):
-        raise ValueError(f"speaker-independent folds need at least {3 if inner_validation else 2} speakers; "
+        raise UserError(f"speaker-independent folds need at least {3 if inner_validation else 2} speakers; "
                          f"the data has {len(speakers)}: {speakers}")
     folds = []
     for index, test_speakers in enumerate(test_groups):

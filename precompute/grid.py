@@ -32,6 +32,7 @@ from loralens.precompute.config import (
 from loralens.precompute.data import absolute_spec
 from loralens.precompute.executors import Executor, Outcome, describe
 from loralens.precompute.files import write_atomic
+from loralens.store.schema import UserError
 
 try:
     import tomllib
@@ -73,32 +74,32 @@ class GridSpec:
         for name in ("models", "methods", "ranks", "seeds", "windows"):
             values = getattr(self, name)
             if not isinstance(values, list) or not values:
-                raise ValueError(f"{name}={values!r}; expected a non-empty list")
+                raise UserError(f"{name}={values!r}; expected a non-empty list")
             if len(set(map(str, values))) < len(values):
-                raise ValueError(f"{name}={values!r}; expected distinct values")
+                raise UserError(f"{name}={values!r}; expected distinct values")
         if bad := [m for m in self.methods if m not in ("lora", "frozen")]:
-            raise ValueError(f"methods={bad}; expected 'lora' and/or 'frozen'")
+            raise UserError(f"methods={bad}; expected 'lora' and/or 'frozen'")
         if bad := [w for w in self.windows if w not in WINDOWS]:
-            raise ValueError(f"windows={bad}; expected any of {WINDOWS}")
+            raise UserError(f"windows={bad}; expected any of {WINDOWS}")
         if bad := [r for r in self.ranks if not isinstance(r, int) or r < 1]:
-            raise ValueError(f"ranks={bad}; expected positive integers")
+            raise UserError(f"ranks={bad}; expected positive integers")
         if bad := [s for s in self.seeds if not isinstance(s, int) or s < 0]:
-            raise ValueError(f"seeds={bad}; expected integers >= 0")
+            raise UserError(f"seeds={bad}; expected integers >= 0")
         if self.alpha_per_rank is not None and self.alpha_per_rank <= 0:
-            raise ValueError(f"alpha_per_rank={self.alpha_per_rank}; expected a positive number, or none")
+            raise UserError(f"alpha_per_rank={self.alpha_per_rank}; expected a positive number, or none")
         known = {f.name for f in fields(TrainConfig)}
         if owned := sorted(set(self.train) & set(GRID_FIELDS)):
-            raise ValueError(f"train sets {owned}, which the grid sets itself; use the grid's models, data, methods, "
+            raise UserError(f"train sets {owned}, which the grid sets itself; use the grid's models, data, methods, "
                              "ranks, seeds, windows, folds and alpha_per_rank")
         if unknown := sorted(set(self.train) - known):
-            raise ValueError(f"train has unknown settings {unknown}; expected TrainConfig fields: "
+            raise UserError(f"train has unknown settings {unknown}; expected TrainConfig fields: "
                              f"{', '.join(sorted(known - set(GRID_FIELDS)))}")
         if self.alpha_per_rank is not None and "alpha" in self.train:
-            raise ValueError(f"train sets alpha={self.train['alpha']} while alpha_per_rank={self.alpha_per_rank}; set "
+            raise UserError(f"train sets alpha={self.train['alpha']} while alpha_per_rank={self.alpha_per_rank}; set "
                              "alpha_per_rank = \"none\" to give every rank that alpha")
         names = [run.name for run in self.runs()]  # builds every TrainConfig: a bad setting fails here
         if len(set(names)) < len(names):
-            raise ValueError(f"models={self.models}: two models would share a run directory name; give them "
+            raise UserError(f"models={self.models}: two models would share a run directory name; give them "
                              "distinct final path components")
 
     def runs(self) -> list[GridRun]:
@@ -192,19 +193,19 @@ def load_spec(path: Path) -> GridSpec:
         raw = json.loads(text) if Path(path).suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
         kind = "JSON" if Path(path).suffix == ".json" else "TOML (name it .json for JSON)"
-        raise ValueError(f"{path}: not valid {kind}: {e}") from e
+        raise UserError(f"{path}: not valid {kind}: {e}") from e
     raw.pop("versions", None)  # a saved grid.json can be run again as it is
     known = {f.name for f in fields(GridSpec)}
     if unknown := sorted(set(raw) - known):
-        raise ValueError(f"{path}: unknown key(s) {unknown}; expected {', '.join(sorted(known))}")
+        raise UserError(f"{path}: unknown key(s) {unknown}; expected {', '.join(sorted(known))}")
     if missing := [f.name for f in fields(GridSpec) if f.name in ("models", "data") and f.name not in raw]:
-        raise ValueError(f"{path}: missing {missing}; a grid needs at least models = [...] and data = \"...\"")
+        raise UserError(f"{path}: missing {missing}; a grid needs at least models = [...] and data = \"...\"")
     if raw.get("alpha_per_rank", 2.0) == "none":  # TOML has no null
         raw["alpha_per_rank"] = None
     try:
         spec = GridSpec(**raw)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from e
+        raise UserError(f"{path}: {e}") from e
     spec.data = absolute_spec(spec.data)
     spec.models = [_absolute_model(m) for m in spec.models]
     return spec

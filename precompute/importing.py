@@ -38,6 +38,7 @@ from loralens.precompute.data import DEFAULT_EMOTIONS, canonical_emotion, load_c
 from loralens.precompute.folds import Fold, make_folds, scores
 from loralens.precompute.models import load_classifier
 from loralens.precompute.train import Trainer, run_logged
+from loralens.store.schema import UserError
 
 log = logging.getLogger(__name__)
 
@@ -122,24 +123,24 @@ class ImportPlan:
 
     def __post_init__(self):
         if not self.checkpoints:
-            raise ValueError("no checkpoint given: name one directory per fold")
+            raise UserError("no checkpoint given: name one directory per fold")
         given = [name for name, value in (("--test-speakers", self.test_speakers), ("--test-ids", self.test_ids))
                  if value is not None]
         if len(given) > 1 or (given and not self.held_out):
-            raise ValueError("say which utterances each checkpoint never saw one way: --folds, --test-speakers, "
+            raise UserError("say which utterances each checkpoint never saw one way: --folds, --test-speakers, "
                              "--test-ids or --not-held-out")
         for name, value in (("--test-speakers", self.test_speakers), ("--test-ids", self.test_ids),
                             ("--head", self.heads)):
             if value is not None and len(value) != len(self.checkpoints):
-                raise ValueError(f"{name} given {len(value)} time(s) for {len(self.checkpoints)} checkpoint(s); "
+                raise UserError(f"{name} given {len(value)} time(s) for {len(self.checkpoints)} checkpoint(s); "
                                  "give it once per checkpoint, in the same order")
         if not self.held_out and len(self.checkpoints) > 1:
-            raise ValueError("--not-held-out takes one checkpoint: with several, loralens cannot tell which model "
+            raise UserError("--not-held-out takes one checkpoint: with several, loralens cannot tell which model "
                              "should trace an utterance; give each one's test speakers (--test-speakers)")
         if given or not self.held_out:
             self.folds = None
         if self.window not in ("full", "trim"):
-            raise ValueError(f"window={self.window!r}; expected 'full' or 'trim'")
+            raise UserError(f"window={self.window!r}; expected 'full' or 'trim'")
 
 
 def find_checkpoint(path: Path) -> Checkpoint:

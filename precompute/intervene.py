@@ -44,6 +44,7 @@ from loralens.precompute.config import INTERVENTION_KINDS, RunError, completed_f
 from loralens.precompute.models import feature_extractor
 from loralens.precompute.trace import held_out_fold, prefetched
 from loralens.precompute.train import resolve_device
+from loralens.store.schema import UserError
 from loralens.store.writer import StoreWriter
 
 LORA_KINDS = tuple(k for k in INTERVENTION_KINDS if k.startswith("lora_"))
@@ -63,13 +64,13 @@ class Condition:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ValueError(f"unknown intervention {self.kind!r}; expected one of {', '.join(KINDS)}")
+            raise UserError(f"unknown intervention {self.kind!r}; expected one of {', '.join(KINDS)}")
         if self.kind in AUDIO_KINDS:
             if self.strength is None:
-                raise ValueError(f"{self.kind}: an audio change needs a strength ({CHANGES[self.kind].unit})")
+                raise UserError(f"{self.kind}: an audio change needs a strength ({CHANGES[self.kind].unit})")
             counterfactuals.check(self.kind, self.strength)
         elif self.layer < 0:
-            raise ValueError(f"{self.kind}@{self.layer}: layers count from 0")
+            raise UserError(f"{self.kind}@{self.layer}: layers count from 0")
 
     @property
     def audio(self) -> bool:
@@ -93,10 +94,10 @@ class Condition:
             try:
                 return cls(kind, strength=float(at))
             except ValueError as e:
-                raise ValueError(f"intervention {text!r}: expected KIND@STRENGTH, e.g. pitch@-2 or noise@10 "
+                raise UserError(f"intervention {text!r}: expected KIND@STRENGTH, e.g. pitch@-2 or noise@10 "
                                  f"({e})") from e
         if not sep or not at.isdigit():
-            raise ValueError(f"intervention {text!r}: expected KIND@LAYER, e.g. lora_off@3 or erase@0")
+            raise UserError(f"intervention {text!r}: expected KIND@LAYER, e.g. lora_off@3 or erase@0")
         return cls(kind, int(at))
 
 
@@ -152,7 +153,7 @@ def applied(model: torch.nn.Module, condition: Condition, source: list[torch.Ten
         yield
         return
     if condition.layer >= n_layers:
-        raise ValueError(f"{condition.name}: the encoder has layers 0 to {n_layers - 1}")
+        raise UserError(f"{condition.name}: the encoder has layers 0 to {n_layers - 1}")
     layer = encoder.layers[condition.layer]
     if condition.kind == "erase":
         with _output_replaced(layer, lambda module, args, kwargs, output: args[0] if args else kwargs["hidden_states"]):
@@ -160,13 +161,13 @@ def applied(model: torch.nn.Module, condition: Condition, source: list[torch.Ten
         return
     if condition.kind == "patch":
         if source is None or len(source) != n_layers:
-            raise ValueError(f"{condition.name}: needs the partner run's output of each of the {n_layers} layers on "
+            raise UserError(f"{condition.name}: needs the partner run's output of each of the {n_layers} layers on "
                              "the same batch (layer_outputs)")
         patched = source[condition.layer]
 
         def patch(module, args, kwargs, output):
             if patched.shape != output.shape:
-                raise ValueError(f"{condition.name}: the partner's layer output is {tuple(patched.shape)}, this "
+                raise UserError(f"{condition.name}: the partner's layer output is {tuple(patched.shape)}, this "
                                  f"model's {tuple(output.shape)}; patch between runs of one base model and window")
             return patched.to(output.dtype)
 
@@ -174,7 +175,7 @@ def applied(model: torch.nn.Module, condition: Condition, source: list[torch.Ten
             yield
         return
     if not isinstance(model, PeftModel):
-        raise ValueError(f"{condition.name}: the model has no LoRA adapters (a frozen-encoder run)")
+        raise UserError(f"{condition.name}: the model has no LoRA adapters (a frozen-encoder run)")
     k = condition.layer
     off = {"lora_off": {k}, "lora_only": set(range(n_layers)) - {k},
            "lora_off_from": set(range(k, n_layers))}[condition.kind]

@@ -35,6 +35,7 @@ from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForAudio
 
 from loralens.precompute import ct2
 from loralens.precompute.files import open_as_umask
+from loralens.store.schema import UserError
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ GEOMETRIES: dict[str, Geometry] = {
 _RANDOM_FORM = "random:NAME[?layers=N][&seed=S], e.g. random:large-v3?layers=2"
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(UserError):
     """A ``--model SPEC`` that cannot be resolved."""
 
 

@@ -20,7 +20,7 @@ from loralens.precompute.checkpoints import load_fold_model, run_precision
 from loralens.precompute.config import completed_folds, read_config
 from loralens.precompute.models import feature_extractor
 from loralens.precompute.train import resolve_device
-from loralens.store.schema import SAMPLE_RATE
+from loralens.store.schema import SAMPLE_RATE, UserError
 
 
 @dataclass
@@ -60,7 +60,7 @@ class Predictor:
         self.config = read_config(run)
         folds = completed_folds(run)
         if not folds:
-            raise ValueError(f"{run} has no completed fold to predict with; finish training first")
+            raise UserError(f"{run} has no completed fold to predict with; finish training first")
         self.fold = folds[0] if fold is None else fold
         self.device = resolve_device(device)
         self.model = load_fold_model(run, self.fold).to(self.device)
@@ -107,7 +107,7 @@ class Predictor:
 
         chosen = [intervene.Condition.parse(c) for c in dict.fromkeys(["none", *conditions])]
         if patched := [c.name for c in chosen if c.kind == "patch"]:
-            raise ValueError(f"{patched[0]}: patching needs the partner run's residuals on the clip; not for uploads")
+            raise UserError(f"{patched[0]}: patching needs the partner run's residuals on the clip; not for uploads")
         features = windowing.extract(self.extractor, [audio], self.config.window, device=self.device)
         out = {}
         for condition in chosen:

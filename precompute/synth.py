@@ -36,6 +36,8 @@ import soundfile as sf
 from scipy import signal
 from tqdm.auto import tqdm
 
+from loralens.store.schema import UserError
+
 log = logging.getLogger(__name__)
 
 CORPUS_VERSION = 2
@@ -83,7 +85,7 @@ _INITIALIZE_DONT_EXIT = 0x8000
 _LOCK = threading.Lock()  # espeak-ng keeps global state
 
 
-class SynthError(RuntimeError):
+class SynthError(UserError):
     """espeak-ng could not be loaded or could not speak."""
 
 
@@ -206,7 +208,7 @@ def synthesise(out: Path, seed: int = 0, sentences: int = 10) -> Path:
         log.info("%s already holds a corpus; delete it to synthesise again", out)
         return manifest
     if not 1 <= sentences <= 10:
-        raise ValueError(f"sentences={sentences}; expected 1 to 10")
+        raise UserError(f"sentences={sentences}; expected 1 to 10")
     # espeak-ng keeps synthesis state across calls in a process (its pitch flutter, for one): a fresh
     # interpreter per corpus makes the same seed give the same audio wherever synthesise is called from.
     done = subprocess.run([sys.executable, "-m", "loralens.precompute.synth", str(out), str(seed), str(sentences)],

@@ -34,6 +34,7 @@ from loralens.precompute.config import Precision, RunError, completed_folds, rea
 from loralens.precompute.data import Utterance, load_corpus
 from loralens.precompute.models import feature_extractor
 from loralens.precompute.train import resolve_device
+from loralens.store.schema import UserError
 from loralens.store.writer import StoreWriter, UtteranceRow, open_worker, write_in_worker
 
 log = logging.getLogger(__name__)
@@ -169,9 +170,9 @@ class Tracer:
         self.storage_options = storage_options
         self.writers = default_writers(store) if writers is None else writers
         if self.writers < 0:
-            raise ValueError(f"writers={self.writers}; expected 0 (a thread) or more processes")
+            raise UserError(f"writers={self.writers}; expected 0 (a thread) or more processes")
         if self.writers and store.startswith("memory://"):
-            raise ValueError("an in-memory store (memory://) lives in this process: trace it with writers=0")
+            raise UserError("an in-memory store (memory://) lives in this process: trace it with writers=0")
         self.items = select(run, data, self.selection)
         self.checkpoints = ["trained", "random_twin"] if self.config.method == "lora" else ["trained"]
 

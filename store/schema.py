@@ -232,7 +232,14 @@ def chunks(spec: ArraySpec, shape: tuple[int, ...]) -> tuple[int, ...]:
     return (1, *rest)
 
 
-class StoreError(ValueError):
+class UserError(ValueError):
+    """A problem the user can fix (a flag, a file, the data, the store), saying what was wrong and what to do.
+
+    The command line prints it as one line; any other exception is a bug and keeps its traceback.
+    """
+
+
+class StoreError(UserError):
     """A store that is missing, not a loralens store, of another schema version, or lacking something."""
 
 

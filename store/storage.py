@@ -6,6 +6,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from loralens.store.schema import UserError
+
 STORAGE_OPTIONS_ENV = "LORALENS_STORAGE_OPTIONS"
 """Environment variable holding a store's fsspec storage options as JSON (``loralens app`` passes them this way)."""
 
@@ -34,7 +36,7 @@ def storage_options(endpoint_url: str | None = None, anonymous: bool = False, pr
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--storage-option {pair!r}: expected KEY=VALUE, e.g. client_kwargs='{{\"region_name\": "
+            raise UserError(f"--storage-option {pair!r}: expected KEY=VALUE, e.g. client_kwargs='{{\"region_name\": "
                              "\"eu-west-1\"}'")
         try:
             options[key.strip()] = json.loads(value)

@@ -241,6 +241,25 @@ def test_cli_errors_are_one_line(tmp_path, tiny_model_dir, capsys, caplog):
     assert not (tmp_path / "r").exists()  # a run refused before it starts leaves no directory behind
 
 
+def test_cli_shows_a_bug_with_its_traceback_and_a_user_error_in_one_line(tmp_path, tiny_model_dir, monkeypatch,
+                                                                           caplog):
+    """A ValueError from inside (ours, numpy's, zarr's) is a bug: exit 1 with its traceback, not a one-line exit 2."""
+    import loralens.precompute.train as train_module
+
+    def broken(*args, **kwargs):
+        raise ValueError("operands could not be broadcast together with shapes (3,) (4,)")
+
+    monkeypatch.setattr(train_module, "train", broken)
+    argv = ["train", "--model", str(tiny_model_dir), "--data", "csv:x", "--out", str(tmp_path / "r")]
+    assert main(argv) == 1
+    bug = next(r for r in caplog.records if "broadcast" in (r.exc_text or "") or r.exc_info)
+    assert "a bug in loralens" in bug.getMessage() and bug.exc_info[0] is ValueError  # the traceback is logged
+    caplog.clear()
+    monkeypatch.undo()
+    assert main(["train", "--model", str(tiny_model_dir), "--data", "nope:x", "--out", str(tmp_path / "r")]) == 2
+    assert all(r.exc_info is None for r in caplog.records)  # the user's mistake: one line, no traceback
+
+
 def test_bad_audio_is_named_or_skipped(tmp_path, tiny_model_dir, tone_csv):
     bad = tone_csv.parent / "wav" / "s1_anger_0.wav"
     bad.write_bytes(b"garbage")
