@@ -16,8 +16,6 @@ and ``random_twin``) and a frozen run. What is random and what is structured:
   frozen encoder there); and an emotion direction growing as a sigmoid of depth (half-way at layer 23 for LoRA, 21
   for frozen, 27 for the random twin). The emotion is the true one for a share of utterances (the checkpoint's
   accuracy) and another otherwise, from a per-utterance draw the runs share (hard utterances are hard for all).
-  Pooled layer input = the pooled residual at the layer's input; pooled attention + MLP outputs = its step to the
-  next boundary, split by a random share and a random orthogonal part.
 - Logit lens ``(boundary, class)``: the pooled residual layer-normed and read by a head whose rows are the emotion
   directions, so the top-1 class settles where the emotion direction outgrows the walk (resolution depth for LoRA:
   mean 19, median 21 of 32; the frozen run settles about 2 layers earlier). ``logits`` are the last boundary's
@@ -205,13 +203,6 @@ class Simulator:
         out["lens_logits_frames"] = (out["lens_logits"][:, None, :]
                                      + smooth((N_LAYERS + 1, len(EMOTIONS), n), 9).transpose(0, 2, 1))
         out.update(self._contributions(p, n, smooth))
-        out["layer_input_pooled"] = residual[:-1]
-        step = residual[1:] - residual[:-1]
-        share = rng.uniform(0.3, 0.6, size=(N_LAYERS, 1)).astype(np.float32)
-        side = rng.standard_normal(step.shape, dtype=np.float32)
-        side -= (np.sum(side * step, 1, keepdims=True) / np.sum(step * step, 1, keepdims=True)) * step
-        side *= 0.3 * np.linalg.norm(step, axis=1, keepdims=True) / np.linalg.norm(side, axis=1, keepdims=True)
-        out["attention_pooled"], out["mlp_pooled"] = share * step + side, (1 - share) * step - side
         if frames:
             noise = rng.standard_normal((N_LAYERS + 1, n, D_MODEL), dtype=np.float32)
             noise -= noise.mean(1, keepdims=True)

@@ -39,7 +39,7 @@ def open_root(path: str, mode: str = "r", storage_options: dict | None = None) -
         if is_damage(e):
             raise StoreError(f"{path}: {metadata_problem(path, '', e)}") from e
         raise
-    schema.check_root(path, dict(root.attrs))
+    schema.check_root(path, dict(root.attrs), write=mode != "r")
     return root
 
 

@@ -27,10 +27,16 @@ SAMPLE_RATE = 16_000
 """Whisper's input rate, and so the rate of every clip the store holds and every analysis and model reads."""
 
 FORMAT = "loralens-store"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """Bumped on any change a reader of the previous version would misread (2: the block update per frame; 3: LoRA
 gradients in float32, whose values after training lie below float16's normal range; 4: the sampled per-frame
-arrays may hold only some rows, see ``sampled``, and runs carry a ``summary`` group)."""
+arrays may hold only some rows, see ``sampled``, and runs carry a ``summary`` group; 5: ``RETIRED`` arrays are no
+longer written)."""
+RETIRED: dict[int, tuple[str, ...]] = {4: ("layer_input_pooled", "attention_pooled", "mlp_pooled")}
+"""Arrays an older schema version wrote that this one does not: version 4's pooled layer inputs, attention and MLP
+outputs, which no figure read (about 5 GB a checkpoint at whisper-large-v2 x IEMOCAP). Readers skip them."""
+READS = (4, SCHEMA_VERSION)
+"""The schema versions this loralens reads; it writes only ``SCHEMA_VERSION``."""
 
 Checkpoint = Literal["trained", "random_twin"]
 CHECKPOINTS: tuple[Checkpoint, ...] = ("trained", "random_twin")
@@ -128,9 +134,6 @@ CHECKPOINT_ARRAYS: dict[str, ArraySpec] = {
                                   "||attention + MLP output|| / ||layer input|| per frame (the layer's whole update)"),
     "block_cosine": ArraySpec(("utterance", "layer", "frame"), "float16",
                               "cosine of attention + MLP output with the layer input per frame"),
-    "layer_input_pooled": ArraySpec(("utterance", "layer", "d_model"), "float32", "pooled layer input h"),
-    "attention_pooled": ArraySpec(("utterance", "layer", "d_model"), "float32", "pooled attention output"),
-    "mlp_pooled": ArraySpec(("utterance", "layer", "d_model"), "float32", "pooled MLP output"),
     "lora_a_activation": ArraySpec(("utterance", "module", "frame", "rank"), "float16",
                                    "LoRA A output (before B) per frame", lora_only=True, sampled=True),
     "lora_a_gradient": ArraySpec(("utterance", "module", "frame", "rank"), "float32",
@@ -248,15 +251,25 @@ def no_store(path: str) -> StoreError:
     return StoreError(f"{path}: no store there; create one with loralens trace --store {path}")
 
 
-def check_root(path: str, attrs: dict) -> None:
-    """Raise StoreError unless ``attrs`` (a root group's attributes) are a loralens store's of this version."""
+def check_root(path: str, attrs: dict, write: bool = False) -> None:
+    """Raise StoreError unless ``attrs`` (a root group's attributes) are a loralens store's of a version it reads.
+
+    ``READS`` to read; with ``write``, the one version it writes.
+    """
     if attrs.get("format") != FORMAT:
         raise StoreError(f"{path}: a Zarr group, but not a loralens store (its attributes have no "
                          f"format={FORMAT!r}); point at a store written by loralens trace")
     version = attrs.get("schema_version")
-    if version != SCHEMA_VERSION:
-        newer = isinstance(version, int) and version > SCHEMA_VERSION
-        raise StoreError(
-            f"{path}: store schema version {version}, this loralens reads version {SCHEMA_VERSION}; "
-            + ("upgrade loralens (pip install -U loralens)" if newer else
-               "re-trace it with this version (loralens trace ... --store NEW_PATH)"))
+    if version in READS and (version == SCHEMA_VERSION or not write):
+        return
+    newer = isinstance(version, int) and version > SCHEMA_VERSION
+    if newer:
+        raise StoreError(f"{path}: store schema version {version}, this loralens reads versions up to "
+                         f"{SCHEMA_VERSION}; upgrade loralens (pip install -U loralens)")
+    if version in READS:
+        raise StoreError(f"{path}: store schema version {version}, which this loralens reads but writes no more "
+                         f"(it writes version {SCHEMA_VERSION}); trace into a new store (loralens trace ... --store "
+                         "NEW_PATH), or keep adding to this one with the loralens that made it")
+    raise StoreError(f"{path}: store schema version {version}, this loralens reads versions "
+                     f"{', '.join(map(str, READS))}; re-trace it with this version (loralens trace ... --store "
+                     "NEW_PATH)")

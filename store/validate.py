@@ -174,8 +174,9 @@ class _Check:
         for name in expected:
             if name not in arrays and name not in unreadable:
                 self.problem(f"{where}/{name}: missing array")
-        for name in sorted(set(arrays) - set(expected)):
-            self.problem(f"{where}/{name}: not in schema version {schema.SCHEMA_VERSION}")
+        version = self.store.root.attrs.get("schema_version")
+        for name in sorted(set(arrays) - set(expected) - set(schema.RETIRED.get(version, ()))):
+            self.problem(f"{where}/{name}: not in schema version {version}")
         if "written" not in arrays:
             return None
         marks, damaged = read_blocks(arrays["written"])

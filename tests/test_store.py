@@ -191,6 +191,29 @@ def test_not_a_store_and_versions(tmp_path):
         probe(str(tmp_path / "broken"))
 
 
+def test_a_store_of_schema_4_is_read_and_validated_but_not_written(tmp_path):
+    """Version 5 stopped writing the pooled layer input, attention and MLP outputs (no figure read them): a new
+    store has none of them, and a version-4 store, which holds them, still reads and validates; only writing to it
+    is refused, in one line that says what to do."""
+    path = str(tmp_path / "s")
+    _, written = _fill(path)
+    group = zarr.open_group(path, mode="a")
+    assert not set(schema.RETIRED[4]) & set(group["runs/r/trained"].array_keys())
+    group.attrs["schema_version"] = 4
+    for name in schema.RETIRED[4]:  # as version 4's writer made them
+        group["runs/r/trained"].create_array(name, shape=(3, 2, 8), dtype="float32", chunks=(1, 2, 8))
+    reader = StoreReader(path)
+    np.testing.assert_array_equal(reader.read("r", "trained", "residual_pooled", [1]),
+                                  written[1]["residual_pooled"][None])
+    report = validate(path)
+    assert report.ok, report.problems
+    with pytest.raises(StoreError, match="writes no more.*trace into a new store"):
+        StoreWriter(path)
+    group["runs/r/trained"].create_array("unknown", shape=(3,), dtype="float32", chunks=(1,))
+    assert [p for p in validate(path).problems if "not in schema" in p] == [
+        "runs/r/trained/unknown: not in schema version 4"]
+
+
 def test_validate_finds_nan_and_incomplete(tmp_path):
     path = str(tmp_path / "s")
     writer, _ = _fill(path)
