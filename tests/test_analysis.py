@@ -131,14 +131,47 @@ def test_resolution_depth():
     assert lens.resolution_depth(logits).tolist() == [1, 0, 3, 3]
 
 
-def test_silhouette_matches_sklearn():
-    x = _data(60, 5)
-    labels = np.repeat(["a", "b", "c"], 20)
-    x[labels == "b"] += 2
-    from sklearn.preprocessing import StandardScaler
+def _silhouette_by_hand(x, labels):
+    """Rousseeuw 1987: the mean over points of (b - a) / max(a, b), with a the point's mean distance to the rest of
+    its own cluster and b its mean distance to the nearest other cluster."""
+    distance = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    scores = []
+    for i, label in enumerate(labels):
+        own = labels == label
+        a = distance[i, own].sum() / (own.sum() - 1)
+        b = min(distance[i, labels == other].mean() for other in set(labels.tolist()) - {label})
+        scores.append((b - a) / max(a, b))
+    return np.mean(scores)
 
-    assert projections.silhouette(x, labels) == pytest.approx(silhouette_score(StandardScaler().fit_transform(x),
-                                                                                labels))
+
+def test_silhouette_is_rousseeuws_in_the_standardised_space():
+    """The contract: the silhouette of the labels once each feature is scaled to zero mean and unit variance."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["a", "b", "c"], 20)
+    # The clusters differ on a narrow feature; a wide one is noise. Unstandardised, the noise would hide them.
+    x = np.column_stack([0.01 * np.repeat([0, 1, 2], 20) + 0.002 * rng.standard_normal(60),
+                         1000 * rng.standard_normal(60)])
+    standardised = (x - x.mean(0)) / x.std(0)
+    assert projections.silhouette(x, labels) == pytest.approx(_silhouette_by_hand(standardised, labels), abs=1e-12)
+    assert projections.silhouette(x, labels) > 0.2 > abs(silhouette_score(x, labels))
+    # Above ``sample`` vectors, an estimate on that many, the same each time, near the exact value.
+    many = np.repeat([0, 1], 600)
+    x = rng.standard_normal((1200, 4)) + 1.5 * many[:, None]
+    exact = _silhouette_by_hand((x - x.mean(0)) / x.std(0), many)
+    estimate = projections.silhouette(x, many, sample=300)
+    assert estimate == projections.silhouette(x, many, sample=300)
+    assert 1e-6 < abs(estimate - exact) < 0.05
+    assert projections.silhouette(x, many) == pytest.approx(exact, abs=1e-12)  # 1200 are fewer than the default
+
+
+def test_silhouette_of_separate_clusters_is_near_one_and_of_shuffled_labels_near_zero():
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1, 2], 50)
+    x = 0.05 * rng.standard_normal((150, 3)) + 10 * np.eye(3)[labels]  # no feature of noise alone: it is standardised
+    assert projections.silhouette(x, labels) > 0.95
+    assert abs(projections.silhouette(x, rng.permutation(labels))) < 0.1
+    assert np.isnan(projections.silhouette(x, np.zeros(150)))  # one label: no silhouette
+    assert np.isnan(projections.silhouette(x[:3], labels[[0, 50, 100]]))  # a vector per label: none either
 
 
 def test_umap_places_new_points_near_their_cluster():

@@ -36,24 +36,6 @@ def test_moments_of_few_samples_have_as_many_singular_values():
     np.testing.assert_allclose(m.singular_values(), spectra.singular_values(x), rtol=1e-6)
 
 
-def test_minibatch_cka_is_the_unbiased_cka_in_one_batch_and_close_over_many():
-    rng = np.random.default_rng(2)
-    z = rng.standard_normal((1200, 6))
-    x = z @ rng.standard_normal((6, 40)) + 0.5 * rng.standard_normal((1200, 40))
-    y = np.tanh(z @ rng.standard_normal((6, 50))) + 0.5 * rng.standard_normal((1200, 50))
-    one = [np.arange(1200)]
-    single = cka.minibatch_heatmap([cka.minibatch_grams(x, one)], [cka.minibatch_grams(y, one)])[0, 0]
-    full = cka.linear_cka(x, y, debiased=True) if len(x) <= cka.MAX_SAMPLES else None
-    assert single == pytest.approx(full, rel=1e-9)
-    batches = cka.minibatches(1200, 128)
-    assert sorted(np.concatenate(batches).tolist()) == list(range(1200))
-    many = cka.minibatch_heatmap([cka.minibatch_grams(x, batches)], [cka.minibatch_grams(y, batches)])[0, 0]
-    assert abs(many - full) < 0.02
-    # A layer with itself: 1.
-    assert cka.minibatch_heatmap([cka.minibatch_grams(x, batches)], [cka.minibatch_grams(x, batches)])[0, 0] \
-        == pytest.approx(1.0)
-
-
 @pytest.fixture()
 def summarised(tiny_store, tmp_path) -> str:
     """A copy of the tiny store whose runs' summaries are removed, so the test computes everything both ways."""
