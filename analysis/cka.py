@@ -76,6 +76,8 @@ def _gram_cka(k: np.ndarray, l: np.ndarray, debiased: bool) -> float:  # noqa: E
 
 MINIBATCH = 256
 """Utterances per minibatch of ``minibatch_heatmap``."""
+MIN_SAMPLES = 4
+"""The fewest samples the unbiased HSIC estimator takes (its normalisation divides by ``n - 3``)."""
 
 
 def minibatches(n: int, size: int = MINIBATCH, seed: int = 0) -> list[np.ndarray]:
@@ -85,7 +87,7 @@ def minibatches(n: int, size: int = MINIBATCH, seed: int = 0) -> list[np.ndarray
     """
     order = np.random.default_rng(seed).permutation(n)
     cuts = list(range(size, n - size + 1, size)) if n >= 2 * size else []
-    return [np.sort(b) for b in np.split(order, cuts)] if n >= 4 else []
+    return [np.sort(b) for b in np.split(order, cuts)] if n >= MIN_SAMPLES else []
 
 
 def minibatch_grams(x: np.ndarray, batches: list[np.ndarray]) -> list[np.ndarray]:

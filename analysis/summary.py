@@ -14,7 +14,8 @@ A summary holds, per run (``schema.SUMMARY_GROUP``):
   real frames, ``(n_modules, n_folds, dim)`` (zero-padded), and ``frames/<checkpoint>/<signal>`` the frames per fold;
 - ``cka_ab/<checkpoint>/<signal>``: linear CKA of LoRA A with B per module and fold model, ``(n_modules, n_folds)``;
 - ``residual_cka/<other run>``: minibatch CKA of the pooled residuals, layer x layer, within the run and with
-  each LoRA/frozen partner (``views.residual_cka``);
+  each LoRA/frozen partner, within each fold model and averaged over them (``views.residual_cka``; absent where
+  no fold model traced enough of the utterances both runs traced);
 - ``maps/<source>/<method>``: 2-D maps of every boundary (``residual``) and LoRA module (``lora_a``), ``(n_positions,
   n_mapped, 2)``, over the rows ``map_rows/<method>`` picks of ``rows`` (``projections.map_rows``: all, or t-SNE's
   sample); ``map_silhouette/<source>/<method>`` the emotion silhouette on each map, and ``silhouette/<source>``
@@ -39,8 +40,6 @@ from loralens.store.writer import StoreWriter
 log = logging.getLogger(__name__)
 
 SIGNALS = ("activation", "gradient")
-ROWS_PER_READ = 16
-"""Utterances read at once for the per-frame sums (a batch of one large-v2 module's B gradients: 120 MB)."""
 
 
 def partners(reader: StoreReader, run: str) -> list[str]:
@@ -74,19 +73,11 @@ def fold_moments(reader: StoreReader, run: str, checkpoint: str, signal: str, mo
     """Moments of one LoRA module's A outputs (and B's, where kept) over the real frames of ``rows``.
 
     ``signal``: ``activation`` or ``gradient``; ``rows``: one fold model's rows that kept their per-frame arrays.
+    Streamed as the views stream it (``views.frame_moments``).
     """
-    group = reader.group(run, checkpoint)
-    with_b = f"lora_b_{signal}" in group
-    n_frames = reader.utterances()["n_frames"]
-    m = Moments.empty(int(group[f"lora_a_{signal}"].shape[-1]),
-                      int(group[f"lora_b_{signal}"].shape[-1]) if with_b else None)
-    for start in range(0, len(rows), ROWS_PER_READ):
-        batch = rows[start: start + ROWS_PER_READ]
-        a = reader.read(run, checkpoint, f"lora_a_{signal}", batch, module=module)  # (b, frame, rank)
-        b = reader.read(run, checkpoint, f"lora_b_{signal}", batch, module=module) if with_b else None
-        keep = np.arange(a.shape[1])[None, :] < n_frames[batch][:, None]
-        m.add(a[keep], b[keep] if with_b else None)
-    return m
+    with_b = f"lora_b_{signal}" in reader.group(run, checkpoint)
+    return views.frame_moments(reader, run, checkpoint, f"lora_a_{signal}", module, rows,
+                               f"lora_b_{signal}" if with_b else None)
 
 
 def reduce_moments(m: Moments) -> tuple[np.ndarray, np.ndarray | None, float | None]:
@@ -201,10 +192,13 @@ def compute(reader: StoreReader, run: str, methods: Iterable[str] = ("umap", "ts
     basis = {f"{run}/{c}": int(reader.attrs(run, c)["n_written"]) for c in info.checkpoints}
     grams: dict = {}  # this run's Gram matrices serve its CKA with itself and with its partner
     for other in partners(reader, run):
-        given = (reuse or {}).get(other, {}).get(f"residual_cka/{run}")
-        out[f"residual_cka/{other}"] = (given.T if given is not None else
-                                        views.residual_cka(reader, run, other, live=True, grams_cache=grams))
         basis[f"{other}/trained"] = int(reader.attrs(other)["n_written"])
+        given = (reuse or {}).get(other, {}).get(f"residual_cka/{run}")
+        try:
+            out[f"residual_cka/{other}"] = (given.T if given is not None else
+                                            views.residual_cka(reader, run, other, live=True, grams_cache=grams))
+        except ValueError as e:  # no fold model traced enough of the rows both runs traced: no matrix to keep
+            log.warning("%s: no residual CKA of %s with %s in its summary: %s", reader.path, run, other, e)
     del grams
     seconds["residual CKA"] = time.perf_counter() - t
 

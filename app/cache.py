@@ -141,9 +141,15 @@ def fold_sizes(path: str, run: str) -> dict[int, int]:
 
 
 @st.cache_data(show_spinner=False)
-def residual_cka(path: str, run_a: str, run_b: str) -> np.ndarray:
-    """Layer x layer minibatch CKA of pooled residuals."""
-    return views.residual_cka(reader(path), run_a, run_b)
+def residual_cka(path: str, run_a: str, run_b: str, fold: int | None = None) -> np.ndarray:
+    """Layer x layer minibatch CKA of pooled residuals within each fold model, averaged (``fold``: that one alone)."""
+    return views.residual_cka(reader(path), run_a, run_b, fold=fold)
+
+
+@st.cache_data(show_spinner=False)
+def residual_cka_scope(path: str, run_a: str, run_b: str, fold: int | None = None) -> str:
+    """What ``residual_cka`` averages (``views.residual_cka_scope``), for its chart's title."""
+    return views.residual_cka_scope(views.residual_cka_groups(reader(path), run_a, run_b, fold=fold))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

@@ -145,12 +145,19 @@ def build(store: str, out: Path, threshold: float = 0.9, storage_options: dict |
                     f"{name}-svd")
         charts.save(charts.per_layer(views.cka_ab_frame(a.cka_ab), "cka", f"CKA(A, B) per layer: {name}", [0, 1]),
                     out, f"{name}-cka-ab")
-        heat = {"within": views.residual_cka(reader, name, name, rows)}
-        if frozen_run:
-            heat["vs_frozen"] = views.residual_cka(reader, name, frozen_run.name, rows)
-        for key, matrix in heat.items():
+        others = {"within": name} | ({"vs_frozen": frozen_run.name} if frozen_run else {})
+        residual_cka: dict[str, dict] = {}
+        for key, other in others.items():
+            scope = views.residual_cka_scope(views.residual_cka_groups(reader, name, other, rows))
+            try:
+                matrix = views.residual_cka(reader, name, other, rows)
+            except ValueError as e:  # no fold model traced enough of the utterances: refused, not stacked
+                log.warning("%s: residual CKA (%s) not drawn: %s", name, key, e)
+                residual_cka[key] = {"scope": scope, "figure": None, "refused": str(e)}
+                continue
+            residual_cka[key] = {"scope": scope, "figure": f"{name}-cka-{key}"}
             charts.save(charts.heatmap(views.heatmap_frame(matrix), "other", "LoRA", "cka",
-                                       f"Residual CKA ({key}): {name}", [0, 1]), out, f"{name}-cka-{key}")
+                                       f"Residual CKA ({key}, {scope}): {name}", [0, 1]), out, f"{name}-cka-{key}")
 
         sil = {"LoRA": views.silhouettes(reader, name, rows)}
         if frozen_run:
@@ -191,6 +198,7 @@ def build(store: str, out: Path, threshold: float = 0.9, storage_options: dict |
                                    for c, s in by.items()} for q, by in a.spectra.items()},
             "concentration_ratio": a.ratios,
             "cka_a_vs_b": {k: v.tolist() for k, v in a.cka_ab.items()},
+            "residual_cka": residual_cka,
             "silhouette": {k: v.tolist() for k, v in sil.items()},
             "findings": findings(a),
             "causal": _causal(reader, lora_run, frozen_run, out),
@@ -289,15 +297,20 @@ def _markdown(summary: dict) -> str:
             lines.append(f"Cross-validated UAR: LoRA {m['uar']['mean']:.3f} ± {m['uar']['std']:.3f}"
                          + (f", frozen {f['uar']['mean']:.3f} ± {f['uar']['std']:.3f}" if f and f.get("uar") else ""))
             lines.append("")
-        lines += [f"SVD spectra and CKA(A, B) are computed within each fold model ({len(run['fold_models'])} traced "
-                  "these utterances) and averaged over them.", ""]
+        lines += [f"SVD spectra, CKA(A, B) and residual CKA are computed within each fold model "
+                  f"({len(run['fold_models'])} traced these utterances) and averaged over them (residual CKA leaves "
+                  "out fold models too small for its unbiased estimator; each heatmap's title says what it "
+                  "averages).", ""]
+        for key, heat in run["residual_cka"].items():
+            if heat["figure"] is None:
+                lines += [f"Residual CKA ({key}) is not drawn: {heat['refused']}.", ""]
         lines += ["| finding of the paper | holds here | evidence |", "| --- | --- | --- |"]
         for item in run["findings"]:
             lines.append(f"| {item['finding']} | {'yes' if item['holds'] else 'no'} | {item['evidence']} |")
         lines += ["", "Criteria: " + "; ".join(f"*{i['finding']}*: {i['criterion']}" for i in run["findings"]),
                   "", f"Figures: `{name}-lens`, `{name}-contributions`, `{name}-svd`, `{name}-cka-ab`, "
-                  f"`{name}-cka-within`, `{name}-cka-vs_frozen`, `{name}-silhouette`, `{name}-tsne`, `{name}-umap` "
-                  "(PNG and SVG).", ""]
+                  + "".join(f"`{h['figure']}`, " for h in run["residual_cka"].values() if h["figure"])
+                  + f"`{name}-silhouette`, `{name}-tsne`, `{name}-umap` (PNG and SVG).", ""]
         if c := run.get("causal"):
             lines += ["### Causal lens", "", f"Interventions (`loralens intervene`) on the {c['n_utterances']} "
                       "utterances the LoRA run traced, each through the fold model that held it out"

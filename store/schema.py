@@ -165,8 +165,10 @@ SUMMARY_GROUP = "summary"
 ``analysis.summary``): spectra, CKA, contributions, lens statistics and 2-D maps. Its attributes (``SUMMARY_ATTRS``)
 are written after its arrays; ``basis`` says which committed state it was computed from, and a summary whose
 basis differs from its checkpoints' ``n_written`` is stale (readers ignore it; ``loralens summarise`` renews it)."""
-SUMMARY_VERSION = 1
-"""Bumped on any change to what a summary holds; a summary of another version is recomputed."""
+SUMMARY_VERSION = 2
+"""Bumped on any change to what a summary holds; a summary of another version is recomputed (readers ignore it).
+
+2: ``residual_cka`` within each fold model, averaged (1 stacked every fold model's utterances)."""
 SUMMARY_ATTRS = (
     "summary_version",  # SUMMARY_VERSION
     "basis",            # checkpoint -> n_written when computed; partner run -> its trained n_written

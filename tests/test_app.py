@@ -352,6 +352,38 @@ def test_dynamics_page_within_one_fold_model(app):
     _ok(at)
 
 
+def test_the_residual_heatmaps_follow_the_fold_model_picker(app, tiny_store):
+    """The picker changed the spectra beside the residual CKA heatmaps but not the heatmaps, which stacked every fold
+    model's utterances: each is the mean of the fold models' CKA, or the picked one's alone, and says which."""
+    import numpy as np
+    import pyarrow as pa
+
+    reader = StoreReader(tiny_store)
+    at = app.run()
+    at.switch_page("sections/dynamics.py").run()
+    _ok(at)
+
+    def heatmaps() -> dict[str, np.ndarray]:
+        out = {}
+        for chart in at.get("vega_lite_chart"):
+            title = json.loads(chart.proto.spec).get("title", "")
+            if title.startswith("CKA within LoRA") or title.startswith("CKA LoRA vs frozen"):
+                (data,) = chart.proto.datasets
+                frame = pa.ipc.open_stream(io.BytesIO(data.data.data)).read_all().to_pandas()
+                out[title] = frame.pivot(index="LoRA", columns="other", values="cka").to_numpy()
+        return out
+
+    for index, fold, scope in ((0, None, "mean of 4 fold models"), (2, 1, "fold 1's model")):
+        at.selectbox(key="dyn-fold").select_index(index).run()
+        _ok(at)
+        assert at.selectbox(key="dyn-fold").value == fold
+        drawn = heatmaps()
+        assert set(drawn) == {f"CKA within LoRA · {scope}", f"CKA LoRA vs frozen · {scope}"}, drawn.keys()
+        for other, title in (("tiny-lora", "within LoRA"), ("tiny-frozen", "LoRA vs frozen")):
+            np.testing.assert_allclose(drawn[f"CKA {title} · {scope}"],
+                                       views.residual_cka(reader, "tiny-lora", other, fold=fold), rtol=1e-6)
+
+
 def test_a_threshold_move_moves_the_spectra_rule_and_rebuilds_no_chart(app, monkeypatch):
     """At large-v2's size rebuilding the page's five charts took the threshold slider to 246 ms (p95): the charts of
     a run and fold are built once, and a move changes the spectra chart's threshold parameter alone."""

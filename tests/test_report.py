@@ -89,3 +89,9 @@ def test_the_report_says_which_utterances_each_section_uses(tiny_runs, tmp_path)
     assert "Every number below is computed over the same" not in markdown
     assert "t-SNE and UMAP maps: the 32 utterances" in markdown
     assert f"SVD spectra and CKA(A, B): the {run['utterance_sets']['per_frame']} of them" in markdown
+    # Residual CKA is within each fold model: none of the four traced the 4 utterances its estimator needs, so
+    # the heatmaps are refused, saying why (they stacked the fold models' utterances before).
+    assert {k: h["figure"] for k, h in run["residual_cka"].items()} == {"within": None, "vs_frozen": None}
+    assert "Residual CKA (within) is not drawn: residual CKA of tiny-lora with tiny-lora needs a fold model" \
+        in markdown
+    assert not (out / "tiny-lora-cka-within.png").exists() and "tiny-lora-cka-within" not in markdown

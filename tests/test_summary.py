@@ -157,8 +157,8 @@ def test_pages_draw_from_the_summary_without_whole_store_computations(tiny_store
     def refuse(*args, **kwargs):
         raise AssertionError("a page computed from the raw arrays although the summary holds the result")
 
-    for target, name in ((projections, "project"), (views.queries, "lora_matrices"), (cka, "minibatch_grams"),
-                         (contributions, "contributions")):
+    for target, name in ((projections, "project"), (views.queries, "lora_matrices"),
+                         (views.queries, "frame_moments"), (cka, "minibatch_grams"), (contributions, "contributions")):
         monkeypatch.setattr(target, name, refuse)
     monkeypatch.setenv("LORALENS_STORE", tiny_store)
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app" / "main.py"), default_timeout=300).run()

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from loralens.analysis import cka, contributions, lens, projections, spectra
+from loralens.analysis.moments import Moments
 from loralens.store.reader import StoreReader, Summary
 
 LORA_QUANTITIES = ("lora_a_activation", "lora_a_gradient", "lora_b_activation", "lora_b_gradient")
@@ -190,6 +191,8 @@ def lora_matrices(reader: StoreReader, run: str, checkpoint: str, quantity: str,
                   modules: slice = slice(None)) -> list[list[np.ndarray]]:
     """Per LoRA module (of ``modules``), per fold model: every real frame of its utterances, ``(frames, dim)``.
 
+    Everything in memory at once: the drill-down and the tests' reference. The views stream (``frame_moments``).
+
     ``groups``: fold -> rows, each holding the sampled per-frame arrays (``sampled_groups``).
     """
     rows = [r for group in groups.values() for r in group]
@@ -198,6 +201,42 @@ def lora_matrices(reader: StoreReader, run: str, checkpoint: str, quantity: str,
     at = {r: i for i, r in enumerate(rows)}
     index = [[at[r] for r in group] for group in groups.values()]
     return [[spectra.real_frames(values[ix, m], n_frames[ix]) for ix in index] for m in range(values.shape[1])]
+
+
+ROWS_PER_READ = 16
+"""Utterances read at once for the per-frame sums (a batch of one large-v2 module's B gradients: 120 MB)."""
+
+
+def frame_moments(reader: StoreReader, run: str, checkpoint: str, x: str, module: int, rows: list[int],
+                  y: str | None = None) -> Moments:
+    """Moments of one LoRA module's per-frame ``x`` (and ``y`` of the same frames) over the real frames of ``rows``.
+
+    Read ``ROWS_PER_READ`` rows of the one module at a time: memory grows with the module's width, not with the
+    rows (``lora_matrices`` holds them all).
+
+    Args:
+        reader: the store.
+        run: a LoRA run.
+        checkpoint: ``trained`` or ``random_twin``.
+        x: a per-frame LoRA quantity (``LORA_QUANTITIES``), ``(utterance, module, frame, dim)``.
+        module: the module's index.
+        rows: rows that kept their per-frame arrays (one fold model's, for a spectrum or CKA within it).
+        y: a second quantity, for CKA of ``x`` with ``y`` (``Moments.linear_cka``).
+    """
+    group = reader.group(run, checkpoint)
+    n_frames = reader.utterances()["n_frames"]
+    m = Moments.empty(int(group[x].shape[-1]), int(group[y].shape[-1]) if y is not None else None)
+    for start in range(0, len(rows), ROWS_PER_READ):
+        batch = rows[start: start + ROWS_PER_READ]
+        a = reader.read(run, checkpoint, x, batch, module=module)  # (b, frame, dim)
+        b = reader.read(run, checkpoint, y, batch, module=module) if y is not None else None
+        keep = np.arange(a.shape[1])[None, :] < n_frames[batch][:, None]
+        m.add(a[keep], b[keep] if b is not None else None)
+    return m
+
+
+def _module_indices(reader: StoreReader, run: str, checkpoint: str, quantity: str, modules: slice) -> range:
+    return range(int(reader.array(run, checkpoint, quantity).shape[1]))[modules]
 
 
 def _fold_index(s: Summary, fold: int | None) -> list[int]:
@@ -238,12 +277,13 @@ def spectra_of(reader: StoreReader, run: str, threshold: float = 0.9, fold: int 
                 index = [j for j in _fold_index(s, fold) if frames[j] > 0]
                 singular = tuple(tuple(module[j, : min(int(frames[j]), module.shape[1])] for j in index)
                                  for module in values)
-            else:
+            else:  # one module at a time (frame_moments), not every module's frames at once
                 groups = groups if groups is not None else fold_groups(reader, run, rows, fold=fold)
                 kept = sampled_groups(reader, run, c, groups)
                 index = list(kept)
-                singular = spectra.spectrum(lora_matrices(reader, run, c, quantity, kept, modules)).singular \
-                    if kept else ()
+                singular = tuple(tuple(frame_moments(reader, run, c, quantity, m, g).singular_values()
+                                       for g in kept.values())
+                                 for m in _module_indices(reader, run, c, quantity, modules)) if kept else ()
             if index:
                 by_checkpoint[c] = spectra.Spectrum(singular, threshold)
         if by_checkpoint:
@@ -275,48 +315,146 @@ def cka_a_vs_b(reader: StoreReader, run: str, checkpoint: str = "trained", fold:
         groups = sampled_groups(reader, run, checkpoint, fold_groups(reader, run, rows, fold=fold))
         if not groups:
             continue
-        a = lora_matrices(reader, run, checkpoint, f"lora_a_{kind}", groups, modules)
-        b = lora_matrices(reader, run, checkpoint, f"lora_b_{kind}", groups, modules)
-        out[kind] = np.array([np.mean([cka.linear_cka(x, y) for x, y in zip(xs, ys, strict=True)])
-                              for xs, ys in zip(a, b, strict=True)])
+        a, b = f"lora_a_{kind}", f"lora_b_{kind}"
+        out[kind] = np.array([np.mean([frame_moments(reader, run, checkpoint, a, m, g, b).linear_cka()
+                                       for g in groups.values()])
+                              for m in _module_indices(reader, run, checkpoint, a, modules)])
     return out
 
 
-def residual_cka(reader: StoreReader, run_a: str, run_b: str, rows: list[int] | None = None,
-                 live: bool = False, grams_cache: dict | None = None) -> np.ndarray:
-    """Layer x layer minibatch CKA of pooled residuals, ``(n_boundaries_a, n_boundaries_b)``.
+ONE_MODEL = -1
+"""A frozen run's fold in ``residual_cka_groups``' keys: its encoder is one model in every fold (only heads trained)."""
 
-    The estimator of ``cka.minibatch_heatmap``.
-    Over ``rows`` (default: those both runs traced), in minibatches of ``cka.MINIBATCH`` utterances (one batch,
-    the full-data unbiased CKA, for fewer than twice that). From either run's summary where current, unless
-    ``live``. ``grams_cache``: a dict kept between calls, so a run's minibatch Gram matrices over the same rows are
-    computed once (a summary compares a run with itself and with its partner).
+
+def residual_cka_groups(reader: StoreReader, run_a: str, run_b: str, rows: list[int] | None = None,
+                        fold: int | None = None) -> dict[tuple[int, int], list[int]]:
+    """The fold models residual CKA is computed within: ``(fold of run_a, fold of run_b)`` -> their rows.
+
+    Each row was traced by the fold model of each run that held it out. A LoRA or fully fine-tuned run's folds are
+    different encoders; a frozen run's are one (its fold is ``ONE_MODEL`` here and splits nothing).
+
+    Args:
+        reader: the store.
+        run_a: the run of the matrix's rows.
+        run_b: the run of its columns (``run_a`` itself: CKA within the run).
+        rows: the utterances (default: those both runs traced).
+        fold: only the rows ``run_a``'s fold model ``fold`` traced.
+
+    Raises:
+        ValueError: ``fold`` traced none of the rows.
+    """
+    rows = rows if rows is not None else common_rows(reader, run_a, run_b)
+    if fold is not None:
+        rows = fold_groups(reader, run_a, rows, fold=fold)[fold]
+
+    def folds(run: str) -> np.ndarray:
+        if reader.attrs(run)["method"] == "frozen":
+            return np.full(len(rows), ONE_MODEL)
+        return np.asarray(reader.read(run, "trained", "fold", rows), dtype=int)
+
+    fa = folds(run_a)
+    fb = fa if run_b == run_a else folds(run_b)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for r, a, b in zip(rows, fa, fb, strict=True):
+        groups.setdefault((int(a), int(b)), []).append(r)
+    return dict(sorted(groups.items()))
+
+
+def residual_cka_scope(groups: dict[tuple[int, int], list[int]]) -> str:
+    """What a ``residual_cka`` over ``groups`` (``residual_cka_groups``) averages, for a chart's title.
+
+    ``fold 2's model``, ``mean of 4 fold models``, ``one model (frozen encoder)``, with the fold models left out
+    for too few utterances named: ``mean of 3 fold models; fold 5 (2 utterances) left out: fewer than 4``.
+    """
+    used = [k for k, g in groups.items() if len(g) >= cka.MIN_SAMPLES]
+    left = [f"{_fold_model(k)} ({len(g)} utterance{'s' * (len(g) != 1)})" for k, g in groups.items()
+            if len(g) < cka.MIN_SAMPLES]
+    if not used:
+        text = "no fold model"
+    elif used == [(ONE_MODEL, ONE_MODEL)]:
+        text = "one model (frozen encoder)"
+    elif len(used) == 1:
+        text = f"{_fold_model(used[0])}'s model"
+    else:
+        text = f"mean of {len(used)} fold models"
+    if left:
+        text += f"; {', '.join(left)} left out: fewer than {cka.MIN_SAMPLES}"
+    return text
+
+
+def _fold_model(key: tuple[int, int]) -> str:
+    """A ``residual_cka_groups`` key as its fold models: ``fold 3`` (or ``fold 3/1`` where the runs' differ)."""
+    if key == (ONE_MODEL, ONE_MODEL):
+        return "the frozen encoder"
+    return "fold " + "/".join(str(f) for f in dict.fromkeys(key) if f != ONE_MODEL)
+
+
+def residual_cka(reader: StoreReader, run_a: str, run_b: str, rows: list[int] | None = None,
+                 live: bool = False, grams_cache: dict | None = None, fold: int | None = None) -> np.ndarray:
+    """Layer x layer minibatch CKA of pooled residuals within each fold model, averaged over them.
+
+    As spectra and CKA(A, B): each fold model's utterances (``residual_cka_groups``) give a matrix of their own,
+    and the result is the plain mean of those matrices (not weighted by the fold models' utterances). Stacking
+    several models' utterances would measure how the models differ as much as how the layers relate. Each matrix
+    is the estimator of ``cka.minibatch_heatmap`` over minibatches of ``cka.MINIBATCH`` of its utterances (one
+    batch, the full-data unbiased CKA, for fewer than twice that). Fold models with fewer than ``cka.MIN_SAMPLES``
+    utterances are left out (the unbiased estimator needs that many; ``residual_cka_scope`` names them).
+
+    Args:
+        reader: the store.
+        run_a: the run of the rows.
+        run_b: the run of the columns (``run_a``: within the run).
+        rows: the utterances (default: those both runs traced).
+        live: compute from the arrays even where a summary holds the result (a summary holds the mean over every
+            fold model of every row both runs traced).
+        grams_cache: a dict kept between calls, so a run's minibatch Gram matrices over the same fold models' rows
+            are computed once (a summary compares a run with itself and with its partner).
+        fold: ``run_a``'s fold model ``fold`` alone (computed now: a summary holds the mean).
+
+    Returns:
+        ``(n_boundaries_a, n_boundaries_b)``.
+
+    Raises:
+        ValueError: no fold model traced ``cka.MIN_SAMPLES`` of the rows, or ``fold`` traced none.
     """
     both = common_rows(reader, run_a, run_b)
     rows = rows if rows is not None else both
-    if not live and list(rows) == both:
+    if not live and fold is None and list(rows) == both:
         for mine, other, flip in ((run_a, run_b, False), (run_b, run_a, True)):
             s = reader.summary(mine)
             if s is not None and f"residual_cka/{other}" in s:
                 matrix = s[f"residual_cka/{other}"]
                 return matrix.T if flip else matrix
-    batches = cka.minibatches(len(rows))
-    if not batches:
-        raise ValueError(f"residual CKA needs at least 4 utterances traced by {run_a} and {run_b}, got {len(rows)}")
+    groups = residual_cka_groups(reader, run_a, run_b, rows, fold)
+    usable = [g for g in groups.values() if len(g) >= cka.MIN_SAMPLES]
+    if not usable:
+        traced = ", ".join(f"{_fold_model(k)}: {len(g)}" for k, g in groups.items()) or "none"
+        raise ValueError(f"residual CKA of {run_a} with {run_b} needs a fold model that traced at least "
+                         f"{cka.MIN_SAMPLES} of the utterances both traced"
+                         + (f" (of fold {fold} of {run_a})" if fold is not None else "")
+                         + f"; utterances per fold model: {traced}")
+    batches = [cka.minibatches(len(g)) for g in usable]
 
-    def grams(run: str) -> list[list[np.ndarray]]:
-        key = (run, tuple(rows))
+    def grams(run: str) -> list[list[list[np.ndarray]]]:
+        """Per fold model, per boundary, its Gram matrix on each of its minibatches."""
+        key = (run, tuple(map(tuple, usable)))
         if grams_cache is not None and key in grams_cache:
             return grams_cache[key]
-        n = reader.array(run, "trained", "residual_pooled").shape[1]
-        out = [cka.minibatch_grams(reader.read(run, "trained", "residual_pooled", rows, boundary=j), batches)
-               for j in range(n)]
+        every = sorted(r for g in usable for r in g)
+        at = {r: i for i, r in enumerate(every)}
+        index = [[at[r] for r in g] for g in usable]
+        out: list[list[list[np.ndarray]]] = [[] for _ in usable]
+        for j in range(reader.array(run, "trained", "residual_pooled").shape[1]):
+            x = reader.read(run, "trained", "residual_pooled", every, boundary=j)  # one boundary at a time
+            for per_boundary, ix, b in zip(out, index, batches, strict=True):
+                per_boundary.append(cka.minibatch_grams(x[ix], b))
         if grams_cache is not None:
             grams_cache[key] = out
         return out
 
     a = grams(run_a)
-    return cka.minibatch_heatmap(a, a if run_b == run_a else grams(run_b))
+    b = a if run_b == run_a else grams(run_b)
+    return np.mean([cka.minibatch_heatmap(x, y) for x, y in zip(a, b, strict=True)], axis=0)
 
 
 def vectors(reader: StoreReader, run: str, source: str, layer: int, checkpoint: str = "trained",

@@ -19,8 +19,9 @@ folds = [None, *sizes]
 fold = left.selectbox(
     "Fold model", folds, index=widgets.index(folds, view.fold), key="dyn-fold",
     format_func=lambda f: f"every fold, averaged ({len(sizes)})" if f is None else f"fold {f} ({sizes[f]} utterances)",
-    help="Each utterance was traced by the fold model that held it out; spectra and CKA are computed within one "
-         "model (stacking several models' low-rank maps would inflate ranks) and averaged over folds.")
+    help="Each utterance was traced by the fold model that held it out; spectra, CKA and the residual heatmaps are "
+         "computed within one model (stacking several models' low-rank maps would inflate ranks, and several models' "
+         "residuals would measure how the models differ) and averaged over folds.")
 threshold = right.slider("Energy threshold of the effective rank", *state.THRESHOLD_RANGE, view.threshold, 0.01,
                          key="dyn-threshold")
 view.fold, view.threshold = fold, round(threshold, 2)
@@ -36,8 +37,14 @@ def figures(path: str, run_name: str, fold: int | None) -> dict:
            "ab": (widgets.figure(charts.per_layer(ab, "cka", "Linear CKA between LoRA A and B outputs", [0, 1])), ab)}
     partner = views.frozen_partner(cache.runs(path), next(r for r in cache.runs(path) if r.name == run_name))
     for other, title in [(run_name, "within LoRA"), *([(partner.name, "LoRA vs frozen")] if partner else [])]:
-        frame = views.heatmap_frame(cache.residual_cka(path, run_name, other))
-        out[title] = (widgets.figure(charts.heatmap(frame, "other", "LoRA", "cka", f"CKA {title}", [0, 1])), frame)
+        scope = cache.residual_cka_scope(path, run_name, other, fold)
+        try:
+            frame = views.heatmap_frame(cache.residual_cka(path, run_name, other, fold))
+        except ValueError as e:  # a fold model of fewer utterances than the unbiased estimator takes
+            out[title] = str(e)
+            continue
+        out[title] = (widgets.figure(charts.heatmap(frame, "other", "LoRA", "cka", f"CKA {title} · {scope}", [0, 1])),
+                      frame)
     return out
 
 
@@ -60,9 +67,14 @@ widgets.chart(*drawn["ab"], f"{run.name}-cka-ab", "dyn-ab")
 st.subheader("Residual stream, layer x layer")
 st.caption("Minibatch linear CKA of the pooled residuals (the unbiased HSIC estimator averaged over minibatches of "
            "256 utterances; Nguyen, Raghu and Kornblith, ICLR 2021): equal to the full-data unbiased CKA below 512 "
-           "utterances, and computed in memory that does not grow with the store above.")
+           "utterances, and computed in memory that does not grow with the store above. Within each fold model's "
+           "utterances and averaged over the models, as the spectra (the frozen encoder is one model in every fold), "
+           "or within the fold model picked above.")
 titles = [t for t in ("within LoRA", "LoRA vs frozen") if t in drawn]  # the second where the run has a partner
 for col, title in zip(st.columns(len(titles)), titles, strict=True):
     with col:
-        widgets.chart(*drawn[title], f"{run.name}-cka-{title}", f"dyn-heat-{title}")
+        if isinstance(drawn[title], str):
+            st.info(f"CKA {title}: {drawn[title]}. Pick every fold, averaged, or a larger fold model.")
+        else:
+            widgets.chart(*drawn[title], f"{run.name}-cka-{title}", f"dyn-heat-{title}")
 widgets.remember(view)
