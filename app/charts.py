@@ -216,6 +216,24 @@ def time_image(values: np.ndarray, seconds_per_column: float, y: str, title: str
     return alt.layer(image, legend).properties(width=WIDTH, height=HEIGHT, title=title)
 
 
+def occlusion(df: pd.DataFrame, target: str, end: float, title: str = "") -> alt.Chart:
+    """The drop of P(``target``) with each stretch of a clip silenced, as bars on its time axis.
+
+    Columns ``start``, ``end``, ``drop`` (``views.occlusion_frame``); the axis runs from 0 to ``end`` s, as
+    ``time_image``'s; a click picks a bar's ``start``.
+    """
+    pick = click("start")
+    effect = np.where(df["drop"] > 0, f"for {target}", "against")
+    return alt.Chart(df.assign(effect=effect, zero=0.0)).mark_rect().encode(
+        x=alt.X("start:Q", title="time (s)", scale=alt.Scale(domain=[0, end], nice=False)), x2=alt.X2("end"),
+        y=alt.Y("drop:Q", title=f"drop of P({target})"), y2=alt.Y2("zero"),
+        color=alt.Color("effect:N", title="the sound spoke", scale=alt.Scale(
+            domain=[f"for {target}", "against"], range=["#d95f02", "#7570b3"])),
+        tooltip=_tips(alt.Tooltip("start:Q", title="from (s)"), alt.Tooltip("end:Q", title="to (s)"),
+                      alt.Tooltip("drop:Q", format=".3f")),
+    ).add_params(pick).properties(width=WIDTH, height=HEIGHT // 2, title=title)
+
+
 def click(field: str = "id") -> alt.Parameter:
     """A point selection on ``field`` (clicking a point selects that utterance, a heatmap's cell that condition)."""
     return alt.selection_point(name="pick", fields=[field], on="click")

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from loralens.precompute.audio import MAX_SECONDS, AudioError, load_audio, require_sound, windows
+from loralens.precompute.audio import MAX_SECONDS, AudioError, Speech, load_audio, prepare_speech, windows
 
-__all__ = ["MAX_SECONDS", "AudioError", "load_audio", "predictor", "require_sound", "upload_interventions", "windows"]
+__all__ = ["MAX_SECONDS", "AudioError", "Speech", "load_audio", "occlusion", "predictor", "prepare_speech",
+           "upload_interventions", "windows"]
 
 
 @st.cache_resource(show_spinner="Loading the checkpoint ...", max_entries=4)
@@ -29,3 +30,9 @@ def upload_interventions(run_dir: str, fold: int | None, audio: np.ndarray, name
                          conditions: tuple[str, ...]) -> dict[str, np.ndarray]:
     """An uploaded clip's lens under each condition (``Predictor.intervene``), computed once per clip and choice."""
     return predictor(run_dir, fold).intervene(audio, list(conditions), name)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def occlusion(run_dir: str, fold: int | None, audio: np.ndarray):
+    """What silencing each stretch of a clip does to a run's prediction (``Predictor.occlusion``), computed once."""
+    return predictor(run_dir, fold).occlusion(audio)

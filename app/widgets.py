@@ -13,8 +13,10 @@ import pandas as pd
 import pyarrow as pa
 import streamlit as st
 
+from loralens.analysis import occlusion, views
 from loralens.analysis.views import RunInfo
-from loralens.app import cache, state
+from loralens.app import cache, charts, state
+from loralens.store.schema import SAMPLE_RATE
 
 PRESENTATION_CSS = """
 <style>
@@ -74,18 +76,47 @@ def present(view: state.ViewState) -> None:
             st.rerun()
 
 
-def pick_run(view: state.ViewState, method: str | None = None, key: str = "run") -> RunInfo:
-    """A run selector (LoRA runs only with ``method='lora'``)."""
+def pick_run(view: state.ViewState, method: str | None = None, key: str = "run",
+             human_speech: bool = False) -> RunInfo:
+    """A run selector (LoRA runs only with ``method='lora'``).
+
+    ``human_speech``: runs that learned from human speech first, and the first of them picked unless the link's run
+    did too (Upload: a model trained on synthetic speech answers a human voice at chance).
+    """
     runs = [r for r in cache.runs(cache.store_path()) if method is None or r.method == method]
-    runs.sort(key=lambda r: (r.method != "lora", r.name))  # LoRA runs first: they are what the tool is about
+    learned_voices = lambda r: r.trained_on not in ("synthetic", "unknown")  # noqa: E731
+    # LoRA runs first: they are what the tool is about
+    runs.sort(key=lambda r: (human_speech and not learned_voices(r), r.method != "lora", r.name))
     if not runs:
         st.info("This store holds no " + (f"{method} " if method else "") + "run. Trace one with loralens trace.")
         st.stop()
     names = [r.name for r in runs]
-    index = names.index(view.run) if view.run in names else 0
+    linked = view.run in names and (not human_speech or learned_voices(runs[names.index(view.run)]))
+    index = names.index(view.run) if linked else 0
     name = st.selectbox("Run", names, index=index, key=key, format_func=lambda n: runs[names.index(n)].label)
     view.run = name
     return runs[names.index(name)]
+
+
+REGION_CONTEXT = 0.25
+"""Seconds of sound played either side of a clicked stretch of a clip, so that it is heard in its context."""
+
+
+def where_in_clip(audio, result: occlusion.Occlusion, name: str, key: str) -> None:
+    """A clip's occlusion map, drawn on its time axis; a click on a bar plays that stretch of ``audio`` (16 kHz)."""
+    frame = views.occlusion_frame(result)
+    end = len(audio) / SAMPLE_RATE
+    title = f"Where in the clip: P({result.target}) lost with each {occlusion.WIDTH:g} s silenced"
+    event = chart(charts.occlusion(frame, result.target, end, title), frame, f"{name}-occlusion", key, select=True)
+    picked = charts.picked_id(event, "start")
+    if picked is None:
+        st.caption(f"Orange: silencing this stretch lowers P({result.target}), so its sound drove the prediction; "
+                   "purple: raises it (it spoke for another emotion). Click a bar to hear it.")
+        return
+    start = max(0.0, float(picked) - REGION_CONTEXT)
+    stop_at = min(end, float(picked) + occlusion.HOP + REGION_CONTEXT)
+    st.audio(audio, sample_rate=SAMPLE_RATE, start_time=start, end_time=stop_at, autoplay=True)
+    st.caption(f"Playing {start:.2f}-{stop_at:.2f} s: the stretch clicked and {REGION_CONTEXT:g} s either side.")
 
 
 def synthetic_note(table: pd.DataFrame) -> None:

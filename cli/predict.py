@@ -13,7 +13,9 @@ log = logging.getLogger("loralens")
 def add(sub: argparse._SubParsersAction) -> None:
     """Add ``loralens predict``'s parser to ``sub``."""
     p = sub.add_parser("predict", help="per-layer emotion predictions for audio files")
-    p.add_argument("--run", required=True, type=Path, help="a run directory written by loralens train")
+    p.add_argument("--run", type=Path, default=None,
+                   help="a run directory written by loralens train or import (default: the real-speech model shipped "
+                        "with loralens, an EmoDB-trained LoRA on bundled:base, prepared on first use)")
     p.add_argument("--fold", type=int, default=None, help="the fold's checkpoint (default: the first completed)")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     p.add_argument("--device", default="auto", help="auto (default: CUDA where there is one), cpu, cuda or cuda:N")
@@ -26,6 +28,12 @@ def run(args: argparse.Namespace) -> int:
     from loralens.precompute.audio import AudioError
     from loralens.precompute.predict import Predictor
 
+    if args.run is None:
+        from loralens.precompute import demo
+
+        args.run = demo.default_run()
+        log.info("the real-speech model (trained on EmoDB's German acted speech; see %s): %s",
+                 "loralens/precompute/shipped/real-speech/README.md", args.run)
     predictor = Predictor(args.run, args.fold, device=args.device)
     failed = 0
     for path in args.audio:

@@ -6,6 +6,7 @@ import io
 import logging
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -121,3 +122,50 @@ def require_sound(audio: np.ndarray, name: str) -> np.ndarray:
         raise AudioError(f"{name}: the clip is silent (RMS {rms:.1e}, below {SILENCE_RMS:.0e}); record or upload "
                          "speech")
     return audio
+
+
+MIN_SPEECH_SECONDS = 0.5
+"""Less sound than this, once the silence around it is trimmed, is no utterance to predict an emotion of."""
+TRIM_TOP_DB = 30.0
+"""Leading and trailing frames this far below the clip's loudest are silence (``librosa.effects.trim``)."""
+SPEECH_RMS = 0.1
+"""The level speech is brought to (-20 dBFS RMS, about the training corpus's: EmoDB's clips have a median of 0.13)."""
+PEAK = 0.99
+"""No sample is raised above this: the gain stops short of clipping."""
+
+
+@dataclass(frozen=True)
+class Speech:
+    """A clip ready for the model: the silence around it trimmed, its level normalised."""
+
+    samples: np.ndarray
+    """16 kHz mono float32, the trimmed and scaled speech."""
+    start: float
+    """Seconds trimmed from the clip's start: where ``samples`` begin in the clip."""
+    trimmed: float
+    """Seconds trimmed in all (start and end)."""
+    gain_db: float
+    """The gain applied, in dB (positive: raised)."""
+
+
+def prepare_speech(audio: np.ndarray, name: str) -> Speech:
+    """Trim leading and trailing silence and normalise the level of 16 kHz ``audio``, as a microphone needs.
+
+    Training corpora are cut close around loud, clean speech; a recording made live has silence before and after it
+    and any level. The speech is scaled to ``SPEECH_RMS`` (less if its peak would pass ``PEAK``).
+
+    Raises:
+        AudioError: the clip is silent, or holds less than ``MIN_SPEECH_SECONDS`` of sound once trimmed.
+    """
+    import librosa  # a second of imports: only when a clip is prepared
+
+    require_sound(audio, name)
+    trimmed, (begin, end) = librosa.effects.trim(audio, top_db=TRIM_TOP_DB, frame_length=512, hop_length=128)
+    seconds = len(trimmed) / SAMPLE_RATE
+    if seconds < MIN_SPEECH_SECONDS:
+        raise AudioError(f"{name}: only {seconds:.2f} s of sound once the silence around it is trimmed; record at "
+                         f"least {MIN_SPEECH_SECONDS} s of speech (a word or two)")
+    rms = float(np.sqrt(np.mean(np.square(trimmed, dtype=np.float64))))
+    gain = min(SPEECH_RMS / rms, PEAK / float(np.abs(trimmed).max()))
+    return Speech(np.clip(trimmed * gain, -1.0, 1.0).astype(np.float32), begin / SAMPLE_RATE,
+                  (len(audio) - len(trimmed)) / SAMPLE_RATE, 20 * math.log10(gain))

@@ -10,11 +10,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from loralens.precompute.config import DEFAULT_EPOCHS, TrainConfig
+from loralens.precompute import real_speech
+from loralens.precompute.config import DEFAULT_EPOCHS, TrainConfig, completed_folds
 from loralens.precompute.models import cache_dir
 from loralens.precompute.synth import CORPUS_VERSION, synthesise
 from loralens.precompute.trace import Selection, Tracer
 from loralens.precompute.train import train
+from loralens.store.reader import StoreReader
 from loralens.store.schema import INTERVENTION_VERSION, SCHEMA_VERSION
 from loralens.store.validate import validate
 
@@ -64,34 +66,37 @@ def build(plan: DemoPlan, rebuild: bool = False) -> str:
     if ready.is_file():
         _remove_stale(root, store, ready)
         _intervene(root, store)  # a demo built before the causal lens gains it (once)
+        if not real_speech_traced(root, store).is_file():  # a demo built before the real-speech model gains it
+            _real_speech(root, store, json.loads(ready.read_text()).get("data") or _corpus_spec(root, plan))
         return str(store)
     started = time.time()
     root.mkdir(parents=True, exist_ok=True)
     data = plan.data
     if data is None:
-        log.info("step 1/5: synthesising the offline corpus (espeak-ng)")
-        data = f"synthetic:{synthesise(root / 'corpus').parent}"
+        log.info("step 1/6: synthesising the offline corpus (espeak-ng)")
+        data = _corpus_spec(root, plan)
     common = {"model": plan.model, "data": data, "folds": plan.folds, "batch_size": 8, "alpha_per_rank": 2.0}
     runs = []
     for rank in plan.ranks:
-        log.info("step 2/5: training LoRA r=%d (%s, %s folds, %d epochs)", rank, plan.model, plan.folds,
+        log.info("step 2/6: training LoRA r=%d (%s, %s folds, %d epochs)", rank, plan.model, plan.folds,
                  plan.epochs)
         runs.append(root / "runs" / f"lora-r{rank}")
         train(_config(common, method="lora", rank=rank, epochs=plan.epochs), runs[-1])
-    log.info("step 3/5: training the frozen-encoder baseline (%d epochs)", plan.frozen_epochs)
+    log.info("step 3/6: training the frozen-encoder baseline (%d epochs)", plan.frozen_epochs)
     runs.append(root / "runs" / "frozen")
     train(_config(common, method="frozen", rank=plan.ranks[0], epochs=plan.frozen_epochs), runs[-1])
-    log.info("step 4/5: tracing %d utterances per emotion into %s", plan.per_class, store)
+    log.info("step 4/6: tracing %d utterances per emotion into %s", plan.per_class, store)
     for run in runs:
         tracer = Tracer(run, data, str(store), selection=Selection(per_class=plan.per_class))
         rows = tracer.prepare()
         tracer.capture(rows)
         tracer.commit(rows)
     _intervene(root, store)
+    _real_speech(root, store, data)
     report = validate(str(store))
     if not report.ok:
         raise RuntimeError(f"the demo store {store} did not validate: {report.problems[:3]}")
-    ready.write_text(json.dumps({"plan": asdict(plan), "seconds": round(time.time() - started)}) + "\n")
+    ready.write_text(json.dumps({"plan": asdict(plan), "data": data, "seconds": round(time.time() - started)}) + "\n")
     _remove_stale(root, store, ready)
     log.info("demo built in %.0f s: %s", time.time() - started, store)
     return str(store)
@@ -116,19 +121,68 @@ def _intervene(root: Path, store: Path) -> None:
     mark = intervened(root, store)
     if mark.is_file():
         return
-    runs = sorted((root / "runs").iterdir())
+    # The trained runs: the real-speech model is traced for Upload and exploration, not put under interventions
+    # here (they would cost the first build a minute; loralens intervene adds them).
+    runs = sorted(r for r in (root / "runs").iterdir() if r.name != real_speech.RUN_NAME)
     frozen = root / "runs" / "frozen"
     lora = [r for r in runs if r != frozen]
-    log.info("step 5/5: interventions (LoRA per layer, erasure, patching, audio changes) on %d runs", len(runs))
+    log.info("step 5/6: interventions (LoRA per layer, erasure, patching, audio changes) on %d runs", len(runs))
     for run in runs:
         intervene.run(run, str(store), partner=lora[0] if run == frozen else frozen, strengths=DEMO_STRENGTHS)
     mark.write_text(json.dumps({"runs": [r.name for r in runs]}) + "\n")
 
 
+def _corpus_spec(root: Path, plan: DemoPlan) -> str:
+    """The demo's ``--data`` spec: the plan's, else the offline corpus (synthesised once)."""
+    return plan.data or f"synthetic:{synthesise(root / 'corpus').parent}"
+
+
+def real_speech_run(root: Path) -> Path:
+    """The demo's run of the real-speech model (``precompute.real_speech``)."""
+    return root / "runs" / real_speech.RUN_NAME
+
+
+def default_run() -> Path:
+    """The default demo's real-speech run, which ``loralens predict`` uses unless given a run.
+
+    Made on first use: the offline corpus and the import, not the whole demo.
+    """
+    plan = DemoPlan()
+    root = demo_dir(plan)
+    run = real_speech_run(root)
+    if not completed_folds(run):
+        real_speech.make_run(run, _corpus_spec(root, plan))
+    return run
+
+
+def real_speech_traced(root: Path, store: Path) -> Path:
+    """The mark that the real-speech model is traced into ``store``."""
+    return root / f"REAL-SPEECH-{store.name}"
+
+
+def _real_speech(root: Path, store: Path, data: str) -> None:
+    """Step 6: the shipped real-speech model, imported over the demo's data and traced beside the trained runs."""
+    mark = real_speech_traced(root, store)
+    if mark.is_file():
+        return
+    run = real_speech_run(root)
+    reader = StoreReader(str(store))
+    log.info("step 6/6: the real-speech model (EmoDB-trained LoRA, shipped with loralens): import and trace")
+    real_speech.make_run(run, data)
+    ids = root / "real-speech-utterances.txt"  # the utterances the trained runs traced: the pages compare like
+    ids.write_text("\n".join(reader.utterances()["id"].tolist()) + "\n")
+    tracer = Tracer(run, data, str(store), selection=Selection(utterances=ids))
+    rows = tracer.prepare()
+    tracer.capture(rows)
+    tracer.commit(rows)
+    mark.write_text(json.dumps({"run": str(run)}) + "\n")
+
+
 def _remove_stale(root: Path, store: Path, ready: Path) -> None:
     """Delete the stores (and their marks) of earlier schema versions, once this version's is ready."""
-    for stale in [*root.glob("store*.zarr"), *root.glob("READY*"), *root.glob("INTERVENED*")]:
-        if stale not in (store, ready, intervened(root, store)):
+    for stale in [*root.glob("store*.zarr"), *root.glob("READY*"), *root.glob("INTERVENED*"),
+                  *root.glob("REAL-SPEECH*")]:
+        if stale not in (store, ready, intervened(root, store), real_speech_traced(root, store)):
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
 

@@ -109,6 +109,9 @@ class ImportPlan:
     window: str = "full"
     """The input window the imported models run in: ``full`` (30 s padding, what Trainer-based code trains with)
     or ``trim``."""
+    compare_windows: bool = True
+    """With ``window="trim"``: count the test predictions the full window would make otherwise (``changed_by_trim``),
+    for checkpoints trained in the full window, as Trainer-based code trains; False for ones trained in trim."""
     precision: str = "fp32"
     """The numeric regime the models are evaluated and traced in."""
     device: str = "auto"
@@ -178,6 +181,26 @@ def find_checkpoint(path: Path) -> Checkpoint:
     log.info("%s: using %s (%s)", path, chosen.name, "Trainer's best" if best else "the last checkpoint")
     found = find_checkpoint(chosen)
     return Checkpoint(found.path, found.kind, path)
+
+
+CARD_FIELDS = ("datasets", "language", "license")
+"""What a model card's metadata says that a run keeps: the data the checkpoint learned from, its language, licence."""
+
+
+def model_card(checkpoint: Checkpoint) -> dict:
+    """``CARD_FIELDS`` of the checkpoint's model card, as lists of strings.
+
+    The card is ``README.md`` beside the weights or in the directory given (Hugging Face's convention); empty where
+    there is none or it says none of them.
+    """
+    from huggingface_hub import ModelCard
+
+    for folder in dict.fromkeys([checkpoint.path, checkpoint.given]):
+        if (folder / "README.md").is_file():
+            data = ModelCard.load(folder / "README.md", ignore_metadata_errors=True).data.to_dict()
+            return {k: [str(v) for v in (data[k] if isinstance(data[k], list) else [data[k]])]
+                    for k in CARD_FIELDS if data.get(k)}
+    return {}
 
 
 def _pickle_message(path: Path) -> str:
@@ -316,7 +339,8 @@ class Importer(Trainer):
         return {"tool": "loralens import", "kind": self.kind,
                 "checkpoints": [str(c.path.resolve()) for c in plan.found], "held_out": plan.held_out,
                 "test_sets": plan.folds or ("speakers" if plan.test_speakers else "ids" if plan.test_ids else "all"),
-                "given": given, "heads": [[str(Path(h).resolve()), _digest(Path(h))] for h in plan.heads or []]}
+                "given": given, "heads": [[str(Path(h).resolve()), _digest(Path(h))] for h in plan.heads or []],
+                "card": model_card(plan.found[0])}
 
     # -- the folds -----------------------------------------------------------------------------------------
     def make_folds(self) -> list[Fold]:
@@ -387,7 +411,7 @@ class Importer(Trainer):
                    "n_val": 0, "n_test": len(fold.test), "seconds": round(time.time() - started, 1),
                    "device": str(self.device),
                    "precision": self.config.precision, "imported_from": str(checkpoint.path.resolve())}
-        if self.config.window == "trim":
+        if self.config.window == "trim" and self.plan.compare_windows:
             metrics["changed_by_trim"] = self._changed_by_trim(model, fold, probs)
         shutil.rmtree(self._partial(fold), ignore_errors=True)
         self._partial(fold).mkdir(parents=True)

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from loralens.analysis import lens  # pure NumPy: the one lens rule, shared with the explorer and the report
+from loralens.analysis import lens, occlusion  # pure NumPy: shared with the explorer and the report
 from loralens.precompute import windowing
-from loralens.precompute.audio import MAX_SECONDS, load_audio, require_sound, windows
+from loralens.precompute.audio import MAX_SECONDS, load_audio, prepare_speech, windows
 from loralens.precompute.capture import CaptureOptions, Capturer
 from loralens.precompute.checkpoints import load_fold_model, run_precision
 from loralens.precompute.config import completed_folds, read_config
@@ -42,13 +42,18 @@ class Prediction:
     residual_pooled: list[list[float]]
     """Pooled residual per boundary (for placing the clip on a map), ``(n_boundaries, d_model)``."""
     start: float = 0.0
-    """Where the analysed audio starts in the clip, in seconds (clips over 30 s are analysed in windows)."""
+    """Where the analysed audio starts in the clip, in seconds (speech trimmed of silence, clips over 30 s in
+    windows)."""
+    frame_probabilities: list[list[list[float]]] | None = None
+    """The lens's class probabilities per boundary and encoder frame (20 ms), ``(n_boundaries, n_frames, n_classes)``:
+    where in the clip each layer finds the evidence."""
 
     def to_json(self, with_vectors: bool = False) -> dict:
         """A JSON-able dict (without the residual vectors unless asked)."""
         out = asdict(self)
         if not with_vectors:
             out.pop("residual_pooled")
+            out.pop("frame_probabilities")
         return out
 
 
@@ -57,6 +62,7 @@ class Predictor:
 
     def __init__(self, run: Path | str, fold: int | None = None, device: str = "cpu"):
         run = Path(run)
+        self.run = run
         self.config = read_config(run)
         folds = completed_folds(run)
         if not folds:
@@ -86,8 +92,29 @@ class Predictor:
         top = probs.argmax(-1)
         depth = int(lens.resolution_depth(row["lens_logits"][None])[0])
         emotions = list(self.config.emotions)
+        frames = lens.trajectory(row["lens_logits_frames"].astype(np.float32))
         return Prediction(name, emotions, probs.round(6).tolist(), emotions[int(top[-1])], depth,
-                          round(len(audio) / SAMPLE_RATE, 3), row["residual_pooled"].tolist(), round(start, 3))
+                          round(len(audio) / SAMPLE_RATE, 3), row["residual_pooled"].tolist(), round(start, 3),
+                          frames.round(4).tolist())
+
+    @torch.no_grad()
+    def occlusion(self, audio: np.ndarray, batch_size: int = 8) -> occlusion.Occlusion:
+        """What silencing each window of ``audio`` (16 kHz, at most 30 s) does to the model's prediction.
+
+        Each masked copy runs through the model in the run's window and precision, as the clip does
+        (``analysis.occlusion``); the drops are of the clip's predicted class at the last boundary.
+        """
+        bounds = occlusion.windows(len(audio))
+        clips = [audio, *occlusion.masked(audio, bounds)]
+        probs = []
+        for i in range(0, len(clips), batch_size):
+            features = windowing.extract(self.extractor, clips[i:i + batch_size], self.config.window,
+                                         device=self.device)
+            with self._lock, windowing.autocast(self.device, self.precision):
+                logits = windowing.classify(self.model, features)
+            probs.append(logits.float().softmax(-1).cpu().numpy())
+        probs = np.concatenate(probs)
+        return occlusion.occlusion(probs[0], probs[1:], bounds, list(self.config.emotions))
 
     @torch.no_grad()
     def intervene(self, audio: np.ndarray, conditions: list[str], name: str = "clip") -> dict[str, np.ndarray]:
@@ -118,17 +145,29 @@ class Predictor:
             out[condition.name] = lens.trajectory(lens_logits[0].cpu().numpy())
         return out
 
-    def predict_windows(self, audio: np.ndarray, name: str = "clip") -> list[Prediction]:
-        """Per-layer predictions for each consecutive 30 s window of ``audio`` (one for a clip up to 30 s)."""
+    def predict_windows(self, audio: np.ndarray, name: str = "clip", offset: float = 0.0) -> list[Prediction]:
+        """Per-layer predictions for each consecutive 30 s window of ``audio`` (one for a clip up to 30 s).
+
+        ``offset``: where ``audio`` begins in the clip, in seconds (each prediction's ``start`` counts from the clip's).
+        """
         parts = windows(audio)
         if len(parts) == 1:
-            return [self.predict(parts[0][1], name)]
-        return [self.predict(part, f"{name} [{_clock(start)}-{_clock(start + len(part) / SAMPLE_RATE)}]", start)
-                for start, part in parts]
+            return [self.predict(parts[0][1], name, offset)]
+        return [self.predict(part, f"{name} [{_clock(at)}-{_clock(at + len(part) / SAMPLE_RATE)}]", at)
+                for at, part in ((offset + start, part) for start, part in parts)]
+
+    def predict_clip(self, audio: np.ndarray, name: str = "clip") -> list[Prediction]:
+        """Per-layer predictions for a recording: its speech prepared (``audio.prepare_speech``), per 30 s window.
+
+        Raises:
+            AudioError: silent audio, or too little speech.
+        """
+        speech = prepare_speech(audio, name)
+        return self.predict_windows(speech.samples, name, speech.start)
 
     def predict_file(self, path: Path) -> list[Prediction]:
-        """Per-layer predictions for an audio file, per 30 s window (``AudioError`` for unusable or silent audio)."""
-        return self.predict_windows(require_sound(load_audio(path, long="keep"), str(path)), Path(path).name)
+        """``predict_clip`` of an audio file (``AudioError`` for unusable or silent audio, or too little speech)."""
+        return self.predict_clip(load_audio(path, long="keep"), Path(path).name)
 
 
 def _clock(seconds: float) -> str:

@@ -340,6 +340,7 @@ def test_every_chart_is_built_from_channel_objects(monkeypatch):
                                         "kl": [0.1]}), "kl"),
         "lens_curves": (pd.DataFrame({"boundary": [0, 1], "value": [0.1, 0.0], "measure": "kl", "series": "LoRA"}),),
         "time_image": (rng.random((8, 20)), 0.02, "mel"),
+        "occlusion": (pd.DataFrame({"start": [0.0, 0.1], "end": [0.1, 0.2], "drop": [0.3, -0.1]}), "anger", 0.2),
     }
     assert set(cases) | {"mark_boundary", "at_threshold", "click", "picked_id", "save"} >= {
         n for n, f in vars(charts).items() if callable(f) and getattr(f, "__module__", "") == charts.__name__
@@ -402,3 +403,25 @@ def test_the_spectra_and_cka_charts_say_what_they_centre():
     assert "uncentred" in spec["spec"]["layer"][0]["encoding"]["y"]["title"]
     cka = charts.per_layer(pd.DataFrame({"layer": [0], "cka": [0.5], "series": ["activation"]}), "cka", "CKA")
     assert "centred" in cka.to_dict()["encoding"]["y"]["title"]
+
+
+def test_occlusion_windows_cover_the_clip_and_the_timeline_averages_what_covers_each_frame():
+    from loralens.analysis import occlusion
+
+    bounds = occlusion.windows(int(1.05 * 16000))
+    assert bounds[0, 0] == 0 and bounds[-1, 1] == int(1.05 * 16000)  # the last window ends at the clip's end
+    assert np.all(np.diff(bounds[:, 0]) > 0) and np.all(bounds[:, 1] - bounds[:, 0] == 3200)
+    assert occlusion.windows(1000).tolist() == [[0, 1000]]  # shorter than a window: one, the whole clip
+    clip = np.ones(16000, np.float32)
+    masked = occlusion.masked(clip, bounds[:2])
+    assert masked[1][1600:4800].sum() == 0 and masked[1][:1600].all() and masked[1][4800:].all()
+    # Silencing the first window costs 0.6 of class 1; the others nothing.
+    probs = np.array([0.3, 0.7])
+    under = np.tile(probs, (len(bounds), 1))
+    under[0] = [0.9, 0.1]
+    result = occlusion.occlusion(probs, under, bounds, ["a", "b"])
+    assert result.target == "b" and result.predictions[0] == "a"
+    times, drops = occlusion.timeline(result)
+    assert drops[times < 0.1] == pytest.approx(0.6)  # only the first window covers its first 100 ms
+    assert drops[(times >= 0.1) & (times < 0.2)] == pytest.approx(0.3)  # half the windows covering it: the mean
+    assert np.all(drops[times >= 0.2] == 0)

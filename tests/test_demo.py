@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -89,8 +90,11 @@ def test_demo_build_then_reuse(tmp_path, monkeypatch, tiny_model_dir):
     plan = DemoPlan(model=str(tiny_model_dir), ranks=(4,), folds="2", epochs=1, per_class=3)
     store = build(plan)
     reader = StoreReader(store)
-    assert set(reader.runs()) == {"lora-r4", "frozen"}
+    assert set(reader.runs()) == {"lora-r4", "frozen", "real-speech"}
     assert reader.n_utterances == 12 and set(reader.utterances()["dataset"]) == {"synthetic"}
+    # The shipped real-speech model, imported over the same corpus, traced on the same utterances as the others.
+    assert reader.written("real-speech").tolist() == reader.written("lora-r4").tolist()
+    assert reader.attrs("real-speech")["train_config"]["source"]["card"]["datasets"] == ["EmoDB"]
     # The causal lens: each run under every condition, LoRA and frozen patched from each other.
     lora, frozen = reader.interventions("lora-r4"), reader.interventions("frozen")
     assert lora.done.all() and frozen.done.all() and (lora.partner, frozen.partner) == ("frozen", "lora-r4")
@@ -99,7 +103,8 @@ def test_demo_build_then_reuse(tmp_path, monkeypatch, tiny_model_dir):
     assert build(plan) == store  # the second time it is already there
 
 
-def test_the_app_labels_a_synthetic_store(tmp_path, monkeypatch, tiny_model_dir):
+def test_the_app_labels_a_synthetic_store(tmp_path, monkeypatch, tiny_model_dir, emodb):
+    """Every page says the store is synthetic speech; Upload answers a human voice with the real-speech model."""
     from streamlit.testing.v1 import AppTest
 
     from tests.test_app import MAIN, PAGES
@@ -112,10 +117,22 @@ def test_the_app_labels_a_synthetic_store(tmp_path, monkeypatch, tiny_model_dir)
         at.switch_page(page).run()
         assert not at.exception
         assert any("Synthetic speech" in c.value for c in at.caption), page
+    at.switch_page("sections/upload.py").run()
+    # lora-r4 comes first on every other page; here the run that learned from human voices does
+    assert at.selectbox(key="up-run").value == "real-speech"
+    assert any("learned from EmoDB speech" in c.value for c in at.caption)
+    at.file_uploader(key="up-file").upload("angry.wav", (emodb / "wav" / "03a01Wa.wav").read_bytes(),
+                                           "audio/wav").run()
+    assert not at.exception
+    assert "predicted **anger**" in next(m.value for m in at.markdown if "predicted" in m.value)
+    titles = [json.loads(c.proto.spec).get("title") for c in at.get("vega_lite_chart")]
+    assert any("Where in the clip" in str(t) for t in titles), titles
+    at.selectbox(key="up-run").set_value("lora-r4").run()
+    assert any("learned from synthetic speech" in w.value for w in at.warning)
 
 
 def test_a_ready_build_drops_the_stores_of_older_schema_versions(tmp_path, monkeypatch):
-    from loralens.precompute.demo import demo_dir, intervened
+    from loralens.precompute.demo import demo_dir, intervened, real_speech_traced
     monkeypatch.setenv("LORALENS_CACHE", str(tmp_path / "cache"))
     plan = DemoPlan()
     root = demo_dir(plan)
@@ -124,16 +141,19 @@ def test_a_ready_build_drops_the_stores_of_older_schema_versions(tmp_path, monke
     (root / f"store-v{SCHEMA_VERSION}.zarr").mkdir()  # as if this version's build had just finished
     (root / f"READY-v{SCHEMA_VERSION}").write_text("{}")
     (root / "INTERVENED-v0-store.zarr").write_text("{}")
+    (root / "REAL-SPEECH-store.zarr").write_text("{}")
     current = intervened(root, root / f"store-v{SCHEMA_VERSION}.zarr")
     current.write_text("{}")
+    traced = real_speech_traced(root, root / f"store-v{SCHEMA_VERSION}.zarr")
+    traced.write_text("{}")
     assert build(plan) == str(root / f"store-v{SCHEMA_VERSION}.zarr")
-    assert sorted(p.name for p in root.iterdir()) == [current.name, f"READY-v{SCHEMA_VERSION}",
+    assert sorted(p.name for p in root.iterdir()) == [current.name, f"READY-v{SCHEMA_VERSION}", traced.name,
                                                       f"store-v{SCHEMA_VERSION}.zarr"]
 
 
 def test_loralens_demo_serves_its_store(tmp_path, tiny_store):
     """`loralens demo` on a ready demo: the server answers (the build's process must not host it)."""
-    from loralens.precompute.demo import intervened
+    from loralens.precompute.demo import intervened, real_speech_traced
 
     cache = tmp_path / "cache"
     env = {**os.environ, "LORALENS_CACHE": str(cache)}
@@ -143,6 +163,7 @@ def test_loralens_demo_serves_its_store(tmp_path, tiny_store):
     shutil.copytree(tiny_store, root / f"store-v{SCHEMA_VERSION}.zarr")
     (root / f"READY-v{SCHEMA_VERSION}").write_text("{}")
     intervened(root, root / f"store-v{SCHEMA_VERSION}.zarr").write_text("{}")
+    real_speech_traced(root, root / f"store-v{SCHEMA_VERSION}.zarr").write_text("{}")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

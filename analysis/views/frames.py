@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from loralens.analysis import contributions, lens, spectra
+from loralens.analysis import contributions, lens, occlusion, spectra
 from loralens.analysis.views.queries import QUANTITY_LABELS
 
 TIME_COLUMNS = 250
@@ -112,3 +112,15 @@ def heatmap_frame(matrix: np.ndarray) -> pd.DataFrame:
     """A layer x layer CKA matrix as rows ``LoRA, other, cka``."""
     return pd.DataFrame([{"LoRA": i, "other": j, "cka": float(matrix[i, j])} for i in range(matrix.shape[0])
                          for j in range(matrix.shape[1])])
+
+
+def occlusion_frame(result: occlusion.Occlusion, step: float = occlusion.HOP) -> pd.DataFrame:
+    """The occlusion as segments of ``step`` seconds: ``start``, ``end`` (seconds) and ``drop``.
+
+    A segment's drop is the mean drop of the target's probability over the windows covering it
+    (``occlusion.timeline``).
+    """
+    times, drops = occlusion.timeline(result, step)
+    end = float(result.ends.max())
+    return pd.DataFrame({"start": np.round(times, 3), "end": np.round(np.minimum(times + step, end), 3),
+                         "drop": np.round(drops, 4)})

@@ -49,6 +49,17 @@ class RunInfo:
         return "imported" + ("" if self.held_out else ", not held out")
 
     @property
+    def trained_on(self) -> str:
+        """The data its models learned from.
+
+        A trained run's data set (``synthetic``, ``emodb``, ...); an imported run's as its model card names them
+        (``unknown`` without one).
+        """
+        if self.source is None:
+            return self.data.split(":", 1)[0]
+        return ", ".join((self.source.get("card") or {}).get("datasets", [])) or "unknown"
+
+    @property
     def label(self) -> str:
         """A short human label."""
         kind = {"lora": f"LoRA r={self.rank} on {','.join(self.targets)}", "frozen": "frozen encoder",

@@ -1,5 +1,7 @@
 """Utterance: listen, see its log-mel, scrub layers, and follow the logit lens; LoRA beside frozen."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -80,6 +82,20 @@ def mel_view(path: str, row: int, n: int) -> tuple[widgets.Figure, pd.DataFrame]
 
 
 widgets.chart(*mel_view(path, row, int(info["n_frames"])), f"{utt}-logmel", "utt-mel")
+
+run_dir = cache.reader(path).attrs(run.name).get("run_dir")
+if st.toggle(f"Where in the clip did {run.name} hear its prediction? (runs its model: a few seconds)",
+             key="utt-where"):
+    if not run_dir or not (Path(run_dir) / "config.json").is_file():
+        st.info(f"The checkpoints of {run.name} are not on this machine (run directory {run_dir or 'unknown'}); "
+                "the occlusion map runs the model. Open the store where it was traced.")
+    else:
+        from loralens.app import inference  # torch: loaded only when asked
+
+        clip = cache.reader(path).audio(row)
+        with st.spinner("Silencing each stretch of the clip in turn ..."):
+            occluded = inference.occlusion(run_dir, int(info["fold"]), clip)
+        widgets.where_in_clip(clip, occluded, utt, "utt-occlusion")
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
