@@ -102,13 +102,15 @@ import json
 import sys
 from collections import defaultdict
 rows = [json.loads(line) for line in open(sys.argv[1])]
-worst = defaultdict(float)
+worst, by_slice = defaultdict(float), defaultdict(float)
 for r in rows:
     if "relative_deviation" in r:
         key = (r["precision"], r["window"])
         worst[key] = max(worst[key], r["relative_deviation"])
+        by_slice[key] = max(by_slice[key], r.get("slice_deviation", 0.0))
 for (precision, window), value in sorted(worst.items()):
-    print(f"== CUDA {precision} trace vs CPU fp32 trace ({window}): largest deviation {value:.2e} of an array's largest value")
+    print(f"== CUDA {precision} trace vs CPU fp32 trace ({window}): largest deviation {value:.2e} of an array's "
+          f"largest value, {by_slice[precision, window]:.2e} of a slice's norm (tests/test_gpu.py TOLERANCE)")
 for r in rows:
     if r["test"] == "agreement":
         print(f"== tiny {r['method']} {r['window']} on CUDA: store vs predictions.csv agreement {r['rate']:.2f}, "

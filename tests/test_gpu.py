@@ -6,8 +6,8 @@ never pass by skipping. Where ``LORALENS_GPU_REPORT`` names a file, the measured
 appended to it as JSON lines (``bench/gpu_check.sh`` prints them).
 
 Tolerances of a CUDA trace against the CPU fp32 trace of the same checkpoint, per stored array, as the largest
-absolute difference over the largest absolute CPU value: ``fp32`` 1e-2 (cuDNN's convolutions use TF32 by default,
-and per-frame arrays are stored as float16); ``bf16`` 1e-1 (bfloat16 keeps 8 bits of mantissa).
+relative deviation of any one slice (``slice_deviation``: an utterance's layer, boundary or module), so that a whole
+small module gone wrong cannot hide under the array's largest value. See ``TOLERANCE``.
 """
 
 from __future__ import annotations
@@ -28,8 +28,32 @@ from tests.conftest import write_tone_csv
 
 pytestmark = pytest.mark.gpu
 
-TOLERANCE = {"fp32": 1e-2, "bf16": 1e-1}
-"""Largest |CUDA - CPU| over largest |CPU| allowed per stored array, by the CUDA trace's precision."""
+TOLERANCE = {"fp32": 5e-3, "bf16": 3e-2}
+"""The largest ``slice_deviation`` of a CUDA trace from the CPU fp32 trace allowed per stored array, by its precision.
+
+About 3x what was measured. ``bf16``: a bf16 trace on the CPU against the fp32 one (tests/test_precision.py) deviates
+by at most 9.4e-3 of a slice's norm (LoRA A gradients, full window; bfloat16 keeps 8 bits of mantissa); an H100's
+bf16 trace deviated by 6.9e-3 of an array's largest value. ``fp32``: an H100's fp32 trace deviated by 9.4e-4 of an
+array's largest value (TF32 convolutions, float16 per-frame storage); per slice it is unmeasured until a GPU session
+reruns ``bench/gpu_check.sh`` (its report prints both), and 5e-3 stands until then.
+"""
+
+SLICE_FLOOR = 1e-3
+"""Slices whose norm is below this share of the array's median slice norm are measured against that floor instead of
+their own norm (a slice of zeros, such as padding, has no relative error)."""
+
+
+def slice_deviation(reference: np.ndarray, other: np.ndarray) -> float:
+    """The largest relative deviation of ``other`` from ``reference`` over their slices.
+
+    A slice is one utterance's values at one index of the second dimension (a boundary, layer or module), or the
+    utterance's values where there is none: ``||other - reference|| / max(||reference||, SLICE_FLOOR x median)``.
+    """
+    a, b = (np.asarray(x, dtype=np.float64) for x in (reference, other))
+    a, b = (x.reshape(*x.shape[:2], -1) if x.ndim > 2 else x.reshape(len(x), 1, -1) for x in (a, b))
+    norm = np.linalg.norm(a, axis=-1)
+    floor = SLICE_FLOOR * (float(np.median(norm)) or 1.0)
+    return float((np.linalg.norm(a - b, axis=-1) / np.maximum(norm, floor)).max())
 
 
 @pytest.fixture(scope="session")  # session: checked before the session's tiny model is built
@@ -172,13 +196,13 @@ def test_cuda_trace_matches_the_cpu_trace(cuda, tiny_model_dir, tones, tmp_path,
                     _report(test="cuda-vs-cpu", window=window, precision=precision, checkpoint=checkpoint,
                             array=name, agreement=float((a == b).mean()))
                     continue
-                scale = float(np.abs(a).max()) or 1.0
-                deviation = float(np.abs(a - b).max()) / scale
+                deviation = slice_deviation(a, b)
                 _report(test="cuda-vs-cpu", window=window, precision=precision, checkpoint=checkpoint, array=name,
-                        relative_deviation=deviation)
+                        slice_deviation=deviation,
+                        relative_deviation=float(np.abs(a - b).max()) / (float(np.abs(a).max()) or 1.0))
                 assert deviation <= TOLERANCE[precision], (
-                    f"{checkpoint}/{name}: CUDA {precision} differs from the CPU trace by {deviation:.2e} of its "
-                    f"largest value (tolerance {TOLERANCE[precision]:.0e})")
+                    f"{checkpoint}/{name}: a slice of the CUDA {precision} trace deviates from the CPU trace by "
+                    f"{deviation:.2e} of its norm (tolerance {TOLERANCE[precision]:.0e})")
 
 
 def test_folds_at_once_share_the_gpu(cuda, tiny_model_dir, tones, tmp_path):
