@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,14 +113,19 @@ class Memory:
         self._thread.join()
 
 
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync")
+"""The Chromium flags of the browser tests and the screenshots: headless, and nothing fetched in the background."""
+
+
 @contextlib.contextmanager
-def browser() -> Iterator:
-    """Headless Chromium (Debian's ``chromium``) through Playwright."""
+def browser(flags: Sequence[str] = ("--headless", "--no-sandbox", "--disable-gpu")) -> Iterator:
+    """Headless Chromium (Debian's ``chromium``) through Playwright, started with ``flags``."""
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        b = p.chromium.launch(executable_path=chromium, args=list(flags))
         try:
             yield b
         finally:
