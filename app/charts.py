@@ -226,7 +226,9 @@ def occlusion(df: pd.DataFrame, target: str, end: float, title: str = "") -> alt
     effect = np.where(df["drop"] > 0, f"for {target}", "against")
     return alt.Chart(df.assign(effect=effect, zero=0.0)).mark_rect().encode(
         x=alt.X("start:Q", title="time (s)", scale=alt.Scale(domain=[0, end], nice=False)), x2=alt.X2("end"),
-        y=alt.Y("drop:Q", title=f"drop of P({target})"), y2=alt.Y2("zero"),
+        y=alt.Y("drop:Q", title=f"drop of log-odds({target})",
+                scale=alt.Scale(domain=[min(-0.5, float(df["drop"].min())), max(0.5, float(df["drop"].max()))])),
+        y2=alt.Y2("zero"),
         color=alt.Color("effect:N", title="the sound spoke", scale=alt.Scale(
             domain=[f"for {target}", "against"], range=["#d95f02", "#7570b3"])),
         tooltip=_tips(alt.Tooltip("start:Q", title="from (s)"), alt.Tooltip("end:Q", title="to (s)"),

@@ -106,12 +106,13 @@ def where_in_clip(audio, result: occlusion.Occlusion, name: str, key: str) -> No
     """A clip's occlusion map, drawn on its time axis; a click on a bar plays that stretch of ``audio`` (16 kHz)."""
     frame = views.occlusion_frame(result)
     end = len(audio) / SAMPLE_RATE
-    title = f"Where in the clip: P({result.target}) lost with each {occlusion.WIDTH:g} s silenced"
+    title = f"Where in the clip: log-odds of {result.target} lost with each {occlusion.WIDTH:g} s silenced"
     event = chart(charts.occlusion(frame, result.target, end, title), frame, f"{name}-occlusion", key, select=True)
     picked = charts.picked_id(event, "start")
     if picked is None:
-        st.caption(f"Orange: silencing this stretch lowers P({result.target}), so its sound drove the prediction; "
-                   "purple: raises it (it spoke for another emotion). Click a bar to hear it.")
+        st.caption(f"Orange: silencing this stretch lowers the model's log-odds of {result.target} (log P/(1-P)), "
+                   "so its sound drove the prediction; purple: raises them (it spoke for another emotion). Click a "
+                   "bar to hear it.")
         return
     start = max(0.0, float(picked) - REGION_CONTEXT)
     stop_at = min(end, float(picked) + occlusion.HOP + REGION_CONTEXT)

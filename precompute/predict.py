@@ -102,19 +102,18 @@ class Predictor:
         """What silencing each window of ``audio`` (16 kHz, at most 30 s) does to the model's prediction.
 
         Each masked copy runs through the model in the run's window and precision, as the clip does
-        (``analysis.occlusion``); the drops are of the clip's predicted class at the last boundary.
+        (``analysis.occlusion``); the drops are of the log-odds of the clip's predicted class.
         """
         bounds = occlusion.windows(len(audio))
         clips = [audio, *occlusion.masked(audio, bounds)]
-        probs = []
+        logits = []
         for i in range(0, len(clips), batch_size):
             features = windowing.extract(self.extractor, clips[i:i + batch_size], self.config.window,
                                          device=self.device)
             with self._lock, windowing.autocast(self.device, self.precision):
-                logits = windowing.classify(self.model, features)
-            probs.append(logits.float().softmax(-1).cpu().numpy())
-        probs = np.concatenate(probs)
-        return occlusion.occlusion(probs[0], probs[1:], bounds, list(self.config.emotions))
+                logits.append(windowing.classify(self.model, features).float().cpu().numpy())
+        logits = np.concatenate(logits)
+        return occlusion.occlusion(logits[0], logits[1:], bounds, list(self.config.emotions))
 
     @torch.no_grad()
     def intervene(self, audio: np.ndarray, conditions: list[str], name: str = "clip") -> dict[str, np.ndarray]:

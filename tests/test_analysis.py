@@ -415,13 +415,17 @@ def test_occlusion_windows_cover_the_clip_and_the_timeline_averages_what_covers_
     clip = np.ones(16000, np.float32)
     masked = occlusion.masked(clip, bounds[:2])
     assert masked[1][1600:4800].sum() == 0 and masked[1][:1600].all() and masked[1][4800:].all()
-    # Silencing the first window costs 0.6 of class 1; the others nothing.
-    probs = np.array([0.3, 0.7])
-    under = np.tile(probs, (len(bounds), 1))
-    under[0] = [0.9, 0.1]
-    result = occlusion.occlusion(probs, under, bounds, ["a", "b"])
+    # Silencing the first window turns class b's log-odds from +2 to -2; the others change nothing.
+    logits = np.array([0.0, 2.0])
+    under = np.tile(logits, (len(bounds), 1))
+    under[0] = [2.0, 0.0]
+    result = occlusion.occlusion(logits, under, bounds, ["a", "b"])
     assert result.target == "b" and result.predictions[0] == "a"
     times, drops = occlusion.timeline(result)
-    assert drops[times < 0.1] == pytest.approx(0.6)  # only the first window covers its first 100 ms
-    assert drops[(times >= 0.1) & (times < 0.2)] == pytest.approx(0.3)  # half the windows covering it: the mean
+    assert drops[times < 0.1] == pytest.approx(4.0)  # only the first window covers its first 100 ms
+    assert drops[(times >= 0.1) & (times < 0.2)] == pytest.approx(2.0)  # half the windows covering it: the mean
     assert np.all(drops[times >= 0.2] == 0)
+    # Log-odds from logits stay exact where the probability rounds to 1 (float64 keeps 1 - 1e-20 as 1).
+    confident = np.array([[0.0, 46.0, 1.0], [0.0, 40.0, 1.0]])
+    assert occlusion.log_odds(confident, 1) == pytest.approx(
+        [46.0 - np.log(1 + np.e), 40.0 - np.log(1 + np.e)])

@@ -49,8 +49,8 @@ def test_occlusion_and_the_lens_put_the_anger_on_the_angry_half(predictor, emodb
     assert result.target == "anger"
     times, drops = occlusion.timeline(result)
     on_angry = (times < cut) if angry_first else (times >= cut)
-    # Silencing the angry half costs the anger; silencing the neutral half does not.
-    assert drops[on_angry].mean() > 0.1 > drops[~on_angry].mean()
+    # Silencing the angry half costs the anger (its log-odds fall); silencing the neutral half adds to it.
+    assert drops[on_angry].mean() > 0.3 and drops[~on_angry].mean() < 0
     frames = np.array(prediction.frame_probabilities)[-1, :, prediction.emotions.index("anger")]  # last boundary
     angry_frames = np.arange(len(frames)) * 0.02 < cut
     angry_frames = angry_frames if angry_first else ~angry_frames

@@ -44,13 +44,14 @@ def fold_label(k: int) -> str:
     return f"fold {k} · test speakers {', '.join(f['test_speakers'])} · UAR {f['uar']:.3f}"
 
 
-fold = None
-if folds:
+fold = next(iter(folds), None)
+if len(folds) > 1:  # one model (an imported checkpoint): nothing to pick
     fold = st.selectbox("Checkpoint (fold)", list(folds), index=widgets.index(list(folds), view.fold), key="up-fold",
                         format_func=fold_label)
     # The first fold is this page's default: left out of the link, which LoRA dynamics reads as every fold.
     view.fold = None if fold == next(iter(folds)) else fold
 
+inference.warm_up(run_dir, fold)  # the model loads while a clip is chosen or recorded
 left, right = st.columns(2)
 uploaded = left.file_uploader("An audio file", type=["wav", "flac", "ogg", "mp3"], key="up-file")
 recorded = right.audio_input("Or record", key="up-mic")
