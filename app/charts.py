@@ -233,7 +233,7 @@ def occlusion(df: pd.DataFrame, target: str, end: float, title: str = "") -> alt
             domain=[f"for {target}", "against"], range=["#d95f02", "#7570b3"])),
         tooltip=_tips(alt.Tooltip("start:Q", title="from (s)"), alt.Tooltip("end:Q", title="to (s)"),
                       alt.Tooltip("drop:Q", format=".3f")),
-    ).add_params(pick).properties(width=WIDTH, height=HEIGHT // 2, title=title)
+    ).add_params(pick).properties(width=WIDTH, height=HEIGHT, title=title)
 
 
 def click(field: str = "id") -> alt.Parameter:

@@ -111,7 +111,7 @@ def stage(tab, act: Callable[[], None]) -> Stage:
     tab.wait_for_function(FINISHED, timeout=TIMEOUT_MS, polling=50)
     finished = time.perf_counter() - began
     match = re.search(r": predicted (\S+?),", text)
-    axis = re.search(r"drop of P\(.*?\)' for a linear scale with values from (\S+ to \S+)", label)
+    axis = re.search(r"drop of log-odds\(.*?\)' for a linear scale with values from (\S+ to \S+)", label)
     return Stage(match.group(1) if match else f"? ({text[:80]})", predicted, drawn, finished,
                  axis.group(1) if axis else "not labelled")
 
