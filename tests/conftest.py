@@ -259,3 +259,31 @@ def assert_same_run(remote, here, run: str) -> None:
             a = remote.root[f"runs/{run}/{checkpoint}/{name}"][...]
             b = here.root[f"runs/{run}/{checkpoint}/{name}"][...]
             assert np.array_equal(a, b), f"{checkpoint}/{name}"
+
+
+def checkpoint_sizes(n_layers: int, d_model: int, rank: int) -> dict[str, int]:
+    """The dimension sizes of a small hand-written store's checkpoint (four classes, LoRA on every layer's v_proj)."""
+    return {"boundary": n_layers + 1, "layer": n_layers, "d_model": d_model, "class": 4, "module": n_layers,
+            "rank": rank, "d_out": d_model}
+
+
+def checkpoint_attrs(method: str, n_layers: int, d_model: int, rank: int, emotions: list[str]) -> dict:
+    """The attributes ``StoreWriter.create_checkpoint`` needs, for a small hand-written store."""
+    return {"method": method, "model": "m", "data": "d", "window": "trim", "emotions": emotions, "rank": rank,
+            "alpha": 2 * rank, "targets": ["v_proj"],
+            "modules": [f"layer_{i}.v_proj" for i in range(n_layers)] if method == "lora" else [],
+            "n_layers": n_layers, "d_model": d_model, "train_config": {}, "metrics": {},
+            "capture": {"per_frame_b": True}}
+
+
+def random_row(rng, lora: bool, sizes: dict[str, int], frames: int) -> dict[str, np.ndarray]:
+    """Every array of one row of a hand-written checkpoint (``written`` apart), floats random, integers zero."""
+    from loralens.store import schema
+
+    out = {}
+    for name, spec in schema.checkpoint_arrays(lora, True).items():
+        shape = tuple(frames if d == "frame" else sizes[d] for d in spec.dims[1:])
+        out[name] = rng.standard_normal(shape).astype(spec.dtype) if spec.dtype.startswith("float") else \
+            np.zeros(shape, spec.dtype)
+    out.pop("written")
+    return out

@@ -11,20 +11,17 @@ from loralens.app import report
 from loralens.store import schema
 from loralens.store.reader import StoreReader
 from loralens.store.writer import StoreWriter, UtteranceRow
+from tests.conftest import checkpoint_attrs, checkpoint_sizes, random_row
 
 EMOTIONS = ["anger", "happiness", "neutral", "sadness"]
 N_LAYERS, D, RANK, FRAMES = 3, 8, 2, 6
 FOLD_SIZES = {0: 10, 1: 12, 2: 3}
 """Fold 2 traced too few utterances for the unbiased CKA estimator (4)."""
-SIZES = {"boundary": N_LAYERS + 1, "layer": N_LAYERS, "d_model": D, "class": 4, "module": N_LAYERS, "rank": RANK,
-         "d_out": D}
+SIZES = checkpoint_sizes(N_LAYERS, D, RANK)
 
 
 def _attrs(method: str) -> dict:
-    return {"method": method, "model": "m", "data": "d", "window": "trim", "emotions": EMOTIONS, "rank": RANK,
-            "alpha": 2 * RANK, "targets": ["v_proj"],
-            "modules": [f"layer_{i}.v_proj" for i in range(N_LAYERS)] if method == "lora" else [],
-            "n_layers": N_LAYERS, "d_model": D, "train_config": {}, "metrics": {}, "capture": {"per_frame_b": True}}
+    return checkpoint_attrs(method, N_LAYERS, D, RANK, EMOTIONS)
 
 
 def _residuals(rng, fold: int, z: np.ndarray, lora: bool) -> np.ndarray:
@@ -43,12 +40,7 @@ def _residuals(rng, fold: int, z: np.ndarray, lora: bool) -> np.ndarray:
 
 
 def _row(rng, method: str, fold: int, label: int, z: np.ndarray) -> dict[str, np.ndarray]:
-    out = {}
-    for name, spec in schema.checkpoint_arrays(method == "lora", True).items():
-        shape = tuple(FRAMES if d == "frame" else SIZES[d] for d in spec.dims[1:])
-        out[name] = rng.standard_normal(shape).astype(spec.dtype) if spec.dtype.startswith("float") else \
-            np.zeros(shape, spec.dtype)
-    out.pop("written")
+    out = random_row(rng, method == "lora", SIZES, FRAMES)
     out["fold"], out["label"], out["prediction"] = np.int16(fold), np.int16(label), np.int16(label)
     out["residual_pooled"] = _residuals(rng, fold, z, method == "lora")
     if method == "lora":
