@@ -292,6 +292,7 @@ def test_the_package_works_without_ray():
     code = ("import sys; sys.modules['ray'] = None\n"
             "import loralens.cli, loralens.precompute.grid, loralens.precompute.trace\n"
             "from loralens.precompute.executors import RayExecutor\n"
-            "try:\n    RayExecutor().capacity()\nexcept RuntimeError as e:\n    print(e)\n")
+            "from loralens.store.schema import UserError\n"
+            "try:\n    RayExecutor().capacity()\nexcept UserError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "pip install -e \".[cluster]\"" in out

@@ -17,7 +17,7 @@ from peft import IA3Config, LoraConfig, get_peft_model
 from transformers import WhisperFeatureExtractor, WhisperForAudioClassification
 
 from loralens.cli import main
-from loralens.precompute.audio import load_audio
+from loralens.precompute.audio import load_audio, prepare_speech
 from loralens.precompute.config import RunError
 from loralens.precompute.data import load_corpus
 from loralens.precompute.importing import CheckpointError, ImportPlan, import_run
@@ -125,7 +125,9 @@ def test_predict_on_an_imported_run_agrees_with_the_peft_model(paper_layout, tmp
     assert main(["predict", "--run", str(run), "--fold", "0", "--json", str(clip)]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     extractor = WhisperFeatureExtractor(feature_size=80)
-    one = extractor([load_audio(clip)], sampling_rate=16000, return_tensors="pt").input_features
+    # predict hears the clip as a recording is heard: silence trimmed, level set (audio.prepare_speech)
+    one = extractor([prepare_speech(load_audio(clip), clip.name).samples], sampling_rate=16000,
+                    return_tensors="pt").input_features
     with torch.no_grad():
         theirs = models[0](input_features=one).logits.softmax(-1)[0].numpy()
     np.testing.assert_allclose(result["probabilities"][-1], theirs, atol=1e-5)
