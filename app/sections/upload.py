@@ -27,8 +27,9 @@ if run.trained_on == "synthetic":
                "at about chance. Pick a run trained on human speech, such as the demo's real-speech model.")
 else:
     st.caption(f"{run.name} learned from {run.trained_on} speech"
-               + (" (the real-speech model shipped with loralens: German acted emotions; on English speakers it "
-                  "never heard it scores about 0.6 UAR, chance 0.25)" if run.trained_on == "EmoDB" else "") + ".")
+               + (f" (what to expect of it on other voices: its model card, "
+                  f"`{Path(run.source['checkpoints'][0]) / 'README.md'}`)" if run.source and run.source.get("card")
+                  else "") + ".")
 attrs = cache.reader(path).attrs(run.name)
 run_dir = attrs.get("run_dir")
 if not run_dir or not (Path(run_dir) / "config.json").is_file():
