@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from loralens.precompute.audio import MAX_SECONDS, AudioError, Speech, load_audio, prepare_speech, windows
+from loralens.precompute.audio import MAX_SECONDS, AudioError, load_audio, prepare_speech, windows
 
-__all__ = ["MAX_SECONDS", "AudioError", "Speech", "load_audio", "occlusion", "predictor", "prepare_speech",
+__all__ = ["MAX_SECONDS", "AudioError", "load_audio", "occlusion", "predictor", "prepare_speech",
            "upload_interventions", "warm_up", "windows"]
 
 
