@@ -31,6 +31,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rank", type=int, default=d.rank)
     p.add_argument("--alpha", type=float, default=d.alpha)
     p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--freeze-a", action="store_true",
+                   help="keep every LoRA A at its random initialisation and train only B and the head (Zhu et al. "
+                        "2024, 'Asymmetry in Low-Rank Adapters'); LoRA only")
     p.add_argument("--targets", default=",".join(d.targets), help=f"comma list of {', '.join(LORA_TARGETS)}")
     p.add_argument("--window", choices=["trim", "full"], default=d.window)
     p.add_argument("--folds", default=d.folds, help="loso, an integer K (grouped by speaker), or split")
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(
         model=args.model, data=args.data, method=args.method,
         emotions=list(emotions) if emotions is not None else None,
-        rank=args.rank, alpha=args.alpha, dropout=args.dropout,
+        rank=args.rank, alpha=args.alpha, dropout=args.dropout, freeze_a=args.freeze_a,
         targets=[t.strip() for t in args.targets.split(",") if t.strip()], window=args.window, folds=args.folds,
         epochs=args.epochs, epoch_selection=args.epoch_selection, lr=args.lr, head_lr=args.head_lr,
         weight_decay=args.weight_decay, schedule=args.schedule, warmup=args.warmup, batch_size=args.batch_size,

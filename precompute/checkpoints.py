@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from loralens.precompute.config import (
+    LATER_FIELDS,
     RESUMABLE_FIELDS,
     Precision,
     RunError,
@@ -109,12 +110,13 @@ def run_fingerprint(run: Path) -> dict:
     """What tells this training of a run from another of the same directory (another seed, rate, epoch count).
 
     Returns:
-        ``config``: a digest of ``config.json`` but for the settings a resumed run may change and the library
-        versions; ``folds``: fold index (as a string) -> a digest of its weights and metrics, for every completed
-        fold (folds completed later add entries without changing the others).
+        ``config``: a digest of ``config.json`` but for the settings a resumed run may change, the library
+        versions, and settings added later at the value runs before them had (``LATER_FIELDS``); ``folds``: fold
+        index (as a string) -> a digest of its weights and metrics, for every completed fold (folds completed later
+        add entries without changing the others).
     """
     config = {k: v for k, v in json.loads((run / "config.json").read_text()).items()
-              if k not in (*RESUMABLE_FIELDS, "versions")}
+              if k not in (*RESUMABLE_FIELDS, "versions") and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
     folds = {}
     for k in completed_folds(run):
         fold_dir = run / f"fold_{k:02d}"

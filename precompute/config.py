@@ -29,6 +29,9 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 LIBRARIES = ("loralens", "torch", "transformers", "peft", "nnsight", "zarr", "numpy")
 # Fields that may change between an interrupted run and its resumption without changing its results.
 RESUMABLE_FIELDS = ("device", "skip_bad")
+LATER_FIELDS = {"freeze_a": False}
+"""Fields added after runs were first written, with the value a run written before them had: a run's fingerprint
+leaves them out at that value, so a run resumed (its config.json rewritten with them) still matches its trace."""
 
 INTERVENTION_KINDS = ("lora_off", "lora_only", "lora_off_from", "erase", "patch")
 """The causal lens's interventions inside the model (``precompute.intervene``): LoRA off at a layer, on at a layer
@@ -60,6 +63,9 @@ class TrainConfig:
     """Encoder modules LoRA adapts (any of q_proj, k_proj, v_proj, out_proj, fc1, fc2)."""
     rslora: bool = False
     """Rank-stabilised LoRA: the update scaled by alpha / sqrt(r) instead of alpha / r."""
+    freeze_a: bool = False
+    """``--freeze-a``: every LoRA A stays at its random initialisation and only B (and the head) trains, the asymmetry
+    of Zhu et al., "Asymmetry in Low-Rank Adapters of Foundation Models" (ICML 2024). LoRA runs only."""
     window: Window = "trim"
     """``trim``: the encoder sees only the clip's frames; ``full``: stock 30 s padding, pooled over 1500 frames."""
     folds: str = "loso"
@@ -108,6 +114,9 @@ class TrainConfig:
                              "trains 'lora' or 'frozen'")
         if self.epochs is None:
             self.epochs = DEFAULT_EPOCHS[self.method]
+        if self.freeze_a and self.method != "lora":
+            raise UserError(f"freeze_a=True with method={self.method!r}: only LoRA has an A to freeze; drop --freeze-a "
+                            "or use --method lora")
         if self.window not in WINDOWS:
             raise UserError(f"window={self.window!r}; expected one of {WINDOWS}")
         if bad := [t for t in self.targets if t not in LORA_TARGETS]:

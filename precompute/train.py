@@ -248,11 +248,18 @@ class Trainer:
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.config.emotions)))
 
     def build(self, seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-        """A fresh model for one fold (LoRA attached, or the encoder frozen) on the device, and its optimizer."""
+        """A fresh model for one fold (LoRA attached, or the encoder frozen) on the device, and its optimizer.
+
+        Only parameters that require grad are optimised: with ``freeze_a`` every LoRA A is left out.
+        """
         config = self.config
         model = load_classifier(config.model, config.emotions, seed=seed)
         if config.method == "lora":
             model = attach_lora(model, config)
+            if config.freeze_a:  # A keeps PEFT's random start: out of the optimizer, so no step or decay moves it
+                for name, param in model.named_parameters():
+                    if "lora_A" in name:
+                        param.requires_grad_(False)
         else:
             model.requires_grad_(False)
             windowing.whisper_of(model).projector.requires_grad_(True)

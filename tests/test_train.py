@@ -305,3 +305,49 @@ def test_fold_models_refuse_an_adapter_of_another_shape(tmp_path, tiny_runs):
     models.load(0)
     with pytest.raises(RunError, match="fold_01/adapter/adapter_model.safetensors: does not fit"):
         models.load(1)
+
+
+def _lora_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+@pytest.mark.parametrize("freeze_a", [True, False])
+def test_freeze_a_keeps_every_a_at_its_initialisation(tmp_path, tiny_model_dir, tone_csv, freeze_a):
+    """--freeze-a (Zhu et al. 2024): each A stays bit-identical to its random start, B trains; without, both move."""
+    config = _config(tiny_model_dir, tone_csv, epochs=2, freeze_a=freeze_a)
+    trainer = train_module.Trainer(config, tmp_path / "probe")
+    trainer.prepare()
+    train_module.seed_everything(config.seed)  # what train_fold does before it builds fold 0's model
+    initial = _lora_weights(trainer.build(config.seed)[0])
+    train(config, tmp_path / "run", only=[0])
+    trained = _lora_weights(load_fold_model(tmp_path / "run", 0))
+    assert initial.keys() == trained.keys() and any("lora_A" in n for n in initial)
+    a_kept = [torch.equal(initial[n], trained[n]) for n in initial if "lora_A" in n]
+    b_kept = [torch.equal(initial[n], trained[n]) for n in initial if "lora_B" in n]
+    assert all(a_kept) if freeze_a else not any(a_kept)
+    assert not any(b_kept)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["freeze_a"] is freeze_a
+
+
+def test_freeze_a_is_for_lora_runs_only(tmp_path, caplog):
+    with pytest.raises(ValueError, match="freeze_a=True with method='frozen'"):
+        TrainConfig(model="m", data="d", method="frozen", freeze_a=True)
+    argv = ["train", "--model", "m", "--data", "csv:x", "--out", str(tmp_path / "r"), "--method", "frozen",
+            "--freeze-a"]
+    assert main(argv) == 2 and "drop --freeze-a or use --method lora" in caplog.text
+
+
+def test_a_run_from_before_freeze_a_keeps_its_fingerprint(tmp_path):
+    """A run written before the setting, resumed (config.json rewritten with freeze_a: false), still matches its trace;
+    freeze_a: true is another training."""
+    from loralens.precompute.checkpoints import run_fingerprint
+
+    config = TrainConfig(model="m", data="d").to_json()
+    fingerprints = []
+    for value in (None, False, True):
+        run = tmp_path / str(value)
+        run.mkdir()
+        saved = {k: v for k, v in config.items() if k != "freeze_a"} | ({} if value is None else {"freeze_a": value})
+        (run / "config.json").write_text(json.dumps(saved))
+        fingerprints.append(run_fingerprint(run)["config"])
+    assert fingerprints[0] == fingerprints[1] != fingerprints[2]
