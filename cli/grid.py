@@ -17,8 +17,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                        description="One job per fold of every run of the spec (TOML or JSON; see precompute.grid."
                                    "GridSpec), here or on Ray (--ray); the run directories loralens train writes. "
                                    "Re-run to resume: finished folds are kept.")
-    p.add_argument("spec", type=Path, help="the grid spec: models, data, methods, ranks, seeds, folds, windows, "
-                                           "alpha_per_rank, [train] settings")
+    p.add_argument("spec", type=Path, help="the grid spec: models, data, methods (lora, lora-freeze-a, frozen), ranks, "
+                                           "seeds, folds, windows, alpha_per_rank, [train] settings")
     p.add_argument("--out", required=True, type=Path, help="directory of the run directories (resumed if it exists)")
     p.add_argument("--only-folds", type=options.fold_indices, default=None,
                    help="comma list of fold indices to train now in every run (default all; the same command "

@@ -1,10 +1,10 @@
 """``loralens grid``: every model x method x rank x seed x window of a spec file, one job per fold.
 
 A grid writes the run directories ``loralens train`` writes (``OUT/<model>-<method>-<window>[-r<rank>]-seed<seed>``,
-one ``fold_KK`` per fold) and ``OUT/grid.json`` (the resolved spec, with the library versions). The unit of work
-is ``train_fold``, one fold of one run, through ``train.train(..., only=[fold])``: an executor
-(``loralens.precompute.executors``) runs the jobs here one after the other, or as Ray tasks. Rerunning the command
-submits only the folds not yet complete, and a fold cut short resumes after its last finished epoch.
+``<method>`` one of ``GRID_METHODS``; one ``fold_KK`` per fold) and ``OUT/grid.json`` (the resolved spec, with the
+library versions). The unit of work is ``train_fold``, one fold of one run, through ``train.train(..., only=[fold])``:
+an executor (``loralens.precompute.executors``) runs the jobs here one after the other, or as Ray tasks. Rerunning the
+command submits only the folds not yet complete, and a fold cut short resumes after its last finished epoch.
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from loralens.precompute.config import (
     WINDOWS,
-    Method,
     RunError,
     TrainConfig,
     Window,
@@ -41,8 +40,11 @@ except ImportError:  # Python 3.10
 
 log = logging.getLogger(__name__)
 
-GRID_FIELDS = ("model", "data", "method", "rank", "alpha", "seed", "window", "folds")
+GRID_FIELDS = ("model", "data", "method", "freeze_a", "rank", "alpha", "seed", "window", "folds")
 """The ``TrainConfig`` fields a grid sets itself; ``train`` may not set them."""
+GridMethod = Literal["lora", "lora-freeze-a", "frozen"]
+"""A grid's methods: ``loralens train --method lora``, the same with ``--freeze-a``, and ``--method frozen``."""
+GRID_METHODS: tuple[GridMethod, ...] = ("lora", "lora-freeze-a", "frozen")
 
 
 @dataclass
@@ -53,8 +55,10 @@ class GridSpec:
     """``--model`` SPECs (``bundled:tiny.en``, ``random:large-v3?layers=2``, a HF id or directory, ``ct2:DIR``)."""
     data: str
     """The ``--data`` SPEC (``emodb:DIR``, ``csv:FILE``, ...); a relative path is taken from the current directory."""
-    methods: list[Method] = field(default_factory=lambda: ["lora"])
-    """``lora`` and/or ``frozen``; a frozen run has no rank, so it is trained once per model, seed and window."""
+    methods: list[GridMethod] = field(default_factory=lambda: ["lora"])
+    """Any of ``lora``, ``lora-freeze-a`` (LoRA with every A kept at its random initialisation, ``loralens train
+    --freeze-a``: the run beside ``lora`` that asks whether A matters) and ``frozen``; a frozen run has no rank, so it
+    is trained once per model, seed and window. The method names the run's directory."""
     ranks: list[int] = field(default_factory=lambda: [32])
     """LoRA ranks, one run each."""
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -77,8 +81,8 @@ class GridSpec:
                 raise UserError(f"{name}={values!r}; expected a non-empty list")
             if len(set(map(str, values))) < len(values):
                 raise UserError(f"{name}={values!r}; expected distinct values")
-        if bad := [m for m in self.methods if m not in ("lora", "frozen")]:
-            raise UserError(f"methods={bad}; expected 'lora' and/or 'frozen'")
+        if bad := [m for m in self.methods if m not in GRID_METHODS]:
+            raise UserError(f"methods={bad}; expected any of {', '.join(map(repr, GRID_METHODS))}")
         if bad := [w for w in self.windows if w not in WINDOWS]:
             raise UserError(f"windows={bad}; expected any of {WINDOWS}")
         if bad := [r for r in self.ranks if not isinstance(r, int) or r < 1]:
@@ -89,8 +93,8 @@ class GridSpec:
             raise UserError(f"alpha_per_rank={self.alpha_per_rank}; expected a positive number, or none")
         known = {f.name for f in fields(TrainConfig)}
         if owned := sorted(set(self.train) & set(GRID_FIELDS)):
-            raise UserError(f"train sets {owned}, which the grid sets itself; use the grid's models, data, methods, "
-                             "ranks, seeds, windows, folds and alpha_per_rank")
+            raise UserError(f"train sets {owned}, which the grid sets itself; use the grid's models, data, methods "
+                             "(lora-freeze-a for freeze_a), ranks, seeds, windows, folds and alpha_per_rank")
         if unknown := sorted(set(self.train) - known):
             raise UserError(f"train has unknown settings {unknown}; expected TrainConfig fields: "
                              f"{', '.join(sorted(known - set(GRID_FIELDS)))}")
@@ -108,14 +112,16 @@ class GridSpec:
         for model in self.models:
             for window in self.windows:
                 for method in self.methods:
-                    for rank in self.ranks if method == "lora" else self.ranks[:1]:
+                    lora = method != "frozen"
+                    for rank in self.ranks if lora else self.ranks[:1]:
                         for seed in self.seeds:
-                            settings = {**self.train, "model": model, "data": self.data, "method": method,
+                            settings = {**self.train, "model": model, "data": self.data,
+                                        "method": "lora" if lora else "frozen", "freeze_a": method == "lora-freeze-a",
                                         "rank": rank, "seed": seed, "window": window, "folds": self.folds}
                             if self.alpha_per_rank is not None:
                                 settings["alpha"] = self.alpha_per_rank * rank
-                            lora = f"-r{rank}" if method == "lora" else ""
-                            out.append(GridRun(f"{model_slug(model)}-{method}-{window}{lora}-seed{seed}",
+                            rank_part = f"-r{rank}" if lora else ""
+                            out.append(GridRun(f"{model_slug(model)}-{method}-{window}{rank_part}-seed{seed}",
                                                TrainConfig(**settings)))
         return out
 

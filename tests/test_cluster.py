@@ -269,6 +269,24 @@ def test_grid_runs_frozen_once_per_seed_and_saves_a_spec_that_loads_again(tmp_pa
     assert load_spec(saved).runs() == spec.runs()
 
 
+def test_grid_method_lora_freeze_a_is_lora_with_every_a_frozen(tmp_path):
+    spec = GridSpec(models=["bundled:tiny.en"], data="emodb:/data/emodb", methods=["lora", "lora-freeze-a", "frozen"],
+                    ranks=[8, 32])
+    runs = {run.name: run.config for run in spec.runs()}
+    assert list(runs) == ["tiny.en-lora-trim-r8-seed0", "tiny.en-lora-trim-r32-seed0",
+                          "tiny.en-lora-freeze-a-trim-r8-seed0", "tiny.en-lora-freeze-a-trim-r32-seed0",
+                          "tiny.en-frozen-trim-seed0"]
+    assert [(c.method, c.freeze_a, c.rank) for c in runs.values()] == [
+        ("lora", False, 8), ("lora", False, 32), ("lora", True, 8), ("lora", True, 32), ("frozen", False, 8)]
+    with pytest.raises(ValueError, match="methods=\\['lora-frozen-a'\\]; expected any of 'lora', 'lora-freeze-a'"):
+        GridSpec(models=["bundled:tiny.en"], data="emodb:x", methods=["lora-frozen-a"])
+    with pytest.raises(ValueError, match=r"train sets \['freeze_a'\].*lora-freeze-a"):
+        GridSpec(models=["bundled:tiny.en"], data="emodb:x", train={"freeze_a": True})
+    saved = tmp_path / "grid.json"
+    saved.write_text(json.dumps(spec.to_json()))
+    assert load_spec(saved).runs() == spec.runs()
+
+
 def test_a_run_of_another_configuration_is_refused_before_any_job(spec_file, sequential, tmp_path):
     text = spec_file.read_text().replace(f"epochs = {EPOCHS}", "epochs = 1")
     other = tmp_path / "other.toml"
