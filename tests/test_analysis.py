@@ -393,6 +393,22 @@ def test_a_lora_run_pairs_with_the_frozen_run_of_its_own_data_set():
     assert views.frozen_partner(runs, runs[2]).name == "emodb-frozen"
 
 
+def test_a_freeze_a_run_says_so_pairs_with_frozen_and_keeps_out_of_the_rank_series():
+    """A --freeze-a run (every A at its random start) is LoRA with a frozen partner, labelled as such; the rank
+    series of an ordinary LoRA run does not take it for another rank, nor the other way round."""
+    def run(name, method, rank, freeze_a=False):
+        return views.RunInfo(name, method, "bundled:base", "trim", rank, ["v_proj"], ["trained"], ["anger"], 6, {},
+                             data="emodb:E", freeze_a=freeze_a)
+
+    runs = [run("frozen", "frozen", 32), run("lora-r8", "lora", 8), run("lora-r32", "lora", 32),
+            run("fa-r8", "lora", 8, True), run("fa-r32", "lora", 32, True)]
+    assert runs[4].kind == "LoRA r=32 on v_proj, A frozen" and runs[2].kind == "LoRA r=32 on v_proj"
+    assert "A frozen" in runs[4].label and "A frozen" not in runs[2].label
+    assert views.frozen_partner(runs, runs[4]).name == "frozen"
+    assert [r.name for r in views.rank_series(runs, runs[2])] == ["lora-r8", "lora-r32"]
+    assert [r.name for r in views.rank_series(runs, runs[4])] == ["fa-r8", "fa-r32"]
+
+
 def test_the_spectra_and_cka_charts_say_what_they_centre():
     """As the paper's code: SVD spectra of the stacked outputs uncentred, linear CKA centred; the axes say so."""
     from loralens.app import charts

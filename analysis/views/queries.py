@@ -35,6 +35,8 @@ class RunInfo:
     """The ``--data SPEC`` the run was traced from."""
     source: dict | None = None
     """Where an imported run came from (``loralens import``; see ``TrainConfig.source``); None for a trained one."""
+    freeze_a: bool = False
+    """A LoRA run whose every A stayed at its random initialisation (``loralens train --freeze-a``): only B trained."""
 
     @property
     def held_out(self) -> bool:
@@ -62,9 +64,13 @@ class RunInfo:
     @property
     def label(self) -> str:
         """A short human label."""
-        kind = {"lora": f"LoRA r={self.rank} on {','.join(self.targets)}", "frozen": "frozen encoder",
-                "full": "fully fine-tuned"}.get(self.method, self.method)
-        return f"{self.name} ({self.model}, {kind}, {self.window})"
+        return f"{self.name} ({self.model}, {self.kind}, {self.window})"
+
+    @property
+    def kind(self) -> str:
+        """The method in words: ``LoRA r=32 on v_proj`` (``, A frozen`` with ``--freeze-a``), ``frozen encoder``, ..."""
+        lora = f"LoRA r={self.rank} on {','.join(self.targets)}" + (", A frozen" if self.freeze_a else "")
+        return {"lora": lora, "frozen": "frozen encoder", "full": "fully fine-tuned"}.get(self.method, self.method)
 
     @property
     def test_speakers(self) -> dict[int, tuple[str, ...]]:
@@ -77,9 +83,10 @@ def run_info(reader: StoreReader) -> list[RunInfo]:
     out = []
     for name, checkpoints in reader.runs().items():
         a = reader.attrs(name, checkpoints[0])
+        config = a.get("train_config", {})
         out.append(RunInfo(name, a["method"], a["model"], a["window"], int(a["rank"]), list(a["targets"]),
                            checkpoints, list(a["emotions"]), int(a["n_layers"]), a.get("metrics", {}),
-                           a.get("data", ""), a.get("train_config", {}).get("source")))
+                           a.get("data", ""), config.get("source"), bool(config.get("freeze_a", False))))
     return out
 
 
@@ -110,11 +117,12 @@ def pairs(reader: StoreReader) -> list[tuple[RunInfo, RunInfo | None]]:
 def rank_series(runs: list[RunInfo], run: RunInfo) -> list[RunInfo]:
     """The LoRA runs that differ from ``run`` only in rank, one per rank, sorted by rank.
 
-    Same model, window, targets and data set, so a module index means the same module in each and the utterances
-    are shared; ``run`` itself stands for its own rank. The paper compares ranks 8, 32 and 64 this way.
+    Same model, window, targets, data set and A trained or frozen (``freeze_a``), so a module index means the same
+    module in each and the utterances are shared; ``run`` itself stands for its own rank. The paper compares ranks 8,
+    32 and 64 this way.
     """
-    key = (run.model, run.window, run.targets, _corpus(run.data))
-    same = [r for r in runs if r.method == "lora" and (r.model, r.window, r.targets, _corpus(r.data)) == key]
+    like = lambda r: (r.model, r.window, r.targets, _corpus(r.data), r.freeze_a)  # noqa: E731
+    same = [r for r in runs if r.method == "lora" and like(r) == like(run)]
     by_rank = {r.rank: r for r in same if r.name != run.name} | {run.rank: run}
     return [by_rank[k] for k in sorted(by_rank)]
 
