@@ -100,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
 
         summary = write_run_metrics(args.out)
     if summary.get("n_done"):
-        log.info("%s: %d/%d folds, UAR %.3f ± %.3f, WAR %.3f ± %.3f", args.out, summary["n_done"],
-                 summary["n_folds"], summary["uar"]["mean"], summary["uar"]["std"], summary["war"]["mean"],
-                 summary["war"]["std"])
+        names = {"uar": "UAR", "war": "WAR", "macro_f1": "macro-F1"}
+        scored = ", ".join(f"{name} {summary[key]['mean']:.3f} ± {summary[key]['std']:.3f}"
+                           for key, name in names.items() if key in summary)
+        log.info("%s: %d/%d folds, %s", args.out, summary["n_done"], summary["n_folds"], scored)
     return 0

@@ -91,27 +91,42 @@ def make_folds(corpus: Corpus, scheme: str, *, inner_validation: bool, seed: int
     return folds
 
 
+METRICS = ("uar", "war", "macro_f1")
+"""A fold's scores, EmoBox's three: UAR (its UA), WAR (its WA) and macro-F1."""
+
+
 def scores(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> dict:
-    """UAR (mean per-class recall over the classes present), WAR (accuracy) and the confusion matrix.
+    """UAR, WAR, macro-F1 and the confusion matrix of one fold's predictions.
+
+    UAR is the mean per-class recall and macro-F1 the mean per-class F1, both over the classes present in
+    ``labels``: a speaker held out without a class (leave-one-speaker-out) is not scored on it. scikit-learn's
+    ``f1_score(average="macro")`` as EmoBox calls it averages over the classes in labels or predictions; the two
+    agree where every class is in the test set (EmoBox's EmoDB folds). A class never predicted has F1 0.
 
     Args:
         labels: true class indices, shape ``(n,)``.
         predictions: predicted class indices, shape ``(n,)``.
         n_classes: size of the class set (rows and columns of the confusion matrix).
     """
-    from sklearn.metrics import balanced_accuracy_score, confusion_matrix  # imported here: see make_folds
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score  # imported here: see make_folds
 
     return {
         "uar": float(balanced_accuracy_score(labels, predictions)),
         "war": float(np.mean(labels == predictions)),
+        "macro_f1": float(f1_score(labels, predictions, labels=np.unique(labels), average="macro", zero_division=0)),
         "confusion": confusion_matrix(labels, predictions, labels=list(range(n_classes))).tolist(),
     }
 
 
 def over_folds(fold_metrics: list[dict]) -> dict:
-    """Mean and standard deviation of UAR and WAR over folds."""
+    """Mean, standard deviation and per-fold values of each of ``METRICS`` over folds.
+
+    A metric some fold lacks (a fold scored before loralens computed it) is left out.
+    """
     out = {}
-    for key in ("uar", "war"):
+    for key in METRICS:
+        if not all(key in m for m in fold_metrics):
+            continue
         values = np.array([m[key] for m in fold_metrics])
         out[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=0)),
                     "per_fold": [float(v) for v in values]}
@@ -128,7 +143,7 @@ def write_run_metrics(run: Path, n_folds: int | None = None) -> dict:
     per_fold = [json.loads((run / f"fold_{i:02d}" / "metrics.json").read_text()) for i in completed_folds(run)]
     summary = {"complete": len(per_fold) == n_folds, "n_folds": n_folds,
                "n_done": len(per_fold), **(over_folds(per_fold) if per_fold else {}),
-               "folds": [{k: m[k] for k in ("fold", "test_speakers", "uar", "war", "confusion", "epoch")}
+               "folds": [{k: m[k] for k in ("fold", "test_speakers", *METRICS, "confusion", "epoch") if k in m}
                          for m in per_fold]}
     write_atomic(run / "metrics.json", json.dumps(summary, indent=2) + "\n")
     return summary

@@ -300,9 +300,10 @@ def train_fold(job: FoldJob) -> dict:
     A fold already complete is left as it is; one cut short resumes after its last finished epoch.
 
     Returns:
-        The fold's ``uar``, ``war`` and ``seconds``, the ``host`` and ``pid`` that trained it, and its
-        ``setup_seconds``: the fold's own (``Trainer.train_fold``) and ``imports``, the seconds this job took to
-        import the trainer (torch, transformers, peft: the first job of a worker process only).
+        The fold's ``uar``, ``war``, ``macro_f1`` (None for a fold scored before it) and ``seconds``, the ``host``
+        and ``pid`` that trained it, and its ``setup_seconds``: the fold's own (``Trainer.train_fold``) and
+        ``imports``, the seconds this job took to import the trainer (torch, transformers, peft: the first job of a
+        worker process only).
     """
     started = time.time()
     from loralens.precompute.train import train
@@ -310,7 +311,8 @@ def train_fold(job: FoldJob) -> dict:
     imports = round(time.time() - started, 3)
     train(job.config, job.run, only=[job.fold])
     metrics = json.loads((job.run / f"fold_{job.fold:02d}" / "metrics.json").read_text())
-    return {"fold": str(job), "uar": metrics["uar"], "war": metrics["war"], "seconds": metrics["seconds"],
+    return {"fold": str(job), "uar": metrics["uar"], "war": metrics["war"], "macro_f1": metrics.get("macro_f1"),
+            "seconds": metrics["seconds"],
             "host": socket.gethostname(), "pid": os.getpid(),
             "setup_seconds": {"imports": imports, **metrics.get("setup_seconds", {})}}
 

@@ -401,8 +401,9 @@ class Trainer:
             log.info("resuming %s: %d of %d folds already complete", self.run, len(done), len(self.folds))
         for fold in todo:
             metrics = self.train_fold(fold)
-            log.info("%s (test %s): UAR %.3f, WAR %.3f in %.0f s", fold.name, ",".join(fold.test_speakers),
-                     metrics["uar"], metrics["war"], metrics["seconds"])
+            log.info("%s (test %s): UAR %.3f, WAR %.3f, macro-F1 %.3f in %.0f s", fold.name,
+                     ",".join(fold.test_speakers), metrics["uar"], metrics["war"], metrics["macro_f1"],
+                     metrics["seconds"])
             self.write_metrics()
         return self.write_metrics()
 

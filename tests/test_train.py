@@ -351,3 +351,16 @@ def test_a_run_from_before_freeze_a_keeps_its_fingerprint(tmp_path):
         (run / "config.json").write_text(json.dumps(saved))
         fingerprints.append(run_fingerprint(run)["config"])
     assert fingerprints[0] == fingerprints[1] != fingerprints[2]
+
+
+def test_macro_f1_over_the_classes_present_and_its_mean_over_folds():
+    """Macro-F1 (EmoBox's third metric) by hand: class 0 F1 0.5, class 1 0.8, class 2 0; class 3 is absent and left
+    out, as UAR leaves it out. Folds from before the metric leave it out of the run's summary, not the others."""
+    from loralens.precompute.folds import over_folds, scores
+
+    m = scores(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0]), 4)
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    assert m["uar"] == pytest.approx((0.5 + 1 + 0) / 3) and m["war"] == pytest.approx(0.6)
+    summary = over_folds([{"uar": 0.5, "war": 0.6, "macro_f1": 0.4}, {"uar": 0.7, "war": 0.8, "macro_f1": 0.6}])
+    assert summary["macro_f1"]["mean"] == pytest.approx(0.5) and summary["macro_f1"]["per_fold"] == [0.4, 0.6]
+    assert "macro_f1" not in over_folds([{"uar": 0.5, "war": 0.6, "macro_f1": 0.4}, {"uar": 0.7, "war": 0.8}])

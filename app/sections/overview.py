@@ -16,14 +16,16 @@ rows = []
 for run in cache.runs(path):
     m = run.metrics
     fmt = lambda k: f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}" if m.get(k) else "–"  # noqa: E731
-    rows.append({"run": run.name, "model": run.model, "method": run.method,
+    rows.append({"run": run.name, "model": run.model, "method": run.method + (", A frozen" if run.freeze_a else ""),
                  "rank": str(run.rank) if run.method == "lora" else "",
                  "targets": ",".join(run.targets) if run.method == "lora" else "", "window": run.window,
-                 "UAR": fmt("uar"), "WAR": fmt("war"), "folds": f"{m.get('n_done', 0)}/{m.get('n_folds', 0)}",
+                 "UAR": fmt("uar"), "WAR": fmt("war"), "macro-F1": fmt("macro_f1"),
+                 "folds": f"{m.get('n_done', 0)}/{m.get('n_folds', 0)}",
                  "checkpoints": ", ".join(run.checkpoints), "origin": run.origin})
 st.subheader("Runs")
-st.caption("UAR (unweighted average recall) and WAR (accuracy): mean ± std over the folds, each fold's model scored on "
-           "speakers it never heard (speaker-independent cross-validation).")
+st.caption("UAR (unweighted average recall), WAR (accuracy) and macro-F1 (mean per-class F1; – for runs trained before "
+           "loralens scored it): mean ± std over the folds, each fold's model scored on speakers it never heard "
+           "(speaker-independent cross-validation). 'A frozen': LoRA trained with every A at its random start.")
 # Small static tables (st.table): they draw with the page, without the interactive grid's scripts.
 st.table(pd.DataFrame(rows), hide_index=True, border="horizontal")
 
@@ -37,7 +39,8 @@ left, right = st.columns(2)
 with left:
     st.markdown("**Per fold**")
     st.table(pd.DataFrame([{"fold": f["fold"], "test speakers": ",".join(f["test_speakers"]), "UAR": f"{f['uar']:.3f}",
-                            "WAR": f"{f['war']:.3f}", "epoch": f.get("epoch")} for f in folds]),
+                            "WAR": f"{f['war']:.3f}", "macro-F1": f"{f['macro_f1']:.3f}" if "macro_f1" in f else "–",
+                            "epoch": f.get("epoch")} for f in folds]),
              hide_index=True, border="horizontal")
 with right:
     if folds:
