@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TOP_K = 10
 """How many of the fine-tuned matrix's leading singular vectors are examined (the paper's figures use 10)."""
@@ -156,6 +159,8 @@ def intruder_frame(by_checkpoint: dict[str, Intruders]) -> pd.DataFrame:
     Columns: ``checkpoint``, ``fold``, ``module``, ``layer``, ``target``, ``position`` (0 = the largest singular
     value), ``singular``, ``similarity``, ``intruder`` (bool).
     """
+    import pandas as pd  # here, so that ``loralens --help`` (which reads TOP_K and EPSILON) stays light
+
     parts = []
     for checkpoint, result in by_checkpoint.items():
         f, m, p = np.meshgrid(np.arange(len(result.folds)), np.arange(len(result.modules)), np.arange(result.k),
@@ -212,3 +217,24 @@ def intruders_of(reader, run: str, epsilon: float = EPSILON) -> dict[str, Intrud
         if data := reader.attrs(run, checkpoint).get(ATTR):
             out[checkpoint] = Intruders.from_json(data, epsilon)
     return out
+
+
+def count_table(by_checkpoint: dict[str, Intruders]) -> pd.DataFrame:
+    """Intruders per module, one row each: the mean over fold models and each fold model's count, per checkpoint.
+
+    Returns:
+        Index ``module``; columns ``<checkpoint>`` (the mean) and ``<checkpoint> fold <k>`` for every checkpoint of
+        ``by_checkpoint`` and fold, in layer order.
+    """
+    frame = intruder_frame(by_checkpoint)
+    per_fold = frame.groupby(["module", "layer", "checkpoint", "fold"], sort=False)["intruder"].sum().reset_index()
+    columns = {}
+    for checkpoint in by_checkpoint:
+        mine = per_fold[per_fold["checkpoint"] == checkpoint]
+        columns[checkpoint] = mine.groupby("module", sort=False)["intruder"].mean()
+        for fold, counts in mine.groupby("fold"):
+            columns[f"{checkpoint} fold {fold}"] = counts.set_index("module")["intruder"]
+    import pandas as pd
+
+    order = frame.drop_duplicates("module").sort_values(["layer", "module"])["module"]
+    return pd.DataFrame(columns).reindex(order)

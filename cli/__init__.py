@@ -20,6 +20,7 @@ from loralens.cli import (
     grid,
     importing,
     intervene,
+    intruders,
     model,
     predict,
     report,
@@ -36,7 +37,8 @@ if __name__ != "loralens.cli":  # one name per module: the checkout's folders in
 
 log = logging.getLogger("loralens")
 
-COMMANDS = (train, grid, importing, model, trace, validate, report, summarise, intervene, predict, app, data, demo)
+COMMANDS = (train, grid, importing, model, trace, validate, report, summarise, intervene, intruders, predict, app, data,
+            demo)
 
 # Errors that are the user's to fix: shown as one line, never as a traceback. Anything else is a bug (ours or a
 # library's): its traceback is shown, with where to report it.

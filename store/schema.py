@@ -66,6 +66,9 @@ TRACE_ATTRS = (
                              # (``precompute.checkpoints.run_fingerprint``), checked by every later trace and intervene
     "prediction_agreement",  # trained: how many stored predictions equal the run's predictions.csv, and the
                              # precision of the trace and of training (see ``precompute.trace.Tracer.agreement``)
+    "intruders",             # this checkpoint's intruder dimensions from the run's weights alone (top-k singular
+                             # values and similarities per fold and module, ``analysis.intruders.Intruders.to_json``);
+                             # also written into older stores by ``loralens intruders RUN --store``
 )
 
 
