@@ -364,3 +364,39 @@ def test_macro_f1_over_the_classes_present_and_its_mean_over_folds():
     summary = over_folds([{"uar": 0.5, "war": 0.6, "macro_f1": 0.4}, {"uar": 0.7, "war": 0.8, "macro_f1": 0.6}])
     assert summary["macro_f1"]["mean"] == pytest.approx(0.5) and summary["macro_f1"]["per_fold"] == [0.4, 0.6]
     assert "macro_f1" not in over_folds([{"uar": 0.5, "war": 0.6, "macro_f1": 0.4}, {"uar": 0.7, "war": 0.8}])
+
+
+EMODB_CLASSES = ["anger", "boredom", "disgust", "fear", "happiness", "neutral", "sadness"]
+
+
+def test_emotions_all_trains_every_class_of_the_data_set(tmp_path, tiny_model_dir, caplog):
+    """--emotions all on 7 classes (EmoDB's set, as tones) through the CLI: the class set in label order, 7 x 7
+    confusions, and UAR, WAR and macro-F1 in the run's summary and its last log line."""
+    import soundfile as sf
+
+    from tests.conftest import tone
+
+    rows = ["path,emotion,speaker"]
+    (tmp_path / "wav").mkdir()
+    for s in range(3):
+        for e, emotion in enumerate(reversed(EMODB_CLASSES)):  # listed out of order: the class set is sorted
+            sf.write(tmp_path / "wav" / f"s{s}_{emotion}.wav", tone(0.5, 16000, 150 * (e + 1), seed=s), 16000)
+            rows.append(f"wav/s{s}_{emotion}.wav,{emotion},spk{s}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    argv = ["train", "--model", str(tiny_model_dir), "--data", f"csv:{tmp_path / 'manifest.csv'}", "--out", str(run),
+            "--emotions", "all", "--epochs", "1", "--rank", "4", "--alpha", "8", "--batch-size", "7"]
+    with caplog.at_level("INFO", logger="loralens"):
+        assert main(argv) == 0
+    assert json.loads((run / "config.json").read_text())["emotions"] == EMODB_CLASSES
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["complete"] and summary["n_folds"] == 3
+    assert all(np.array(f["confusion"]).shape == (7, 7) and "macro_f1" in f for f in summary["folds"])
+    assert {"uar", "war", "macro_f1"} <= summary.keys() and "macro-F1" in caplog.text
+
+
+def test_emodb_with_every_emotion_has_its_seven_classes(emodb):
+    from loralens.precompute.data import parse_emotions
+
+    corpus = load_corpus(f"emodb:{emodb}", parse_emotions("all"))
+    assert list(corpus.emotions) == EMODB_CLASSES and len(corpus.utterances) == 535 and len(corpus.speakers) == 10
