@@ -26,12 +26,14 @@ import torch
 from tqdm.auto import tqdm
 from transformers import WhisperFeatureExtractor
 
+from loralens.analysis.intruders import ATTR
 from loralens.precompute import windowing
 from loralens.precompute.audio import load_audio
 from loralens.precompute.capture import SAMPLED, CaptureOptions, Capturer, lora_modules, module_name
 from loralens.precompute.checkpoints import FoldModels, load_fold_model, retrained, run_fingerprint, run_precision
 from loralens.precompute.config import Precision, RunError, completed_folds, read_config
 from loralens.precompute.data import Utterance, load_corpus
+from loralens.precompute.intruders import record, run_intruders
 from loralens.precompute.models import feature_extractor
 from loralens.precompute.train import resolve_device
 from loralens.store.schema import UserError
@@ -333,6 +335,7 @@ class Tracer:
     def commit(self, rows: list[int], maps: tuple[str, ...] | None = ("umap", "tsne")) -> dict[str, bool]:
         """Mark the run's checkpoints complete when every selected row is written; record the agreement.
 
+        A LoRA run's intruder dimensions (``precompute.intruders``) are recorded once every checkpoint is complete.
         Then summarise it (``analysis.summary``, fitting ``maps`` at every layer; None: leave that to ``loralens
         summarise``), and renew the summaries of the runs compared with it.
         """
@@ -352,6 +355,9 @@ class Tracer:
             else:
                 log.warning("%s: no traced utterance is in the run's predictions.csv files to compare with",
                             self.name)
+        if self.config.method == "lora" and all(state.values()) and ATTR not in self.writer.attrs(self.name):
+            # From the weights alone, once: the dynamics page and the report read it from the store.
+            record(self.writer, self.name, self.run, run_intruders(self.run, device=self.device))
         if maps is not None and all(state.values()):
             from loralens.analysis.summary import summarise  # pandas, joblib: only where a run summarises
 

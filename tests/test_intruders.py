@@ -114,3 +114,58 @@ def test_frames_count_per_module_and_the_json_round_trip():
     assert len(frame) == 12 and frame["intruder"].sum() == 3
     with pytest.raises(ValueError, match="n_folds, n_modules"):
         Intruders(("a",), (0, 1), singular, similarity)
+
+
+def test_a_run_directory_alone_matches_peft_merged_weights(tiny_runs, tmp_path):
+    """``loralens intruders RUN`` (no store): each fold model's matrices are W0 + PEFT's own delta weight."""
+    import torch
+
+    from loralens.cli import main
+    from loralens.precompute.capture import lora_modules
+    from loralens.precompute.checkpoints import load_fold_model
+    from loralens.precompute.intruders import _lora_layer
+
+    run, out = tiny_runs["lora"], tmp_path / "intruders.json"
+    assert main(["intruders", str(run), "--top-k", "5", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert set(saved) >= {"trained", "random_twin"}
+    for variant in ("trained", "random_twin"):
+        result = Intruders.from_json(saved[variant])
+        assert result.modules == ("layer_0.v_proj", "layer_1.v_proj") and result.k == 5 and len(result.folds) == 4
+        model = load_fold_model(run, result.folds[1], variant)
+        for m, (layer, target) in enumerate(lora_modules(model)):
+            module = _lora_layer(model, layer, target)
+            with torch.no_grad():
+                w = (module.base_layer.weight + module.get_delta_weight("default")).double().numpy()
+            np.testing.assert_allclose(result.singular[1, m], np.linalg.svd(w, compute_uv=False)[:5], rtol=1e-5)
+    assert main(["intruders", str(tiny_runs["frozen"])]) == 2  # a frozen run has no LoRA: one line, exit 2
+
+
+def test_trace_records_them_and_the_command_records_them_into_a_store(tiny_runs, tiny_store, tmp_path):
+    import shutil
+
+    from loralens.analysis.intruders import ATTR, intruders_of
+    from loralens.cli import main
+    from loralens.precompute.intruders import run_intruders
+    from loralens.store.reader import StoreReader
+    from loralens.store.writer import StoreWriter
+
+    stored = intruders_of(StoreReader(tiny_store), "tiny-lora")
+    fresh = run_intruders(tiny_runs["lora"])
+    assert set(stored) == {"trained", "random_twin"}
+    for checkpoint, result in fresh.items():
+        np.testing.assert_allclose(stored[checkpoint].singular, result.singular, atol=1e-5)
+        np.testing.assert_allclose(stored[checkpoint].similarity, result.similarity, atol=1e-5)
+    assert intruders_of(StoreReader(tiny_store), "tiny-frozen") == {}
+
+    # A store traced before intruders existed: the command adds them.
+    copy = str(tmp_path / "old.zarr")
+    shutil.copytree(tiny_store, copy)
+    writer = StoreWriter(copy)
+    for checkpoint in writer.runs()["tiny-lora"]:
+        group = writer.group("tiny-lora", checkpoint)
+        group.attrs.put({k: v for k, v in group.attrs.items() if k != ATTR})
+    assert intruders_of(StoreReader(copy), "tiny-lora") == {}
+    assert main(["intruders", str(tiny_runs["lora"]), "--store", copy, "--name", "tiny-lora"]) == 0
+    assert set(intruders_of(StoreReader(copy), "tiny-lora")) == {"trained", "random_twin"}
+    assert main(["intruders", str(tiny_runs["lora"]), "--store", copy, "--name", "nope"]) == 2
