@@ -26,6 +26,8 @@ TOP_K = 10
 """How many of the fine-tuned matrix's leading singular vectors are examined (the paper's figures use 10)."""
 EPSILON = 0.5
 """Below this largest |cosine| with every singular vector of ``W0``, a singular vector is an intruder."""
+EPSILONS = (0.5, 0.7, 0.9)
+"""The thresholds the views show side by side (the paper varies epsilon over this range)."""
 ATTR = "intruders"
 """The checkpoint attribute that holds a checkpoint's ``Intruders.to_json()`` (``store.schema.TRACE_ATTRS``)."""
 
@@ -153,8 +155,8 @@ def layer_of(module: str) -> tuple[int, str]:
     return int(match[1]), match[2]
 
 
-def intruder_frame(by_checkpoint: dict[str, Intruders]) -> pd.DataFrame:
-    """Every examined singular vector, one row each, at each result's threshold.
+def intruder_frame(by_checkpoint: dict[str, Intruders], fold: int | None = None) -> pd.DataFrame:
+    """Every examined singular vector, one row each, at each result's threshold (``fold``: that fold model's only).
 
     Columns: ``checkpoint``, ``fold``, ``module``, ``layer``, ``target``, ``position`` (0 = the largest singular
     value), ``singular``, ``similarity``, ``intruder`` (bool).
@@ -172,8 +174,9 @@ def intruder_frame(by_checkpoint: dict[str, Intruders]) -> pd.DataFrame:
             "target": [layers[i][1] for i in m.ravel()], "position": p.ravel(),
             "singular": result.singular.ravel(), "similarity": result.similarity.ravel(),
             "intruder": result.mask.ravel()}))
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         columns=["checkpoint", "fold", "module", "layer", "target", "position", "singular", "similarity", "intruder"])
+    return frame if fold is None else frame[frame["fold"] == fold].reset_index(drop=True)
 
 
 def count_frame(by_checkpoint: dict[str, Intruders], fold: int | None = None) -> pd.DataFrame:
@@ -189,9 +192,7 @@ def count_frame(by_checkpoint: dict[str, Intruders], fold: int | None = None) ->
         (``checkpoint`` or ``checkpoint · target`` where several targets are adapted), one row per checkpoint and
         module.
     """
-    frame = intruder_frame(by_checkpoint)
-    if fold is not None:
-        frame = frame[frame["fold"] == fold]
+    frame = intruder_frame(by_checkpoint, fold)
     keys = ["checkpoint", "module", "layer", "target"]
     counts = frame.groupby(keys + ["fold"], sort=False)["intruder"].sum().groupby(keys, sort=False).mean()
     largest = frame[frame["intruder"]].groupby(keys, sort=False)["singular"].max()
@@ -199,6 +200,15 @@ def count_frame(by_checkpoint: dict[str, Intruders], fold: int | None = None) ->
     several = out["target"].nunique() > 1
     out["series"] = out["checkpoint"] + (" · " + out["target"] if several else "")
     return out.sort_values(["checkpoint", "layer", "target"], ignore_index=True)
+
+
+def counts_at(by_checkpoint: dict[str, Intruders], epsilons: tuple[float, ...] = EPSILONS,
+              fold: int | None = None) -> pd.DataFrame:
+    """``count_frame`` at each threshold of ``epsilons``, stacked, with a column ``epsilon`` (the count chart's)."""
+    import pandas as pd
+
+    return pd.concat([count_frame({c: r.at(e) for c, r in by_checkpoint.items()}, fold).assign(epsilon=e)
+                      for e in epsilons], ignore_index=True)
 
 
 def intruders_of(reader, run: str, epsilon: float = EPSILON) -> dict[str, Intruders]:

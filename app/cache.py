@@ -15,6 +15,7 @@ import soundfile as sf
 import streamlit as st
 
 from loralens.analysis import counterfactuals, lens, projections, views
+from loralens.analysis.intruders import Intruders, intruders_of
 from loralens.store.reader import StoreReader
 from loralens.store.schema import SAMPLE_RATE
 from loralens.store.storage import STORAGE_OPTIONS_ENV
@@ -132,6 +133,12 @@ def spectra(path: str, run: str, fold: int | None):
 def cka_ab(path: str, run: str, fold: int | None):
     """CKA between LoRA A and B outputs per layer."""
     return views.cka_a_vs_b(reader(path), run, fold=fold)
+
+
+@st.cache_data(show_spinner=False)
+def intruders(path: str, run: str) -> dict[str, Intruders]:
+    """The run's recorded intruder dimensions per checkpoint (empty where none are recorded)."""
+    return intruders_of(reader(path), run)
 
 
 @st.cache_data(show_spinner=False)

@@ -138,6 +138,36 @@ def per_layer(df: pd.DataFrame, y: str, title: str, domain=None) -> alt.Chart:
     ).properties(width=WIDTH, height=HEIGHT, title=title)
 
 
+def intruder_counts(df: pd.DataFrame, title: str = "Intruder dimensions per layer") -> alt.Chart:
+    """Columns: ``layer``, ``count``, ``series``, ``epsilon``: one line per series, a panel per threshold."""
+    return alt.Chart(df).mark_line(point=True).encode(
+        x=alt.X("layer:O"), y=alt.Y("count:Q", title="intruders among the top k (mean over fold models)"),
+        color=alt.Color("series:N", title=None),
+        tooltip=_tips("series", "module", alt.Tooltip("epsilon:Q", title="ε"), alt.Tooltip("count:Q", format=".2f"),
+                      alt.Tooltip("max_singular:Q", title="largest intruder σ", format=".3f")),
+    ).properties(width=WIDTH // 2, height=int(HEIGHT / 1.3)).facet(
+        column=alt.Column("epsilon:O", title="ε: an intruder's largest |cosine| with W0's singular vectors is below")
+    ).properties(title=title)
+
+
+def intruder_vectors(df: pd.DataFrame, epsilons: tuple[float, ...],
+                     title: str = "Top singular vectors: singular value vs similarity to W0") -> alt.Chart:
+    """Columns: ``similarity``, ``singular``, ``checkpoint``, ``module``, ``fold``, ``position``; rules at ``epsilons``.
+
+    A point left of a rule is an intruder at that threshold.
+    """
+    points = alt.Chart().mark_point(filled=True, opacity=0.6).encode(
+        x=alt.X("similarity:Q", title="largest |cosine| with a singular vector of W0", scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y("singular:Q", title="singular value of W0 + (α/r) B A"),
+        color=alt.Color("checkpoint:N", title=None),
+        tooltip=_tips("checkpoint", "module", "fold", "position", alt.Tooltip("singular:Q", format=".3f"),
+                      alt.Tooltip("similarity:Q", format=".3f")),
+    )
+    rules = [alt.Chart().mark_rule(strokeDash=[4, 4], color="black").encode(x=alt.XDatum(e, type="quantitative"))
+             for e in epsilons]
+    return alt.layer(points, *rules, data=df).properties(width=WIDTH, height=HEIGHT, title=title)
+
+
 def scatter(df: pd.DataFrame, colour: str = "emotion", title: str = "", highlight: str | None = None,
             legend: bool = True) -> alt.Chart:
     """Columns: ``x``, ``y``, ``id``, ``colour``; the ``highlight`` id drawn large.

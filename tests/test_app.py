@@ -571,3 +571,28 @@ def test_a_page_that_fails_says_so_in_one_line_and_the_others_still_serve(app, m
     assert "a bug under the utterance page" in caplog.text  # the traceback went to the server's log
     at.switch_page("sections/overview.py").run()
     _ok(at)
+
+
+def test_dynamics_shows_intruder_dimensions_or_the_command_that_computes_them(app, tiny_store, tmp_path, monkeypatch):
+    import shutil
+
+    from loralens.store.writer import StoreWriter
+
+    at = app.run()
+    at.switch_page("sections/dynamics.py").run()
+    _ok(at)
+    keys = {str(user_key_from_element_id(b.proto.id)) for b in at.get("download_button")}
+    assert {"dyn-intruders-csv", "dyn-intruder-vectors-csv"} <= keys, keys
+    assert any("intruder" in c.value for c in at.caption)
+
+    copy = str(tmp_path / "old.zarr")  # traced before intruder dimensions were recorded
+    shutil.copytree(tiny_store, copy)
+    writer = StoreWriter(copy)
+    for checkpoint in writer.runs()["tiny-lora"]:
+        group = writer.group("tiny-lora", checkpoint)
+        group.attrs.put({k: v for k, v in group.attrs.items() if k != "intruders"})
+    monkeypatch.setenv("LORALENS_STORE", copy)
+    at = AppTest.from_file(MAIN, default_timeout=300).run()
+    at.switch_page("sections/dynamics.py").run()
+    _ok(at)
+    assert any("loralens intruders" in i.value and copy in i.value for i in at.info), [i.value for i in at.info]

@@ -1,10 +1,10 @@
-"""LoRA dynamics: SVD spectra trained vs random, effective rank, CKA of A vs B, and residual CKA heatmaps."""
+"""LoRA dynamics: SVD spectra trained vs random, effective rank, CKA of A vs B, intruder dimensions, residual CKA."""
 
 import dataclasses
 
 import streamlit as st
 
-from loralens.analysis import views
+from loralens.analysis import intruders, views
 from loralens.app import cache, charts, state, widgets
 
 view = widgets.view_state()
@@ -35,6 +35,10 @@ def figures(path: str, run_name: str, fold: int | None) -> dict:
     ab = views.cka_ab_frame(cache.cka_ab(path, run_name, fold))
     out = {"spectra": (widgets.figure(charts.spectra(curves, state.THRESHOLD_RANGE[0])), curves),
            "ab": (widgets.figure(charts.per_layer(ab, "cka", "Linear CKA between LoRA A and B outputs", [0, 1])), ab)}
+    if by := cache.intruders(path, run_name):
+        counts, vectors = intruders.counts_at(by, fold=fold), intruders.intruder_frame(by, fold)
+        out["intruders"] = (next(iter(by.values())).k, (widgets.figure(charts.intruder_counts(counts)), counts),
+                            (widgets.figure(charts.intruder_vectors(vectors, intruders.EPSILONS)), vectors))
     partner = views.frozen_partner(cache.runs(path), next(r for r in cache.runs(path) if r.name == run_name))
     for other, title in [(run_name, "within LoRA"), *([(partner.name, "LoRA vs frozen")] if partner else [])]:
         scope = cache.residual_cka_scope(path, run_name, other, fold)
@@ -63,6 +67,20 @@ st.caption("Effective rank: the fewest singular directions holding the threshold
 
 st.subheader("A versus B")
 widgets.chart(*drawn["ab"], f"{run.name}-cka-ab", "dyn-ab")
+
+st.subheader("Intruder dimensions")
+if "intruders" in drawn:
+    k, counted, vectors = drawn["intruders"]
+    st.caption(f"Of each fold model's adapted matrix W0 + (α/r) B A, the top {k} left singular vectors, from the "
+               "weights alone; one is an intruder when its largest |cosine| with any singular vector of the base W0 is "
+               "below ε (Shuttleworth et al., LoRA vs full fine-tuning: an illusion of equivalence, 2024). The random "
+               "twin's A and B are drawn at random: the intruders an untrained update of its size makes.")
+    widgets.chart(*counted, f"{run.name}-intruders", "dyn-intruders")
+    widgets.chart(*vectors, f"{run.name}-intruder-vectors", "dyn-intruder-vectors")
+else:
+    run_dir = cache.reader(path).attrs(run.name).get("run_dir", "RUN_DIR")
+    st.info(f"No intruder dimensions are recorded for {run.name}. Compute them from the run's weights with "
+            f"`loralens intruders {run_dir} --store {path} --name {run.name}` and reload the page.")
 
 st.subheader("Residual stream, layer x layer")
 st.caption("Minibatch linear CKA of the pooled residuals (the unbiased HSIC estimator averaged over minibatches of "
