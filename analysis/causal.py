@@ -73,8 +73,8 @@ def _numbers(profile: pd.Series) -> str:
 def findings(lora: pd.DataFrame, frozen: pd.DataFrame | None, n_layers: int) -> list[dict]:
     """The report's causal findings from a LoRA run's interventions (``metrics``) and its frozen partner's.
 
-    Each: ``finding``, ``holds``, ``evidence`` (the numbers) and ``criterion``, like the report's other findings;
-    a finding whose conditions were not computed is left out.
+    Each: ``finding``, ``holds``, ``evidence`` (the numbers), ``criterion`` and ``statistics`` (name -> the number
+    the criterion reads), like the report's other findings; a finding whose conditions were not computed is left out.
     """
     out = []
     second_half = n_layers / 2
@@ -89,7 +89,8 @@ def findings(lora: pd.DataFrame, frozen: pd.DataFrame | None, n_layers: int) -> 
                         f"layer {worst}" + (f"; LoRA off from layer k up: {_numbers(off_from)}" if len(off_from)
                                             else ""),
             "criterion": f"switching off one layer's adapter costs the most UAR in the second half of the layers "
-                         f"(layer >= {second_half:g})"})
+                         f"(layer >= {second_half:g})",
+            "statistics": {"layer of the largest UAR drop": float(worst), "largest UAR drop": float(off.max())}})
     patch = _profile(lora, "patch")
     if len(patch):
         worst = int(patch.idxmax())
@@ -102,7 +103,9 @@ def findings(lora: pd.DataFrame, frozen: pd.DataFrame | None, n_layers: int) -> 
                                                if len(reverse) else ""),
             "criterion": "LoRA's later layers recover from an early frozen residual but not from a late one: the "
                          f"drop is largest in the second half (layer >= {second_half:g}) and larger at the last layer "
-                         "than at the first"})
+                         "than at the first",
+            "statistics": {"layer of the largest UAR drop": float(worst),
+                           "last minus first layer's UAR drop": float(patch.iloc[-1] - patch.iloc[0])}})
     audio = lora[lora["kind"].isin(AUDIO_KINDS)]
     if len(audio):
         parts, mildest = [], {}
@@ -124,5 +127,6 @@ def findings(lora: pd.DataFrame, frozen: pd.DataFrame | None, n_layers: int) -> 
             "finding": "predictions robust to mild audio changes",
             "holds": bool(max(mildest.values()) < 0.25),
             "evidence": "share of predictions flipped per strength: " + "; ".join(parts),
-            "criterion": "at the mildest strength of every audio change fewer than 25% of the predictions flip"})
+            "criterion": "at the mildest strength of every audio change fewer than 25% of the predictions flip",
+            "statistics": {"largest share flipped at a mildest strength": max(mildest.values())}})
     return out

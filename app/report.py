@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import altair as alt
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from loralens.analysis import causal, projections, spectra, views
+from loralens.analysis import causal, projections, seeds, spectra, views
 from loralens.analysis import contributions as contrib_analysis
 from loralens.analysis import lens as lens_analysis
 from loralens.analysis.counterfactuals import AUDIO_KINDS, CHANGES
@@ -60,35 +60,50 @@ class RunAnalysis:
 
 
 def analyse(reader: StoreReader, lora: views.RunInfo, frozen: views.RunInfo | None,
-            threshold: float = 0.9) -> RunAnalysis:
-    """The report's numbers for one LoRA run and its frozen partner, over the utterances both traced."""
-    rows = views.common_rows(reader, lora.name, *([frozen.name] if frozen else []))
+            threshold: float = 0.9, fold: int | None = None) -> RunAnalysis:
+    """The report's numbers for one LoRA run and its frozen partner, over the utterances both traced.
+
+    ``fold``: only the utterances that fold model of the LoRA run traced (and held out), each number within it.
+
+    Raises:
+        ValueError: ``fold`` traced none of the utterances.
+    """
+    scope = views.common_rows(reader, lora.name, *([frozen.name] if frozen else []))
+    rows = scope if fold is None else views.fold_groups(reader, lora.name, scope, fold=fold)[fold]
     return RunAnalysis(
         lora, frozen, rows,
         views.lens_of(reader, lora.name, rows), views.lens_of(reader, frozen.name, rows) if frozen else None,
         views.contributions_of(reader, lora.name, rows),
         views.contributions_of(reader, frozen.name, rows) if frozen else None,
-        views.spectra_of(reader, lora.name, threshold, rows=rows), views.cka_a_vs_b(reader, lora.name, rows=rows))
+        views.spectra_of(reader, lora.name, threshold, fold=fold, rows=scope),
+        views.cka_a_vs_b(reader, lora.name, fold=fold, rows=scope))
 
 
 def findings(a: RunAnalysis) -> list[dict]:
-    """The paper's four findings, each with whether ``a`` shows it, the numbers, and the criterion applied."""
+    """The paper's four findings, each with whether ``a`` shows it, the numbers, and the criterion applied.
+
+    Each: ``finding``, ``holds``, ``evidence`` (the numbers in words), ``criterion``, and ``statistics`` (name ->
+    the number the criterion reads, NaN where it could not be computed): the values ``analysis.seeds`` aggregates
+    over runs that differ only in seed.
+    """
     out = []
     n_layers = a.lora.n_layers
     lens_, frozen_lens, contrib, diff, ratios, cka_ab = (a.lens, a.frozen_lens, a.contributions, a.diff, a.ratios,
                                                          a.cka_ab)
     depth = float(lens_.resolution_depth.mean())
     mid = n_layers // 2
-    holds = depth >= n_layers / 2 and lens_.overlap[mid] < 0.75
+    overlap = float(lens_.overlap[mid])
+    holds = depth >= n_layers / 2 and overlap < 0.75
     text = (f"mean resolution depth {depth:.2f} of {n_layers} layers; top-1 overlap with the final prediction "
-            f"{lens_.overlap[mid]:.2f} at boundary {mid}, {lens_.kl_label} there {lens_.kl[mid]:.3f}")
+            f"{overlap:.2f} at boundary {mid}, {lens_.kl_label} there {lens_.kl[mid]:.3f}")
     if frozen_lens is not None:
         frozen_depth = float(frozen_lens.resolution_depth.mean())
         text += f" (frozen: depth {frozen_depth:.2f}, overlap {frozen_lens.overlap[mid]:.2f})"
     out.append({"finding": "delayed specialization", "holds": bool(holds), "evidence": text,
                 "criterion": "the LoRA model's top-1 class settles in the second half of the layers "
                              "(mean resolution depth >= L/2) and agrees with the final one for fewer "
-                             "than 75% of utterances at the middle boundary"})
+                             "than 75% of utterances at the middle boundary",
+                "statistics": {"mean resolution depth": depth, "top-1 overlap at the middle boundary": overlap}})
     late = _last_third(n_layers)
     if diff is not None:
         growth = float(diff.block[late].mean())
@@ -102,18 +117,22 @@ def findings(a: RunAnalysis) -> list[dict]:
                         f"LoRA cosine of the layer update with the residual {cosine:+.3f} "
                         f"(difference to frozen {float(diff.block_cosine[late].mean()):+.3f})",
             "criterion": "in the last third of layers LoRA writes more into the residual than the frozen "
-                         "encoder (||a+m||/||h|| larger) and its update points against the residual (cosine < 0)"})
+                         "encoder (||a+m||/||h|| larger) and its update points against the residual (cosine < 0)",
+            "statistics": {"LoRA minus frozen contribution, last third": growth,
+                           "cosine with the residual, last third": cosine}})
     if ratios:
-        ra, rb = ratios.get("lora_a_activation"), ratios.get("lora_b_activation")
+        nan = float("nan")
+        ra, rb = ratios.get("lora_a_activation", nan), ratios.get("lora_b_activation", nan)
         out.append({
             "finding": "A compression and B reconstruction",
-            "holds": bool(ra is not None and ra >= 2 and rb is not None and rb >= 2),
+            "holds": bool(ra >= 2 and rb >= 2),
             "evidence": f"concentration (random / trained effective rank at 90%): A activations {ra:.2f}x "
                         f"(paper 5.5x), B activations {rb:.2f}x (paper 10.4x); A gradients "
-                        f"{ratios.get('lora_a_gradient', float('nan')):.2f}x (paper 1.7x), B gradients "
-                        f"{ratios.get('lora_b_gradient', float('nan')):.2f}x (paper: more dispersed)",
+                        f"{ratios.get('lora_a_gradient', nan):.2f}x (paper 1.7x), B gradients "
+                        f"{ratios.get('lora_b_gradient', nan):.2f}x (paper: more dispersed)",
             "criterion": "trained A and B outputs need at most half the directions of the random twin's "
-                         "(concentration ratio >= 2 for both)"})
+                         "(concentration ratio >= 2 for both)",
+            "statistics": {"A activation concentration": float(ra), "B activation concentration": float(rb)}})
     if cka_ab:
         act = float(np.mean(cka_ab.get("activation", [np.nan])))
         grad = float(np.mean(cka_ab.get("gradient", [np.nan])))
@@ -121,16 +140,84 @@ def findings(a: RunAnalysis) -> list[dict]:
             "finding": "forward alignment and backward differentiation",
             "holds": bool(act > grad),
             "evidence": f"mean linear CKA(A, B) over layers: activations {act:.3f}, gradients {grad:.3f}",
-            "criterion": "A and B outputs are more similar in the forward pass than their gradients are"})
+            "criterion": "A and B outputs are more similar in the forward pass than their gradients are",
+            "statistics": {"CKA(A, B) of activations minus gradients": act - grad,
+                           "CKA(A, B) of activations": act, "CKA(A, B) of gradients": grad}})
     return out
 
 
-def build(store: str, out: Path, threshold: float = 0.9, storage_options: dict | None = None) -> dict:
-    """Write every figure (PNG and SVG), ``summary.json`` and ``summary.md`` for the store's LoRA runs."""
-    reader = StoreReader(store, storage_options)
+def build(store: str | list[str], out: Path, threshold: float = 0.9, storage_options: dict | None = None) -> dict:
+    """Write every figure (PNG and SVG), ``summary.json`` and ``summary.md`` for the LoRA runs of one or more stores.
+
+    One store: its figures and summary in ``out``. Several: each store's in ``out/<label>`` (its directory's name),
+    and ``out/summary.{json,md}`` list them. Either way the summary's ``seeds`` section takes each configuration
+    with runs that differ only in seed (in one store or several; ``analysis.seeds``): every finding per seed, its
+    statistics' mean with a 95 % t interval over seeds and their spread over fold models, "holds in k of n seeds",
+    and UAR/WAR of LoRA and frozen with the paired per-fold difference.
+
+    Raises:
+        UserError: no store, a store given twice, or a store without a LoRA run.
+    """
+    stores = [store] if isinstance(store, str) else list(store)
+    if not stores or len(set(stores)) < len(stores):
+        raise UserError(f"stores {stores}: expected one or more distinct stores (loralens report --store A "
+                        "[--store B ...])")
+    readers = [StoreReader(s, storage_options) for s in stores]
+    found = [seeds.members(r) for r in readers]
+    groups = [g for g in seeds.configurations([m for f in found for m in f]) if len(g) > 1 and
+              g[0].info.method == "lora"]
+    repeated = {(m.store, m.info.name) for g in groups for m in g}
+    out.mkdir(parents=True, exist_ok=True)
+    if len(stores) == 1:
+        summary = _store_report(readers[0], found[0], out, threshold, repeated)
+        per_store = {readers[0].path: summary}
+    else:
+        summary, per_store = {"stores": {}, "threshold": threshold}, {}
+        for reader, mine, label in zip(readers, found, _labels(stores), strict=True):
+            sub = _store_report(reader, mine, out / label, threshold, repeated)
+            (out / label / "summary.json").write_text(json.dumps(sub, indent=2) + "\n")
+            (out / label / "summary.md").write_text(_markdown(sub))
+            per_store[reader.path] = sub
+            summary["stores"][label] = {"store": reader.path, "report": f"{label}/summary.md",
+                                        "runs": list(sub["runs"])}
+    summary["seeds"] = [_over_seeds(g, per_store) for g in groups]
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(_markdown(summary) if len(stores) == 1 else _stores_markdown(summary))
+    return summary
+
+
+def _labels(stores: list[str]) -> list[str]:
+    """A directory name per store: its own name without ``.zarr``, numbered where two share one."""
+    names = [PurePath(s.rstrip("/")).name.removesuffix(".zarr") or "store" for s in stores]
+    return [f"{n}-{i + 1}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
+def _over_seeds(group: list[seeds.Member], per_store: dict[str, dict]) -> dict:
+    """The summary's entry for one configuration's seeds (see ``build``)."""
+    runs = [per_store[m.store]["runs"][m.info.name] for m in group]
+    known = [m.seed for m in group if m.seed is not None]
+    if len(set(known)) < len(known):
+        log.warning("%s: several runs of one seed (%s): they are replicates, not different seeds",
+                    seeds.describe(group[0]), ", ".join(f"{m.store}:{m.info.name} seed {m.seed}" for m in group))
+    paper = seeds.findings(group, [r["findings"] for r in runs],
+                           [{int(k): v for k, v in r["fold_findings"].items()} if r.get("fold_findings") else None
+                            for r in runs])
+    causal_ = seeds.findings(group, [r["causal"]["findings"] if r.get("causal") else [] for r in runs],
+                             [None] * len(group), kind="causal")
+    return {"configuration": seeds.describe(group[0]), "settings": json.loads(group[0].configuration),
+            "members": [{"store": m.store, "run": m.info.name, "seed": m.seed,
+                         "frozen": m.frozen.name if m.frozen else None} for m in group],
+            "findings": paper + causal_, "metrics": seeds.metrics(group), "paired_test": seeds.PAIRED_TEST}
+
+
+def _store_report(reader: StoreReader, members: list[seeds.Member], out: Path, threshold: float,
+                  repeated: set[tuple[str, str]]) -> dict:
+    """One store's figures in ``out`` and its summary; runs in ``repeated`` get their findings per fold model too."""
+    store = reader.path
     out.mkdir(parents=True, exist_ok=True)
     summary: dict = {"store": store, "threshold": threshold, "runs": {}}
-    pairs = views.pairs(reader)
+    pairs = [(m.info, m.frozen) for m in members if m.info.method == "lora"]
+    seed_of = {m.info.name: m for m in members}
     summary["not_lora"] = [r.name for r in views.run_info(reader) if r.method == "full"]
     if not pairs:
         raise UserError(f"{store}: no LoRA run to report on; trace one with loralens trace")
@@ -200,12 +287,16 @@ def build(store: str, out: Path, threshold: float = 0.9, storage_options: dict |
             "cka_a_vs_b": {k: v.tolist() for k, v in a.cka_ab.items()},
             "residual_cka": residual_cka,
             "silhouette": {k: v.tolist() for k, v in sil.items()},
+            "seed": seed_of[name].seed, "configuration": json.loads(seed_of[name].configuration),
+            "fold_metrics": {key: {str(f): v for f, v in seeds.fold_values(lora_run.metrics, key).items()}
+                             for key in ("uar", "war")},
             "findings": findings(a),
+            "fold_findings": ({str(f): findings(analyse(reader, lora_run, frozen_run, threshold, fold=f))
+                               for f in views.fold_groups(reader, name, rows)}
+                              if (store, name) in repeated and rows else None),
             "causal": _causal(reader, lora_run, frozen_run, out),
         }
     summary["rank_comparisons"] = _rank_comparisons(reader, out)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "summary.md").write_text(_markdown(summary))
     return summary
 
 
@@ -327,4 +418,59 @@ def _markdown(summary: dict) -> str:
                   "Emotion silhouette in each rank's LoRA A activation space (on its 2-D map in brackets): "
                   + ", ".join(f"r = {k}: {v:.3f} ({c['silhouette_on_map'][k]:.3f})" for k, v in c["silhouette"].items())
                   + f". Figure: `{c['figure']}` (PNG and SVG).", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + _seeds_markdown(summary.get("seeds", [])))
+
+
+def _stores_markdown(summary: dict) -> str:
+    lines = [f"# loralens report over {len(summary['stores'])} stores", ""]
+    lines += [f"- `{s['store']}`: runs {', '.join(s['runs'])}; its report: [{s['report']}]({s['report']})"
+              for s in summary["stores"].values()]
+    if not summary["seeds"]:
+        lines += ["", "No configuration has runs that differ only in seed across these stores."]
+    return "\n".join(lines + [""] + _seeds_markdown(summary["seeds"]))
+
+
+def _interval(entry: dict | None) -> str:
+    """``mean [low, high]`` of an ``over_seeds`` entry (``–`` without values)."""
+    if not entry or entry["mean"] is None:
+        return "–"
+    if entry["ci"][0] is None:
+        return f"{entry['mean']:.3f}"
+    return f"{entry['mean']:.3f} [{entry['ci'][0]:.3f}, {entry['ci'][1]:.3f}]"
+
+
+def _values(values: list) -> str:
+    return ", ".join("–" if v is None else f"{v:.3f}" for v in values)
+
+
+def _seeds_markdown(entries: list[dict]) -> list[str]:
+    lines = []
+    for c in entries:
+        members = ", ".join(f"{m['run']}" + (f" (seed {m['seed']})" if m["seed"] is not None else "")
+                            + (f" with {m['frozen']}" if m["frozen"] else "") + f" in `{m['store']}`"
+                            for m in c["members"])
+        lines += [f"## Seeds: {c['configuration']}", "", f"{len(c['members'])} runs that differ only in seed: "
+                  f"{members}. Each statistic: its value per seed, its mean over seeds with a 95 % Student's t "
+                  "interval, and its spread over fold models (the standard deviation over a seed's fold models, "
+                  "averaged over seeds; causal findings are not computed per fold model).", "",
+                  "| finding | holds in | statistic | per seed | mean [95 % CI] | spread over folds |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for f in c["findings"]:
+            for i, (stat, v) in enumerate(f["statistics"].items()):
+                spread = v.get("fold_std_mean")
+                lines.append(f"| {f['finding'] if i == 0 else ''} | {f['holds_in'] if i == 0 else ''} | {stat} | "
+                             f"{_values(v['per_seed'])} | {_interval(v)} | "
+                             f"{'–' if spread is None else f'{spread:.3f}'} |")
+        lines.append("")
+        for key, m in c["metrics"].items():
+            text = f"{key.upper()}: LoRA {_interval(m['lora'])} (per seed {_values(m['lora']['per_seed'])})"
+            if m["frozen"]:
+                text += f", frozen {_interval(m['frozen'])} (per seed {_values(m['frozen']['per_seed'])})"
+            if (p := m["paired"]) and p["n_pairs"]:
+                test = (f"t = {p['t']:.2f}, p = {p['p']:.3g}" if p["t"] is not None else "no t-test (no spread)") + (
+                    f"; Wilcoxon p = {p['wilcoxon_p']:.3g}" if p["wilcoxon_p"] is not None else "")
+                text += (f"; LoRA minus frozen per fold {_interval(p['difference'])} over {p['n_pairs']} (seed, fold) "
+                         f"pairs, {test}")
+            lines += [text + ".", ""]
+        lines += [f"Paired test: {c['paired_test']}.", ""]
+    return lines
