@@ -24,7 +24,8 @@ FINDINGS = ["delayed specialization", "late-layer contribution growth with negat
 def _metrics(seed: int, method: str) -> dict:
     """Per-fold scores of a run: two folds, LoRA above frozen by 0.1 and 0.2, moved by the seed."""
     base = {"lora": [0.6, 0.7], "frozen": [0.5, 0.5]}[method]
-    folds = [{"fold": f, "uar": base[f] + 0.01 * seed, "war": base[f] + 0.02 * seed, "test_speakers": [f"spk{f}"]}
+    folds = [{"fold": f, "uar": base[f] + 0.01 * seed, "war": base[f] + 0.02 * seed, "test_speakers": [f"spk{f}"],
+              "confusion": np.eye(4, dtype=int).tolist()}
              for f in (0, 1)]
     return {"folds": folds, "n_folds": 2, "n_done": 2}
 
@@ -170,3 +171,26 @@ def test_a_report_over_two_stores_of_identical_runs_has_zero_spread(tmp_path, no
         assert metrics["lora"]["std"] == 0 and metrics["frozen"]["std"] == 0
         assert metrics["paired"]["n_pairs"] == 4
     assert "# loralens report over 2 stores" in (out / "summary.md").read_text()
+
+
+def test_the_overview_shows_the_seeds_of_one_configuration_together(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_app import MAIN, _ok
+
+    reader = _store(str(tmp_path / "s.zarr"), {0: True, 1: False})
+    monkeypatch.setenv("LORALENS_STORE", reader.path)
+    at = AppTest.from_file(MAIN, default_timeout=300).run()
+    _ok(at)
+    assert [h.value for h in at.subheader][:2] == ["Runs", "Seeds"]
+    runs = at.table[0].value
+    assert dict(zip(runs["run"], runs["seed"], strict=True)) == {"frozen-seed0": "0", "frozen-seed1": "1",
+                                                                  "lora-seed0": "0", "lora-seed1": "1"}
+    table = at.table[1].value.set_index("configuration")
+    lora = table.loc["m, LoRA r=4 on v_proj, trim, csv:d.csv"]
+    assert lora["seeds"] == "seed 0, seed 1" and lora["runs"] == "lora-seed0, lora-seed1"
+    x = np.array([0.65, 0.66])  # each seed's mean UAR over its two folds
+    low, high = stats.t.interval(0.95, 1, loc=x.mean(), scale=stats.sem(x))
+    assert lora["UAR"] == f"{x.mean():.3f} [{low:.3f}, {high:.3f}]"
+    assert lora["minus frozen, per fold"].startswith("0.150 [")
+    assert table.loc["m, frozen encoder, trim, csv:d.csv", "minus frozen, per fold"] == "–"
