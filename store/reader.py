@@ -79,8 +79,12 @@ class StoreReader:
         return sorted(name for name in sync(names()) if name != "zarr.json")
 
     @contextlib.contextmanager
-    def _reading(self, node: str, array: zarr.Array, rows: list[int] | None = None) -> Iterator[None]:
-        """Turn a chunk that does not decode inside the block into a StoreError naming it, its rows and the fix."""
+    def _reading(self, node: str, array: zarr.Array, rows: list[int] | None = None,
+                 slots: list[int] | None = None) -> Iterator[None]:
+        """Turn a chunk that does not decode inside the block into a StoreError naming it, its rows and the fix.
+
+        ``slots``: where ``rows`` lie in a slot-major array (``schema.slotted``), in the same order.
+        """
         try:
             yield
         except Exception as e:
@@ -89,7 +93,10 @@ class StoreReader:
             if node_kind(node) == "layer_major":
                 where, n = layers_text(array, [j for j, _ in damaged_layers(array)]), 1
             else:
-                bad = [r for block, _ in damaged_blocks(array, rows) for r in block] or sorted(rows or [])
+                row_at = dict(zip(slots, rows or [], strict=True)) if slots is not None else None
+                at = slots if slots is not None else rows
+                bad = ([row_at.get(i, i) if row_at else i for block, _ in damaged_blocks(array, at) for i in block]
+                       or sorted(rows or []))
                 where, n = rows_text(bad) if bad else "", max(1, len(bad))
                 ids = self._ids() if node != "utterances/id" else None
                 if len(bad) == 1 and ids is not None and bad[0] < len(ids):
@@ -217,17 +224,43 @@ class StoreReader:
             self._cache[key] = array
         return self._cache[key]
 
-    def written(self, run: str, checkpoint: str = "trained") -> np.ndarray:
-        """Which rows are completely written, shape ``(n_utterances,)`` bool (read afresh: captures add rows)."""
+    def _marks(self, run: str, checkpoint: str) -> np.ndarray:
+        """Every row's commit mark, ``(n_utterances,)``: 0 unwritten, else the row's slot + 1 (1 in v4-5 stores)."""
         source, node = self._source(run, checkpoint, "written")
         with self._reading(node, source):
-            return source[:].astype(bool)
+            return source[:]
+
+    def written(self, run: str, checkpoint: str = "trained") -> np.ndarray:
+        """Which rows are completely written, shape ``(n_utterances,)`` bool (read afresh: captures add rows)."""
+        return self._marks(run, checkpoint) > 0
+
+    def _slots(self, run: str, checkpoint: str, name: str, rows: list[int], marks: np.ndarray) -> list[int]:
+        """Where written ``rows`` lie in the original of array ``name``: their slots where it is slot-major."""
+        if schema.slotted(name) and self.group(run, checkpoint).attrs.get("slot_rows"):
+            return [int(marks[r]) - 1 for r in rows]
+        return list(rows)
 
     def sampled(self, run: str, checkpoint: str = "trained") -> np.ndarray:
         """Which written rows hold the sampled per-frame arrays (``ArraySpec.sampled``), ``(n_utterances,)`` bool."""
-        source, node = self._source(run, checkpoint, "sampled")
-        with self._reading(node, source):
-            return source[:].astype(bool) & self.written(run, checkpoint)
+        marks = self._marks(run, checkpoint)
+        written = marks > 0
+        if self._consolidated(run, checkpoint, "sampled") is not None:
+            source, node = self._source(run, checkpoint, "sampled")
+            with self._reading(node, source):
+                return source[:].astype(bool) & written
+        rows = np.flatnonzero(written).tolist()
+        out = np.zeros(len(marks), dtype=bool)
+        if rows:
+            out[rows] = self.read_original(run, checkpoint, "sampled", rows, marks).astype(bool)
+        return out
+
+    def read_original(self, run: str, checkpoint: str, name: str, rows: list[int], marks: np.ndarray,
+                      selection: tuple = ()) -> np.ndarray:
+        """``name``'s values of written ``rows`` from its original (not the layer-major copy), in ``rows``' order."""
+        array = self.array(run, checkpoint, name)
+        slots = self._slots(run, checkpoint, name, rows, marks)
+        with self._reading(f"runs/{run}/{checkpoint}/{name}", array, rows, slots):
+            return _read_rows(array, slots, selection)
 
     def _consolidated(self, run: str, checkpoint: str, name: str) -> zarr.Array | None:
         """The layer-major copy of an array, if commit wrote one and it is still valid."""
@@ -269,13 +302,14 @@ class StoreReader:
         if isinstance(rows, int):  # one row: check its own mark only
             marks = self.array(run, checkpoint, "written")
             with self._reading(f"runs/{run}/{checkpoint}/written", marks, [rows]):
-                mark = marks[rows]
+                mark = int(marks[rows])
             if not mark:
                 raise StoreError(f"{self.path}: {run}/{checkpoint} row {rows} is not written (an interrupted "
                                  "capture?); finish it with the same loralens trace command")
             written = None
         else:
-            written = self.written(run, checkpoint)
+            marks = self._marks(run, checkpoint)
+            written = marks > 0
         if rows is None:
             rows = np.flatnonzero(written).tolist()
         selected = [rows] if isinstance(rows, int) else (list(range(*rows.indices(len(written))))
@@ -294,8 +328,11 @@ class StoreReader:
             raise StoreError(f"array {name} has dimensions {dims}, not {sorted(unknown)}")
         selection = tuple(index.get(d, slice(None)) for d in dims[1:])
         if isinstance(rows, int):
-            with self._reading(f"runs/{run}/{checkpoint}/{name}", array, selected):
-                return array[(rows, *selection)]
+            slot = self._slots(run, checkpoint, name, [rows], {rows: mark})[0]
+            with self._reading(f"runs/{run}/{checkpoint}/{name}", array, selected, [slot]):
+                return array[(slot, *selection)]
+        if self._consolidated(run, checkpoint, name) is None:
+            return self.read_original(run, checkpoint, name, selected, marks, selection)
         source, node = self._source(run, checkpoint, name)
         with self._reading(node, source, selected):
             return _read_rows(source, selected, selection)
@@ -342,8 +379,8 @@ class StoreReader:
         return self._cache[key]
 
     def dims(self, run: str, checkpoint: str, name: str) -> tuple[str, ...]:
-        """An array's dimension names."""
-        return tuple(self.array(run, checkpoint, name).metadata.dimension_names)
+        """An array's dimension names as ``read`` returns them (``utterance`` first)."""
+        return ("utterance", *self.array(run, checkpoint, name).metadata.dimension_names[1:])
 
 
 @dataclass
@@ -398,11 +435,18 @@ class Summary:
 
 
 def _read_rows(array: zarr.Array, rows: list[int], selection: tuple) -> np.ndarray:
+    """``array[rows[i], *selection]`` stacked, in ``rows``' order, in one Zarr call."""
     if not rows:
         return np.zeros((0, *array[(0, *selection)].shape), dtype=array.dtype) if array.shape[0] else np.zeros(0)
     if rows == list(range(rows[0], rows[-1] + 1)):  # a contiguous block: one ranged read
         return array[(slice(rows[0], rows[-1] + 1), *selection)]
-    return array.get_orthogonal_selection((rows, *selection))
+    order = np.argsort(rows, kind="stable")
+    values = array.get_orthogonal_selection((np.asarray(rows)[order], *selection))
+    if np.all(order[:-1] < order[1:]):
+        return values
+    out = np.empty_like(values)
+    out[order] = values
+    return out
 
 
 @functools.lru_cache(maxsize=8)

@@ -7,11 +7,15 @@ Layout (Zarr v3)::
     /runs/<run>/<checkpoint>/<array>    traces of one checkpoint (``trained``, ``random_twin``) of one run
                                         attrs: see CHECKPOINT_ATTRS
 
-Every checkpoint array's first dimension is ``utterance`` with chunks of one utterance, so an utterance is
-written without touching any other's chunks (writers may work on disjoint utterances at once) and a reader of
-one utterance across all layers touches one chunk per array. The utterance table's scalar columns are chunked
-in blocks of rows (see ``table_chunks``). A checkpoint's ``written`` array is each row's
-commit mark: set last, after every other array of that row; readers see only rows whose mark is set.
+A checkpoint's arrays are of two kinds (see ``slotted``). The per-frame arrays kept for a sample of the rows
+(``ArraySpec.sampled``) and the ``written`` marks have ``utterance`` as their first dimension, one utterance per
+chunk (the sampled ones also one layer per chunk). Every other array is slot-major: its first dimension is ``slot``,
+``SLOT_ROWS`` slots per chunk, every layer of a row in that chunk; a write of up to ``SLOT_ROWS`` rows stores one
+chunk per array instead of one per row and layer (see ``slots_of``). A checkpoint's ``written`` array is each row's
+commit mark, its slot + 1 (0: not written): set last, after every other array of that row; readers see only rows
+whose mark is set and find their values through it. Writers of disjoint rows never share a chunk: a write's slots
+are keyed by its own rows. Version 4 and 5 stores hold every array per utterance (``utterance`` first, marks 1).
+The utterance table's scalar columns are chunked in blocks of rows (see ``table_chunks``).
 The utterance table's ``id`` column is its rows' commit mark in the same way: written after every other
 column, audio and log-mel; readers stop at the first empty id (rows a killed ``loralens trace`` cut off).
 A checkpoint group's attributes are written after its arrays; a group without them was cut off while
@@ -27,15 +31,15 @@ SAMPLE_RATE = 16_000
 """Whisper's input rate, and so the rate of every clip the store holds and every analysis and model reads."""
 
 FORMAT = "loralens-store"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """Bumped on any change a reader of the previous version would misread (2: the block update per frame; 3: LoRA
 gradients in float32, whose values after training lie below float16's normal range; 4: the sampled per-frame
 arrays may hold only some rows, see ``sampled``, and runs carry a ``summary`` group; 5: ``RETIRED`` arrays are no
-longer written)."""
+longer written; 6: slot-major arrays, see ``slotted``)."""
 RETIRED: dict[int, tuple[str, ...]] = {4: ("layer_input_pooled", "attention_pooled", "mlp_pooled")}
 """Arrays an older schema version wrote that this one does not: version 4's pooled layer inputs, attention and MLP
 outputs, which no figure read (about 5 GB a checkpoint at whisper-large-v2 x IEMOCAP). Readers skip them."""
-READS = (4, SCHEMA_VERSION)
+READS = (4, 5, SCHEMA_VERSION)
 """The schema versions this loralens reads; it writes only ``SCHEMA_VERSION``."""
 
 Checkpoint = Literal["trained", "random_twin"]
@@ -110,7 +114,8 @@ UTTERANCE_ARRAYS: dict[str, ArraySpec] = {
 }
 
 CHECKPOINT_ARRAYS: dict[str, ArraySpec] = {
-    "written": ArraySpec(("utterance",), "uint8", "1 once every array of the row is written (the commit mark)"),
+    "written": ArraySpec(("utterance",), "int32",
+                         "the row's slot + 1 once every array of the row is written (the commit mark); 0 before"),
     "sampled": ArraySpec(("utterance",), "uint8",
                          "1 where the sampled per-frame arrays (``ArraySpec.sampled``) hold the row"),
     "fold": ArraySpec(("utterance",), "int16", "the fold whose model traced it (the one that held it out)"),
@@ -229,14 +234,83 @@ def table_chunks(spec: ArraySpec, shape: tuple[int, ...]) -> tuple[int, ...]:
     return chunks(spec, shape)
 
 
+SLOT_ROWS = 8
+"""Slots per chunk of a slot-major array (``slotted``): the rows one write stores in one chunk."""
+
+
+def slotted(name: str) -> bool:
+    """Whether a checkpoint array is slot-major (first dimension ``slot``): all but ``written`` and the sampled ones.
+
+    The sampled per-frame arrays stay one utterance and layer per chunk: a row of them is megabytes, and the
+    analyses read them one layer across every sampled row, which a slot chunk would make them read whole.
+    """
+    return name != "written" and not CHECKPOINT_ARRAYS[name].sampled
+
+
+def stored_dims(name: str) -> tuple[str, ...]:
+    """A checkpoint array's dimension names as stored: ``slot`` first where it is slot-major."""
+    dims = CHECKPOINT_ARRAYS[name].dims
+    return ("slot", *dims[1:]) if slotted(name) else dims
+
+
+def checkpoint_chunks(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A checkpoint array's chunks: ``SLOT_ROWS`` slots with every layer where slot-major, else see ``chunks``."""
+    if slotted(name):
+        return (SLOT_ROWS, *[max(1, n) for n in shape[1:]])
+    return chunks(CHECKPOINT_ARRAYS[name], shape)
+
+
+def compressors(spec: ArraySpec) -> tuple | str | None:
+    """A checkpoint array's compression, chosen by measurement (see docs/benchmarks.md, "Store writes").
+
+    The sampled per-frame arrays: none. Their chunks end near a row's last frame (``FRAME_CHUNK``), so they hold
+    little padding, and compressing their noise-like floats took most of their write time for about a third less
+    disk. Other floats: Blosc's LZ4 over shuffled bytes;
+    per-frame ones are zero-padded to the store's longest utterance, which it passes at several times
+    Zstandard's speed for about the same size. The rest (integers): Zarr's default, Zstandard.
+    """
+    from zarr.codecs import BloscCodec
+
+    if spec.sampled:
+        return None
+    if spec.dtype.startswith("float"):
+        return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
+    return "auto"
+
+
+def slots_of(rows: list[int]) -> list[int]:
+    """The slots a write of ``rows`` (distinct table rows) stores them in, in the given order.
+
+    The rows, sorted, go ``SLOT_ROWS`` at a time into the chunk of slots keyed by the first of them: chunk ``r``
+    holds slots ``r * SLOT_ROWS`` to ``(r + 1) * SLOT_ROWS - 1``. Writes of disjoint rows so never share a chunk,
+    with no coordination between writers. A slot-major array has ``SLOT_ROWS`` slots per table row, most of them
+    never stored (Zarr stores only the chunks written).
+    """
+    order = sorted(range(len(rows)), key=lambda i: rows[i])
+    out = [0] * len(rows)
+    for start in range(0, len(order), SLOT_ROWS):
+        key = rows[order[start]]
+        for k, i in enumerate(order[start: start + SLOT_ROWS]):
+            out[i] = key * SLOT_ROWS + k
+    return out
+
+
+FRAME_CHUNK = 256
+"""Frames per chunk of the sampled per-frame arrays (about 5 s of audio): a row stores only the chunks its frames
+reach, not its padding to the store's longest utterance."""
+
+
 def chunks(spec: ArraySpec, shape: tuple[int, ...]) -> tuple[int, ...]:
     """One utterance per chunk; per-frame arrays also one layer (boundary, module) per chunk.
 
-    So an analysis of one layer reads only that layer's frames.
+    So an analysis of one layer reads only that layer's frames. The sampled per-frame arrays are also cut every
+    ``FRAME_CHUNK`` frames.
     """
     rest = [max(1, n) for n in shape[1:]]
     if spec.per_frame and len(shape) == 4:
         rest[0] = 1
+    if spec.sampled:
+        rest[1] = min(rest[1], FRAME_CHUNK)
     return (1, *rest)
 
 

@@ -183,23 +183,31 @@ class _Check:
         if damaged:  # rows whose mark does not decode: repair clears the mark, trace captures them again
             self.damaged(f"{where}/written", [r for block, _ in damaged for r in block], damaged[0][1], ids, "rows")
         rows = [r for r, mark in enumerate(marks[:n]) if mark]
+        slot_major = bool(attrs.get("slot_rows"))
+
+        def at(name: str, r: int) -> int:  # where row r lies in array name
+            return int(marks[r]) - 1 if slot_major and schema.slotted(name) else r
+
         sampled = set(rows)
         if "sampled" in arrays:
             sample_marks, _ = read_blocks(arrays["sampled"])  # damaged blocks: found below, as any array's
-            sampled = {r for r in rows if r < len(sample_marks) and sample_marks[r]}
+            sampled = {r for r in rows if at("sampled", r) < len(sample_marks) and sample_marks[at("sampled", r)]}
         for name, spec in expected.items():
             if name not in arrays or name == "written":
                 continue
             array = arrays[name]
-            if tuple(array.metadata.dimension_names or ()) != spec.dims:
-                self.problem(f"{where}/{name}: dimensions {array.metadata.dimension_names}, expected {spec.dims}")
-            if array.shape[0] != n:
-                self.problem(f"{where}/{name}: {array.shape[0]} rows, the table has {n}")
+            dims = schema.stored_dims(name) if slot_major else spec.dims
+            if tuple(array.metadata.dimension_names or ()) != dims:
+                self.problem(f"{where}/{name}: dimensions {array.metadata.dimension_names}, expected {dims}")
+            size = n * schema.SLOT_ROWS if slot_major and schema.slotted(name) else n
+            if array.shape[0] != size:
+                self.problem(f"{where}/{name}: {array.shape[0]} {dims[0]}s, the table has {n} rows"
+                             + (f" ({size} slots)" if size != n else ""))
                 continue
             bad, error = [], None
             for r in (r for r in rows if r in sampled or not spec.sampled):
                 try:
-                    value = array[r]
+                    value = array[at(name, r)]
                 except Exception as e:
                     if not is_damage(e):
                         raise

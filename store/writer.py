@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import importlib.metadata
 import logging
@@ -60,6 +61,28 @@ def _write_rows(array: zarr.Array, rows: Sequence[int], block: np.ndarray) -> No
         array[rows[0]: rows[0] + len(rows)] = block
     else:
         array.oindex[np.asarray(rows)] = block
+
+
+def _store(writes: list[tuple[zarr.Array, Any, np.ndarray]]) -> None:
+    """Every ``array[selection] = values`` of ``writes`` at once, in one call into Zarr's event loop.
+
+    Each synchronous Zarr call costs milliseconds of its own (a trip to the loop's thread and back), more than
+    storing a small chunk; a batch's writes so go together, and Zarr encodes and stores their chunks concurrently.
+    """
+    async def store_all() -> None:
+        await asyncio.gather(*(array.async_array.setitem(selection, values) for array, selection, values in writes))
+
+    if writes:
+        sync(store_all())
+
+
+def _read_slots(array: zarr.Array, slots: np.ndarray, rest: tuple) -> np.ndarray:
+    """``array[slots[i], *rest]`` stacked, in one Zarr call (each chunk decoded once)."""
+    order = np.argsort(slots, kind="stable")
+    values = array.get_orthogonal_selection((slots[order], *rest))
+    out = np.empty_like(values)
+    out[order] = values
+    return out
 
 
 class StoreWriter(StoreReader):
@@ -201,8 +224,8 @@ class StoreWriter(StoreReader):
                     if not isinstance(array, zarr.Array):
                         continue
                     dims = array.metadata.dimension_names
-                    shape = tuple(max(s, n_rows) if d == "utterance" else max(s, max_frames) if d == "frame" else s
-                                  for d, s in zip(dims, array.shape, strict=True))
+                    sizes = {"utterance": n_rows, "slot": n_rows * schema.SLOT_ROWS, "frame": max_frames}
+                    shape = tuple(max(s, sizes.get(d, s)) for d, s in zip(dims, array.shape, strict=True))
                     if shape != array.shape:
                         resizes[name] = shape
                 if resizes:
@@ -230,7 +253,8 @@ class StoreWriter(StoreReader):
             raise ValueError(f"checkpoint {run}/{checkpoint}: attributes {missing} are required by the schema")
         path = f"runs/{run}/{checkpoint}"
         n_rows = len(self._column("id"))
-        sizes = {**sizes, "utterance": n_rows, "frame": int(np.max(self._column("n_frames")))}
+        sizes = {**sizes, "utterance": n_rows, "slot": n_rows * schema.SLOT_ROWS,
+                 "frame": int(np.max(self._column("n_frames")))}
         group = self._node(path)
         if group is not None and "method" not in group.attrs:
             # Created by a run cut off before it wrote the group's attributes (they come last): nothing was
@@ -249,17 +273,33 @@ class StoreWriter(StoreReader):
         for name, spec in schema.checkpoint_arrays(lora, per_frame_b).items():
             if not new and self._node(f"{path}/{name}") is not None:
                 continue  # an existing checkpoint lacks only arrays that validate --repair removed
-            shape = tuple(sizes[d] for d in spec.dims)
+            dims = schema.stored_dims(name)
+            shape = tuple(sizes[d] for d in dims)
             try:
-                group.create_array(name, shape=shape, chunks=schema.chunks(spec, shape), dtype=spec.dtype,
-                                   dimension_names=spec.dims, fill_value=0)
+                group.create_array(name, shape=shape, chunks=schema.checkpoint_chunks(name, shape), dtype=spec.dtype,
+                                   dimension_names=dims, fill_value=0, compressors=schema.compressors(spec))
             except zarr.errors.ContainsArrayError:  # another process created it first
                 pass
         if new:
-            group.attrs.update({**attrs, "run": run, "checkpoint": checkpoint, "complete": False})
+            group.attrs.update({**attrs, "run": run, "checkpoint": checkpoint, "complete": False,
+                                "slot_rows": schema.SLOT_ROWS})
         elif "fingerprint" in attrs:  # the caller checked it against the old one: it may only have gained folds
             group.attrs["fingerprint"] = attrs["fingerprint"]
         self._cache.clear()
+
+    def _targets(self, path: str) -> dict[str, zarr.Array]:
+        """A checkpoint's arrays to write rows into, opened once.
+
+        Their metadata changes only through this writer, which clears the cache, or before rows are written
+        (``add_utterances`` and ``create_checkpoint``).
+        """
+        key = f"{path}/targets"
+        if key not in self._cache:
+            # Every chunk is stored as given: Zarr's scan for chunks of only zeros (not stored then) is a pass over
+            # the data.
+            self._cache[key] = {name: array.with_config({"write_empty_chunks": True}) for name in self._children(path)
+                                if isinstance(array := self._node(f"{path}/{name}"), zarr.Array)}  # damaged: StoreError
+        return self._cache[key]
 
     def write(self, run: str, checkpoint: schema.Checkpoint, row: int, arrays: dict[str, np.ndarray]) -> None:
         """Write one utterance's arrays, then its commit mark (``write_rows`` of one row)."""
@@ -282,8 +322,7 @@ class StoreWriter(StoreReader):
         if len(set(rows)) != len(rows):
             raise ValueError(f"rows {sorted(rows)} repeat a row: each row is written once per call")
         path = f"runs/{run}/{checkpoint}"
-        targets = {name: array for name in self._children(path)
-                   if isinstance(array := self._node(f"{path}/{name}"), zarr.Array)}  # a damaged one: StoreError
+        targets = self._targets(path)
         expected = set(targets) - {"written", "sampled"}
         sampled = {name for name in expected if schema.CHECKPOINT_ARRAYS[name].sampled}
         keeps = []  # per row: whether it holds the sampled arrays
@@ -295,26 +334,78 @@ class StoreWriter(StoreReader):
             if missing := (expected if given else expected - sampled) - set(given_arrays):
                 raise ValueError(f"row {row} of {run}/{checkpoint} lacks {sorted(missing)}")
             keeps.append(bool(given) or not sampled)
+        slots = schema.slots_of([int(r) for r in rows])
         order = sorted(range(len(rows)), key=lambda i: rows[i])
-        for name in sorted(expected):
-            chosen = [i for i in order if keeps[i] or name not in sampled]
-            if not chosen:
-                continue
+        self._free_chunks(path, targets["written"], [int(r) for r in rows], slots)
+        writes = []  # (array, selection, values): every chunk of the batch, stored in one trip to Zarr
+        for name in sorted(expected | {"sampled"}):
             target = targets[name]
-            block = np.zeros((len(chosen), *target.shape[1:]), dtype=target.dtype)
-            for k, i in enumerate(chosen):
-                value = np.asarray(arrays[i][name])
-                block[(k, *(slice(0, n) for n in value.shape))] = value  # zero-padded to the store's shape
-            _write_rows(target, [int(rows[i]) for i in chosen], block)
-        marks = [int(rows[i]) for i in order]
-        _write_rows(targets["sampled"], marks, np.array([keeps[i] for i in order], dtype=np.uint8))
-        _write_rows(targets["written"], marks, np.ones(len(marks), dtype=np.uint8))
+            if schema.slotted(name):  # a chunk of SLOT_ROWS slots per SLOT_ROWS rows, written whole
+                for start in range(0, len(order), schema.SLOT_ROWS):
+                    group = order[start: start + schema.SLOT_ROWS]
+                    block = np.zeros((schema.SLOT_ROWS, *target.shape[1:]), dtype=target.dtype)
+                    for k, i in enumerate(group):
+                        value = keeps[i] if name == "sampled" else np.asarray(arrays[i][name])
+                        block[(k, *(slice(0, n) for n in np.shape(value)))] = value  # zero-padded
+                    first = slots[group[0]]
+                    writes.append((target, slice(first, first + schema.SLOT_ROWS), block))
+                continue
+            frame = schema.CHECKPOINT_ARRAYS[name].dims.index("frame") - 1  # a sampled one: per frame
+            for i in order:
+                if keeps[i]:
+                    value = np.asarray(arrays[i][name])
+                    # Only the frame chunks its frames reach: the rest of the padding is never stored.
+                    step = target.chunks[frame + 1]
+                    shape = list(target.shape[1:])
+                    shape[frame] = min(shape[frame], -(-value.shape[frame] // step) * step)
+                    block = np.zeros(shape, dtype=target.dtype)
+                    block[tuple(slice(0, n) for n in value.shape)] = value  # zero-padded to whole chunks
+                    writes.append((target, (int(rows[i]), *(slice(0, n) for n in shape)), block))
+        _store(writes)
+        # The marks, each the row's slot + 1: first those of the rows that key their chunk, so a chunk is never
+        # written again (a later write keyed by that row) while another row's mark still points into it.
+        keys = set(order[:: schema.SLOT_ROWS])
+        marks = targets["written"]
+        for part in ([i for i in order if i in keys], [i for i in order if i not in keys]):
+            _store([(marks, int(rows[i]), np.array(slots[i] + 1, dtype=marks.dtype)) for i in part])
+
+    @staticmethod
+    def _free_chunks(path: str, written: zarr.Array, rows: list[int], slots: list[int]) -> None:
+        """Before a write stores ``rows`` in ``slots``, clear the marks of other rows stored in those chunks.
+
+        The chunk keyed by a row (``schema.slots_of``) holds another write's rows only where that row is written
+        already: marks are set key first, and ``unmark`` clears, with a row, every row in the chunk it keys. So where
+        no key of this write is written (``loralens trace`` writes only unwritten rows) this reads one mark per
+        chunk and changes nothing. Where one is (rows written again), it reads every mark: rows of an earlier write
+        in the chunks rewritten lose their marks (the same ``loralens trace`` command captures them again) instead
+        of pointing at another row's values.
+        """
+        keys = sorted({s // schema.SLOT_ROWS for s in slots})
+        if not written.oindex[np.asarray(keys)].any():
+            return
+        every = written[:].astype(np.int64)
+        stale = [int(r) for r in np.flatnonzero((every > 0) & np.isin((every - 1) // schema.SLOT_ROWS, keys))
+                 if int(r) not in set(rows)]
+        if stale:
+            log.warning("%s: rows %s shared a chunk with rows written again; their marks are cleared (the same "
+                        "loralens trace command captures them again)", path, stale[:8])
+            written.oindex[np.asarray(stale)] = 0
 
     def unmark(self, run: str, checkpoint: schema.Checkpoint, rows: list[int]) -> None:
-        """Clear rows' commit marks (damaged rows): the same ``loralens trace`` command captures them again."""
+        """Clear rows' commit marks (damaged rows): the same ``loralens trace`` command captures them again.
+
+        Every other row stored in the same slot chunk loses its mark too: the chunk is damaged for all of them, and
+        it is written again whole. So do the rows in the chunk each row keys (``schema.slots_of``), which the
+        row's next write rewrites whole (see ``_free_chunks``).
+        """
         group = self.root[f"runs/{run}/{checkpoint}"]
-        for row in rows:
-            group["written"][int(row)] = 0  # a whole chunk: written without reading a damaged one
+        rows = {int(r) for r in rows}
+        if group.attrs.get("slot_rows"):
+            marks, _ = read_blocks(group["written"])  # damaged marks read as None: cleared below if asked
+            chunks = {(marks[r] - 1) // schema.SLOT_ROWS for r in rows if r < len(marks) and marks[r]} | rows
+            rows |= {r for r, mark in enumerate(marks) if mark and (mark - 1) // schema.SLOT_ROWS in chunks}
+        for row in sorted(rows):
+            group["written"][row] = 0  # a whole chunk: written without reading a damaged one
         group.attrs.update({"complete": False, "consolidated": -1})
 
     # -- repairs (``loralens validate --repair``) ---------------------------------------------------------
@@ -368,24 +459,37 @@ class StoreWriter(StoreReader):
     def _consolidate(self, group: zarr.Group) -> None:
         """Write layer-major copies of the arrays ``schema.consolidates`` (see ``schema.CONSOLIDATED_GROUP``).
 
-        The old copies are removed first, damaged ones too; the caller has marked the copies invalid meanwhile.
+        The copies are in table-row order whatever the originals' (slot-major ones are gathered from their rows'
+        slots). The old copies are removed first, damaged ones too; the caller has marked the copies invalid
+        meanwhile.
         """
         del group[schema.CONSOLIDATED_GROUP]
         target = group.require_group(schema.CONSOLIDATED_GROUP)
+        marks = group["written"][:]
+        rows = np.flatnonzero(marks)
+        slots = marks[rows].astype(np.int64) - 1 if group.attrs.get("slot_rows") else rows
+        n_rows = marks.shape[0]
         for name in sorted(group.array_keys()):
             spec = schema.CHECKPOINT_ARRAYS.get(name)
             if spec is None or not schema.consolidates(spec):
                 continue
             source = group[name]
-            copy = target.create_array(name, shape=source.shape, chunks=schema.consolidated_chunks(source.shape),
-                                       dtype=source.dtype, dimension_names=spec.dims, fill_value=0, overwrite=True)
-            if source.ndim > 2:  # as many layers at a time as CONSOLIDATE_BYTES holds for every utterance
-                per_layer = source.nbytes // max(1, source.shape[1])
-                step = max(1, CONSOLIDATE_BYTES // max(1, per_layer))
-                for j in range(0, source.shape[1], step):  # each source chunk decoded once per step
-                    copy[:, j: j + step] = source[:, j: j + step]
-            else:
-                copy[...] = source[...]
+            shape = (n_rows, *source.shape[1:])
+            copy = target.create_array(name, shape=shape, chunks=schema.consolidated_chunks(shape),
+                                       dtype=source.dtype, dimension_names=spec.dims, fill_value=0, overwrite=True,
+                                       compressors=schema.compressors(spec))
+            if name == "written":
+                copy[...] = marks
+                continue
+            per_layer = int(np.prod(shape[2:], dtype=np.int64)) * n_rows * source.dtype.itemsize
+            step = max(1, CONSOLIDATE_BYTES // max(1, per_layer)) if source.ndim > 2 else 1
+            for j in range(0, shape[1] if source.ndim > 1 else 1, step):  # as many layers as CONSOLIDATE_BYTES holds
+                layers = (slice(j, j + step),) if source.ndim > 1 else ()
+                block = np.zeros((n_rows, *([min(step, shape[1] - j)] if layers else []), *shape[2:]),
+                                 dtype=source.dtype)
+                if len(rows):
+                    block[rows] = _read_slots(source, slots, layers)
+                copy[(slice(None), *layers)] = block
 
     def commit(self, run: str, rows: list[int]) -> dict[str, bool]:
         """Mark each checkpoint of ``run`` complete when all of ``rows`` are written; return that state."""
@@ -395,7 +499,7 @@ class StoreWriter(StoreReader):
             with self._reading(f"runs/{run}/{checkpoint}/written", group["written"]):
                 written = group["written"][:]
             complete = bool(all(written[i] for i in rows))
-            n_written = int(written.sum())
+            n_written = int(np.count_nonzero(written))
             if complete:
                 group.attrs["consolidated"] = -1  # readers use the originals while the copies are written
                 self._consolidate(group)

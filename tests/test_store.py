@@ -240,7 +240,7 @@ def test_lost_ids_of_traced_rows_are_not_dropped(tmp_path):
         StoreWriter(path).add_utterances(_rows(4)[3:])
     root = zarr.open_group(path, mode="r")
     assert root["utterances/audio"].shape[0] == 3 and root["utterances/emotion"].shape[0] == 3
-    assert root["runs/r/trained/written"][:].tolist() == [1, 1, 1]
+    assert (root["runs/r/trained/written"][:] > 0).tolist() == [True, True, True]
 
 
 def test_interventions_grow_keep_what_is_done_and_redo_a_changed_partner(store_path):
@@ -273,3 +273,83 @@ def test_interventions_grow_keep_what_is_done_and_redo_a_changed_partner(store_p
     assert writer.create_interventions("r", ["none"], rows, 3, 4, basis=4) == ["none"]
     got = StoreReader(store_path).interventions("r")
     assert got.conditions == ["none"] and not got.done.any() and got.partner is None
+
+
+def _chunk_files(path) -> dict[str, bytes]:
+    from pathlib import Path
+
+    root = Path(path) / "runs" / "r" / "trained"
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("c/**/*") if p.is_file()}
+
+
+def test_writes_of_disjoint_rows_never_share_a_chunk(tmp_path):
+    """Writers of disjoint rows run at once without locks (Zarr has none): two writes of interleaved rows, which a
+    chunk of consecutive table rows would mix, must leave each other's chunk files alone, and every row reads back
+    whole."""
+    path = str(tmp_path / "s")
+    writer = StoreWriter(path)
+    rows = writer.add_utterances(_rows(12))
+    writer.create_checkpoint("r", "trained", ATTRS, SIZES, lora=True, per_frame_b=True)
+    arrays = {row: _arrays(5 * (row % 3 + 1), seed=row) for row in rows}
+    first, second = rows[0::2], rows[1::2]
+    writer.write_rows("r", "trained", first, [arrays[r] for r in first])
+    after_first = _chunk_files(path)
+    writer.write_rows("r", "trained", second, [arrays[r] for r in second])
+    after_second = _chunk_files(path)
+    assert {f: b for f, b in after_second.items() if f in after_first} == after_first  # none written again
+    assert len(after_second) > len(after_first)
+    reader = StoreReader(path)
+    for row in rows:
+        for name, value in arrays[row].items():
+            got = reader.read("r", "trained", name, row)
+            np.testing.assert_array_equal(got[tuple(slice(0, n) for n in value.shape)], value, err_msg=name)
+    np.testing.assert_array_equal(reader.read("r", "trained", "lens_logits", rows[::-1]),
+                                  np.stack([arrays[r]["lens_logits"] for r in rows[::-1]]))
+
+
+def test_a_row_written_again_clears_the_rows_its_chunk_held(tmp_path):
+    """Rows 0-7 share one slot chunk; writing rows 0 and 9 again rewrites that chunk whole. Rows 1-7 must then read
+    as unwritten (captured again by trace), never as row 9's values."""
+    path = str(tmp_path / "s")
+    writer = StoreWriter(path)
+    rows = writer.add_utterances(_rows(10))
+    writer.create_checkpoint("r", "trained", ATTRS, SIZES, lora=True, per_frame_b=True)
+    arrays = {row: _arrays(5, seed=row) for row in rows}
+    writer.write_rows("r", "trained", rows[:8], [arrays[r] for r in rows[:8]])
+    writer.write_rows("r", "trained", [0, 9], [arrays[0], arrays[9]])
+    reader = StoreReader(path)
+    assert reader.written("r", "trained").tolist() == [True] + [False] * 7 + [False, True]
+    for row in (0, 9):
+        np.testing.assert_array_equal(reader.read("r", "trained", "logits", row), arrays[row]["logits"])
+
+
+def test_a_store_of_schema_5_with_every_array_per_utterance_is_read_and_validated(tmp_path):
+    """Version 5 kept every array one utterance per chunk, with marks of 1: the readers and validate still read
+    such a store (rewritten here from a current one, as version 5's writer laid it out)."""
+    path = str(tmp_path / "s")
+    _, written = _fill(path)
+    reader = StoreReader(path)
+    group = zarr.open_group(path, mode="a")
+    checkpoint = group["runs/r/trained"]
+    n = len(written)
+    for name in list(checkpoint.array_keys()):
+        if not schema.slotted(name):
+            continue
+        values = reader.read("r", "trained", name, list(range(n)))
+        old = checkpoint[name]
+        del checkpoint[name]
+        spec = schema.CHECKPOINT_ARRAYS[name]
+        shape = (n, *old.shape[1:])
+        checkpoint.create_array(name, shape=shape, chunks=schema.chunks(spec, shape), dtype=spec.dtype,
+                                dimension_names=spec.dims, fill_value=0)[...] = values
+    checkpoint["written"][:] = 1
+    del checkpoint.attrs["slot_rows"]
+    checkpoint.attrs["consolidated"] = -1  # readers use the originals
+    group.attrs["schema_version"] = 5
+    reader = StoreReader(path)
+    for row, arrays in written.items():
+        np.testing.assert_array_equal(reader.read("r", "trained", "residual_pooled", row), arrays["residual_pooled"])
+        np.testing.assert_array_equal(reader.read("r", "trained", "lens_logits", [row]), arrays["lens_logits"][None])
+    assert reader.sampled("r", "trained").all()
+    report = validate(path)
+    assert [p for p in report.problems if "not committed" not in p] == []
