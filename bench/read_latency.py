@@ -35,11 +35,14 @@ def main() -> None:
     runs = reader.runs()
     run = args.run or next((r for r in runs if reader.attrs(r)["method"] == "lora"), next(iter(runs)))
     rows = np.flatnonzero(reader.written(run, "trained"))
+    sampled = np.flatnonzero(reader.sampled(run, "trained"))  # the rows that keep the per-frame residual
     n_boundaries = reader.attrs(run)["n_layers"] + 1
     rng = np.random.default_rng(0)
-    pick_rows = rng.choice(rows, args.repeats)
+    pick_rows = rng.choice(sampled if len(sampled) else rows, args.repeats)
     pick_layers = rng.integers(0, n_boundaries, args.repeats)
     per_utterance = ["residual", "lens_logits_frames", "attention_norm_ratio", "mlp_norm_ratio"]
+    if not len(sampled):
+        per_utterance.remove("residual")
     per_layer = ["residual_pooled", "lens_logits"]
 
     def utterance_from_store(i):
@@ -48,13 +51,16 @@ def main() -> None:
     def layer_from_store(i):
         return [reader.read(run, "trained", name, boundary=int(pick_layers[i])) for name in per_layer]
 
-    memory = {name: reader.group(run, "trained")[name][:] for name in per_utterance + per_layer}
+    # The same values in memory, row by row as the store's readers return them
+    picked = sorted({int(r) for r in pick_rows})
+    memory = {name: dict(zip(picked, reader.read(run, "trained", name, picked), strict=True)) for name in per_utterance}
+    memory |= {name: reader.read(run, "trained", name) for name in per_layer}  # every written row, in order
 
     def utterance_from_memory(i):
         return [memory[name][int(pick_rows[i])] for name in per_utterance]
 
     def layer_from_memory(i):
-        return [np.ascontiguousarray(memory[name][rows, int(pick_layers[i])]) for name in per_layer]
+        return [np.ascontiguousarray(memory[name][:, int(pick_layers[i])]) for name in per_layer]
 
     print(f"{args.store}: run {run}, {len(rows)} utterances, {n_boundaries} boundaries, {args.repeats} reads each")
     for label, store_fn, memory_fn in (("one utterance x all layers", utterance_from_store, utterance_from_memory),

@@ -1,8 +1,9 @@
-"""Scale benchmark by simulation: a whisper-large-v2 x IEMOCAP store written through the store's own writer, then
+"""Scale benchmark by simulation: a whisper-large-v2 (or base, ``--geometry``) x IEMOCAP store written through the
+store's own writer, then
 the explorer, ``loralens summarise`` and ``loralens report`` timed on it (issue #23, point 5).
 
     python bench/scale.py write STORE [--utterances 5500] [--per-frame-sample 0.02] [--folds 10] [--seed 0]
-                                      [--workers 1]
+                                      [--workers 1] [--baseline REF]
     python bench/scale.py measure STORE [--fresh] [--repeats 20] [--only summarise,pages,widgets,report]
 
 ``write`` draws every array (see ``bench/simulate.py`` for how they are structured) and writes them as ``loralens
@@ -10,7 +11,10 @@ trace`` would: ``StoreWriter.add_utterances``, ``create_checkpoint``, ``write_ro
 sampled per-frame arrays only for the rows ``CaptureOptions(per_frame_sample=...).keeps_frames`` keeps),
 ``commit``. It estimates the size first and refuses when the disk lacks room; it resumes an interrupted store
 (written rows are skipped). With
-``--workers 2`` rows are written by two processes, on disjoint rows (the schema lets them).
+``--workers 2`` rows are written by two processes, on disjoint rows (the schema lets them). Its rows line times the
+store's writes alone (``write_rows``); drawing the arrays is timed beside it. ``--baseline REF`` (a git commit) first
+writes the same store with REF's ``store`` package (``STORE.REF``; the rest of loralens is this checkout's), then
+this checkout's, and prints each phase's ratio.
 
 ``measure`` works on any store: it runs ``loralens summarise STORE --force`` (timed: every run's summary computed
 again; skipped with a note where the command does not exist), starts ``loralens app`` once and opens every page in
@@ -28,6 +32,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # the machine's cores are shared: one BLAS thread per process
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -39,10 +44,31 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/scale.py` from a checkout
+if "--geometry" in sys.argv[:-1]:  # read by simulate as it is imported (and by writer processes, which import it)
+    os.environ["LORALENS_BENCH_GEOMETRY"] = sys.argv[sys.argv.index("--geometry") + 1]
 
 import simulate as sim  # noqa: E402
 
-RUNS = {"iemocap-large-v2-lora": "lora", "iemocap-large-v2-frozen": "frozen"}
+STORE_CODE = "LORALENS_BENCH_STORE_CODE"
+"""Set by ``--baseline``: the folder of another commit's ``store`` package, imported instead of this checkout's (in
+writer processes too: they import this module again)."""
+
+
+def use_store_code(directory: Path) -> None:
+    """Import ``loralens.store`` from ``directory`` (another commit's ``store`` folder) instead of this checkout's."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("loralens.store", directory / "__init__.py",
+                                                  submodule_search_locations=[str(directory)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["loralens.store"] = module
+    spec.loader.exec_module(module)
+
+
+if os.environ.get(STORE_CODE):
+    use_store_code(Path(os.environ[STORE_CODE]))
+
+RUNS = {f"iemocap-{sim.GEOMETRY}-lora": "lora", f"iemocap-{sim.GEOMETRY}-frozen": "frozen"}
 CHECKPOINTS = {"lora": ("trained", "random_twin"), "frozen": ("trained",)}
 PRECISION = "bf16"
 """What a GPU trace of large-v2 would record in the capture options."""
@@ -122,8 +148,12 @@ def checkpoint_attrs(method: str, folds: int, capture: dict, run_metrics: dict) 
 
 
 def write_rows(store: str, utterances: list[sim.Utterance], rows: list[int], keeps: list[bool], seed: int,
-               part: tuple[int, int]) -> tuple[int, float]:
-    """Write every unwritten row of part ``k`` of ``n`` (rows ``i % n == k``); return (rows written, seconds)."""
+               part: tuple[int, int]) -> tuple[int, float, float]:
+    """Write every unwritten row of part ``k`` of ``n`` (rows ``i % n == k``).
+
+    Returns:
+        (rows written, seconds in ``write_rows``, seconds drawing the arrays).
+    """
     from tqdm.auto import tqdm
 
     from loralens.store.writer import StoreWriter
@@ -139,20 +169,25 @@ def write_rows(store: str, utterances: list[sim.Utterance], rows: list[int], kee
     batches = [(mine[j: j + BATCH], run, method, checkpoint) for (run, method, checkpoint), mine in todo.items()
                for j in range(0, len(mine), BATCH)]
     batches.sort(key=lambda b: b[0][0])  # batch by batch, as a trace batch does every checkpoint in turn
-    started, parent = time.perf_counter(), os.getppid()
+    writing = drawing = 0.0
+    parent = os.getppid()
     with tqdm(total=sum(len(b[0]) for b in batches), desc=f"rows, part {k + 1}/{n}", unit="row", position=k,
               mininterval=5) as bar:
         for batch, run, method, checkpoint in batches:
             if n > 1 and os.getppid() != parent:  # the writing command was stopped: stop with it
                 break
             profile = sim.PROFILES[(method, checkpoint)]
-            writer.write_rows(run, checkpoint, [rows[i] for i in batch],
-                              [simulator.arrays(utterances[i], profile, keeps[i]) for i in batch])
+            mark = time.perf_counter()
+            arrays = [simulator.arrays(utterances[i], profile, keeps[i]) for i in batch]
+            drawn = time.perf_counter()
+            writer.write_rows(run, checkpoint, [rows[i] for i in batch], arrays)
+            writing += time.perf_counter() - drawn
+            drawing += drawn - mark
             bar.update(len(batch))
-    return sum(len(v) for v in todo.values()), time.perf_counter() - started
+    return sum(len(v) for v in todo.values()), writing, drawing
 
 
-def _write_part(args: tuple) -> tuple[int, float]:
+def _write_part(args: tuple) -> tuple[int, float, float]:
     return write_rows(*args)
 
 
@@ -164,7 +199,39 @@ def _commit(args: tuple[str, str, list[int]]) -> tuple[dict[str, bool], float]:
     return StoreWriter(store).commit(run, rows), time.perf_counter() - started
 
 
+def baseline(args: argparse.Namespace) -> int:
+    """Write ``STORE.REF`` with REF's store package, then ``STORE`` with this one; print each phase's ratio."""
+    timings = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "archive", args.baseline, "store"], capture_output=True, check=True,
+                                 cwd=Path(__file__).resolve().parents[1]).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        for label, code, store in ((args.baseline, f"{tmp}/store", f"{args.store}.{args.baseline}"),
+                                   ("this checkout", "", args.store)):
+            command = [sys.executable, __file__, "write", store, "--utterances", str(args.utterances),
+                       "--per-frame-sample", str(args.per_frame_sample), "--folds", str(args.folds), "--seed",
+                       str(args.seed), "--workers", str(args.workers), "--geometry", args.geometry]
+            print(f"\n== {label}: {' '.join(command[1:])}", flush=True)
+            result = subprocess.run(command, stdout=subprocess.PIPE, text=True, env={**os.environ, STORE_CODE: code})
+            print(result.stdout, end="", flush=True)
+            if result.returncode:
+                return result.returncode
+            line = next(x for x in result.stdout.splitlines() if x.startswith("TIMINGS "))
+            timings[label] = json.loads(line.removeprefix("TIMINGS "))
+    old, new = timings[args.baseline], timings["this checkout"]
+    print(f"\nstore {args.baseline} -> this checkout, same machine, one run:")
+    for key in old:
+        if key in new and key != "n_written" and new[key] > 0:
+            print(f"  {key}: {old[key]:.1f} s -> {new[key]:.1f} s ({old[key] / new[key]:.1f}x)")
+    n = max(1, new["n_written"])
+    print(f"  per row written: {old['rows (writes)'] / n * 1000:.1f} ms -> {new['rows (writes)'] / n * 1000:.1f} ms "
+          f"({old['rows (writes)'] / new['rows (writes)']:.1f}x)")
+    return 0
+
+
 def write(args: argparse.Namespace) -> int:
+    if args.baseline:
+        return baseline(args)
     from loralens.precompute.capture import CaptureOptions
     from loralens.store.validate import sizes
     from loralens.store.writer import StoreWriter
@@ -222,11 +289,14 @@ def write(args: argparse.Namespace) -> int:
     else:
         with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
             done = pool.map(_write_part, jobs)
-    n_written = sum(n for n, _ in done)
+    n_written = sum(n for n, _, _ in done)
     timings["rows"] = time.perf_counter() - mark
+    writing, drawing = sum(w for _, w, _ in done), sum(d for _, _, d in done)
     if n_written:
-        print(f"{n_written} checkpoint rows in {timings['rows']:.0f} s ({timings['rows'] / n_written * 1000:.0f} ms "
-              f"a row, {args.workers} process(es))")
+        print(f"{n_written} checkpoint rows in {writing:.1f} s ({writing / n_written * 1000:.1f} ms a row, "
+              f"{args.workers} process(es); the store's writes alone, drawing the arrays took another "
+              f"{drawing:.1f} s)")
+    timings["rows (writes)"] = writing
 
     writer = StoreWriter(args.store)
     todo = [run for run in RUNS if not all(
@@ -242,8 +312,9 @@ def write(args: argparse.Namespace) -> int:
     for run, (state, seconds) in zip(todo, committed, strict=True):
         print(f"commit {run}: {state} in {seconds:.0f} s")
     total = time.perf_counter() - started
-    print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; total {total:.0f} s "
+    print("wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()) + f"; total {total:.0f} s "
           f"({total / 60:.1f} min)")
+    print("TIMINGS " + json.dumps({**timings, "n_written": n_written}))
     stored = sizes(args.store)
     print(f"stored: {sum(stored.values()) / 2**30:.2f} GiB (estimated {need / 2**30:.2f} GiB)")
     for part, n in stored.items():
@@ -352,6 +423,10 @@ def main() -> int:
     w.add_argument("--folds", type=int, default=10, help="speaker-grouped folds (10: one per IEMOCAP speaker)")
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--workers", type=int, default=1, help="processes writing disjoint rows")
+    w.add_argument("--geometry", choices=("large-v2", "base"), default="large-v2",
+                   help="the model whose shapes the rows take (base: 6 layers, d_model 512)")
+    w.add_argument("--baseline", default=None, metavar="REF",
+                   help="first write STORE.REF with git commit REF's store package, then compare")
     m = sub.add_parser("measure", help="time the explorer, summarise and report on a store")
     m.add_argument("store")
     m.add_argument("--fresh", action="store_true",

@@ -38,6 +38,7 @@ and ``random_twin``) and a frozen run. What is random and what is structured:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -45,13 +46,21 @@ from typing import Literal
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
-N_LAYERS, D_MODEL, N_MELS, RANK, ALPHA = 32, 1280, 80, 32, 64.0
+GEOMETRY = os.environ.get("LORALENS_BENCH_GEOMETRY", "large-v2")
+"""The model whose shapes the traces take: ``large-v2`` (the default), or ``base`` (6 layers, d_model 512, for the
+write speed of base-size rows; its depths are large-v2's profiles scaled to 6 layers)."""
+if GEOMETRY not in ("large-v2", "base"):
+    raise SystemExit(f"LORALENS_BENCH_GEOMETRY={GEOMETRY!r}; expected large-v2 or base")
+N_LAYERS, D_MODEL = {"large-v2": (32, 1280), "base": (6, 512)}[GEOMETRY]
+N_MELS, RANK, ALPHA = 80, 32, 64.0
+DEPTH = N_LAYERS / 32
+"""The profiles' depths (layer 23 of 32, ...) scale by this."""
 EMOTIONS = ("anger", "happiness", "neutral", "sadness")
 EMOTION_SHARES = np.array([1103, 1636, 1708, 1084]) / 5531
 """IEMOCAP's four classes with excitement merged into happiness (5,531 utterances)."""
 SPEAKERS = tuple(f"Ses{s:02d}{g}" for s in range(1, 6) for g in "FM")
 SAMPLE_RATE, FRAMES_PER_SECOND = 16000, 50
-MODEL, DATA = "openai/whisper-large-v2", "iemocap:/data/IEMOCAP_full_release"
+MODEL, DATA = f"openai/whisper-{GEOMETRY}", "iemocap:/data/IEMOCAP_full_release"
 BOUNDARIES = np.arange(N_LAYERS + 1, dtype=np.float32)
 LAYERS = BOUNDARIES[:-1]
 
@@ -174,7 +183,7 @@ class Simulator:
         if p.divergence:
             own = np.cumsum(rng.standard_normal((N_LAYERS + 1, D_MODEL), dtype=np.float32), axis=0)
             residual += (p.divergence * (BOUNDARIES / N_LAYERS) ** 2)[:, None] * own
-        size = p.gain * ease * _sigmoid((BOUNDARIES - p.emerges) / 1.5)
+        size = p.gain * ease * _sigmoid((BOUNDARIES - p.emerges * DEPTH) / (1.5 * DEPTH))
         residual += size[:, None] * self.emotion_dirs[expressed]
         normed = residual - residual.mean(1, keepdims=True)
         normed /= normed.std(1, keepdims=True)
@@ -215,7 +224,7 @@ class Simulator:
 
     @staticmethod
     def _contributions(p: Profile, n: int, smooth) -> dict[str, np.ndarray]:
-        depth, late = LAYERS / (N_LAYERS - 1), _sigmoid((LAYERS - 21) / 2)
+        depth, late = LAYERS / (N_LAYERS - 1), _sigmoid((LAYERS - 21 * DEPTH) / (2 * DEPTH))
         ratio_a = 0.12 + 0.08 * depth + 0.8 * p.growth * late
         ratio_m = 0.18 + 0.12 * depth + p.growth * late
         cos_a = -0.02 - 0.08 * depth + 0.7 * p.late_cosine * late
@@ -235,7 +244,7 @@ class Simulator:
         maps = _lora_maps(self.seed, u.fold, p.lora)
         a_map, b_map = maps["a"], maps["b"]  # (module, rank, rank), (module, d_out, rank)
         code = 1.0 if p.lora == "trained" else 0.3
-        size = code * ease * _sigmoid((LAYERS - p.emerges) / 1.5)
+        size = code * ease * _sigmoid((LAYERS - p.emerges * DEPTH) / (1.5 * DEPTH))
         latent = (size[:, None] * self.codes[expressed]
                   + 0.5 * (rng.standard_normal(RANK, dtype=np.float32) + rng.standard_normal((N_LAYERS, RANK),
                                                                                            dtype=np.float32)))
