@@ -18,6 +18,9 @@ from loralens.analysis import views
 from loralens.store.reader import StoreReader
 
 NOT_CONFIGURATION = ("seed", "device", "versions")
+LATER_DEFAULTS = {"freeze_a": False}
+"""Training fields added after runs were first traced, at the value those runs had (``precompute.config``'s
+``LATER_FIELDS``): left out of a configuration at that value, so a run traced before them and one after are one."""
 """``TrainConfig`` keys that do not make two runs different configurations: the seed itself, where the run trained
 and the library versions it recorded."""
 
@@ -127,7 +130,8 @@ def configuration(info: views.RunInfo, train_config: dict) -> str:
     recorded training config (a hand-written store) the run's model, method, window, rank, targets and corpus.
     """
     if train_config:
-        key = {k: v for k, v in train_config.items() if k not in NOT_CONFIGURATION}
+        key = {k: v for k, v in train_config.items()
+               if k not in NOT_CONFIGURATION and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
         key["data"] = _corpus(str(key.get("data", "")))
     else:
         key = {"model": info.model, "method": info.method, "window": info.window, "data": _corpus(info.data),
@@ -140,7 +144,9 @@ def describe(member: Member) -> str:
     key = json.loads(member.configuration)
     method = key.get("method", member.info.method)
     targets = key.get("targets") or member.info.targets
-    kind = {"lora": f"LoRA r={key.get('rank', member.info.rank)} on {','.join(targets)}", "frozen": "frozen encoder",
+    frozen_a = ", A frozen" if key.get("freeze_a") else ""
+    kind = {"lora": f"LoRA r={key.get('rank', member.info.rank)} on {','.join(targets)}{frozen_a}",
+            "frozen": "frozen encoder",
             "full": "fully fine-tuned"}.get(method, method)
     return f"{key.get('model', member.info.model)}, {kind}, {key.get('window', member.info.window)}, {key.get('data')}"
 

@@ -115,6 +115,9 @@ def test_runs_differ_only_in_seed_by_their_training_config(tmp_path):
     assert seeds.configuration(info, base) == seeds.configuration(info, base | {"seed": 3, "device": "cuda",
                                                                                 "data": "csv:../x/d.csv"})
     assert seeds.configuration(info, base) != seeds.configuration(info, base | {"lr": 1e-3})
+    # a run traced before --freeze-a existed has no freeze_a: one configuration with freeze_a false, not true
+    assert seeds.configuration(info, base) == seeds.configuration(info, base | {"freeze_a": False})
+    assert seeds.configuration(info, base) != seeds.configuration(info, base | {"freeze_a": True})
 
 
 def test_a_finding_that_holds_in_one_seed_only_holds_in_1_of_2(tmp_path, no_figures):
