@@ -341,6 +341,11 @@ def test_every_chart_is_built_from_channel_objects(monkeypatch):
         "lens_curves": (pd.DataFrame({"boundary": [0, 1], "value": [0.1, 0.0], "measure": "kl", "series": "LoRA"}),),
         "time_image": (rng.random((8, 20)), 0.02, "mel"),
         "occlusion": (pd.DataFrame({"start": [0.0, 0.1], "end": [0.1, 0.2], "drop": [0.3, -0.1]}), "anger", 0.2),
+        "intruder_counts": (pd.DataFrame({"layer": [0, 1], "count": [0.0, 1.5], "series": "trained",
+                                          "module": ["layer_0.v_proj", "layer_1.v_proj"], "epsilon": 0.5,
+                                          "max_singular": [0.0, 2.0]}),),
+        "intruder_vectors": (pd.DataFrame({"similarity": [0.3, 0.9], "singular": [2.0, 1.0], "checkpoint": "trained",
+                                           "module": "layer_0.v_proj", "fold": 0, "position": [0, 1]}), (0.5, 0.9)),
     }
     assert set(cases) | {"mark_boundary", "at_threshold", "click", "picked_id", "save"} >= {
         n for n, f in vars(charts).items() if callable(f) and getattr(f, "__module__", "") == charts.__name__
