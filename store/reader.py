@@ -242,7 +242,10 @@ class StoreReader:
 
     def sampled(self, run: str, checkpoint: str = "trained") -> np.ndarray:
         """Which written rows hold the sampled per-frame arrays (``ArraySpec.sampled``), ``(n_utterances,)`` bool."""
-        marks = self._marks(run, checkpoint)
+        return self._sampled(run, checkpoint, self._marks(run, checkpoint))
+
+    def _sampled(self, run: str, checkpoint: str, marks: np.ndarray) -> np.ndarray:
+        """``sampled`` given every row's commit mark (``_marks``), which it would otherwise read again."""
         written = marks > 0
         if self._consolidated(run, checkpoint, "sampled") is not None:
             source, node = self._source(run, checkpoint, "sampled")
@@ -318,7 +321,7 @@ class StoreReader:
             raise StoreError(f"{self.path}: {run}/{checkpoint} rows {missing[:5]} are not written (an interrupted "
                              "capture?); finish them with the same loralens trace command")
         if schema.CHECKPOINT_ARRAYS[name].sampled:
-            sampled = self.sampled(run, checkpoint)
+            sampled = self.sampled(run, checkpoint) if written is None else self._sampled(run, checkpoint, marks)
             if unsampled := [r for r in selected if not sampled[r]]:
                 raise StoreError(f"{self.path}: {run}/{checkpoint} keeps {name} for a sample of its rows "
                                  f"(--per-frame-sample), not for rows {unsampled[:5]}; read the rows of "

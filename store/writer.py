@@ -18,7 +18,7 @@ from zarr.core.sync import sync
 
 from loralens.store import schema
 from loralens.store.damage import is_damage, read_blocks
-from loralens.store.reader import StoreError, StoreReader, open_root
+from loralens.store.reader import StoreError, StoreReader, _read_rows, open_root
 from loralens.store.schema import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -74,15 +74,6 @@ def _store(writes: list[tuple[zarr.Array, Any, np.ndarray]]) -> None:
 
     if writes:
         sync(store_all())
-
-
-def _read_slots(array: zarr.Array, slots: np.ndarray, rest: tuple) -> np.ndarray:
-    """``array[slots[i], *rest]`` stacked, in one Zarr call (each chunk decoded once)."""
-    order = np.argsort(slots, kind="stable")
-    values = array.get_orthogonal_selection((slots[order], *rest))
-    out = np.empty_like(values)
-    out[order] = values
-    return out
 
 
 class StoreWriter(StoreReader):
@@ -488,7 +479,7 @@ class StoreWriter(StoreReader):
                 block = np.zeros((n_rows, *([min(step, shape[1] - j)] if layers else []), *shape[2:]),
                                  dtype=source.dtype)
                 if len(rows):
-                    block[rows] = _read_slots(source, slots, layers)
+                    block[rows] = _read_rows(source, slots.tolist(), layers)
                 copy[(slice(None), *layers)] = block
 
     def commit(self, run: str, rows: list[int]) -> dict[str, bool]:
