@@ -35,14 +35,13 @@ def main() -> None:
     runs = reader.runs()
     run = args.run or next((r for r in runs if reader.attrs(r)["method"] == "lora"), next(iter(runs)))
     rows = np.flatnonzero(reader.written(run, "trained"))
-    sampled = np.flatnonzero(reader.sampled(run, "trained"))  # the rows that keep the per-frame residual
     n_boundaries = reader.attrs(run)["n_layers"] + 1
     rng = np.random.default_rng(0)
-    pick_rows = rng.choice(sampled if len(sampled) else rows, args.repeats)
+    pick_rows = rng.choice(rows, args.repeats)
     pick_layers = rng.integers(0, n_boundaries, args.repeats)
-    per_utterance = ["residual", "lens_logits_frames", "attention_norm_ratio", "mlp_norm_ratio"]
-    if not len(sampled):
-        per_utterance.remove("residual")
+    # What the explorer reads of one utterance (its lens trajectory, per frame, and its contributions) and of one
+    # layer (maps, silhouettes, lens statistics)
+    per_utterance = ["lens_logits", "lens_logits_frames", "attention_norm_ratio", "mlp_norm_ratio"]
     per_layer = ["residual_pooled", "lens_logits"]
 
     def utterance_from_store(i):

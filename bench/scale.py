@@ -85,8 +85,7 @@ def estimate(utterances: list[sim.Utterance], keeps: list[bool]) -> dict[str, in
     pooled = {"frozen": boundaries * d * 4 + boundaries * classes * 4 + classes * 4 + 3 * layers * d * 4 + 16}
     pooled["lora"] = pooled["frozen"] + layers * sim.RANK * 4 + layers * d * 4
     per_frame = boundaries * classes * 2 + 6 * layers * 2  # bytes per frame: lens per frame, contributions
-    sampled = {"frozen": boundaries * d * 2}
-    sampled["lora"] = sampled["frozen"] + layers * sim.RANK * (2 + 4) + layers * d * (2 + 4)
+    sampled = {"frozen": 0, "lora": layers * sim.RANK * (2 + 4) + layers * d * (2 + 4)}
     out = {"utterance table": int(sum(2 * u.n_samples for u in utterances) + frames.sum() * 2 * sim.N_MELS * 2)}
     for run, method in RUNS.items():
         for checkpoint in CHECKPOINTS[method]:

@@ -20,8 +20,8 @@ and ``random_twin``) and a frozen run. What is random and what is structured:
   directions, so the top-1 class settles where the emotion direction outgrows the walk (resolution depth for LoRA:
   mean 19, median 21 of 32; the frozen run settles about 2 layers earlier). ``logits`` are the last boundary's
   lens, ``prediction`` their argmax. Per frame: the pooled lens plus noise smoothed over frames.
-- Per-frame residual (sampled rows only): the pooled residual plus zero-mean frame noise, so its frame mean is the
-  pooled residual.
+- Per-frame residual (sampled rows, for stores of schema 6 and before, which kept it): the pooled residual plus
+  zero-mean frame noise.
 - Contributions ``(layer, frame)``: norm ratios log-normal around a profile rising with depth (clipped to 0.05..1),
   cosines around a profile falling with depth (clipped to -0.5..0.5); LoRA adds growth past layer ~21 and a more
   negative cosine there (the paper's late-layer contribution growth against the residual). Block ratio and cosine
@@ -205,19 +205,20 @@ class Simulator:
         out = self.pooled(u, p, rng)
         expressed, ease = out.pop("expressed"), out.pop("ease")
         out.update(fold=np.int16(u.fold), label=np.int16(u.emotion))
-        residual, n = out["residual_pooled"], u.n_frames
+        n = u.n_frames
         def smooth(shape: tuple[int, ...], width: int) -> np.ndarray:  # unit-variance noise, smoothed over frames
             return uniform_filter1d(rng.standard_normal(shape, dtype=np.float32), width, axis=-1) * np.sqrt(width)
 
         out["lens_logits_frames"] = (out["lens_logits"][:, None, :]
                                      + smooth((N_LAYERS + 1, len(EMOTIONS), n), 9).transpose(0, 2, 1))
         out.update(self._contributions(p, n, smooth))
-        if frames:
+        from loralens.store.schema import CHECKPOINT_ARRAYS  # here: bench/scale.py --baseline swaps the store first
+
+        if frames and "residual" in CHECKPOINT_ARRAYS:  # a store of schema 6 or before (--baseline)
             noise = rng.standard_normal((N_LAYERS + 1, n, D_MODEL), dtype=np.float32)
             noise -= noise.mean(1, keepdims=True)
             noise *= (0.5 * np.sqrt(BOUNDARIES + 1))[:, None, None]
-            noise += residual[:, None, :]
-            out["residual"] = noise
+            out["residual"] = noise + out["residual_pooled"][:, None, :]
         if p.lora:
             out.update(self._lora(u, p, rng, expressed, ease, frames))
         return out

@@ -34,7 +34,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-per-frame-b", action="store_true",
                    help="skip per-frame LoRA B activations and gradients (large for big models)")
     p.add_argument("--per-frame-sample", type=float, default=1.0, metavar="SHARE",
-                   help="keep per-frame residuals and LoRA A/B for this share of utterances (same ids in every run "
+                   help="keep per-frame LoRA A/B for this share of utterances (same ids in every run "
                         "traced with the same share); pooled arrays cover all (default 1: every utterance)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto",

@@ -28,14 +28,14 @@ MLP_TARGETS = ("fc1", "fc2")
 
 @dataclass
 class CaptureOptions:
-    """What to capture beyond the always-kept residuals, contributions and logit lens."""
+    """What to capture beyond the always-kept pooled residuals, contributions and logit lens."""
 
     per_frame_b: bool = True
     """Keep LoRA B activations and gradients per frame (frames x d_out each); large for big models."""
     gradients: bool = True
     """Capture gradients of the cross-entropy on the true label w.r.t. LoRA A and B outputs."""
     per_frame_sample: float = 1.0
-    """Share of utterances whose sampled per-frame arrays (residual and LoRA A/B per frame, ``ArraySpec.sampled``)
+    """Share of utterances whose sampled per-frame arrays (LoRA A/B per frame, ``ArraySpec.sampled``)
     are kept; pooled arrays cover every utterance. Chosen by a hash of the utterance id, so every run traced
     with the same share keeps the same utterances, whatever the order, shard or machine."""
     precision: Precision = "fp32"
@@ -185,7 +185,6 @@ class Capturer:
             "block_norm_ratio": update.norm(dim=-1) / h_norm,
             "block_cosine": torch.nn.functional.cosine_similarity(update, h_in, dim=-1),
             "logits": logits.detach().float(),
-            "residual": h[:, :, :m],
             "lens_logits_frames": frame_logits,
         }
         if a_out:

@@ -31,15 +31,18 @@ SAMPLE_RATE = 16_000
 """Whisper's input rate, and so the rate of every clip the store holds and every analysis and model reads."""
 
 FORMAT = "loralens-store"
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """Bumped on any change a reader of the previous version would misread (2: the block update per frame; 3: LoRA
 gradients in float32, whose values after training lie below float16's normal range; 4: the sampled per-frame
-arrays may hold only some rows, see ``sampled``, and runs carry a ``summary`` group; 5: ``RETIRED`` arrays are no
-longer written; 6: slot-major arrays, see ``slotted``)."""
-RETIRED: dict[int, tuple[str, ...]] = {4: ("layer_input_pooled", "attention_pooled", "mlp_pooled")}
-"""Arrays an older schema version wrote that this one does not: version 4's pooled layer inputs, attention and MLP
-outputs, which no figure read (about 5 GB a checkpoint at whisper-large-v2 x IEMOCAP). Readers skip them."""
-READS = (4, 5, SCHEMA_VERSION)
+arrays may hold only some rows, see ``sampled``, and runs carry a ``summary`` group; 5 and 7: ``RETIRED`` arrays
+are no longer written; 6: slot-major arrays, see ``slotted``)."""
+RETIRED: dict[int, tuple[str, ...]] = {4: ("layer_input_pooled", "attention_pooled", "mlp_pooled", "residual"),
+                                       5: ("residual",), 6: ("residual",)}
+"""Arrays an older schema version wrote that this one does not, which no figure read. Version 4's pooled layer
+inputs, attention and MLP outputs (about 5 GB a checkpoint at whisper-large-v2 x IEMOCAP); versions 4 to 6's
+per-frame residual of the sampled rows (``residual_pooled`` serves every figure; at large-v2 it was 22 MB of a
+sampled row's 74, and the whole of a frozen run's sampled arrays). Readers skip them."""
+READS = (4, 5, 6, SCHEMA_VERSION)
 """The schema versions this loralens reads; it writes only ``SCHEMA_VERSION``."""
 
 Checkpoint = Literal["trained", "random_twin"]
@@ -122,10 +125,9 @@ CHECKPOINT_ARRAYS: dict[str, ArraySpec] = {
     "label": ArraySpec(("utterance",), "int16", "true class index"),
     "prediction": ArraySpec(("utterance",), "int16", "predicted class index"),
     "logits": ArraySpec(("utterance", "class"), "float32", "the model's final logits"),
-    "residual": ArraySpec(("utterance", "boundary", "frame", "d_model"), "float16",
-                          "residual stream after the input embeddings (boundary 0) and after each layer", sampled=True),
     "residual_pooled": ArraySpec(("utterance", "boundary", "d_model"), "float32",
-                                 "``residual`` mean-pooled over the frames the head pools"),
+                                 "the residual stream after the input embeddings (boundary 0) and after each layer, "
+                                 "mean-pooled over the frames the head pools"),
     "lens_logits": ArraySpec(("utterance", "boundary", "class"), "float32",
                              "logit lens: final layer norm, projector, pooling and classifier on each boundary"),
     "lens_logits_frames": ArraySpec(("utterance", "boundary", "frame", "class"), "float16",

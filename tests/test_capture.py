@@ -32,10 +32,29 @@ def _batch(model, window="trim"):
     return windowing.extract(models.feature_extractor(model.config), clips, window), torch.tensor([1, 2, 0])
 
 
+def _residual(model, features) -> list[np.ndarray]:
+    """Each clip's residual stream over its real frames, ``(boundary, frame, d)``, taken by plain forward hooks
+    (capture keeps it pooled only: the checks below build on it)."""
+    layers = windowing.whisper_of(model).encoder.layers
+    seen: list[torch.Tensor] = []
+    hooks = [layers[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))]
+    hooks += [layer.register_forward_hook(lambda m, args, out: seen.append(out[0] if isinstance(out, tuple) else out))
+              for layer in layers]
+    try:
+        with torch.no_grad():
+            windowing.classify(model, features)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    h = torch.stack(seen, 1).float().numpy()
+    return [h[k, :, :n] for k, n in enumerate(features.n_frames.tolist())]
+
+
 @pytest.mark.parametrize("window", ["trim", "full"])
 def test_lens_at_last_layer_is_the_model(lora_model, window):
     features, labels = _batch(lora_model, window)
     rows = Capturer(lora_model, window, CaptureOptions()).run(features, labels)
+    residual = _residual(lora_model, features)
     with torch.no_grad():
         logits = windowing.classify(lora_model, features).numpy()
     for k, row in enumerate(rows):
@@ -43,20 +62,23 @@ def test_lens_at_last_layer_is_the_model(lora_model, window):
         assert np.allclose(row["logits"], logits[k], atol=1e-5)
         assert row["prediction"] == logits[k].argmax()
         n = int(features.n_frames[k])
-        assert row["residual"].shape == (3, n, 32) and row["lens_logits_frames"].shape == (3, n, 4)
+        assert row["residual_pooled"].shape == (3, 32) and row["lens_logits_frames"].shape == (3, n, 4)
+        if window == "trim":  # the head pools the real frames
+            assert np.allclose(row["residual_pooled"], residual[k].mean(1), atol=1e-5)
 
 
 @pytest.mark.parametrize("window", ["trim", "full"])
 def test_lora_b_output_is_the_adapter_delta(lora_model, window):
     features, labels = _batch(lora_model, window)
     rows = Capturer(lora_model, window, CaptureOptions()).run(features, labels)
+    residual = _residual(lora_model, features)
     whisper = windowing.whisper_of(lora_model)
     for layer in range(2):
         v = whisper.encoder.layers[layer].self_attn.v_proj
         # The input of v_proj is the layer-normed residual entering the layer.
         for k, row in enumerate(rows):
             n = int(features.n_frames[k])
-            x = whisper.encoder.layers[layer].self_attn_layer_norm(torch.from_numpy(row["residual"][layer]))
+            x = whisper.encoder.layers[layer].self_attn_layer_norm(torch.from_numpy(residual[k][layer]))
             a = x @ v.lora_A["default"].weight.T
             delta = a @ v.lora_B["default"].weight.T
             module = row["lora_a_activation"][2 * layer]
@@ -96,7 +118,7 @@ def test_contributions_are_norm_ratios_and_cosines(lora_model, window):
     (row, *_) = Capturer(lora_model, window, CaptureOptions()).run(features, labels)
     assert row["attention_norm_ratio"].shape == row["mlp_cosine"].shape == (2, 50)
     assert (row["attention_norm_ratio"] >= 0).all() and (np.abs(row["mlp_cosine"]) <= 1 + 1e-5).all()
-    h = row["residual"].astype(np.float64)  # the block's update is the difference of consecutive residuals
+    h = _residual(lora_model, features)[0].astype(np.float64)  # the block's update: consecutive residuals' difference
     update, h_in = h[1:] - h[:-1], h[:-1]
     ratio = np.linalg.norm(update, axis=-1) / np.linalg.norm(h_in, axis=-1)
     cosine = (update * h_in).sum(-1) / (np.linalg.norm(update, axis=-1) * np.linalg.norm(h_in, axis=-1))
@@ -117,6 +139,7 @@ def test_full_window_reduces_only_the_real_frames(lora_model):
         rows = Capturer(lora_model, "full", CaptureOptions()).run(features, labels)
     finally:
         hook.remove()
+    residual = _residual(lora_model, features)
     boundaries, batch = 3, 3
     # the model's own pooled head, the pooled lens, and the per-frame lens over the longest clip's frames
     assert sorted(rows_in) == [batch, batch * boundaries, batch * boundaries * longest]
@@ -124,7 +147,7 @@ def test_full_window_reduces_only_the_real_frames(lora_model):
         whisper = windowing.whisper_of(lora_model)
         for k, row in enumerate(rows):
             lens = whisper.classifier(whisper.projector(whisper.encoder.layer_norm(
-                torch.from_numpy(row["residual"]))))
+                torch.from_numpy(residual[k]))))
             assert np.allclose(row["lens_logits_frames"], lens.numpy(), atol=1e-4)
 
 

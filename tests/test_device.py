@@ -82,7 +82,7 @@ def test_capture_on_a_device(window, labels_on, host_boundary):
         features, torch.tensor([1, 2, 0], device=labels_on))
     assert len(rows) == 3 and host_boundary
     for row, n in zip(rows, features.n_frames.tolist(), strict=True):
-        assert row["residual"].shape == (3, n, 32)
+        assert row["residual_pooled"].shape == (3, 32) and row["lens_logits_frames"].shape == (3, n, 4)
         assert row["lora_a_gradient"].shape == (4, n, 4) and row["lora_b_gradient"].shape == (4, n, 64)
         assert row["label"].dtype == np.int16 and row["prediction"].dtype == np.int16
 

@@ -116,8 +116,7 @@ def test_large_v3_store_validates_and_keeps_its_geometry(large_store):
     for run in reader.runs():
         attrs = reader.attrs(run)
         assert (attrs["n_layers"], attrs["d_model"], attrs["model"]) == (N_LAYERS, D_MODEL, LARGE_V3)
-        residual = reader.read(run, "trained", "residual", 0)
-        assert residual.shape[0] == N_LAYERS + 1 and residual.shape[-1] == D_MODEL
+        assert reader.read(run, "trained", "lens_logits_frames", 0).shape[0] == N_LAYERS + 1
         assert reader.read(run, "trained", "residual_pooled").shape == (n, N_LAYERS + 1, D_MODEL)
         assert attrs["prediction_agreement"]["rate"] == 1.0, attrs["prediction_agreement"]
     lora = reader.attrs("large-v3-lora")

@@ -323,7 +323,7 @@ def test_reading_while_trace_writes_never_shows_partial_rows(tiny_runs, tmp_path
     while True:
         alive = writer.is_alive()  # taken before the pass: once it reads False, this pass sees every mark
         for row in np.flatnonzero(reader.written("tiny-lora")).tolist():
-            for name in ("residual", "lens_logits", "lora_a_activation", "mlp_cosine", "block_norm_ratio"):
+            for name in ("lora_b_activation", "lens_logits", "lora_a_activation", "mlp_cosine", "block_norm_ratio"):
                 value = reader.read("tiny-lora", "trained", name, row)
                 assert np.abs(value).sum() > 0, f"row {row}: {name} is still empty although marked written"
             seen.add(row)

@@ -76,7 +76,7 @@ def test_round_trip(store_path):
     by_layer = reader.read("r", "trained", "residual_pooled", boundary=2)
     assert np.array_equal(by_layer, np.stack([written[r]["residual_pooled"][2] for r in range(3)]))
     assert reader.read("r", "trained", "residual_pooled", [0, 2], boundary=1).shape == (2, 8)
-    assert reader.read("r", "trained", "residual", 2).shape == (3, 15, 8)
+    assert reader.read("r", "trained", "lora_b_activation", 2).shape == (2, 15, 8)
 
 
 def test_a_batch_of_rows_lands_row_by_row(store_path):
@@ -96,7 +96,7 @@ def test_a_batch_of_rows_lands_row_by_row(store_path):
             got = reader.read("r", "trained", name, row)
             assert np.array_equal(got[tuple(slice(0, s) for s in np.shape(value))], value), (row, name)
     with pytest.raises(StoreError):
-        reader.read("r", "trained", "residual", rows[1])  # not sampled: no frames to read
+        reader.read("r", "trained", "lora_b_activation", rows[1])  # not sampled: no frames to read
     with pytest.raises(ValueError, match="repeat"):
         writer.write_rows("r", "trained", [rows[3], rows[3]], [arrays[0], arrays[0]])
 
@@ -107,7 +107,7 @@ def test_unwritten_row_is_invisible(store_path):
     writer.create_checkpoint("r", "trained", ATTRS, SIZES, lora=True, per_frame_b=True)
     arrays = _arrays(5, 0)
     group = writer.root["runs/r/trained"]
-    group["residual"][0] = np.ones(group["residual"].shape[1:])  # a capture killed half-way through row 0
+    group["lora_b_activation"][0] = np.ones(group["lora_b_activation"].shape[1:])  # a capture killed half-way through row 0
     writer.write("r", "trained", rows[1], _arrays(10, 1))
     reader = StoreReader(store_path)
     assert reader.written("r", "trained").tolist() == [False, True]
@@ -123,7 +123,7 @@ def test_growing_the_table_resizes_runs(store_path):
     assert writer.add_utterances(more) == [0, 1, 2, 3]
     reader = StoreReader(store_path)
     assert reader.n_utterances == 4 and reader.written("r", "trained").tolist() == [True, True, False, False]
-    assert reader.group("r")["residual"].shape[2] == 20 and not reader.attrs("r")["complete"]
+    assert reader.group("r")["lora_b_activation"].shape[2] == 20 and not reader.attrs("r")["complete"]
     assert reader._consolidated("r", "trained", "logits") is None  # stale copies are not used
     assert reader.read("r", "trained", "logits").shape == (2, 4)
 

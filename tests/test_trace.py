@@ -54,13 +54,13 @@ def test_interrupted_capture_resumes(lora_run, tmp_path):
     store = str(tmp_path / "s.zarr")
     assert main(["trace", "--run", str(lora_run), "--store", store, "--per-class", "2"]) == 0
     reader = StoreReader(store, mode="a")
-    before = reader.read("tiny-lora", "trained", "residual", 3)
+    before = reader.read("tiny-lora", "trained", "lora_a_activation", 3)
     reader.root["runs/tiny-lora/trained/written"][3] = 0  # as if killed before row 3's mark
     reader.root["runs/tiny-lora/trained"].attrs["complete"] = False
     assert not validate(store).ok
     assert main(["trace", "--run", str(lora_run), "--store", store, "--per-class", "2"]) == 0
     assert validate(store).ok
-    assert np.allclose(StoreReader(store).read("tiny-lora", "trained", "residual", 3), before, atol=1e-3)
+    assert np.allclose(StoreReader(store).read("tiny-lora", "trained", "lora_a_activation", 3), before, atol=1e-3)
 
 
 def test_shards_in_separate_processes(lora_run, tmp_path):
