@@ -107,7 +107,7 @@ def test_unwritten_row_is_invisible(store_path):
     writer.create_checkpoint("r", "trained", ATTRS, SIZES, lora=True, per_frame_b=True)
     arrays = _arrays(5, 0)
     group = writer.root["runs/r/trained"]
-    group["lora_b_activation"][0] = np.ones(group["lora_b_activation"].shape[1:])  # a capture killed half-way through row 0
+    group["lora_b_activation"][0] = np.ones(group["lora_b_activation"].shape[1:])  # killed half-way through row 0
     writer.write("r", "trained", rows[1], _arrays(10, 1))
     reader = StoreReader(store_path)
     assert reader.written("r", "trained").tolist() == [False, True]
