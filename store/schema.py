@@ -262,22 +262,20 @@ def checkpoint_chunks(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     return chunks(CHECKPOINT_ARRAYS[name], shape)
 
 
-def compressors(spec: ArraySpec) -> tuple | str | None:
+def compressors(spec: ArraySpec) -> tuple | None:
     """A checkpoint array's compression, chosen by measurement (see docs/benchmarks.md, "Store writes").
 
-    The sampled per-frame arrays: none. Their chunks end near a row's last frame (``FRAME_CHUNK``), so they hold
-    little padding, and compressing their noise-like floats took most of their write time for about a third less
-    disk. Other floats: Blosc's LZ4 over shuffled bytes;
-    per-frame ones are zero-padded to the store's longest utterance, which it passes at several times
-    Zstandard's speed for about the same size. The rest (integers): Zarr's default, Zstandard.
+    The per-frame arrays of every row: Blosc's LZ4 over shuffled bytes. They are zero-padded to the store's longest
+    utterance, which it passes at several times Zstandard's speed for about the same size. The rest: none. Their
+    chunks are small (integers, logits) or noise-like floats (pooled), where a compressor saved little disk and its
+    own pass cost each chunk a quarter of a millisecond; the sampled per-frame ones end near a row's last frame
+    (``FRAME_CHUNK``), and compressing them took most of their write time for about a third less disk.
     """
     from zarr.codecs import BloscCodec
 
-    if spec.sampled:
-        return None
-    if spec.dtype.startswith("float"):
+    if spec.per_frame and not spec.sampled:
         return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
-    return "auto"
+    return None
 
 
 def slots_of(rows: list[int]) -> list[int]:
