@@ -8,7 +8,8 @@ the paper looks at the top ``k`` singular vectors of ``W`` (left singular vector
 This module owns the computation (``top_similarity``), its per-run result (``Intruders``, kept threshold-free: the
 top-k singular values and each one's largest similarity, so a view applies any ``epsilon`` without recomputing), its
 JSON form (what ``loralens trace`` and ``loralens intruders`` record in a checkpoint's ``intruders`` attribute),
-and the tidy frames the app and the report draw (``intruder_frame``, ``count_frame``, ``intruders_of``).
+the tidy frames the app draws (``intruder_frame``, ``count_frame``, ``counts_at``, ``intruders_of``) and the
+per-module counts at each threshold that ``loralens report`` tabulates (``by_threshold``).
 """
 
 from __future__ import annotations
@@ -248,3 +249,42 @@ def count_table(by_checkpoint: dict[str, Intruders]) -> pd.DataFrame:
 
     order = frame.drop_duplicates("module").sort_values(["layer", "module"])["module"]
     return pd.DataFrame(columns).reindex(order)
+
+
+def by_threshold(by_checkpoint: dict[str, Intruders], epsilons: tuple[float, ...] = EPSILONS) -> dict:
+    """A run's intruders per module at each threshold, as plain values: what ``loralens report`` records and tabulates.
+
+    Args:
+        by_checkpoint: checkpoint name (``trained``, ``random_twin``) -> its intruders (``intruders_of``); not empty.
+        epsilons: the thresholds, each in (0, 1].
+
+    Returns:
+        ``k``, ``folds`` (the first checkpoint's fold models), ``epsilons``, ``checkpoints`` (``by_checkpoint``'s
+        order); ``modules``, in layer order, each ``module``, ``layer``, ``target``, ``count`` and ``max_singular``:
+        checkpoint -> one value per threshold (the mean count over fold models; the largest intruder singular value
+        over them, None where there is none); and ``mean_count``: checkpoint -> per threshold, the mean of ``count``
+        over modules.
+
+    Raises:
+        ValueError: ``by_checkpoint`` is empty.
+    """
+    if not by_checkpoint:
+        raise ValueError("by_checkpoint is empty; expected at least one checkpoint's intruders (intruders_of(reader, "
+                         "run) is empty where loralens intruders has not recorded them)")
+    frame = counts_at(by_checkpoint, epsilons)
+    cell = frame.set_index(["module", "checkpoint", "epsilon"])
+    names = frame.drop_duplicates("module").sort_values(["layer", "target"])
+    modules = []
+    for m, layer, t in zip(names["module"], names["layer"], names["target"], strict=True):
+        count = {c: [float(cell.at[(m, c, e), "count"]) for e in epsilons] for c in by_checkpoint}
+        largest = {c: [_or_none(cell.at[(m, c, e), "max_singular"]) for e in epsilons] for c in by_checkpoint}
+        modules.append({"module": m, "layer": int(layer), "target": t, "count": count, "max_singular": largest})
+    first = next(iter(by_checkpoint.values()))
+    return {"k": first.k, "folds": [int(f) for f in first.folds], "epsilons": [float(e) for e in epsilons],
+            "checkpoints": list(by_checkpoint), "modules": modules,
+            "mean_count": {c: [float(np.mean([m["count"][c][i] for m in modules])) for i in range(len(epsilons))]
+                           for c in by_checkpoint}}
+
+
+def _or_none(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from loralens.analysis import causal, projections, seeds, spectra, views
+from loralens.analysis import causal, intruders, projections, seeds, spectra, views
 from loralens.analysis import contributions as contrib_analysis
 from loralens.analysis import lens as lens_analysis
 from loralens.analysis.counterfactuals import AUDIO_KINDS, CHANGES
@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 PAPER = {"lora_a_activation": 5.5, "lora_a_gradient": 1.7, "lora_b_activation": 10.4}
 """Concentration ratios (random / trained effective rank at 90 %) reported by the paper on IEMOCAP."""
+CHECKPOINT_LABELS = {"trained": "trained", "random_twin": "random twin"}
+"""Checkpoint names as the report's tables write them."""
 
 
 def _last_third(n: int) -> slice:
@@ -153,7 +155,10 @@ def build(store: str | list[str], out: Path, threshold: float = 0.9, storage_opt
     and ``out/summary.{json,md}`` list them. Either way the summary's ``seeds`` section takes each configuration
     with runs that differ only in seed (in one store or several; ``analysis.seeds``): every finding per seed, its
     statistics' mean with a 95 % t interval over seeds and their spread over fold models, "holds in k of n seeds",
-    and UAR/WAR of LoRA and frozen with the paired per-fold difference.
+    and UAR/WAR of LoRA and frozen with the paired per-fold difference, and each seed's mean intruder count per
+    module. Each LoRA run's section tabulates its intruder dimensions per layer, trained vs random twin, at the LoRA
+    dynamics page's thresholds (``analysis.intruders.EPSILONS``), or names the ``loralens intruders`` command that
+    records them.
 
     Raises:
         UserError: no store, a store given twice, or a store without a LoRA run.
@@ -207,7 +212,22 @@ def _over_seeds(group: list[seeds.Member], per_store: dict[str, dict]) -> dict:
     return {"configuration": seeds.describe(group[0]), "settings": json.loads(group[0].configuration),
             "members": [{"store": m.store, "run": m.info.name, "seed": m.seed,
                          "frozen": m.frozen.name if m.frozen else None} for m in group],
-            "findings": paper + causal_, "metrics": seeds.metrics(group), "paired_test": seeds.PAIRED_TEST}
+            "findings": paper + causal_, "metrics": seeds.metrics(group), "paired_test": seeds.PAIRED_TEST,
+            "intruders": _intruders_over_seeds([r.get("intruders") for r in runs])}
+
+
+def _intruders_over_seeds(tables: list[dict | None]) -> dict | None:
+    """Each checkpoint's mean intruder count per module at each threshold, over seeds (None where no seed has them).
+
+    ``tables``: per member, its run's ``intruders`` entry; a member without one counts as a missing value.
+    """
+    known = [t for t in tables if t]
+    if not known:
+        return None
+    epsilons, checkpoints = known[0]["epsilons"], known[0]["checkpoints"]
+    return {"epsilons": epsilons, "n_seeds": len(known),
+            "mean_count": {c: [seeds.over_seeds([t["mean_count"][c][i] if t else np.nan for t in tables])
+                               for i in range(len(epsilons))] for c in checkpoints}}
 
 
 def _store_report(reader: StoreReader, members: list[seeds.Member], out: Path, threshold: float,
@@ -264,6 +284,7 @@ def _store_report(reader: StoreReader, members: list[seeds.Member], out: Path, t
                         f"{name}-{method}")
 
         diff = a.diff
+        by = intruders.intruders_of(reader, name)
         summary["runs"][name] = {
             "frozen": frozen_run.name if frozen_run else None, "n_utterances": len(rows), "n_layers": n_layers,
             "utterance_sets": {"paired": len(rows), "maps": mapped,
@@ -295,6 +316,9 @@ def _store_report(reader: StoreReader, members: list[seeds.Member], out: Path, t
                                for f in views.fold_groups(reader, name, rows)}
                               if (store, name) in repeated and rows else None),
             "causal": _causal(reader, lora_run, frozen_run, out),
+            "intruders": intruders.by_threshold(by, intruders.EPSILONS) if by else None,
+            "intruders_command": f"loralens intruders {reader.attrs(name).get('run_dir', 'RUN')} --store {store} "
+                                 f"--name {name}",
         }
     summary["rank_comparisons"] = _rank_comparisons(reader, out)
     return summary
@@ -402,6 +426,7 @@ def _markdown(summary: dict) -> str:
                   "", f"Figures: `{name}-lens`, `{name}-contributions`, `{name}-svd`, `{name}-cka-ab`, "
                   + "".join(f"`{h['figure']}`, " for h in run["residual_cka"].values() if h["figure"])
                   + f"`{name}-silhouette`, `{name}-tsne`, `{name}-umap` (PNG and SVG).", ""]
+        lines += _intruders_markdown(name, run)
         if c := run.get("causal"):
             lines += ["### Causal lens", "", f"Interventions (`loralens intervene`) on the {c['n_utterances']} "
                       "utterances the LoRA run traced, each through the fold model that held it out"
@@ -419,6 +444,30 @@ def _markdown(summary: dict) -> str:
                   + ", ".join(f"r = {k}: {v:.3f} ({c['silhouette_on_map'][k]:.3f})" for k, v in c["silhouette"].items())
                   + f". Figure: `{c['figure']}` (PNG and SVG).", ""]
     return "\n".join(lines + _seeds_markdown(summary.get("seeds", [])))
+
+
+def _intruders_markdown(name: str, run: dict) -> list[str]:
+    """The run's intruder dimensions per layer, trained vs random twin, at each threshold (or how to record them)."""
+    table = run.get("intruders")
+    if table is None:
+        return [f"No intruder dimensions are recorded for {name}; record them from the run's weights with "
+                f"`{run['intruders_command']}`.", ""]
+    columns = [(c, i) for i in range(len(table["epsilons"])) for c in table["checkpoints"]]
+    lines = ["### Intruder dimensions", "",
+             f"An intruder dimension is one of the top {table['k']} left singular vectors of an adapted matrix "
+             "W0 + (α/r) B A whose largest |cosine| with every singular vector of the base W0 is below ε (Shuttleworth "
+             "et al., arXiv 2410.21228); they are computed from the weights alone, no utterance involved. Each cell: "
+             f"intruders per module, the mean over the {len(table['folds'])} fold models, with the largest intruder "
+             "singular value σ over them in brackets; the random twin's A and B are drawn at random.", "",
+             "| layer | target | " + " | ".join(f"{CHECKPOINT_LABELS.get(c, c)} ε {table['epsilons'][i]:g}"
+                                               for c, i in columns) + " |",
+             "| --- | --- |" + " --- |" * len(columns)]
+    for m in table["modules"]:
+        cells = [f"{m['count'][c][i]:.3g}" + (f" (σ {s:.3g})" if (s := m["max_singular"][c][i]) is not None else "")
+                 for c, i in columns]
+        lines.append(f"| {m['layer']} | {m['target']} | " + " | ".join(cells) + " |")
+    means = [f"{table['mean_count'][c][i]:.3g}" for c, i in columns]
+    return lines + ["| mean over modules | | " + " | ".join(means) + " |", ""]
 
 
 def _stores_markdown(summary: dict) -> str:
@@ -472,5 +521,11 @@ def _seeds_markdown(entries: list[dict]) -> list[str]:
                 text += (f"; LoRA minus frozen per fold {_interval(p['difference'])} over {p['n_pairs']} (seed, fold) "
                          f"pairs, {test}")
             lines += [text + ".", ""]
+        intruded = c.get("intruders") or {"mean_count": {}}
+        for checkpoint, by_epsilon in intruded["mean_count"].items():
+            values = [f"ε {e:g}: {_interval(v)} (per seed {_values(v['per_seed'])})"
+                      for e, v in zip(intruded["epsilons"], by_epsilon, strict=True)]
+            lines += [f"Intruder dimensions per module, {CHECKPOINT_LABELS.get(checkpoint, checkpoint)} (mean over "
+                      f"modules and fold models; {intruded['n_seeds']} seeds recorded them): {'; '.join(values)}.", ""]
         lines += [f"Paired test: {c['paired_test']}.", ""]
     return lines

@@ -11,6 +11,7 @@ from loralens.analysis.intruders import (
     Intruders,
     adapted,
     base_vectors,
+    by_threshold,
     count_frame,
     intruder_frame,
     top_similarity,
@@ -114,6 +115,23 @@ def test_frames_count_per_module_and_the_json_round_trip():
     assert len(frame) == 12 and frame["intruder"].sum() == 3
     with pytest.raises(ValueError, match="n_folds, n_modules"):
         Intruders(("a",), (0, 1), singular, similarity)
+
+
+def test_by_threshold_counts_each_module_at_each_threshold():
+    """What ``loralens report`` tabulates: the mean count over fold models and the largest intruder σ over them."""
+    singular = np.array([[[9, 5, 1], [8, 2, 1]], [[7, 6, 1], [4, 3, 1]]], float)  # (fold, module, k)
+    similarity = np.array([[[0.2, 0.6, 0.8], [0.9, 0.9, 0.9]], [[0.9, 0.3, 0.9], [0.9, 0.9, 0.9]]])
+    trained = Intruders(("layer_1.v_proj", "layer_0.v_proj"), (0, 1), singular, similarity)
+    twin = Intruders(trained.modules, trained.folds, singular, np.ones_like(similarity))
+    table = by_threshold({"trained": trained, "random_twin": twin}, (0.5, 0.7, 0.9))
+    assert [m["module"] for m in table["modules"]] == ["layer_0.v_proj", "layer_1.v_proj"]  # in layer order
+    first = table["modules"][1]
+    assert first["count"]["trained"] == [1.0, 1.5, 2.0] and first["max_singular"]["trained"] == [9.0, 9.0, 9.0]
+    assert first["count"]["random_twin"] == [0, 0, 0] and first["max_singular"]["random_twin"] == [None] * 3
+    assert table["mean_count"] == {"trained": [0.5, 0.75, 1.0], "random_twin": [0, 0, 0]}
+    assert (table["k"], table["folds"], table["checkpoints"]) == (3, [0, 1], ["trained", "random_twin"])
+    with pytest.raises(ValueError, match="empty"):
+        by_threshold({})
 
 
 def test_a_run_directory_alone_matches_peft_merged_weights(tiny_runs, tmp_path):

@@ -95,3 +95,47 @@ def test_the_report_says_which_utterances_each_section_uses(tiny_runs, tmp_path)
     assert "Residual CKA (within) is not drawn: residual CKA of tiny-lora with tiny-lora needs a fold model" \
         in markdown
     assert not (out / "tiny-lora-cka-within.png").exists() and "tiny-lora-cka-within" not in markdown
+
+
+def test_the_report_counts_intruder_dimensions_per_layer(tiny_store, tmp_path, monkeypatch):
+    """Each LoRA run's intruders per layer, trained vs random twin, at the LoRA dynamics page's thresholds; a store
+    traced before they were recorded names the command that adds them."""
+    import shutil
+
+    from loralens.analysis.intruders import ATTR, EPSILONS, count_frame, intruders_of
+    from loralens.app import charts
+    from loralens.store.reader import StoreReader
+    from loralens.store.writer import StoreWriter
+
+    monkeypatch.setattr(charts, "save", lambda *a, **k: None)  # the numbers only: the first test draws the figures
+    out = tmp_path / "report"
+    assert main(["report", "--store", tiny_store, "--out", str(out)]) == 0
+    table = json.loads((out / "summary.json").read_text())["runs"]["tiny-lora"]["intruders"]
+    assert table["epsilons"] == list(EPSILONS) and table["checkpoints"] == ["trained", "random_twin"]
+    assert [m["module"] for m in table["modules"]] == ["layer_0.v_proj", "layer_1.v_proj"]
+    stored = intruders_of(StoreReader(tiny_store), "tiny-lora")
+    for i, epsilon in enumerate(EPSILONS):
+        want = count_frame({c: r.at(epsilon) for c, r in stored.items()}).set_index(["checkpoint", "module"])
+        for m in table["modules"]:
+            for checkpoint in ("trained", "random_twin"):
+                assert m["count"][checkpoint][i] == want.at[(checkpoint, m["module"]), "count"]
+    markdown = (out / "summary.md").read_text()
+    assert "### Intruder dimensions" in markdown and "from the weights alone" in markdown
+    header = ("| layer | target | " + " | ".join(f"{c} ε {e:g}" for e in EPSILONS for c in ("trained", "random twin"))
+              + " |")
+    assert header in markdown
+    rows = [line for line in markdown.splitlines() if line.startswith(("| 0 | v_proj |", "| 1 | v_proj |"))]
+    assert len(rows) == 2 and all(row.count("|") == 2 + 2 * len(EPSILONS) + 1 for row in rows)
+
+    # A store traced before intruders were recorded: one line with the command that records them.
+    copy = str(tmp_path / "old.zarr")
+    shutil.copytree(tiny_store, copy)
+    writer = StoreWriter(copy)
+    for checkpoint in writer.runs()["tiny-lora"]:
+        group = writer.group("tiny-lora", checkpoint)
+        group.attrs.put({k: v for k, v in group.attrs.items() if k != ATTR})
+    run_dir = StoreReader(copy).attrs("tiny-lora")["run_dir"]
+    assert main(["report", "--store", copy, "--out", str(tmp_path / "old")]) == 0
+    markdown = (tmp_path / "old" / "summary.md").read_text()
+    assert "| layer | target |" not in markdown
+    assert f"`loralens intruders {run_dir} --store {copy} --name tiny-lora`" in markdown

@@ -176,6 +176,34 @@ def test_a_report_over_two_stores_of_identical_runs_has_zero_spread(tmp_path, no
     assert "# loralens report over 2 stores" in (out / "summary.md").read_text()
 
 
+def test_the_seeds_section_has_each_seed_s_mean_intruder_count(tmp_path, no_figures):
+    """Seed s's trained adapter has s + 1 intruders in every module at every threshold, its random twin none."""
+    from loralens.analysis.intruders import ATTR, EPSILONS, Intruders
+
+    reader = _store(str(tmp_path / "s.zarr"), {0: True, 1: True})
+    writer = StoreWriter(reader.path)
+    modules = tuple(f"layer_{i}.v_proj" for i in range(N_LAYERS))
+    singular = np.tile([3.0, 2.0, 1.0], (2, N_LAYERS, 1))  # (fold, module, k)
+    for seed in (0, 1):
+        similarity = np.ones_like(singular)
+        similarity[:, :, :seed + 1] = 0.1
+        for checkpoint, sim in (("trained", similarity), ("random_twin", np.ones_like(singular))):
+            result = Intruders(modules, (0, 1), singular, sim)
+            writer.group(f"lora-seed{seed}", checkpoint).attrs.update({ATTR: result.to_json()})
+    out = tmp_path / "report"
+    assert main(["report", "--store", reader.path, "--out", str(out)]) == 0
+    (entry,) = json.loads((out / "summary.json").read_text())["seeds"]
+    counts = entry["intruders"]["mean_count"]
+    assert entry["intruders"]["epsilons"] == list(EPSILONS) and entry["intruders"]["n_seeds"] == 2
+    for i in range(len(EPSILONS)):
+        assert counts["trained"][i]["per_seed"] == [1, 2] and counts["trained"][i]["mean"] == 1.5
+        assert counts["random_twin"][i]["per_seed"] == [0, 0]
+    markdown = (out / "summary.md").read_text()
+    assert ("Intruder dimensions per module, trained (mean over modules and fold models; 2 seeds recorded them): "
+            "ε 0.5: 1.500 [") in markdown
+    assert "| 5 | v_proj | 2 (σ 3) | 0 |" in markdown  # seed 1's own table: intruders at σ 3 and 2
+
+
 def test_the_overview_shows_the_seeds_of_one_configuration_together(tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
