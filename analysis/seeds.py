@@ -160,28 +160,11 @@ def _seeds(reader: StoreReader, runs: list[views.RunInfo]) -> dict[str, tuple[in
     return out
 
 
-def pairs(reader: StoreReader) -> list[tuple[views.RunInfo, views.RunInfo | None]]:
-    """Each LoRA run with its frozen partner: ``views.frozen_partner``'s rule among the frozen runs of its own seed.
-
-    A grid traced into one store holds a frozen run per seed; LoRA seed 1 is compared with frozen seed 1, and with
-    the rule's first frozen run only where no frozen run has its seed.
-    """
-    runs = views.run_info(reader)
-    seeds = _seeds(reader, runs)
-    out = []
-    for r in runs:
-        if r.method != "lora":
-            continue
-        same_seed = [o for o in runs if seeds[o.name][0] == seeds[r.name][0]]
-        out.append((r, views.frozen_partner(same_seed, r) or views.frozen_partner(runs, r)))
-    return out
-
-
 def members(reader: StoreReader) -> list[Member]:
     """Every run of the store with its seed, configuration and (LoRA runs) frozen partner."""
     runs = views.run_info(reader)
     seeds = _seeds(reader, runs)
-    partner = {lora.name: frozen for lora, frozen in pairs(reader)}
+    partner = {lora.name: frozen for lora, frozen in views.pairs(reader)}
     return [Member(reader.path, r, seeds[r.name][0], configuration(r, seeds[r.name][1]), partner.get(r.name))
             for r in runs]
 

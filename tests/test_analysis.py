@@ -398,6 +398,18 @@ def test_a_lora_run_pairs_with_the_frozen_run_of_its_own_data_set():
     assert views.frozen_partner(runs, runs[2]).name == "emodb-frozen"
 
 
+def test_a_lora_run_pairs_with_the_frozen_run_of_its_own_seed():
+    """A grid traced into one store: LoRA seed 1 against frozen seed 1 on every page, not the first frozen run."""
+    def run(name, method, seed):
+        return views.RunInfo(name, method, "bundled:base", "trim", 32, ["v_proj"], ["trained"], ["anger"], 6, {},
+                             data="emodb:E", seed=seed)
+
+    runs = [run("frozen-0", "frozen", 0), run("frozen-1", "frozen", 1), run("lora-1", "lora", 1),
+            run("lora-2", "lora", 2)]
+    assert views.frozen_partner(runs, runs[2]).name == "frozen-1"
+    assert views.frozen_partner(runs, runs[3]).name == "frozen-0"  # no frozen run of its seed: the first
+
+
 def test_a_freeze_a_run_says_so_pairs_with_frozen_and_keeps_out_of_the_rank_series():
     """A --freeze-a run (every A at its random start) is LoRA with a frozen partner, labelled as such; the rank
     series of an ordinary LoRA run does not take it for another rank, nor the other way round."""

@@ -100,7 +100,7 @@ def test_the_paired_test_pairs_each_seed_s_fold_with_the_same_fold():
 
 def test_runs_differ_only_in_seed_by_their_training_config(tmp_path):
     """One configuration: the training config but for its seed and device, the data set by its corpus; each LoRA
-    run compared with the frozen run of its own seed (the shared rule took the first frozen run for every seed)."""
+    run compared with the frozen run of its own seed, by the report and the pages alike."""
     reader = _store(str(tmp_path / "s.zarr"), {0: True, 1: True})
     found = seeds.members(reader)
     groups = seeds.configurations(found)
@@ -109,7 +109,7 @@ def test_runs_differ_only_in_seed_by_their_training_config(tmp_path):
     (lora,) = [g for g in groups if g[0].info.method == "lora"]
     assert {m.info.name: m.frozen.name for m in lora} == {"lora-seed0": "frozen-seed0",
                                                                "lora-seed1": "frozen-seed1"}
-    assert [f.name for _, f in views.pairs(reader)] == ["frozen-seed0", "frozen-seed0"]
+    assert [f.name for _, f in views.pairs(reader)] == ["frozen-seed0", "frozen-seed1"]
     info = lora[0].info
     base = {"model": "m", "data": "csv:d.csv", "method": "lora", "lr": 5e-4, "seed": 0}
     assert seeds.configuration(info, base) == seeds.configuration(info, base | {"seed": 3, "device": "cuda",

@@ -37,6 +37,8 @@ class RunInfo:
     """Where an imported run came from (``loralens import``; see ``TrainConfig.source``); None for a trained one."""
     freeze_a: bool = False
     """A LoRA run whose every A stayed at its random initialisation (``loralens train --freeze-a``): only B trained."""
+    seed: int | None = None
+    """The training seed (``--seed``; None where the run's config does not say)."""
 
     @property
     def held_out(self) -> bool:
@@ -86,17 +88,21 @@ def run_info(reader: StoreReader) -> list[RunInfo]:
         config = a.get("train_config", {})
         out.append(RunInfo(name, a["method"], a["model"], a["window"], int(a["rank"]), list(a["targets"]),
                            checkpoints, list(a["emotions"]), int(a["n_layers"]), a.get("metrics", {}),
-                           a.get("data", ""), config.get("source"), bool(config.get("freeze_a", False))))
+                           a.get("data", ""), config.get("source"), bool(config.get("freeze_a", False)),
+                           int(config["seed"]) if config.get("seed") is not None else None))
     return out
 
 
 def frozen_partner(runs: list[RunInfo], run: RunInfo) -> RunInfo | None:
-    """The frozen run that ``run`` is compared with: the first of ``runs`` of the same model, window and data set.
+    """The frozen run that ``run`` is compared with: of its model, window and data set, the first of its seed.
 
-    The one matching rule of LoRA to frozen, for the pages and the report alike.
+    Where no frozen run has ``run``'s seed, the first of the others. The one matching rule of LoRA to frozen, for
+    the pages, the summaries and the report alike: a grid traced into one store holds a frozen run per seed, and
+    LoRA seed 1 is compared with frozen seed 1.
     """
-    return next((r for r in runs if r.method == "frozen" and r.name != run.name
-                 and (r.model, r.window, _corpus(r.data)) == (run.model, run.window, _corpus(run.data))), None)
+    like = [r for r in runs if r.method == "frozen" and r.name != run.name
+            and (r.model, r.window, _corpus(r.data)) == (run.model, run.window, _corpus(run.data))]
+    return next((r for r in like if r.seed == run.seed), like[0] if like else None)
 
 
 def _corpus(data: str) -> tuple[str, str]:
