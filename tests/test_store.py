@@ -214,6 +214,24 @@ def test_a_store_of_schema_4_is_read_and_validated_but_not_written(tmp_path):
         "runs/r/trained/unknown: not in schema version 4"]
 
 
+def test_a_store_of_schema_6_with_its_per_frame_residual_is_read_and_validated(tmp_path):
+    """Version 7 stopped writing the sampled rows' per-frame residual (no figure read it): a version-6 store, which
+    holds it, still reads and validates, and writing to it is refused in one line."""
+    path = str(tmp_path / "s")
+    _, written = _fill(path)
+    group = zarr.open_group(path, mode="a")
+    assert "residual" not in group["runs/r/trained"].array_keys()
+    group.attrs["schema_version"] = 6
+    group["runs/r/trained"].create_array("residual", shape=(3, 3, 15, 8), dtype="float16", chunks=(1, 1, 15, 8),
+                                         dimension_names=("utterance", "boundary", "frame", "d_model"))
+    np.testing.assert_array_equal(StoreReader(path).read("r", "trained", "lora_a_pooled", [2]),
+                                  written[2]["lora_a_pooled"][None])
+    report = validate(path)
+    assert report.ok, report.problems
+    with pytest.raises(StoreError, match="writes no more"):
+        StoreWriter(path)
+
+
 def test_validate_finds_nan_and_incomplete(tmp_path):
     path = str(tmp_path / "s")
     writer, _ = _fill(path)
