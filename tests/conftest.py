@@ -261,6 +261,21 @@ def assert_same_run(remote, here, run: str) -> None:
             assert np.array_equal(a, b), f"{checkpoint}/{name}"
 
 
+def without_intruders(store: str, copy: str, run: str) -> str:
+    """``copy``: a copy of ``store`` with ``run`` as traced before intruder dimensions were recorded."""
+    import shutil
+
+    from loralens.analysis.intruders import ATTR
+    from loralens.store.writer import StoreWriter
+
+    shutil.copytree(store, copy)
+    writer = StoreWriter(copy)
+    for checkpoint in writer.runs()[run]:
+        group = writer.group(run, checkpoint)
+        group.attrs.put({k: v for k, v in group.attrs.items() if k != ATTR})
+    return copy
+
+
 def checkpoint_sizes(n_layers: int, d_model: int, rank: int) -> dict[str, int]:
     """The dimension sizes of a small hand-written store's checkpoint (four classes, LoRA on every layer's v_proj)."""
     return {"boundary": n_layers + 1, "layer": n_layers, "d_model": d_model, "class": 4, "module": n_layers,

@@ -16,6 +16,7 @@ from loralens.analysis.intruders import (
     intruder_frame,
     top_similarity,
 )
+from tests.conftest import without_intruders
 
 OUTSIDE = np.array([20.0, 15.0, 12.0, 10.0, 8.0, 6.0])
 """W0's leading singular values, each kept by the update with its own singular vector."""
@@ -160,13 +161,11 @@ def test_a_run_directory_alone_matches_peft_merged_weights(tiny_runs, tmp_path):
 
 
 def test_trace_records_them_and_the_command_records_them_into_a_store(tiny_runs, tiny_store, tmp_path):
-    import shutil
 
-    from loralens.analysis.intruders import ATTR, intruders_of
+    from loralens.analysis.intruders import intruders_of
     from loralens.cli import main
     from loralens.precompute.intruders import run_intruders
     from loralens.store.reader import StoreReader
-    from loralens.store.writer import StoreWriter
 
     stored = intruders_of(StoreReader(tiny_store), "tiny-lora")
     fresh = run_intruders(tiny_runs["lora"])
@@ -177,12 +176,7 @@ def test_trace_records_them_and_the_command_records_them_into_a_store(tiny_runs,
     assert intruders_of(StoreReader(tiny_store), "tiny-frozen") == {}
 
     # A store traced before intruders existed: the command adds them.
-    copy = str(tmp_path / "old.zarr")
-    shutil.copytree(tiny_store, copy)
-    writer = StoreWriter(copy)
-    for checkpoint in writer.runs()["tiny-lora"]:
-        group = writer.group("tiny-lora", checkpoint)
-        group.attrs.put({k: v for k, v in group.attrs.items() if k != ATTR})
+    copy = without_intruders(tiny_store, str(tmp_path / "old.zarr"), "tiny-lora")
     assert intruders_of(StoreReader(copy), "tiny-lora") == {}
     assert main(["intruders", str(tiny_runs["lora"]), "--store", copy, "--name", "tiny-lora"]) == 0
     assert set(intruders_of(StoreReader(copy), "tiny-lora")) == {"trained", "random_twin"}

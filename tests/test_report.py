@@ -7,6 +7,7 @@ import warnings
 
 from loralens.analysis import views
 from loralens.cli import main
+from tests.conftest import without_intruders
 
 
 def test_report_writes_figures_and_findings(tiny_store, tmp_path, monkeypatch):
@@ -100,12 +101,10 @@ def test_the_report_says_which_utterances_each_section_uses(tiny_runs, tmp_path)
 def test_the_report_counts_intruder_dimensions_per_layer(tiny_store, tmp_path, monkeypatch):
     """Each LoRA run's intruders per layer, trained vs random twin, at the LoRA dynamics page's thresholds; a store
     traced before they were recorded names the command that adds them."""
-    import shutil
 
-    from loralens.analysis.intruders import ATTR, EPSILONS, count_frame, intruders_of
+    from loralens.analysis.intruders import EPSILONS, count_frame, intruders_of
     from loralens.app import charts
     from loralens.store.reader import StoreReader
-    from loralens.store.writer import StoreWriter
 
     monkeypatch.setattr(charts, "save", lambda *a, **k: None)  # the numbers only: the first test draws the figures
     out = tmp_path / "report"
@@ -128,12 +127,7 @@ def test_the_report_counts_intruder_dimensions_per_layer(tiny_store, tmp_path, m
     assert len(rows) == 2 and all(row.count("|") == 2 + 2 * len(EPSILONS) + 1 for row in rows)
 
     # A store traced before intruders were recorded: one line with the command that records them.
-    copy = str(tmp_path / "old.zarr")
-    shutil.copytree(tiny_store, copy)
-    writer = StoreWriter(copy)
-    for checkpoint in writer.runs()["tiny-lora"]:
-        group = writer.group("tiny-lora", checkpoint)
-        group.attrs.put({k: v for k, v in group.attrs.items() if k != ATTR})
+    copy = without_intruders(tiny_store, str(tmp_path / "old.zarr"), "tiny-lora")
     run_dir = StoreReader(copy).attrs("tiny-lora")["run_dir"]
     assert main(["report", "--store", copy, "--out", str(tmp_path / "old")]) == 0
     markdown = (tmp_path / "old" / "summary.md").read_text()
