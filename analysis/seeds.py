@@ -82,16 +82,19 @@ class Interval:
         return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}]"
 
 
-def t_interval(values, confidence: float = CONFIDENCE) -> Interval:
+def t_interval(values, confidence: float = CONFIDENCE, bounds: tuple[float, float] | None = None) -> Interval:
     """The mean of ``values`` with its two-sided Student's t confidence interval.
 
     ``mean ± t_{(1+confidence)/2, n-1} · s / sqrt(n)``, ``s`` the sample standard deviation (ddof 1): what
-    ``scipy.stats.t.interval(confidence, n - 1, loc=mean, scale=s / sqrt(n))`` gives. Non-finite values are left
-    out; with fewer than 2 values the bounds and ``std`` are NaN (one seed says nothing about the spread).
+    ``scipy.stats.t.interval(confidence, n - 1, loc=mean, scale=s / sqrt(n))`` gives, cut to ``bounds``. Non-finite
+    values are left out; with fewer than 2 values the bounds and ``std`` are NaN (one seed says nothing about the
+    spread).
 
     Args:
         values: one value per seed, ``(n,)``.
         confidence: in (0, 1).
+        bounds: the values the statistic can take (UAR and WAR: ``(0, 1)``); the interval is cut to them, where a
+            few widely spread seeds would otherwise claim, say, a UAR above 1.
 
     Raises:
         ValueError: ``confidence`` outside (0, 1).
@@ -110,7 +113,8 @@ def t_interval(values, confidence: float = CONFIDENCE) -> Interval:
 
     std = float(x.std(ddof=1))
     half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * std / np.sqrt(n)
-    return Interval(mean, mean - half, mean + half, std, n, confidence)
+    low, high = np.clip([mean - half, mean + half], *(bounds or (-np.inf, np.inf)))
+    return Interval(mean, float(low), float(high), std, n, confidence)
 
 
 def _finite(x: float | None) -> float | None:
@@ -182,18 +186,20 @@ def fold_values(metrics: dict, key: str) -> dict[int, float]:
     return {int(f["fold"]): float(f[key]) for f in metrics.get("folds", []) if f.get(key) is not None}
 
 
-def over_seeds(per_seed: list[float], per_fold: list[dict[int, float]] | None = None) -> dict:
+def over_seeds(per_seed: list[float], per_fold: list[dict[int, float]] | None = None,
+               bounds: tuple[float, float] | None = None) -> dict:
     """One statistic over seeds: its values, mean and t interval, and its spread over fold models within each seed.
 
     Args:
         per_seed: the statistic of each seed's run, ``(n_seeds,)``.
         per_fold: for each seed, fold -> the statistic within that fold model (None: not computed per fold).
+        bounds: the values the statistic can take (see ``t_interval``).
 
     Returns:
         ``per_seed``, ``mean``, ``ci``, ``std`` (over seeds), ``n``, ``confidence`` and, with ``per_fold``,
         ``fold_std`` (per seed, ddof 1 over its folds; None with one fold) and ``fold_std_mean``.
     """
-    out = {"per_seed": [_finite(v) for v in per_seed], **t_interval(per_seed).to_json()}
+    out = {"per_seed": [_finite(v) for v in per_seed], **t_interval(per_seed, bounds=bounds).to_json()}
     if per_fold is not None:
         stds = [float(np.std(v, ddof=1)) if len(v := [x for x in f.values() if np.isfinite(x)]) > 1 else np.nan
                 for f in per_fold]
@@ -234,6 +240,10 @@ def paired(lora: list[dict[int, float]], frozen: list[dict[int, float]]) -> dict
     return out
 
 
+SCORE_BOUNDS = (0.0, 1.0)
+"""What UAR and WAR can be: their intervals over seeds are cut to it."""
+
+
 def metrics(group: list[Member]) -> dict:
     """UAR and WAR of a configuration's seeds and of their frozen partners, over seeds, and LoRA against frozen.
 
@@ -246,8 +256,8 @@ def metrics(group: list[Member]) -> dict:
         mine = [fold_values(m.info.metrics, key) for m in group]
         theirs = [fold_values(m.frozen.metrics, key) if m.frozen else {} for m in group]
         mean = lambda folds: float(np.mean(list(folds.values()))) if folds else np.nan  # noqa: E731
-        out[key] = {"lora": over_seeds([mean(f) for f in mine], mine),
-                    "frozen": over_seeds([mean(f) for f in theirs], theirs) if any(theirs) else None,
+        out[key] = {"lora": over_seeds([mean(f) for f in mine], mine, SCORE_BOUNDS),
+                    "frozen": over_seeds([mean(f) for f in theirs], theirs, SCORE_BOUNDS) if any(theirs) else None,
                     "paired": paired(mine, theirs) if any(theirs) else None}
     return out
 

@@ -4,6 +4,7 @@ several stores (zero spread between identical runs, "1 of 2" where a finding hol
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -82,6 +83,19 @@ def test_t_interval_is_scipys_t_interval():
     assert one.mean == 0.5 and np.isnan(one.low) and one.to_json()["ci"] == [None, None]
     with pytest.raises(ValueError, match="confidence=95"):
         seeds.t_interval([1.0, 2.0], 95)
+
+
+def test_an_interval_of_uar_over_seeds_stays_within_0_and_1():
+    """Three widely spread seeds (the tiny.en grid's UARs): the t interval passes 1; a UAR's is cut there."""
+    per_seed = [0.716, 0.856, 0.878]
+    assert seeds.t_interval(per_seed).high > 1
+    cut = seeds.t_interval(per_seed, bounds=seeds.SCORE_BOUNDS)
+    assert cut.high == 1.0 and cut.low == pytest.approx(seeds.t_interval(per_seed).low)
+    info = views.RunInfo("lora", "lora", "m", "trim", 32, ["v_proj"], ["trained"], ["anger"], 4, {})
+    group = [seeds.Member("s", replace(info, name=f"lora-{k}", metrics={"folds": [{"fold": 0, "uar": u, "war": u}]}),
+                          k, "{}") for k, u in enumerate(per_seed)]
+    got = seeds.metrics(group)
+    assert got["uar"]["lora"]["ci"][1] == 1.0 and got["war"]["lora"]["ci"][1] == 1.0
 
 
 def test_the_paired_test_pairs_each_seed_s_fold_with_the_same_fold():
