@@ -2,8 +2,9 @@
 
 It owns three things: the rule of one *configuration* (a run's training config but for its seed, read from the
 store's checkpoint attributes), the pairing of each LoRA run with the frozen run of its own seed, and the statistics
-over seeds (a Student's t interval of the mean, the spread over fold models, "holds in k of n seeds", and the paired
-test of LoRA against frozen over folds x seeds). Everything but ``members`` and ``pairs`` is pure over plain values.
+over seeds (a Student's t interval of the mean, the spread over fold models, "holds in k of n seeds", the paired
+test of LoRA against frozen over folds x seeds, and an A-frozen configuration set against its ordinary partner).
+Everything but ``members`` and ``pairs`` is pure over plain values.
 """
 
 from __future__ import annotations
@@ -209,12 +210,13 @@ def over_seeds(per_seed: list[float], per_fold: list[dict[int, float]] | None = 
     return out
 
 
-def paired(lora: list[dict[int, float]], frozen: list[dict[int, float]]) -> dict:
+def paired(lora: list[dict[int, float]], frozen: list[dict[int, float]], test: str = PAIRED_TEST) -> dict:
     """LoRA minus frozen, fold by fold of each seed, with the paired tests of ``PAIRED_TEST``.
 
     Args:
         lora: per seed, fold -> the LoRA run's score.
         frozen: per seed (the same order), fold -> its frozen partner's score; folds in both are paired.
+        test: the tests in words, as the report states them (another pair of runs than LoRA and frozen).
 
     Returns:
         ``n_pairs``, ``difference`` (``over_seeds``' interval fields over the pairs), ``t``, ``p`` (two-sided
@@ -227,7 +229,7 @@ def paired(lora: list[dict[int, float]], frozen: list[dict[int, float]]) -> dict
             b.append(theirs[fold])
     a, b = np.asarray(a), np.asarray(b)
     out = {"n_pairs": len(a), "difference": t_interval(a - b).to_json(), "t": None, "p": None, "wilcoxon_p": None,
-           "test": PAIRED_TEST}
+           "test": test}
     if len(a) >= 2 and np.ptp(a - b) > 0:
         from scipy import stats
 
@@ -301,3 +303,70 @@ def findings(group: list[Member], per_run: list[list[dict]], per_fold: list[dict
 
 def _number(x) -> float:
     return float(x) if x is not None else np.nan
+
+
+A_FROZEN_FINDINGS = ("A compression and B reconstruction", "forward alignment and backward differentiation")
+"""The findings whose statistics (A and B concentration, CKA(A, B)) the A-frozen comparison sets side by side."""
+A_FROZEN_TEST = ("the paper's reading that A aligns the forward pass and B differentiates the backward one (Zhu et "
+                 "al., ICML 2024): with every A kept at its random start only B learns, so if UAR holds while A's "
+                 "concentration falls, what A learns is not what the adapter needs")
+"""What setting A frozen against A trained tests, as the report states it."""
+A_FROZEN_PAIRED_TEST = ("paired t-test (scipy.stats.ttest_rel) of A frozen against A trained over every (seed, fold) "
+                        "pair of the same seed, with the Wilcoxon signed-rank test (scipy.stats.wilcoxon) beside it; "
+                        "descriptive p-values, as for LoRA against frozen")
+"""The paired comparison of A frozen with A trained, as the report states it."""
+
+
+def a_frozen_partners(groups: list[list[Member]]) -> list[tuple[list[Member], list[Member]]]:
+    """Each A-frozen configuration (``freeze_a`` true) with the ordinary one that differs from it in ``freeze_a`` alone.
+
+    Returns:
+        ``(a_frozen, a_trained)`` pairs of groups, in the order of ``groups``; an A-frozen configuration without an
+        ordinary partner is left out.
+    """
+    ordinary = {g[0].configuration: g for g in groups if not json.loads(g[0].configuration).get("freeze_a")}
+    out = []
+    for g in groups:
+        key = json.loads(g[0].configuration)
+        if key.pop("freeze_a", False) and (partner := ordinary.get(json.dumps(key, sort_keys=True, default=str))):
+            out.append((g, partner))
+    return out
+
+
+def a_frozen_against_a_trained(a_frozen: list[Member], a_trained: list[Member], a_frozen_findings: list[dict],
+                               a_trained_findings: list[dict]) -> dict:
+    """An A-frozen configuration beside its ordinary partner: UAR, WAR, and the A/B spectra and CKA statistics.
+
+    Args:
+        a_frozen: the A-frozen configuration's runs, one per seed.
+        a_trained: the ordinary configuration's runs.
+        a_frozen_findings: ``findings`` of ``a_frozen``.
+        a_trained_findings: ``findings`` of ``a_trained``.
+
+    Returns:
+        ``metrics``: ``uar``, ``war`` -> ``a_frozen`` and ``a_trained`` (``over_seeds``) and ``paired`` (``paired`` of
+        A frozen minus A trained, each fold against the same fold of the same seed; seeds in both only); and
+        ``statistics``: per statistic of ``A_FROZEN_FINDINGS``, ``finding``, ``statistic``, ``a_frozen`` and
+        ``a_trained`` (``over_seeds``) and ``difference`` (A frozen's mean minus A trained's; None where either has
+        no value).
+    """
+    trained_of = {m.seed: m for m in a_trained if m.seed is not None}
+    both = [(m, trained_of[m.seed]) for m in a_frozen if m.seed in trained_of]
+    mine, theirs = metrics(a_frozen), metrics(a_trained)
+    out: dict = {"metrics": {}, "statistics": [], "test": A_FROZEN_TEST}
+    for key in ("uar", "war"):
+        pairs = paired([fold_values(f.info.metrics, key) for f, _ in both],
+                       [fold_values(t.info.metrics, key) for _, t in both], A_FROZEN_PAIRED_TEST)
+        out["metrics"][key] = {"a_frozen": mine[key]["lora"], "a_trained": theirs[key]["lora"], "paired": pairs}
+    trained = {f["finding"]: f["statistics"] for f in a_trained_findings}
+    for f in a_frozen_findings:
+        if f["finding"] not in A_FROZEN_FINDINGS or f["finding"] not in trained:
+            continue
+        for stat, value in f["statistics"].items():
+            if (other := trained[f["finding"]].get(stat)) is None:
+                continue
+            difference = (value["mean"] - other["mean"] if value["mean"] is not None and other["mean"] is not None
+                          else None)
+            out["statistics"].append({"finding": f["finding"], "statistic": stat, "a_frozen": value,
+                                      "a_trained": other, "difference": difference})
+    return out

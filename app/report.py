@@ -156,9 +156,10 @@ def build(store: str | list[str], out: Path, threshold: float = 0.9, storage_opt
     with runs that differ only in seed (in one store or several; ``analysis.seeds``): every finding per seed, its
     statistics' mean with a 95 % t interval over seeds and their spread over fold models, "holds in k of n seeds",
     and UAR/WAR of LoRA and frozen with the paired per-fold difference, and each seed's mean intruder count per
-    module. Each LoRA run's section tabulates its intruder dimensions per layer, trained vs random twin, at the LoRA
-    dynamics page's thresholds (``analysis.intruders.EPSILONS``), or names the ``loralens intruders`` command that
-    records them.
+    module. Each A-frozen configuration (``--freeze-a``) is set against the ordinary one that differs from it in that
+    alone, where there is one (``a_frozen``: ``seeds.a_frozen_against_a_trained``). Each LoRA run's section
+    tabulates its intruder dimensions per layer, trained vs random twin, at the LoRA dynamics page's thresholds
+    (``analysis.intruders.EPSILONS``), or names the ``loralens intruders`` command that records them.
 
     Raises:
         UserError: no store, a store given twice, or a store without a LoRA run.
@@ -169,8 +170,8 @@ def build(store: str | list[str], out: Path, threshold: float = 0.9, storage_opt
                         "[--store B ...])")
     readers = [StoreReader(s, storage_options) for s in stores]
     found = [seeds.members(r) for r in readers]
-    groups = [g for g in seeds.configurations([m for f in found for m in f]) if len(g) > 1 and
-              g[0].info.method == "lora"]
+    lora = [g for g in seeds.configurations([m for f in found for m in f]) if g[0].info.method == "lora"]
+    groups = [g for g in lora if len(g) > 1]
     repeated = {(m.store, m.info.name) for g in groups for m in g}
     out.mkdir(parents=True, exist_ok=True)
     if len(stores) == 1:
@@ -186,6 +187,7 @@ def build(store: str | list[str], out: Path, threshold: float = 0.9, storage_opt
             summary["stores"][label] = {"store": reader.path, "report": f"{label}/summary.md",
                                         "runs": list(sub["runs"])}
     summary["seeds"] = [_over_seeds(g, per_store) for g in groups]
+    summary["a_frozen"] = [_a_frozen(*pair, per_store) for pair in seeds.a_frozen_partners(lora)]
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(_markdown(summary) if len(stores) == 1 else _stores_markdown(summary))
     return summary
@@ -214,6 +216,16 @@ def _over_seeds(group: list[seeds.Member], per_store: dict[str, dict]) -> dict:
                          "frozen": m.frozen.name if m.frozen else None} for m in group],
             "findings": paper + causal_, "metrics": seeds.metrics(group), "paired_test": seeds.PAIRED_TEST,
             "intruders": _intruders_over_seeds([r.get("intruders") for r in runs])}
+
+
+def _a_frozen(a_frozen: list[seeds.Member], a_trained: list[seeds.Member], per_store: dict[str, dict]) -> dict:
+    """The summary's entry for an A-frozen configuration set against its ordinary partner (see ``build``)."""
+    found = [seeds.findings(g, [per_store[m.store]["runs"][m.info.name]["findings"] for m in g], [None] * len(g))
+             for g in (a_frozen, a_trained)]
+    runs = lambda g: [{"store": m.store, "run": m.info.name, "seed": m.seed} for m in g]  # noqa: E731
+    return {"a_frozen": seeds.describe(a_frozen[0]), "a_trained": seeds.describe(a_trained[0]),
+            "a_frozen_runs": runs(a_frozen), "a_trained_runs": runs(a_trained),
+            **seeds.a_frozen_against_a_trained(a_frozen, a_trained, *found)}
 
 
 def _intruders_over_seeds(tables: list[dict | None]) -> dict | None:
@@ -443,7 +455,8 @@ def _markdown(summary: dict) -> str:
                   "Emotion silhouette in each rank's LoRA A activation space (on its 2-D map in brackets): "
                   + ", ".join(f"r = {k}: {v:.3f} ({c['silhouette_on_map'][k]:.3f})" for k, v in c["silhouette"].items())
                   + f". Figure: `{c['figure']}` (PNG and SVG).", ""]
-    return "\n".join(lines + _seeds_markdown(summary.get("seeds", [])))
+    return "\n".join(lines + _seeds_markdown(summary.get("seeds", []))
+                     + _a_frozen_markdown(summary.get("a_frozen", [])))
 
 
 def _intruders_markdown(name: str, run: dict) -> list[str]:
@@ -476,7 +489,7 @@ def _stores_markdown(summary: dict) -> str:
               for s in summary["stores"].values()]
     if not summary["seeds"]:
         lines += ["", "No configuration has runs that differ only in seed across these stores."]
-    return "\n".join(lines + [""] + _seeds_markdown(summary["seeds"]))
+    return "\n".join(lines + [""] + _seeds_markdown(summary["seeds"]) + _a_frozen_markdown(summary["a_frozen"]))
 
 
 def _interval(entry: dict | None) -> str:
@@ -486,6 +499,12 @@ def _interval(entry: dict | None) -> str:
     if entry["ci"][0] is None:
         return f"{entry['mean']:.3f}"
     return f"{entry['mean']:.3f} [{entry['ci'][0]:.3f}, {entry['ci'][1]:.3f}]"
+
+
+def _tests(p: dict) -> str:
+    """The t-test and Wilcoxon p of a ``seeds.paired`` entry in words."""
+    return (f"t = {p['t']:.2f}, p = {p['p']:.3g}" if p["t"] is not None else "no t-test (no spread)") + (
+        f"; Wilcoxon p = {p['wilcoxon_p']:.3g}" if p["wilcoxon_p"] is not None else "")
 
 
 def _values(values: list) -> str:
@@ -516,10 +535,8 @@ def _seeds_markdown(entries: list[dict]) -> list[str]:
             if m["frozen"]:
                 text += f", frozen {_interval(m['frozen'])} (per seed {_values(m['frozen']['per_seed'])})"
             if (p := m["paired"]) and p["n_pairs"]:
-                test = (f"t = {p['t']:.2f}, p = {p['p']:.3g}" if p["t"] is not None else "no t-test (no spread)") + (
-                    f"; Wilcoxon p = {p['wilcoxon_p']:.3g}" if p["wilcoxon_p"] is not None else "")
                 text += (f"; LoRA minus frozen per fold {_interval(p['difference'])} over {p['n_pairs']} (seed, fold) "
-                         f"pairs, {test}")
+                         f"pairs, {_tests(p)}")
             lines += [text + ".", ""]
         intruded = c.get("intruders") or {"mean_count": {}}
         for checkpoint, by_epsilon in intruded["mean_count"].items():
@@ -528,4 +545,27 @@ def _seeds_markdown(entries: list[dict]) -> list[str]:
             lines += [f"Intruder dimensions per module, {CHECKPOINT_LABELS.get(checkpoint, checkpoint)} (mean over "
                       f"modules and fold models; {intruded['n_seeds']} seeds recorded them): {'; '.join(values)}.", ""]
         lines += [f"Paired test: {c['paired_test']}.", ""]
+    return lines
+
+
+def _a_frozen_markdown(entries: list[dict]) -> list[str]:
+    lines = []
+    for c in entries:
+        runs = lambda side: ", ".join(r["run"] + (f" (seed {r['seed']})" if r["seed"] is not None else "")  # noqa: E731
+                                      for r in c[side])
+        lines += [f"## A frozen against A trained: {c['a_trained']}", "",
+                  f"A frozen: {runs('a_frozen_runs')}; A trained: {runs('a_trained_runs')}. This tests {c['test']}. "
+                  "Each cell: the mean over seeds with its 95 % t interval; the difference is A frozen minus A "
+                  "trained, per (seed, fold) of the same seed for UAR and WAR, of the means over seeds for the rest.",
+                  "",
+                  "| statistic | A frozen | A trained | A frozen minus A trained |", "| --- | --- | --- | --- |"]
+        for key, m in c["metrics"].items():
+            p = m["paired"]
+            lines.append(f"| {key.upper()} | {_interval(m['a_frozen'])} | {_interval(m['a_trained'])} | "
+                         f"{_interval(p['difference'])} over {p['n_pairs']} pairs; {_tests(p)} |")
+        for s in c["statistics"]:
+            difference = "–" if s["difference"] is None else f"{s['difference']:.3f}"
+            lines.append(f"| {s['statistic']} | {_interval(s['a_frozen'])} | {_interval(s['a_trained'])} | "
+                         f"{difference} |")
+        lines += ["", f"Paired test: {c['metrics']['uar']['paired']['test']}.", ""]
     return lines

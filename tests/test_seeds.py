@@ -23,17 +23,20 @@ FINDINGS = ["delayed specialization", "late-layer contribution growth with negat
 
 
 def _metrics(seed: int, method: str) -> dict:
-    """Per-fold scores of a run: two folds, LoRA above frozen by 0.1 and 0.2, moved by the seed."""
-    base = {"lora": [0.6, 0.7], "frozen": [0.5, 0.5]}[method]
+    """Per-fold scores of a run: two folds, LoRA above frozen by 0.1 and 0.2, moved by the seed; LoRA with A frozen
+    (``a_frozen``) below LoRA by 0.05 and 0.15."""
+    base = {"lora": [0.6, 0.7], "frozen": [0.5, 0.5], "a_frozen": [0.55, 0.55]}[method]
     folds = [{"fold": f, "uar": base[f] + 0.01 * seed, "war": base[f] + 0.02 * seed, "test_speakers": [f"spk{f}"],
               "confusion": np.eye(4, dtype=int).tolist()}
              for f in (0, 1)]
     return {"folds": folds, "n_folds": 2, "n_done": 2}
 
 
-def _store(path: str, holds: dict[int, bool]) -> StoreReader:
+def _store(path: str, holds: dict[int, bool], a_frozen: bool = False) -> StoreReader:
     """A hand-written store of a LoRA and a frozen run per seed (``holds``: seed -> whether every finding holds in
-    its LoRA run); two fold models, rows alternating between them; the runs' training config names their seed."""
+    its LoRA run); two fold models, rows alternating between them; the runs' training config names their seed.
+    ``a_frozen``: a LoRA run with A frozen per seed too (``lora-a-frozen-seedS``, freeze_a true), where no finding
+    holds."""
     rng = np.random.default_rng(0)
     writer = StoreWriter(path)
     labels = [e for e in range(4) for _ in range(PER_CLASS)]
@@ -41,16 +44,20 @@ def _store(path: str, holds: dict[int, bool]) -> StoreReader:
         UtteranceRow(f"s/{i}", "s", f"/x/{i}.wav", f"spk{i % 2}", EMOTIONS[e], np.zeros(FRAMES * 320, np.float32),
                      FRAMES, np.zeros((80, 2 * FRAMES), np.float16)) for i, e in enumerate(labels)])
     for seed, hold in holds.items():
-        for method, checkpoints in (("lora", ("trained", "random_twin")), ("frozen", ("trained",))):
-            run = f"{method}-seed{seed}"
+        runs = [("lora", f"lora-seed{seed}", hold), ("frozen", f"frozen-seed{seed}", hold)]
+        runs += [("a_frozen", f"lora-a-frozen-seed{seed}", False)] if a_frozen else []
+        for kind, run, shows in runs:
+            method = "frozen" if kind == "frozen" else "lora"
+            checkpoints = ("trained",) if method == "frozen" else ("trained", "random_twin")
             attrs = checkpoint_attrs(method, N_LAYERS, D, RANK, EMOTIONS)
             attrs["train_config"] = {"model": "m", "data": "csv:/somewhere/d.csv", "method": method, "rank": RANK,
-                                     "targets": ["v_proj"], "window": "trim", "lr": 5e-4, "seed": seed, "device": "cpu"}
-            attrs["metrics"] = _metrics(seed, method)
+                                     "targets": ["v_proj"], "window": "trim", "lr": 5e-4, "seed": seed, "device": "cpu",
+                                     **({"freeze_a": True} if kind == "a_frozen" else {})}
+            attrs["metrics"] = _metrics(seed, kind)
             for checkpoint in checkpoints:
                 writer.create_checkpoint(run, checkpoint, attrs, SIZES, lora=method == "lora", per_frame_b=True)
                 for row, label in zip(rows, labels, strict=True):
-                    values = _row(rng, method, checkpoint, label, hold)
+                    values = _row(rng, method, checkpoint, label, shows)
                     values["fold"] = np.int16(row % 2)
                     writer.write(run, checkpoint, row, values)
             writer.commit(run, rows)
@@ -158,6 +165,7 @@ def test_a_finding_that_holds_in_one_seed_only_holds_in_1_of_2(tmp_path, no_figu
     assert "## Seeds: m, LoRA r=4 on v_proj, trim, csv:d.csv" in markdown
     assert "| delayed specialization | 1 of 2 seeds | mean resolution depth | 5.000, 0.000 |" in markdown
     assert "paired t-test (scipy.stats.ttest_rel)" in markdown
+    assert summary["a_frozen"] == [] and "A frozen against A trained" not in markdown  # no A-frozen configuration
 
 
 def test_a_report_over_two_stores_of_identical_runs_has_zero_spread(tmp_path, no_figures):
@@ -188,6 +196,46 @@ def test_a_report_over_two_stores_of_identical_runs_has_zero_spread(tmp_path, no
         assert metrics["lora"]["std"] == 0 and metrics["frozen"]["std"] == 0
         assert metrics["paired"]["n_pairs"] == 4
     assert "# loralens report over 2 stores" in (out / "summary.md").read_text()
+
+
+def test_a_frozen_is_set_against_a_trained_of_the_same_configuration(tmp_path, no_figures):
+    """Issue #37's "does A matter?": the A-frozen runs' UAR, WAR, spectra and CKA beside the ordinary runs', UAR and
+    WAR paired fold by fold of the same seed (A frozen below A trained by 0.05 and 0.15 in every seed)."""
+    reader = _store(str(tmp_path / "s.zarr"), {0: True, 1: True}, a_frozen=True)
+    out = tmp_path / "report"
+    assert main(["report", "--store", reader.path, "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    (c,) = summary["a_frozen"]
+    assert (c["a_frozen"], c["a_trained"]) == ("m, LoRA r=4 on v_proj, A frozen, trim, csv:d.csv",
+                                               "m, LoRA r=4 on v_proj, trim, csv:d.csv")
+    assert [r["run"] for r in c["a_frozen_runs"]] == ["lora-a-frozen-seed0", "lora-a-frozen-seed1"]
+    assert [r["run"] for r in c["a_trained_runs"]] == ["lora-seed0", "lora-seed1"]
+    uar = c["metrics"]["uar"]
+    assert uar["a_frozen"]["per_seed"] == pytest.approx([0.55, 0.56])
+    assert uar["a_trained"]["per_seed"] == pytest.approx([0.65, 0.66])
+    assert uar["paired"]["n_pairs"] == 4 and uar["paired"]["difference"]["mean"] == pytest.approx(-0.1)
+    low, high = stats.t.interval(0.95, 3, loc=-0.1, scale=stats.sem([-0.05, -0.15, -0.05, -0.15]))
+    assert uar["paired"]["difference"]["ci"] == pytest.approx([low, high])
+    assert c["metrics"]["war"]["paired"]["difference"]["mean"] == pytest.approx(-0.1)
+    # the spectra and CKA statistics are those of each configuration's seeds section, and their difference
+    by_configuration = {e["configuration"]: {(f["finding"], k): v for f in e["findings"]
+                                             for k, v in f["statistics"].items()} for e in summary["seeds"]}
+    assert [(s["finding"], s["statistic"]) for s in c["statistics"]] == [
+        ("A compression and B reconstruction", "A activation concentration"),
+        ("A compression and B reconstruction", "B activation concentration"),
+        ("forward alignment and backward differentiation", "CKA(A, B) of activations minus gradients"),
+        ("forward alignment and backward differentiation", "CKA(A, B) of activations"),
+        ("forward alignment and backward differentiation", "CKA(A, B) of gradients")]
+    for s in c["statistics"]:
+        mine, theirs = (by_configuration[c[side]][s["finding"], s["statistic"]] for side in ("a_frozen", "a_trained"))
+        for side, expected in (("a_frozen", mine), ("a_trained", theirs)):
+            assert s[side]["per_seed"] == expected["per_seed"] and s[side]["ci"] == expected["ci"], s
+        assert s["difference"] == pytest.approx(mine["mean"] - theirs["mean"])
+    concentration = c["statistics"][0]
+    assert concentration["a_trained"]["mean"] > 2 > concentration["a_frozen"]["mean"]  # A never compressed
+    markdown = (out / "summary.md").read_text()
+    assert "## A frozen against A trained: m, LoRA r=4 on v_proj, trim, csv:d.csv" in markdown
+    assert "| UAR | 0.555 [" in markdown and "| -0.100 [" in markdown
 
 
 def test_the_seeds_section_has_each_seed_s_mean_intruder_count(tmp_path, no_figures):
