@@ -248,7 +248,7 @@ def summarise(path: str, runs: list[str] | None = None, methods: Iterable[str] =
             log.warning("%s: run %s is not committed complete; summarise it after its trace finishes", path, run)
             done[run] = None
             continue
-        if not force and writer.summary(run) is not None:
+        if not force and current(writer, run):
             done[run] = None
             continue
         arrays, attrs = compute(writer, run, methods, reuse=fresh)
@@ -261,8 +261,21 @@ def summarise(path: str, runs: list[str] | None = None, methods: Iterable[str] =
     return done
 
 
+def current(reader: StoreReader, run: str) -> bool:
+    """Whether ``run``'s summary is current: by the store's rule and computed with today's ``partners``.
+
+    The store's rule (``StoreReader.summary``) checks the rows it was computed from; a newer pairing rule may name
+    other partner runs, whose residual CKA the summary then lacks.
+    """
+    summary = reader.summary(run)
+    if summary is None:
+        return False
+    compared = {name.partition("/")[0] for name in summary.attrs["basis"]}
+    return compared == set(partners(reader, run))
+
+
 def stale(reader: StoreReader) -> list[str]:
-    """Committed runs without a current summary."""
+    """Committed runs without a current summary (see ``current``)."""
     return [run for run, checkpoints in reader.runs().items()
-            if all(reader.attrs(run, c).get("complete") for c in checkpoints) and reader.summary(run) is None]
+            if all(reader.attrs(run, c).get("complete") for c in checkpoints) and not current(reader, run)]
 

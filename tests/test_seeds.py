@@ -266,6 +266,27 @@ def test_the_seeds_section_has_each_seed_s_mean_intruder_count(tmp_path, no_figu
     assert "| 5 | v_proj | 2 (σ 3) | 0 |" in markdown  # seed 1's own table: intruders at σ 3 and 2
 
 
+def test_summaries_paired_by_an_older_rule_are_stale_and_renewed(tmp_path, monkeypatch):
+    """Summaries computed when every LoRA seed took the first frozen run hold residual CKA with the wrong partner:
+    ``loralens summarise`` finds them stale (their rows unchanged) and computes them again."""
+    from loralens.analysis import summary
+
+    reader = _store(str(tmp_path / "s.zarr"), {0: True, 1: True})
+    first = views.frozen_partner
+    monkeypatch.setattr(views, "frozen_partner", lambda runs, run: first([r for r in runs if r.seed in (0, None)],
+                                                                          run))  # the first frozen run, seed 0
+    summarise(reader.path, methods=())
+    assert summary.partners(StoreReader(reader.path), "lora-seed1") == ["lora-seed1", "frozen-seed0"]
+    monkeypatch.undo()
+    reader = StoreReader(reader.path)
+    assert sorted(summary.stale(reader)) == ["frozen-seed0", "frozen-seed1", "lora-seed1"]
+    assert sorted(run for run, seconds in summarise(reader.path, methods=()).items() if seconds is not None) == [
+        "frozen-seed0", "frozen-seed1", "lora-seed1"]
+    reader = StoreReader(reader.path)
+    assert summary.stale(reader) == []
+    assert "residual_cka/frozen-seed1" in reader.summary("lora-seed1")
+
+
 def test_the_overview_shows_the_seeds_of_one_configuration_together(tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
