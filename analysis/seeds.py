@@ -1,10 +1,10 @@
 """Runs that differ only in seed: which runs those are, and every statistic over them with its interval.
 
-It owns three things: the rule of one *configuration* (a run's training config but for its seed, read from the
-store's checkpoint attributes), the pairing of each LoRA run with the frozen run of its own seed, and the statistics
-over seeds (a Student's t interval of the mean, the spread over fold models, "holds in k of n seeds", the paired
-test of LoRA against frozen over folds x seeds, and an A-frozen configuration set against its ordinary partner).
-Everything but ``members`` and ``pairs`` is pure over plain values.
+It owns two things: the rule of one *configuration* (a run's training config but for its seed, read from the
+store's checkpoint attributes), and the statistics over seeds (a Student's t interval of the mean, the spread over
+fold models, "holds in k of n seeds", the paired test of LoRA against frozen over folds x seeds, and an A-frozen
+configuration set against its ordinary partner). Each LoRA run meets the frozen run of its own seed by
+``views.frozen_partner``'s rule. Everything but ``members`` is pure over plain values.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class Member:
     configuration: str
     """Its training config but for ``NOT_CONFIGURATION``, as sorted JSON: equal strings, one configuration."""
     frozen: views.RunInfo | None = None
-    """The frozen run it is compared with (LoRA runs; ``pairs``' rule), in the same store."""
+    """The frozen run it is compared with (LoRA runs; ``views.frozen_partner``'s rule), in the same store."""
 
     @property
     def label(self) -> str:
