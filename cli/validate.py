@@ -14,6 +14,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--repair", action="store_true",
                    help="repair what does not decode: table rows are read again from their source audio, layer-"
                         "major copies rebuilt, checkpoint rows unmarked so the same loralens trace captures them")
+    v.add_argument("--upgrade", action="store_true",
+                   help="first bring a store of an older schema this loralens can upgrade to its own, in place "
+                        "(drops arrays no figure reads); then check it")
     options.add_storage(v)
     v.set_defaults(func=run)
 
@@ -31,6 +34,13 @@ def run(args: argparse.Namespace) -> int:
     from loralens.store.validate import repair, validate
 
     storage = options.storage(args)
+    if args.upgrade:
+        from loralens.store.schema import SCHEMA_VERSION
+        from loralens.store.writer import upgrade
+
+        removed = upgrade(args.store, storage)
+        print(f"{args.store}: schema version {SCHEMA_VERSION}" + (f"; removed {len(removed)} array(s) no figure "
+                                                                 f"reads: {', '.join(removed)}" if removed else ""))
     report = validate(args.store, storage)
     if report.ok:
         print(f"{report.summary}\n{_sizes_text(args.store, storage)}")  # one write, once all is known

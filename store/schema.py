@@ -44,6 +44,9 @@ per-frame residual of the sampled rows (``residual_pooled`` serves every figure;
 sampled row's 74, and the whole of a frozen run's sampled arrays). Readers skip them."""
 READS = (4, 5, 6, SCHEMA_VERSION)
 """The schema versions this loralens reads; it writes only ``SCHEMA_VERSION``."""
+UPGRADES = (6,)
+"""Versions whose stores become this one by dropping their ``RETIRED`` arrays (``loralens validate --upgrade``);
+4 and 5 lay arrays out otherwise (one utterance per chunk)."""
 
 Checkpoint = Literal["trained", "random_twin"]
 CHECKPOINTS: tuple[Checkpoint, ...] = ("trained", "random_twin")
@@ -345,6 +348,11 @@ def check_root(path: str, attrs: dict, write: bool = False) -> None:
     if newer:
         raise StoreError(f"{path}: store schema version {version}, this loralens reads versions up to "
                          f"{SCHEMA_VERSION}; upgrade loralens (pip install -U loralens)")
+    if version in UPGRADES:
+        raise StoreError(f"{path}: store schema version {version}, which this loralens reads but writes no more "
+                         f"(it writes version {SCHEMA_VERSION}); upgrade it in place with loralens validate {path} "
+                         f"--upgrade (it drops {', '.join(RETIRED[version])}, which no figure reads), or trace into "
+                         "a new store (loralens trace ... --store NEW_PATH)")
     if version in READS:
         raise StoreError(f"{path}: store schema version {version}, which this loralens reads but writes no more "
                          f"(it writes version {SCHEMA_VERSION}); trace into a new store (loralens trace ... --store "

@@ -591,6 +591,38 @@ class StoreWriter(StoreReader):
         self._cache.clear()
 
 
+def upgrade(path: str, storage_options: dict | None = None) -> list[str]:
+    """Bring a store of a version in ``schema.UPGRADES`` to ``schema.SCHEMA_VERSION`` in place.
+
+    Its ``RETIRED`` arrays are removed from every checkpoint, then its version is set: cut short, the store is still
+    one of its old version (lacking arrays no reader needs), and the same call finishes it.
+
+    Returns:
+        The arrays removed.
+
+    Raises:
+        StoreError: no store there, or one of a version that cannot be upgraded (``check_root``'s message).
+    """
+    root = open_root(path, "r", storage_options)  # a loralens store this code reads
+    version = root.attrs["schema_version"]
+    if version == schema.SCHEMA_VERSION:
+        return []
+    if version not in schema.UPGRADES:
+        schema.check_root(path, dict(root.attrs), write=True)
+    root = zarr.open_group(path, mode="r+", storage_options=storage_options, zarr_format=3)
+    removed = []
+    runs = root["runs"] if "runs" in root else None
+    for run in ([] if runs is None else sorted(runs.group_keys())):
+        for checkpoint in sorted(runs[run].group_keys()):
+            group = runs[run][checkpoint]
+            for name in schema.RETIRED[version]:
+                if name in group:
+                    del group[name]
+                    removed.append(f"runs/{run}/{checkpoint}/{name}")
+    root.attrs["schema_version"] = schema.SCHEMA_VERSION
+    return removed
+
+
 # -- writer processes (``loralens trace --writers N``) ------------------------------------------------------
 _WORKER: StoreWriter | None = None
 

@@ -12,7 +12,7 @@ from loralens.store import schema
 from loralens.store.probe import probe
 from loralens.store.reader import StoreError, StoreReader
 from loralens.store.validate import validate
-from loralens.store.writer import StoreWriter, UtteranceRow
+from loralens.store.writer import StoreWriter, UtteranceRow, upgrade
 
 ATTRS = {"method": "lora", "model": "m", "data": "d", "window": "trim", "emotions": ["anger", "sadness"],
          "rank": 3, "alpha": 6, "targets": ["v_proj"], "modules": ["layer_0.v_proj", "layer_1.v_proj"],
@@ -209,6 +209,8 @@ def test_a_store_of_schema_4_is_read_and_validated_but_not_written(tmp_path):
     assert report.ok, report.problems
     with pytest.raises(StoreError, match="writes no more.*trace into a new store"):
         StoreWriter(path)
+    with pytest.raises(StoreError, match="writes no more.*trace into a new store"):
+        upgrade(path)  # its layout is not this version's: only a new trace converts it
     group["runs/r/trained"].create_array("unknown", shape=(3,), dtype="float32", chunks=(1,))
     assert [p for p in validate(path).problems if "not in schema" in p] == [
         "runs/r/trained/unknown: not in schema version 4"]
@@ -216,7 +218,10 @@ def test_a_store_of_schema_4_is_read_and_validated_but_not_written(tmp_path):
 
 def test_a_store_of_schema_6_with_its_per_frame_residual_is_read_and_validated(tmp_path):
     """Version 7 stopped writing the sampled rows' per-frame residual (no figure read it): a version-6 store, which
-    holds it, still reads and validates, and writing to it is refused in one line."""
+    holds it, still reads and validates, and writing to it is refused in one line, which names the command that
+    upgrades it."""
+    from loralens.cli import main
+
     path = str(tmp_path / "s")
     _, written = _fill(path)
     group = zarr.open_group(path, mode="a")
@@ -228,8 +233,16 @@ def test_a_store_of_schema_6_with_its_per_frame_residual_is_read_and_validated(t
                                   written[2]["lora_a_pooled"][None])
     report = validate(path)
     assert report.ok, report.problems
-    with pytest.raises(StoreError, match="writes no more"):
+    with pytest.raises(StoreError, match=f"writes no more.*loralens validate {path} --upgrade"):
         StoreWriter(path)
+    # the one command that converts it: in place, dropping what no figure reads; then it takes writes again
+    assert main(["validate", path, "--upgrade"]) == 0
+    assert zarr.open_group(path, mode="r").attrs["schema_version"] == schema.SCHEMA_VERSION
+    assert "residual" not in zarr.open_group(path, mode="r")["runs/r/trained"].array_keys()
+    np.testing.assert_array_equal(StoreReader(path).read("r", "trained", "lora_a_pooled", [2]),
+                                  written[2]["lora_a_pooled"][None])
+    StoreWriter(path)  # takes writes again
+    assert upgrade(path) == []  # a current store: nothing to do
 
 
 def test_validate_finds_nan_and_incomplete(tmp_path):
