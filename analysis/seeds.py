@@ -156,22 +156,12 @@ def describe(member: Member) -> str:
     return f"{key.get('model', member.info.model)}, {kind}, {key.get('window', member.info.window)}, {key.get('data')}"
 
 
-def _seeds(reader: StoreReader, runs: list[views.RunInfo]) -> dict[str, tuple[int | None, dict]]:
-    out = {}
-    for r in runs:
-        config = reader.attrs(r.name, r.checkpoints[0]).get("train_config") or {}
-        seed = config.get("seed")
-        out[r.name] = (int(seed) if seed is not None else None, dict(config))
-    return out
-
-
 def members(reader: StoreReader) -> list[Member]:
     """Every run of the store with its seed, configuration and (LoRA runs) frozen partner."""
     runs = views.run_info(reader)
-    seeds = _seeds(reader, runs)
-    partner = {lora.name: frozen for lora, frozen in views.pairs(reader)}
-    return [Member(reader.path, r, seeds[r.name][0], configuration(r, seeds[r.name][1]), partner.get(r.name))
-            for r in runs]
+    return [Member(reader.path, r, r.seed,
+                   configuration(r, dict(reader.attrs(r.name, r.checkpoints[0]).get("train_config") or {})),
+                   views.frozen_partner(runs, r) if r.method == "lora" else None) for r in runs]
 
 
 def configurations(found: list[Member]) -> list[list[Member]]:
