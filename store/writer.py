@@ -611,14 +611,13 @@ def upgrade(path: str, storage_options: dict | None = None) -> list[str]:
         schema.check_root(path, dict(root.attrs), write=True)
     root = zarr.open_group(path, mode="r+", storage_options=storage_options, zarr_format=3)
     removed = []
-    runs = root["runs"] if "runs" in root else None
-    for run in ([] if runs is None else sorted(runs.group_keys())):
-        for checkpoint in sorted(runs[run].group_keys()):
-            group = runs[run][checkpoint]
-            for name in schema.RETIRED[version]:
-                if name in group:
-                    del group[name]
-                    removed.append(f"runs/{run}/{checkpoint}/{name}")
+    runs = root["runs"] if "runs" in root else zarr.group()  # a store without runs: nothing to drop
+    for run, checkpoint in sorted((run, c) for run in runs.group_keys() for c in runs[run].group_keys()):
+        group = runs[run][checkpoint]
+        for name in schema.RETIRED[version]:
+            if name in group:
+                del group[name]
+                removed.append(f"runs/{run}/{checkpoint}/{name}")
     root.attrs["schema_version"] = schema.SCHEMA_VERSION
     return removed
 
